@@ -12,13 +12,10 @@ import yaml
 from segfungi.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-_PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults.yaml"
 
 
 def defaults_path() -> Path:
-    """The defaults file: the repository's configs/ when present, else the packaged copy."""
-    repo_defaults = CONFIG_DIR / "defaults.yaml"
-    return repo_defaults if repo_defaults.exists() else _PACKAGED_DEFAULTS
+    return CONFIG_DIR / "defaults.yaml"
 
 
 def _read_yaml(path: Path) -> dict:
@@ -102,9 +99,13 @@ def parse_override(text: str) -> dict:
 def load_config(
     config: str | Path | None = None,
     overrides: Iterable[dict | str] = (),
+    base: dict | None = None,
 ) -> dict:
-    """Defaults, then the preset file, then each override (dict or `a.b=value`)."""
+    """Defaults, then `base` (e.g. the settings a bank was built with), then the preset
+    file, then each override (a dict or `section.key=value`)."""
     settings = copy.deepcopy(_read_yaml(defaults_path()))
+    if base is not None:
+        _merge(settings, base, "bank settings")
     if config is not None:
         path = resolve_config_path(config)
         _merge(settings, _read_yaml(path), str(path))

@@ -1,0 +1,60 @@
+"""Command-line options shared by the pipeline commands, mapped onto config keys."""
+
+from __future__ import annotations
+
+import argparse
+
+from segfungi.config import load_config, set_key
+
+# flag -> dotted config key; a flag left out keeps the config's value.
+SHARED_FLAGS = {
+    "dataset": "data.dataset",
+    "root": "data.root",
+    "backbone": "backbone.name",
+    "weights": "backbone.weights",
+    "device": "backbone.device",
+    "on_bad_sample": "data.on_bad_sample",
+    "k": "eval.k",
+    "temperature": "eval.temperature",
+    "index": "index.kind",
+    "max_images": "eval.max_images",
+}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML preset: a name in configs/ or a path")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set bank.shard_images=32 (repeatable)")
+    parser.add_argument("--dataset", choices=["voc", "ade20k", "coco-stuff", "folder"])
+    parser.add_argument("--root", help="dataset root folder")
+    parser.add_argument("--backbone", help="timm model name, e.g. vit_small_patch16_224.dino")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", help="local checkpoint (timm, DINO layout or safetensors)")
+    weights.add_argument("--random-init", action="store_true", help="random-init backbone (tests, demos)")
+    weights.add_argument("--pretrained", action="store_true", help="download hub weights (needs internet)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--on-bad-sample", choices=["error", "skip"])
+    parser.add_argument("--k", type=int, help="neighbours per query patch")
+    parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
+    parser.add_argument("--index", choices=["auto", "scann", "exact"], help="search index kind")
+    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def collect_overrides(args: argparse.Namespace, extra: dict[str, str] | None = None) -> list:
+    """Overrides from flags, in order: named flags first, then --set (which wins)."""
+    overrides: list = []
+    for flag, key in {**SHARED_FLAGS, **(extra or {})}.items():
+        set_key(overrides, key, getattr(args, flag, None))
+    if getattr(args, "weights", None):
+        overrides.append({"backbone": {"random_init": False, "pretrained": False}})
+    if getattr(args, "random_init", False):
+        overrides.append({"backbone": {"random_init": True, "pretrained": False, "weights": None}})
+    if getattr(args, "pretrained", False):
+        overrides.append({"backbone": {"pretrained": True, "random_init": False, "weights": None}})
+    return overrides + list(args.set)
+
+
+def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = None,
+                       base: dict | None = None) -> dict:
+    return load_config(args.config, collect_overrides(args, extra), base=base)

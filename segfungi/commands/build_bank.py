@@ -1,0 +1,43 @@
+"""`segfungi build-bank`: build (or resume) a memory bank from a training split."""
+
+from __future__ import annotations
+
+from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.config import dump_config
+
+BUILD_FLAGS = {
+    "split": "data.train_split",
+    "features": "bank.features",
+    "bank_size": "bank.size",
+    "aug_epochs": "bank.aug_epochs",
+    "seed": "bank.seed",
+    "out": "bank.out",
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("build-bank", help="build a memory bank (embeddings or FUNGI features)")
+    add_config_options(parser)
+    parser.add_argument("--split", help="training split, e.g. train or trainaug")
+    parser.add_argument("--features", choices=["embeddings", "fungi"])
+    parser.add_argument("--bank-size", type=int, help="patches in the bank, e.g. 102400")
+    parser.add_argument("--aug-epochs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", help="bank folder (default memory_banks/bank)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    parser.add_argument("--print-config", action="store_true", help="print the settings and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segfungi.bank import MemoryBank, build_bank
+
+    settings = settings_from_args(args, BUILD_FLAGS)
+    if args.print_config:
+        print(dump_config(settings))
+        return 0
+    path = build_bank(settings, resume=args.resume, progress=not args.quiet)
+    bank = MemoryBank(path)
+    print(f"bank ready: {path} ({bank.num_patches} patches, {bank.features_kind}, "
+          f"dim {bank.feature_dim}, hash {bank.manifest['hash']})")
+    return 0

@@ -1,0 +1,36 @@
+"""`segfungi eval`: mIoU of a memory bank on a labelled split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from segfungi.commands._options import add_config_options, settings_from_args
+
+EVAL_FLAGS = {"split": "data.val_split", "out": "eval.out"}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a memory bank (mIoU) on a split")
+    parser.add_argument("--bank", required=True, help="bank folder written by build-bank")
+    add_config_options(parser)
+    parser.add_argument("--split", help="split to evaluate, e.g. val")
+    parser.add_argument("--out", help="results JSON path")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segfungi.bank import MemoryBank
+    from segfungi.evaluate import evaluate, results_table
+
+    # Start from the settings the bank was built with, so only what differs is typed.
+    base = MemoryBank(args.bank).settings
+    settings = settings_from_args(args, EVAL_FLAGS, base=base)
+    results = evaluate(settings, args.bank, progress=not args.quiet)
+    print(results_table(results))
+    if settings["eval"]["out"]:
+        out = Path(settings["eval"]["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str))
+        print(f"results written to {out}")
+    return 0

@@ -1,0 +1,27 @@
+"""`segfungi sweep`: mIoU for several bank sizes and feature kinds, as a table and a plot."""
+
+from __future__ import annotations
+
+from segfungi.commands._options import add_config_options, settings_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sweep", help="mIoU against bank size for embeddings and FUNGI")
+    add_config_options(parser)
+    parser.add_argument("--sizes", type=int, nargs="+", help="bank sizes (default 1024x10^2, 10^3, 10^4)")
+    parser.add_argument("--features", nargs="+", choices=["embeddings", "fungi"])
+    parser.add_argument("--aug-epochs", type=int)
+    parser.add_argument("--out", help="output folder for banks, table and plot")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segfungi.sweep import run_sweep, sweep_table
+
+    extra = {"sizes": "sweep.sizes", "features": "sweep.features", "aug_epochs": "bank.aug_epochs",
+             "out": "sweep.out"}
+    settings = settings_from_args(args, extra)
+    rows = run_sweep(settings, progress=not args.quiet)
+    print(sweep_table(rows))
+    print(f"table and plot written to {settings['sweep']['out']}")
+    return 0

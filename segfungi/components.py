@@ -1,0 +1,70 @@
+"""Build the pipeline's parts from a settings dict (see configs/defaults.yaml).
+
+One place maps settings to objects, so build-bank, eval, predict, sweep and few-shot
+all construct datasets and feature extractors the same way."""
+
+from __future__ import annotations
+
+from segfungi.errors import ConfigError
+
+
+def open_dataset(settings: dict, split: str):
+    from segfungi.data import build_dataset, subset
+
+    data = settings["data"]
+    if not data["root"]:
+        raise ConfigError("data.root is not set: pass --root DIR (or set data.root in the config)")
+    dataset = build_dataset(data["dataset"], data["root"], split, on_bad_sample=data["on_bad_sample"])
+    return dataset
+
+
+def open_train_dataset(settings: dict):
+    """The training split, reduced to a subset when the settings ask for one (few-shot)."""
+    from segfungi.data import subset
+
+    data = settings["data"]
+    dataset = open_dataset(settings, data["train_split"])
+    if data["subset_file"] or data["subset_fraction"]:
+        dataset = subset(
+            dataset,
+            ids_file=data["subset_file"],
+            fraction=data["subset_fraction"],
+            seed=data["subset_seed"],
+        )
+    return dataset
+
+
+def load_backbone_from(settings: dict):
+    from segfungi.backbones import load_backbone
+
+    cfg = settings["backbone"]
+    if not (cfg["weights"] or cfg["pretrained"] or cfg["random_init"]):
+        raise ConfigError(
+            "backbone: no weights given (set backbone.weights to a checkpoint, "
+            "backbone.pretrained: true to download, or backbone.random_init: true)"
+        )
+    return load_backbone(
+        cfg["name"],
+        weights=cfg["weights"],
+        pretrained=bool(cfg["pretrained"]) and not cfg["weights"],
+        img_size=settings["data"]["image_size"],
+        init_seed=cfg["init_seed"],
+        device=cfg["device"],
+    )
+
+
+def make_extractor(settings: dict, kind: str | None = None, backbone=None):
+    from segfungi.features import FeatureExtractor
+
+    fungi = settings["fungi"]
+    backbone = backbone or load_backbone_from(settings)
+    return FeatureExtractor(
+        backbone,
+        kind=kind or settings["bank"]["features"],
+        head_dim=fungi["head_dim"],
+        head_seed=fungi["head_seed"],
+        tau=fungi["temperature"],
+        proj_dim=fungi["proj_dim"],
+        proj_seed=fungi["proj_seed"],
+        projection=fungi["projection"],
+    )

@@ -1,0 +1,140 @@
+"""Retrieval-based segmentation with a memory bank, and its mIoU on a labelled split.
+
+Each query patch retrieves its k nearest bank patches; their label histograms are
+mixed with softmax(similarity / T) weights (Hummingbird's cross-attention label
+transfer); the 32×32 class scores are upsampled bilinearly and the argmax is the mask.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from segfungi.bank import MemoryBank, SupportIndex, extractor_mismatches
+from segfungi.components import make_extractor, open_dataset
+from segfungi.errors import BankError
+
+
+class Segmenter:
+    """Segments images with a bank; the query features are checked against the bank's."""
+
+    def __init__(self, bank_path: str | Path, settings: dict):
+        self.bank = MemoryBank(bank_path)
+        self.settings = settings
+        kind = self.bank.features_kind
+        self.extractor = make_extractor(settings, kind=kind)
+        problems = extractor_mismatches(self.bank.manifest["identity"]["extractor"], self.extractor.identity())
+        if problems:
+            raise BankError(
+                f"{self.bank.path}: the bank was built with other feature settings than this query:\n  "
+                + "\n  ".join(problems)
+            )
+        self.num_classes = len(self.bank.classes)
+        self.index = self.bank.index(settings)
+        self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
+        self.support = SupportIndex(self.bank.support_path, settings) if kind == "fungi" else None
+        self.k = settings["eval"]["k"]
+        self.temperature = settings["eval"]["temperature"]
+
+    @property
+    def image_size(self) -> int:
+        return self.extractor.backbone.img_size
+
+    def patch_features(self, images: np.ndarray) -> torch.Tensor:
+        """B×S×S×3 uint8 -> B×P×F L2-normalised features, as stored in the bank."""
+        x = self.extractor.backbone.prepare(images)
+        if self.support is None:
+            with torch.no_grad():
+                return torch.nn.functional.normalize(self.extractor.embeddings(x), dim=-1)
+        out = self.extractor.fungi(x, self.support.negatives_for(None))
+        return torch.stack(list(out.features))
+
+    def predict_scores(self, images: np.ndarray) -> torch.Tensor:
+        """B×S×S×3 uint8 -> B×gh×gw×C class scores from the bank's neighbours."""
+        from segfungi.transfer import transfer_labels
+
+        feats = self.patch_features(images)
+        batch, num_patches, dim = feats.shape
+        sims, ids = self.index.search(feats.reshape(-1, dim).numpy(), self.k)
+        ids = torch.as_tensor(ids)
+        scores = transfer_labels(
+            torch.as_tensor(sims),
+            (self.label_ids[ids], self.label_weights[ids]),
+            temperature=self.temperature,
+            num_classes=self.num_classes,
+        )
+        gh, gw = self.extractor.backbone.grid
+        return scores.reshape(batch, gh, gw, self.num_classes)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """One H×W×3 uint8 image of any size -> H×W uint8 class-id mask."""
+        import cv2
+
+        from segfungi.transfer import scores_to_mask
+
+        height, width = image.shape[:2]
+        resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
+        scores = self.predict_scores(resized[None])
+        return scores_to_mask(scores, out_size=(height, width))[0]
+
+
+def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> dict:
+    """mIoU of the bank's predictions on `data.val_split`; returns the results dict."""
+    from segfungi.data.augment import eval_transform
+    from segfungi.metrics import ConfusionMatrix
+    from segfungi.transfer import scores_to_mask
+
+    started = time.perf_counter()
+    segmenter = Segmenter(bank_path, settings)
+    setup_seconds = time.perf_counter() - started
+    dataset = open_dataset(settings, settings["data"]["val_split"])
+    if list(dataset.classes) != list(segmenter.bank.classes):
+        raise BankError(f"{bank_path}: bank classes differ from the {settings['data']['dataset']} classes")
+    count = len(dataset) if settings["eval"]["max_images"] is None else min(len(dataset), settings["eval"]["max_images"])
+    confusion = ConfusionMatrix(segmenter.num_classes)
+    size = segmenter.image_size
+    batch_size = settings["eval"]["batch_size"]
+    started = time.perf_counter()
+    for start in tqdm(range(0, count, batch_size), desc=f"eval {Path(bank_path).name}", unit="batch",
+                      disable=not progress):
+        pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size)
+                 for i in range(start, min(start + batch_size, count))]
+        images = np.stack([p[0] for p in pairs])
+        scores = segmenter.predict_scores(images)
+        preds = scores_to_mask(scores, out_size=(size, size))
+        for pred, (_, mask) in zip(preds, pairs):
+            confusion.update(pred, mask)
+    eval_seconds = time.perf_counter() - started
+    bank = segmenter.bank
+    return {
+        "miou": confusion.miou(),
+        "pixel_accuracy": confusion.pixel_accuracy(),
+        "per_class_iou": confusion.to_dict(bank.classes)["per_class_iou"],
+        "bank": str(bank.path),
+        "bank_hash": bank.manifest["hash"],
+        "features": bank.features_kind,
+        "bank_size": bank.num_patches,
+        "images": count,
+        "timings": {
+            "setup_seconds": round(setup_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "images_per_second": round(count / max(eval_seconds, 1e-9), 3),
+        },
+        "settings": {"eval": settings["eval"], "index": settings["index"], "data": settings["data"]},
+    }
+
+
+def results_table(results: dict) -> str:
+    """Per-class IoU and the mIoU as an aligned text table."""
+    rows = [(name, iou) for name, iou in results["per_class_iou"].items()]
+    width = max([len(n) for n, _ in rows] + [5])
+    lines = [f"{'class':<{width}}  IoU"]
+    for name, iou in rows:
+        shown = "  n/a" if iou is None or (isinstance(iou, float) and np.isnan(iou)) else f"{100 * iou:5.1f}"
+        lines.append(f"{name:<{width}}  {shown}")
+    lines.append(f"{'mIoU':<{width}}  {100 * results['miou']:5.1f}")
+    return "\n".join(lines)

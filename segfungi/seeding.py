@@ -1,0 +1,24 @@
+"""Seeds derived from explicit integers, never from global random state, so that any
+piece of work (one augmented image, one shard) is reproducible on its own: a resumed
+or multi-process build equals an uninterrupted single-process one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends only on `keys` (e.g. bank seed, epoch, image index, purpose)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def torch_generator(*keys: int) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(derive_seed(*keys))
+    return gen
+
+
+# Purposes keep the streams of one work item independent of each other.
+AUGMENT, SAMPLE, NEGATIVES = 1, 2, 3
