@@ -17,6 +17,7 @@ same size: that is exactly an embeddings bank with the same settings, built firs
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import time
@@ -200,24 +201,21 @@ def _start_or_resume(out: Path, identity: dict, digest: str, settings: dict, res
 
 
 def _class_weights(out: Path, dataset) -> np.ndarray:
-    """Inverse class frequencies over the training masks, cached for resumed builds."""
+    """Inverse class pixel frequencies over the training masks, cached for resumed builds."""
     from segfungi.sampling import ClassFrequency
 
     cache = out / "class_frequency.npy"
     if cache.exists():
-        counts = load_array(cache)
-    else:
-        freq = ClassFrequency(dataset.num_classes)
-        for i in tqdm(range(len(dataset)), desc="class frequencies", unit="img", leave=False):
-            freq.update_from_mask(dataset[i].mask)
-        counts = freq.counts
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, counts, allow_pickle=False)
-        os.replace(tmp, cache)
-    from segfungi.sampling import inverse_frequency_weights
-
-    return inverse_frequency_weights(counts)
+        return ClassFrequency(dataset.num_classes, load_array(cache)).weights()
+    freq = ClassFrequency(dataset.num_classes)
+    for i in tqdm(range(len(dataset)), desc="class frequencies", unit="img", leave=False):
+        mask = dataset[i].mask
+        freq.update(np.bincount(mask[mask != 255].ravel(), minlength=dataset.num_classes))
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, freq.counts, allow_pickle=False)
+    os.replace(tmp, cache)
+    return freq.weights()
 
 
 class ShardWriter:
@@ -262,16 +260,19 @@ class ShardWriter:
         images = np.stack([p[0] for p in prepared])
         keeps = [torch.from_numpy(p[1]) for p in prepared]
         x = self.extractor.backbone.prepare(images)
+        arrays = {}
         if self.support is None:
-            with torch.no_grad():
-                emb = self.extractor.embeddings(x)
-            feats = [torch.nn.functional.normalize(e[k], dim=-1) for e, k in zip(emb, keeps)]
+            raw = self.extractor.embeddings(x, normalize=False)
+            kept = [e[k] for e, k in zip(raw, keeps)]
+            feats = [torch.nn.functional.normalize(e, dim=-1) for e in kept]
+            # The norms let a support index hand raw tokens to the FUNGI loss head.
+            arrays["embedding_norm"] = torch.cat([e.norm(dim=-1) for e in kept]).numpy().astype(np.float32)
         else:
-            image_ids = [image for _, image in items]
             generators = [torch_generator(self.seed, epoch, image, NEGATIVES) for epoch, image in items]
-            negatives = self.support.negatives_for(image_ids)
-            feats = self.extractor.fungi(x, negatives, patch_index=keeps, generator=generators).features
+            negatives = self.support.negatives_for([image for _, image in items], generators)
+            feats = self.extractor.fungi(x, negatives, patch_index=keeps).features
         return {
+            **arrays,
             "features": torch.cat([f.float() for f in feats]).numpy().astype(np.float16),
             "label_ids": np.concatenate([p[2] for p in prepared]).astype(np.int16),
             "label_weights": np.concatenate([p[3] for p in prepared]).astype(np.float16),
@@ -381,45 +382,30 @@ class MemoryBank:
         return problems
 
     # index
-    def build_index(self, settings: dict, folder: Path | None) -> dict:
-        index = make_index_from_settings(settings, self.num_patches)
-        index.build(self.load_features())
-        if folder is not None and getattr(index, "kind", "") == "scann":
+    def build_index(self, settings: dict, folder: Path) -> dict:
+        """Build the search index from the shards; ScaNN indexes are saved in `folder`
+        (an exact index is just the features, so it is rebuilt when needed)."""
+        from segfungi.index import make_index
+
+        index = make_index(self.load_features(), settings["index"])
+        if index.kind == "scann":
             index.save(folder)
-        return {"kind": getattr(index, "kind", type(index).__name__)}
+        return {"kind": index.kind}
 
     def index(self, settings: dict):
-        """The search index, loaded from disk when saved, else built from the features."""
-        from segfungi.index import ScannIndex
+        """The search index: loaded when saved, else built from the features. Search-time
+        settings (leaves searched, reorder) come from `settings`, e.g. few-shot's."""
+        from segfungi.index import ScannIndex, make_index
 
-        saved = self.path / "index"
-        if saved.exists() and self.manifest.get("index", {}).get("kind") == "scann":
-            return ScannIndex.load(saved, **_search_overrides(settings))
-        index = make_index_from_settings(settings, self.num_patches)
-        index.build(self.load_features())
+        if self.manifest.get("index", {}).get("kind") != "scann":
+            return make_index(self.load_features(), {**settings["index"], "kind": "exact"})
+        index = ScannIndex.load(self.path / "index")
+        index.settings = dataclasses.replace(
+            index.settings,
+            num_leaves_to_search=settings["index"]["num_leaves_to_search"],
+            reorder=settings["index"]["reorder"],
+        )
         return index
-
-
-def make_index_from_settings(settings: dict, num_patches: int):
-    from segfungi.index import make_index
-
-    cfg = settings["index"]
-    return make_index(
-        cfg["kind"],
-        num_vectors=num_patches,
-        exact_below=cfg["exact_below"],
-        num_leaves=cfg["num_leaves"],
-        num_leaves_to_search=cfg["num_leaves_to_search"],
-        reorder=cfg["reorder"],
-        dims_per_block=cfg["dims_per_block"],
-        anisotropic_threshold=cfg["anisotropic_threshold"],
-        training_sample=cfg["training_sample"],
-    )
-
-
-def _search_overrides(settings: dict) -> dict:
-    cfg = settings["index"]
-    return {"num_leaves_to_search": cfg["num_leaves_to_search"], "reorder": cfg["reorder"]}
 
 
 # ------------------------------------------------------------------------ support
@@ -438,24 +424,35 @@ class SupportIndex:
         self.k = settings["fungi"]["support_neighbours"]
         self.exclude_self = settings["fungi"]["exclude_self"]
         self.index = self.bank.index(settings)
-        # float16 halves the memory of the gathered table; the loss casts to float32.
-        self.features = torch.from_numpy(self.bank.load("features"))
+        # Raw tokens (normalised feature × stored norm) are what the loss head expects.
+        # float16 halves the memory of the table; the loss works in float32.
+        norms = self.bank.load("embedding_norm", dtype=np.float32)[:, None]
+        self.tokens = torch.from_numpy((self.bank.load_features() * norms).astype(np.float16))
         self.source_image = torch.from_numpy(self.bank.load("provenance")[:, 0].astype(np.int64))
         # Enough candidates that k survive after removing an image's own patches.
         own = self.bank.manifest["patches_per_image"] * self.bank.manifest["identity"]["sampling"]["aug_epochs"]
         self.margin = min(own, 64) if self.exclude_self else 0
 
-    def negatives_for(self, image_ids: list[int] | None):
-        """A callable tokens (B×T×D) -> neighbours (B×T×k×D) for the feature extractor."""
+    def negatives_for(self, image_ids: list[int] | None, generators: list[torch.Generator] | None = None):
+        """A callable raw tokens (B×T×D) -> one kept neighbour per token (B×T×D).
+
+        `image_ids` (training images being encoded) turns on the exclusion of their own
+        patches; `generators` (one per image) pick which of the k neighbours is kept, so
+        the choice does not depend on how images are batched."""
 
         def retrieve(tokens: torch.Tensor) -> torch.Tensor:
             batch, num_tokens, dim = tokens.shape
             queries = torch.nn.functional.normalize(tokens.detach().float(), dim=-1).reshape(-1, dim)
-            _, ids = self.index.search(queries.numpy(), self.k + self.margin)
+            margin = self.margin if image_ids is not None else 0
+            _, ids = self.index.search(queries.numpy(), self.k + margin)
             ids = torch.as_tensor(ids).reshape(batch, num_tokens, -1)
-            if image_ids is not None and self.margin:
+            if margin:
                 ids = self._drop_own(ids, image_ids)
-            return self.features[ids[..., : self.k]].float()
+            ids = ids[..., : self.k]
+            gens = generators or [torch.Generator().manual_seed(b) for b in range(batch)]
+            choice = torch.stack([torch.randint(self.k, (num_tokens,), generator=g) for g in gens])
+            kept = torch.gather(ids, -1, choice[..., None]).squeeze(-1)
+            return self.tokens[kept].float()
 
         return retrieve
 

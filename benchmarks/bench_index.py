@@ -1,0 +1,148 @@
+"""Index benchmark: ScaNN (paper settings) vs exact search on synthetic clustered features.
+
+    python benchmarks/bench_index.py --sizes 100000 1000000 --dim 768
+
+For each bank size: build time, queries per second (k = 30 by default), ScaNN's
+recall@k against the exact top-k, and peak RSS. Every (size, index) pair runs in its
+own Python process so peak RSS belongs to that index alone; the bank is a float16
+.npy on disk, memory-mapped, as a memory bank stores it.
+
+Synthetic features: real patch features live near a low-dimensional, clustered set,
+so rows are cluster centres in a 64-d latent space plus latent noise, mapped to `dim`
+dimensions by a fixed random matrix, plus a little isotropic noise, then normalised.
+Queries are fresh draws from the same distribution (not bank rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LATENT_DIM = 64
+NUM_CLUSTERS = 1000
+# Chosen so that ScaNN's recall@30 is informative (~0.85 at 50k×384), not 1.0: with
+# less noise every neighbour sits in one tight cluster and any index finds it.
+LATENT_NOISE = 1.0
+ISOTROPIC_NOISE = 0.5
+
+
+def synthetic_features(num_rows: int, dim: int, seed: int, chunk: int = 100_000):
+    """Yields float16 chunks of clustered, unit-norm features (same model for all seeds)."""
+    model = np.random.default_rng(12345)
+    centres = model.standard_normal((NUM_CLUSTERS, LATENT_DIM))
+    lift = model.standard_normal((LATENT_DIM, dim)) / np.sqrt(LATENT_DIM)
+    rng = np.random.default_rng(seed)
+    for start in range(0, num_rows, chunk):
+        rows = min(chunk, num_rows - start)
+        latent = centres[rng.integers(0, NUM_CLUSTERS, rows)] + LATENT_NOISE * rng.standard_normal((rows, LATENT_DIM))
+        features = latent @ lift + ISOTROPIC_NOISE * rng.standard_normal((rows, dim))
+        features /= np.linalg.norm(features, axis=1, keepdims=True)
+        yield features.astype(np.float16)
+
+
+def write_features(path: Path, num_rows: int, dim: int, seed: int) -> None:
+    if path.exists():
+        return
+    partial = path.with_suffix(".partial.npy")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(num_rows, dim))
+    start = 0
+    for chunk in synthetic_features(num_rows, dim, seed):
+        out[start : start + len(chunk)] = chunk
+        start += len(chunk)
+    out.flush()
+    del out
+    partial.rename(path)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def time_searches(index, queries: np.ndarray, k: int):
+    index.search(queries[:64], k)  # warm-up (thread pools, first-touch pages)
+    start = time.perf_counter()
+    sims, ids = index.search(queries, k)
+    return time.perf_counter() - start, ids
+
+
+def worker(args) -> None:
+    """One index kind on one bank, in a fresh process; prints a JSON line."""
+    from segfungi.index import ExactIndex, IndexSettings, ScannIndex, recall_at_k
+
+    bank = np.load(args.data, mmap_mode="r", allow_pickle=False)
+    queries = np.load(args.queries_file, allow_pickle=False).astype(np.float32)
+    rss_before = peak_rss_gib()
+    start = time.perf_counter()
+    index = ExactIndex() if args.worker == "exact" else ScannIndex(IndexSettings())
+    index.build(bank)
+    build_s = time.perf_counter() - start
+    search_s, ids = time_searches(index, queries, args.k)
+    result = {
+        "kind": args.worker,
+        "rows": int(bank.shape[0]),
+        "build_s": build_s,
+        "queries_per_s": len(queries) / search_s,
+        "peak_rss_gib": peak_rss_gib(),
+        "rss_before_build_gib": rss_before,
+    }
+    if args.worker == "exact":
+        np.save(args.ids_file, ids, allow_pickle=False)
+    else:
+        result["num_leaves"] = index.num_leaves
+        result["recall"] = recall_at_k(ids, np.load(args.ids_file, allow_pickle=False))
+    print(json.dumps(result), flush=True)
+
+
+def run_worker(kind: str, data: Path, queries: Path, ids: Path, k: int) -> dict:
+    command = [sys.executable, __file__, "--worker", kind, "--data", str(data),
+               "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(k)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=768, help="768 (ViT-B) or 384 (ViT-S)")
+    parser.add_argument("--queries", type=int, default=2048, help="query patches (2 images' worth)")
+    parser.add_argument("--k", type=int, default=30)
+    parser.add_argument("--workdir", type=Path, default=None, help="keeps generated banks between runs")
+    parser.add_argument("--worker", choices=["exact", "scann"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--queries-file", help=argparse.SUPPRESS)
+    parser.add_argument("--ids-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_index_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    queries = workdir / f"queries_{args.queries}x{args.dim}.npy"
+    np.save(queries, next(synthetic_features(args.queries, args.dim, seed=1)), allow_pickle=False)
+
+    header = f"{'rows':>9} {'dim':>4} {'index':>6} {'build s':>8} {'queries/s':>10} {'recall@' + str(args.k):>9} {'peak RSS GiB':>12}"
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        data = workdir / f"bank_{size}x{args.dim}.npy"
+        write_features(data, size, args.dim, seed=0)
+        ids = workdir / f"exact_ids_{size}.npy"
+        for kind in ("exact", "scann"):
+            r = run_worker(kind, data, queries, ids, args.k)
+            recall = f"{r['recall']:.4f}" if "recall" in r else "1 (ref)"
+            print(f"{size:>9} {args.dim:>4} {kind:>6} {r['build_s']:>8.1f} {r['queries_per_s']:>10.0f} "
+                  f"{recall:>9} {r['peak_rss_gib']:>12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Frozen timm ViT backbones split where the FUNGI gradient core needs them.
+
+``load_backbone`` builds any timm ``VisionTransformer`` with its positional embeddings
+resampled to the working resolution (default: a 32×32 patch grid, i.e. 512² for patch
+16 and 448² for patch 14) and weights from the timm hub, a local checkpoint, or a
+seeded random init.  The model is always built at its native size first and then
+resized with timm's ``set_input_size`` (bicubic ``resample_abs_pos_embed``), so the three
+sources share one code path; checkpoints go through timm's ``checkpoint_filter_fn``,
+which resamples a checkpoint's own positional grid to the model's.
+
+Local checkpoints are read here rather than via ``pretrained_cfg_overlay=dict(file=…)``
+because timm does not know the original DINO training layout (``teacher``/``student``
+dicts with ``backbone.``/``module.`` prefixes) and its errors do not name the file.
+Nothing is unpickled: safetensors, or ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from segfungi.errors import CheckpointError, ConfigError
+
+DEFAULT_GRID = 32
+# Parts of a timm ViT that features never use; checkpoints may or may not carry them.
+_UNUSED_PREFIXES = ("head.", "head_drop.", "fc_norm.", "attn_pool.")
+# Wrappers around the backbone's keys in training checkpoints (DDP, torch.compile, DINO).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+# Sub-dicts that hold the weights, in order of preference (DINO evaluates the teacher).
+_NESTED_KEYS = ("teacher", "student", "model", "state_dict")
+
+
+class Backbone:
+    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
+
+    def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None):
+        _require_vit(model, name)
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self.weights_id = weights_id
+        self.model_kwargs = dict(model_kwargs or {})
+        height, width = model.patch_embed.img_size
+        patch_h, patch_w = model.patch_embed.patch_size
+        if height != width or patch_h != patch_w:
+            raise ConfigError(f"{name}: only square images and patches are supported, got {height}×{width}/{patch_h}×{patch_w}")
+        self.img_size = int(height)
+        self.patch_size = int(patch_h)
+        self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.embed_dim = int(model.embed_dim)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
+        self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.patch_embed.proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.patch_embed.proj.weight.dtype
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.model.cls_token is not None
+
+    @property
+    def grad_layer(self) -> nn.Linear:
+        """The FUNGI gradient source: the attention output projection of the last block."""
+        return self.model.blocks[-1].attn.proj
+
+    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 images B×S×S×3 (or one S×S×3) → normalised float B×3×S×S on the model's device."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"prepare expects uint8 images B×H×W×3, got {x.dtype} {tuple(x.shape)}")
+        if tuple(x.shape[1:3]) != (self.img_size, self.img_size):
+            raise ConfigError(
+                f"{self.name}: images are {x.shape[1]}×{x.shape[2]} but the backbone runs at "
+                f"{self.img_size}×{self.img_size}; resize/crop them first"
+            )
+        x = x.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward_until_last_block(self, x: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S → B×T×D tokens entering the last block (no autograd)."""
+        m = self.model
+        with torch.no_grad():
+            h = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+            for block in m.blocks[:-1]:
+                h = block(h)
+        return h
+
+    def forward_last_block(self, h: torch.Tensor) -> torch.Tensor:
+        """Last block then the final norm: B×T×D (autograd follows the caller's grad mode)."""
+        return self.model.norm(self.model.blocks[-1](h))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All final-normed tokens B×T×D (prefix tokens included), no autograd."""
+        with torch.no_grad():
+            return self.forward_last_block(self.forward_until_last_block(x))
+
+    def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-normed patch tokens B×(gh·gw)×D, prefix (CLS, registers) dropped; not L2-normalised."""
+        return self.tokens(x)[:, self.num_prefix_tokens :]
+
+    def identity(self) -> dict[str, Any]:
+        """What must match between a bank and its queries."""
+        return {
+            "name": self.name,
+            "weights_id": self.weights_id,
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "grad_layer": f"blocks.{len(self.model.blocks) - 1}.attn.proj",
+            "model_kwargs": dict(self.model_kwargs),
+        }
+
+
+def load_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    img_size: int | None = None,
+    init_seed: int = 0,
+    device: str | torch.device = "cpu",
+    model_kwargs: dict | None = None,
+) -> Backbone:
+    """Build a frozen timm ViT ``name`` at ``img_size`` (default 32 × patch size).
+
+    Weights: ``weights`` (a local checkpoint: timm state dict, original DINO layout, or
+    safetensors — detected from the content), or ``pretrained=True`` (timm hub), or
+    neither (random init seeded by ``init_seed``).  ``model_kwargs`` override timm's
+    architecture arguments (e.g. ``depth=2`` for tests) and are part of the identity.
+    """
+    if weights is not None and pretrained:
+        raise ConfigError(f"{name}: give either weights= (a file) or pretrained=True, not both")
+    model_kwargs = dict(model_kwargs or {})
+    model = _create_model(name, pretrained=pretrained, init_seed=init_seed, model_kwargs=model_kwargs)
+    _require_vit(model, name)
+    size = _resolve_img_size(name, model, img_size)
+    if tuple(model.patch_embed.img_size) != (size, size):
+        model.set_input_size(img_size=(size, size))
+    if weights is not None:
+        weights_id = load_checkpoint(model, weights, name=name)
+    elif pretrained:
+        weights_id = f"timm-hub:{_hub_tag(model, name)}"
+    else:
+        weights_id = f"random-init:seed={int(init_seed)}"
+    model.to(device)
+    return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _create_model(name: str, *, pretrained: bool, init_seed: int, model_kwargs: dict) -> nn.Module:
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown timm model name {name!r} (see timm.list_models('vit_*'))")
+    # timm initialises from the global RNG: seed it inside a fork so callers' state is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(init_seed))
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
+        except TypeError as err:
+            raise ConfigError(f"{name}: invalid model_kwargs {model_kwargs}: {err}") from err
+        except Exception as err:
+            if pretrained:
+                raise CheckpointError(f"{name}: could not fetch timm hub weights: {err}") from err
+            raise
+
+
+def _require_vit(model: nn.Module, name: str) -> None:
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"{name}: is a {type(model).__name__}, but segfungi needs a timm VisionTransformer")
+
+
+def _resolve_img_size(name: str, model: VisionTransformer, img_size: int | None) -> int:
+    patch = int(model.patch_embed.patch_size[0])
+    size = DEFAULT_GRID * patch if img_size is None else int(img_size)
+    if size <= 0 or size % patch:
+        raise ConfigError(f"{name}: img_size {size} is not a positive multiple of the patch size {patch}")
+    return size
+
+
+def _hub_tag(model: nn.Module, name: str) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("hf_hub_id") or cfg.get("url") or name
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint(model: VisionTransformer, path: str | Path, *, name: str = "") -> str:
+    """Load a local checkpoint into ``model``; return its weights id ("file:<name>:sha256:<16 hex>")."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    state = _to_timm_layout(_read_checkpoint(path), path)
+    _check_patch_size(state, model, path)
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except Exception as err:  # timm's converters assume a fitting checkpoint
+        raise CheckpointError(f"{path}: cannot adapt checkpoint to {name or 'the model'}: {err}") from err
+    _check_fits(state, model, path, name)
+    model.load_state_dict(state, strict=False)  # only the unused parts may be absent (checked above)
+    return f"file:{path.name}:sha256:{_file_digest(path)[:16]}"
+
+
+def _read_checkpoint(path: Path) -> Any:
+    if _is_safetensors(path):
+        try:
+            return safetensors.torch.load_file(str(path), device="cpu")
+        except Exception as err:
+            raise CheckpointError(f"{path}: unreadable safetensors file: {err}") from err
+    try:
+        # argparse.Namespace is allowed because DINO/timm training checkpoints store their
+        # args in one; it only carries plain attributes.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint contains pickled Python objects, not just tensors "
+            f"(torch.load weights_only=True): {first_line}"
+        ) from err
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable torch or safetensors checkpoint: {err}") from err
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors: 8-byte little-endian header length, then a JSON object."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8
+
+
+def _to_timm_layout(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Unwrap nested training checkpoints and strip wrapper prefixes → timm key names."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    for key in _NESTED_KEYS:
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = str(key)
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        if not key.startswith(_UNUSED_PREFIXES):
+            state[key] = value
+    if not state:
+        raise CheckpointError(f"{path}: contains no tensors that could be ViT weights")
+    return state
+
+
+def _check_patch_size(state: dict, model: VisionTransformer, path: Path) -> None:
+    # timm would silently resample a foreign patch kernel; that is another architecture.
+    kernel = state.get("patch_embed.proj.weight")
+    expected = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if kernel is not None and kernel.ndim == 4 and tuple(kernel.shape[-2:]) != expected:
+        raise CheckpointError(
+            f"{path}: checkpoint has {tuple(kernel.shape[-2:])} patches but the model uses {expected}: "
+            "checkpoint for another architecture"
+        )
+
+
+def _check_fits(state: dict, model: VisionTransformer, path: Path, name: str) -> None:
+    wanted = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(_UNUSED_PREFIXES)}
+    missing = sorted(set(wanted) - set(state))
+    unexpected = sorted(set(state) - set(wanted))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(shape)}"
+        for k, shape in wanted.items()
+        if k in state and state[k].shape != shape
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+            problems.append(f"{label}: {', '.join(items[:4])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit {name or type(model).__name__} (another architecture?): "
+            + "; ".join(problems)
+        )
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

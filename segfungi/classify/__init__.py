@@ -1,0 +1,59 @@
+"""segfungi.classify: kNN classification with whole-input FUNGI features
+(images, text, audio), on the shared gradient core :mod:`segfungi.gradients`.
+
+Public API (text needs the ``text`` extra, imported lazily)::
+
+    from segfungi.classify import (
+        load_settings, run_classification, format_table,      # end to end
+        ImageFungi, AudioFungi, TextFungi, TextEncoder,       # feature extractors
+        SpectrogramViT, AudioFrontEnd, read_wav, kaldi_fbank,
+        knn_predict, knn_evaluate, accuracy_metrics, few_shot_indices,
+        PCA, FeatureCache,
+        kl_uniform_loss, dino_loss, simclr_loss, make_head,
+    )
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_settings": "segfungi.classify.settings",
+    "defaults": "segfungi.classify.settings",
+    "run_classification": "segfungi.classify.pipeline",
+    "format_table": "segfungi.classify.pipeline",
+    "evaluate_features": "segfungi.classify.pipeline",
+    "compute_features": "segfungi.classify.pipeline",
+    "build_extractor": "segfungi.classify.pipeline",
+    "FungiExtractor": "segfungi.classify.features",
+    "FeatureCache": "segfungi.classify.features",
+    "ImageFungi": "segfungi.classify.image",
+    "load_image_backbone": "segfungi.classify.image",
+    "TextFungi": "segfungi.classify.text",
+    "TextEncoder": "segfungi.classify.text",
+    "AudioFungi": "segfungi.classify.audio",
+    "SpectrogramViT": "segfungi.classify.audio",
+    "AudioFrontEnd": "segfungi.classify.audio",
+    "read_wav": "segfungi.classify.audio",
+    "write_wav": "segfungi.classify.audio",
+    "kaldi_fbank": "segfungi.classify.audio",
+    "TimmViT": "segfungi.classify.vit",
+    "knn_predict": "segfungi.classify.knn",
+    "knn_evaluate": "segfungi.classify.knn",
+    "accuracy_metrics": "segfungi.classify.knn",
+    "few_shot_indices": "segfungi.classify.knn",
+    "PCA": "segfungi.classify.pca",
+    "kl_uniform_loss": "segfungi.classify.losses",
+    "dino_loss": "segfungi.classify.losses",
+    "simclr_loss": "segfungi.classify.losses",
+    "make_head": "segfungi.classify.losses",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segfungi.classify' has no attribute '{name}'")
+    return getattr(importlib.import_module(module), name)

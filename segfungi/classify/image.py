@@ -1,0 +1,119 @@
+"""Whole-image FUNGI features (paper §4, Table 22, App. C.1).
+
+Views, all at the backbone's input size S (224 in the paper):
+
+* embedding and KL: the evaluation view (resize to S/0.875, centre crop S);
+* DINO: 2 global crops (scale 0.25–1) + 10 local crops (scale 0.05–0.25), random
+  resized crops only, every crop resized to S;
+* SimCLR: the image resized to S, cut into (S/2)² patches with stride S/12
+  (int(view/6)), i.e. 7×7 = 49 overlapping views at 224, each resized to S
+  (``view_input_size`` can shrink them, with position embeddings the backbone
+  interpolates).
+
+The encoder is any ViT split (``forward_until_last_block`` without autograd,
+``forward_last_block`` + pooling with it): a :class:`segfungi.backbones.Backbone`
+(``load_backbone``), a timm VisionTransformer module, or
+:class:`segfungi.classify.vit.TimmViT`. The gradient layer is the last block's
+attention output projection.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from segfungi.classify import augment
+from segfungi.classify.features import FungiExtractor
+from segfungi.classify.vit import as_split_vit
+
+
+class ImageFungi(FungiExtractor):
+    modality = "image"
+    supported_losses = ("kl", "dino", "simclr")
+
+    def __init__(self, backbone, fungi: dict, views: dict | None = None, device="cpu"):
+        self.vit = as_split_vit(backbone, device=device)
+        self.views = dict(views or {})
+        self.size = int(self.views.get("image_size") or self.vit.img_size)
+        self._mean = torch.tensor(self.vit.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.vit.std, dtype=torch.float32).view(1, 3, 1, 1)
+        super().__init__(fungi, device=device)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def grad_layer(self):
+        return self.vit.grad_layer
+
+    def encoder_identity(self) -> dict:
+        return self.vit.identity()
+
+    def view_identity(self, loss: str) -> dict:
+        if loss in ("eval", "kl", "embedding"):
+            return {"eval": {"size": self.size, "crop_ratio": float(self.views.get("crop_ratio", 0.875))}}
+        cfg = self.fungi[loss]
+        if loss == "dino":
+            keys = ("global_crops", "global_scale", "local_crops", "local_scale")
+            return {"dino": {"size": self.size, **{k: cfg[k] for k in keys}}}
+        keys = ("view_fraction", "stride_divisor", "view_input_size")
+        return {"simclr": {"size": self.size, **{k: cfg.get(k) for k in keys}}}
+
+    def _prepare(self, sample):
+        return augment.to_float_image(sample)
+
+    def _eval_rows(self, prepared):
+        ratio = float(self.views.get("crop_ratio", 0.875))
+        return torch.stack([augment.eval_view(p, self.size, ratio) for p in prepared])
+
+    def _loss_rows(self, loss, prepared, gen, negative=False):
+        cfg = self.fungi[loss]
+        if loss == "dino":
+            return augment.dino_views(
+                prepared,
+                self.size,
+                gen,
+                global_crops=int(cfg["global_crops"]),
+                global_scale=tuple(cfg["global_scale"]),
+                local_crops=int(cfg["local_crops"]),
+                local_scale=tuple(cfg["local_scale"]),
+            )
+        if loss == "simclr":
+            views = augment.simclr_views(
+                prepared,
+                self.size,
+                float(cfg["view_fraction"]),
+                int(cfg["stride_divisor"]),
+                cfg.get("view_input_size") or self.size,
+            )
+            nv = cfg.get("negative_views")
+            if negative and nv:
+                # a seeded subset of the (deterministic) patch views
+                keep = torch.randperm(views.shape[0], generator=gen)[: int(nv)]
+                views = views[keep.sort().values]
+            return views
+        raise ValueError(loss)
+
+    def _frozen(self, rows):
+        x = (rows - self._mean) / self._std
+        return self.vit.forward_until_last_block(x)
+
+    def _last(self, frozen):
+        return self.vit.pool(self.vit.forward_last_block(frozen))
+
+
+def load_image_backbone(settings: dict, device: str = "cpu"):
+    """Backbone from the ``backbone`` mapping of a classify image config, through
+    :func:`segfungi.backbones.load_backbone` (hub weights, local checkpoint or seeded
+    random init), at ``img_size`` (224 for classification)."""
+    from segfungi.backbones import load_backbone
+
+    return load_backbone(
+        settings["name"],
+        weights=settings.get("weights"),
+        pretrained=bool(settings.get("pretrained", False)),
+        img_size=int(settings.get("img_size") or 224),
+        init_seed=int(settings.get("init_seed") or 0),
+        device=device,
+        model_kwargs=dict(settings.get("model_kwargs") or {}),
+    )

@@ -1,0 +1,174 @@
+"""Self-supervised losses whose gradients become FUNGI features (paper §4.2).
+
+Every loss returns one value **per sample** (shape ``B``), never a batch mean: the
+caller backpropagates ``loss.sum()`` so that the gradient collected for sample ``b``
+is exactly ``d loss_b / d W`` (no ``1/B`` factor, no cross-sample terms). Each
+sample's loss depends only on that sample's own rows (its views); the SimCLR
+negatives and the DINO teacher outputs are constants (detached).
+
+The heads are fixed random ``nn.Linear`` layers, seeded explicitly (they never
+train); their initialisation is PyTorch's default ``nn.Linear`` one
+(U(-1/sqrt(in), 1/sqrt(in)) for weight and bias) drawn from a private generator.
+
+Choices the paper leaves open, fixed here after the authors' released code
+(fungivision):
+
+* KL: ``KL(U || softmax(z / T))`` per sample, i.e. PyTorch's
+  ``kl_div(log_softmax(z / T), U)`` summed over the classes (the paper's Eq. 6
+  writes the arguments the other way round; the released code computes this
+  direction). The embedding is L2-normalised before the head.
+* DINO: both heads see the L2-normalised embedding; the teacher head only sees
+  the global crops and carries no gradient; the cross-entropy is summed over every
+  (teacher global crop, student crop) pair, *including* the pair of a global crop
+  with itself (the released code does this and reports more predictive gradients);
+  ``exclude_same_view=True`` gives the original DINO pairing. No centering.
+* SimCLR: the head sees the raw embedding; head outputs are L2-normalised; Eq. 5
+  with the temperature applied to every similarity, averaged over the ordered
+  pairs ``i != j`` of positives, computed in closed form in O(V·(V+M)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_head(in_features: int, out_features: int, seed: int, bias: bool = True) -> nn.Linear:
+    """A fixed random linear head (never trained), seeded: same seed, same head."""
+    gen = torch.Generator().manual_seed(int(seed))
+    head = nn.Linear(in_features, out_features, bias=bias)
+    bound = 1.0 / math.sqrt(in_features)
+    with torch.no_grad():
+        head.weight.copy_(torch.rand(out_features, in_features, generator=gen) * 2 * bound - bound)
+        if bias:
+            head.bias.copy_(torch.rand(out_features, generator=gen) * 2 * bound - bound)
+    head.requires_grad_(False)
+    return head
+
+
+# --------------------------------------------------------------------------- KL
+
+
+def kl_uniform_loss(z: torch.Tensor, temperature: float = 15.0) -> torch.Tensor:
+    """``KL(U || softmax(z / T))`` for each row of ``z`` (``B×K`` -> ``B``)."""
+    k = z.shape[-1]
+    log_q = F.log_softmax(z / temperature, dim=-1)
+    # sum_k u_k (log u_k - log q_k) with u_k = 1/K
+    return -math.log(k) - log_q.mean(dim=-1)
+
+
+def naive_kl_uniform_loss(z: torch.Tensor, temperature: float = 15.0) -> torch.Tensor:
+    """Reference: PyTorch's ``kl_div`` with a uniform target, one row at a time."""
+    out = []
+    for row in z:
+        uniform = torch.full_like(row, 1.0 / row.numel())
+        out.append(F.kl_div(F.log_softmax(row / temperature, dim=-1), uniform, reduction="sum"))
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------------- DINO
+
+
+def dino_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.07,
+    exclude_same_view: bool = False,
+) -> torch.Tensor:
+    """DINO cross-entropy per sample.
+
+    ``student``: ``B×V×K`` student-head outputs of all crops (the first ``G`` are the
+    global crops); ``teacher``: ``B×G×K`` teacher-head outputs of the global crops
+    (detached here). Returns ``B``: ``sum_{g, v} H(softmax(t_g/τt), softmax(s_v/τs))``
+    over all pairs, or over ``v != g`` with ``exclude_same_view``.
+    """
+    t = F.softmax(teacher.detach() / teacher_temp, dim=-1)  # B×G×K
+    log_s = F.log_softmax(student / student_temp, dim=-1)  # B×V×K
+    ce = -torch.einsum("bgk,bvk->bgv", t, log_s)  # B×G×V
+    if exclude_same_view:
+        g = teacher.shape[1]
+        mask = torch.ones(g, student.shape[1], dtype=ce.dtype, device=ce.device)
+        idx = torch.arange(g, device=ce.device)
+        mask[idx, idx] = 0
+        ce = ce * mask
+    return ce.sum(dim=(1, 2))
+
+
+def naive_dino_loss(student, teacher, student_temp=0.1, teacher_temp=0.07, exclude_same_view=False):
+    """Reference: double loop over (teacher crop, student crop) pairs."""
+    out = []
+    for s_b, t_b in zip(student, teacher):
+        total = student.new_zeros(())
+        for gi, tv in enumerate(t_b):
+            p = F.softmax(tv.detach() / teacher_temp, dim=-1)
+            for vi, sv in enumerate(s_b):
+                if exclude_same_view and gi == vi:
+                    continue
+                total = total - (p * F.log_softmax(sv / student_temp, dim=-1)).sum()
+        out.append(total)
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------- SimCLR
+
+
+def simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """Eq. 5 per sample, in closed form.
+
+    ``z_pos``: ``B×V×K`` head outputs of a sample's V positive views; ``z_neg``:
+    ``M×K`` fixed negatives (shared by all samples, detached). Both are
+    L2-normalised here. For each ordered pair ``i != j`` of positives,
+    ``ℓ_ij = -s_ij/τ + log Σ_{k ≠ i} exp(s_ik/τ)`` with k over positives and
+    negatives; the loss is the mean over the ``V(V-1)`` pairs. Since the
+    log-sum-exp does not depend on j, the mean is
+    ``mean_i [ LSE_i - (1/(V-1)) Σ_{j≠i} s_ij/τ ]``.
+    """
+    v = z_pos.shape[1]
+    if v < 2:
+        raise ValueError("simclr_loss needs at least 2 positive views per sample")
+    p = F.normalize(z_pos, dim=-1)
+    n = F.normalize(z_neg.detach(), dim=-1)
+    s_pp = torch.einsum("bik,bjk->bij", p, p) / tau  # B×V×V
+    s_pn = torch.einsum("bik,mk->bim", p, n) / tau  # B×V×M
+    eye = torch.eye(v, dtype=torch.bool, device=p.device)
+    s_pp_masked = s_pp.masked_fill(eye, float("-inf"))
+    lse = torch.logsumexp(torch.cat([s_pp_masked, s_pn], dim=-1), dim=-1)  # B×V
+    pos = s_pp_masked.masked_fill(eye, 0.0).sum(dim=-1) / (v - 1)  # B×V
+    return (lse - pos).mean(dim=-1)
+
+
+def naive_simclr_loss(z_pos, z_neg, tau=0.07):
+    """Reference: explicit loop over ordered pairs with the full denominator."""
+    out = []
+    n = F.normalize(z_neg.detach(), dim=-1)
+    for zp in z_pos:
+        p = F.normalize(zp, dim=-1)
+        allz = torch.cat([p, n], dim=0)
+        v = p.shape[0]
+        terms = []
+        for i in range(v):
+            sims = (allz @ p[i]) / tau
+            keep = torch.ones(allz.shape[0], dtype=torch.bool)
+            keep[i] = False
+            denom = torch.exp(sims[keep]).sum()
+            for j in range(v):
+                if j == i:
+                    continue
+                terms.append(-torch.log(torch.exp(sims[j]) / denom))
+        out.append(torch.stack(terms).mean())
+    return torch.stack(out)
+
+
+__all__ = [
+    "make_head",
+    "kl_uniform_loss",
+    "naive_kl_uniform_loss",
+    "dino_loss",
+    "naive_dino_loss",
+    "simclr_loss",
+    "naive_simclr_loss",
+]

@@ -1,0 +1,51 @@
+"""`segfungi fewshot`: the Hummingbird few-shot protocol, mean ± std mIoU over seeds."""
+
+from __future__ import annotations
+
+from segfungi.commands._options import add_config_options, settings_from_args
+
+# The few-shot k and temperature live in the fewshot section, so the shared --k and
+# --temperature flags are pointed there instead of at eval.*.
+FEWSHOT_FLAGS = {
+    "k": "fewshot.k",
+    "temperature": "fewshot.temperature",
+    "fractions": "fewshot.fractions",
+    "seeds": "fewshot.seeds",
+    "features": "fewshot.features",
+    "bank_size": "fewshot.bank_size",
+    "aug_epochs": "fewshot.aug_epochs",
+    "out": "fewshot.out",
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fewshot", help="few-shot protocol: banks from 1/128, 1/64 ... of the training split, several seeds"
+    )
+    add_config_options(parser)
+    parser.add_argument("--fractions", type=float, nargs="+",
+                        help="training fractions, e.g. 0.0078125 0.015625 (1/128, 1/64)")
+    parser.add_argument("--subset-files", nargs="+", metavar="FILE",
+                        help="files of training image ids (one per line), used instead of --fractions")
+    parser.add_argument("--seeds", type=int, nargs="+", help="one trial per seed and subset (default 0 1 2)")
+    parser.add_argument("--features", nargs="+", choices=["embeddings", "fungi"])
+    parser.add_argument("--bank-size", type=int, help="bank size cap (default 2048x10^4)")
+    parser.add_argument("--aug-epochs", type=int, help="augmentation epochs (default 8)")
+    parser.add_argument("--out", help="folder for banks, results JSON and plot (default runs/fewshot)")
+    parser.add_argument("--print-config", action="store_true", help="print the settings and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segfungi.config import dump_config
+    from segfungi.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
+
+    settings = settings_from_args(args, FEWSHOT_FLAGS)
+    if args.print_config:
+        print(dump_config(settings))
+        return 0
+    report = run_fewshot(settings, subset_files=args.subset_files or (), progress=not args.quiet)
+    print(fewshot_table(report["summary"]))
+    out = settings["fewshot"]["out"]
+    print(f"results: {out}/{RESULTS_FILE}  plot: {out}/fewshot.png")
+    return 0

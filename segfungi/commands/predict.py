@@ -1,0 +1,29 @@
+"""`segfungi predict`: segment any images with an existing bank; write masks and overlays."""
+
+from __future__ import annotations
+
+from segfungi.commands._options import add_config_options, settings_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="segment images with a memory bank (masks + overlays)")
+    parser.add_argument("--bank", required=True, help="bank folder written by build-bank")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    parser.add_argument("--out", required=True, help="output folder (masks/ and overlays/ go there)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours (default 0.5)")
+    parser.add_argument("--no-overlay", action="store_true", help="write the class-id masks only")
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segfungi.bank import MemoryBank
+    from segfungi.predict import predict_to_folder
+
+    # Start from the settings the bank was built with: the query must match them anyway.
+    settings = settings_from_args(args, base=MemoryBank(args.bank).settings)
+    records = predict_to_folder(args.bank, args.inputs, args.out, settings=settings, alpha=args.alpha,
+                                overlays=not args.no_overlay, progress=not args.quiet)
+    print(f"{len(records)} masks written to {args.out}/masks"
+          + ("" if args.no_overlay else f", overlays to {args.out}/overlays"))
+    return 0

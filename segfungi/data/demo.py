@@ -1,0 +1,201 @@
+"""A small generated dataset in a real on-disk layout and real file formats (JPEG
+images, PNG / COCO-json labels), for demos and tests.
+
+Classes: background plus five foreground classes, each a distinctive colour and
+texture (see demo_scenes.py). Each layout keeps its own label space:
+  * voc:  background + aeroplane, car, cat, dog, person (VOC ids 0, 1, 7, 8, 12, 15)
+          in the 21-class VOC space. SegmentationClass: palette PNGs with a 255 border
+          band (≈4 px) along every object outline, like real VOC; SegmentationClassAug
+          (train ids, grayscale, no borders); train.txt, val.txt and trainaug.txt (in
+          the distributed "/JPEGImages/… /SegmentationClassAug/…" line format).
+  * ade20k: background = wall, objects = person, car, tree, painting, lamp (on-disk
+          1, 13, 21, 5, 23, 37) in the 150-class space; about half of the images get an
+          "other" blob (on-disk 0, i.e. ignore). images/ and annotations/ per split.
+  * folder: classes.txt with the six style names, masks/ with class ids 0..5,
+          splits/train.txt and splits/val.txt.
+  * coco-stuff: images/{train,val}2017, annotations/stuff_*.json (background
+          "wall-other" and COCO-Stuff's "other" over thing pixels, compressed RLE) and
+          instances_*.json (objects as polygons, in painting order).
+Image sides are 300..520 px and never square. Everything depends only on `seed` (image
+i is drawn from the generator seeded with (seed, i), so it does not depend on the
+number of images). Both train and val splits are written; use split names train / val.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from segfungi.data.demo_scenes import NUM_FOREGROUND, STYLES, Scene, render_scene
+from segfungi.data.labels import IGNORE, voc_palette
+from segfungi.errors import DatasetError
+
+LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff")
+MARKER = ".segfungi-demo.json"
+# Top-level entries a demo writes; only these are replaced when a demo folder is rewritten.
+_WRITTEN = ("VOCdevkit", "ADEChallengeData2016", "images", "masks", "splits", "annotations",
+            "classes.txt", MARKER)
+
+VOC_IDS = (0, 1, 7, 8, 12, 15)  # background, aeroplane, car, cat, dog, person
+ADE_IDS = (1, 13, 21, 5, 23, 37)  # wall, person, car, tree, painting, lamp (on disk, 1-based)
+COCO_THINGS = ((5, "airplane"), (3, "car"), (17, "cat"), (18, "dog"), (1, "person"))
+COCO_BACKGROUND, COCO_OTHER = (173, "wall-other"), (183, "other")
+VOC_BORDER_PX = 5  # kernel of the morphological gradient that marks VOC's void band
+
+
+# ------------------------------------------------------------------ file writing
+def save_jpeg(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="JPEG", quality=92)
+
+
+def save_png(path: Path, mask: np.ndarray, palette: np.ndarray | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(mask)
+    if palette is not None:
+        image.putpalette(palette.tobytes())  # mode L -> P: the values stay the class ids
+    image.save(path, format="PNG")
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def voc_void_border(labels: np.ndarray) -> np.ndarray:
+    """True on a band along every boundary between two labels."""
+    kernel = np.ones((VOC_BORDER_PX, VOC_BORDER_PX), np.uint8)
+    return cv2.morphologyEx(labels, cv2.MORPH_GRADIENT, kernel) > 0
+
+
+# ---------------------------------------------------------------------- layouts
+def write_voc(out: Path, scenes: list[Scene], splits: dict[str, list[int]]) -> None:
+    voc = out / "VOCdevkit" / "VOC2012"
+    ids = [f"2012_{i:06d}" for i in range(len(scenes))]
+    lut = np.asarray(VOC_IDS, dtype=np.uint8)
+    for image_id, scene in zip(ids, scenes):
+        labels = lut[scene.styles]
+        save_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", scene.image)
+        official = np.where(voc_void_border(labels), IGNORE, labels).astype(np.uint8)
+        save_png(voc / "SegmentationClass" / f"{image_id}.png", official, voc_palette())
+    for index in splits["train"]:
+        save_png(voc / "SegmentationClassAug" / f"{ids[index]}.png", lut[scenes[index].styles])
+    lists = voc / "ImageSets" / "Segmentation"
+    for split, indices in splits.items():
+        write_lines(lists / f"{split}.txt", [ids[i] for i in indices])
+    write_lines(lists / "trainaug.txt",
+                [f"/JPEGImages/{ids[i]}.jpg /SegmentationClassAug/{ids[i]}.png" for i in splits["train"]])
+
+
+def write_ade20k(out: Path, scenes: list[Scene], splits: dict[str, list[int]], seed: int) -> None:
+    ade = out / "ADEChallengeData2016"
+    lut = np.asarray(ADE_IDS, dtype=np.uint8)
+    for split, folder, prefix in (("train", "training", "ADE_train"), ("val", "validation", "ADE_val")):
+        for number, index in enumerate(splits[split], start=1):
+            scene, name = scenes[index], f"{prefix}_{number:08d}"
+            image, labels = scene.image.copy(), lut[scene.styles]
+            rng = np.random.default_rng([seed, index, 1])
+            if rng.random() < 0.5:  # an unlabelled "other" blob: plain noise, on-disk 0
+                blob = np.zeros(labels.shape, np.uint8)
+                height, width = labels.shape
+                centre = (int(rng.integers(width)), int(rng.integers(height)))
+                axes = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+                cv2.ellipse(blob, centre, axes, 0, 0, 360, 1, thickness=-1)
+                labels[blob > 0] = 0
+                image[blob > 0] = rng.integers(0, 256, size=(int(blob.sum()), 3), dtype=np.uint8)
+            save_jpeg(ade / "images" / folder / f"{name}.jpg", image)
+            save_png(ade / "annotations" / folder / f"{name}.png", labels)
+
+
+def write_folder(out: Path, scenes: list[Scene], splits: dict[str, list[int]]) -> None:
+    ids = [f"img_{i:04d}" for i in range(len(scenes))]
+    write_lines(out / "classes.txt", [name for name, _, _ in STYLES])
+    for image_id, scene in zip(ids, scenes):
+        save_jpeg(out / "images" / f"{image_id}.jpg", scene.image)
+        save_png(out / "masks" / f"{image_id}.png", scene.styles)
+    for split, indices in splits.items():
+        write_lines(out / "splits" / f"{split}.txt", [ids[i] for i in indices])
+
+
+def rle_of(region: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def write_coco_stuff(out: Path, scenes: list[Scene], splits: dict[str, list[int]]) -> None:
+    things = [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in COCO_THINGS]
+    stuff = [{"id": cid, "name": name, "supercategory": "stuff"} for cid, name in (COCO_BACKGROUND, COCO_OTHER)]
+    for split in ("train", "val"):
+        folder = f"{split}2017"
+        images, stuff_anns, thing_anns = [], [], []
+        for index in splits[split]:
+            scene, image_id = scenes[index], index + 1
+            height, width = scene.styles.shape
+            file_name = f"{image_id:012d}.jpg"
+            save_jpeg(out / "images" / folder / file_name, scene.image)
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+            for category, region in ((COCO_BACKGROUND[0], scene.styles == 0),
+                                     (COCO_OTHER[0], scene.styles > 0)):
+                if region.any():
+                    stuff_anns.append({"id": len(stuff_anns) + 1, "image_id": image_id,
+                                       "category_id": category, "segmentation": rle_of(region),
+                                       "area": int(region.sum()), "iscrowd": 0})
+            for obj in scene.objects:
+                thing_anns.append({"id": len(thing_anns) + 1, "image_id": image_id,
+                                   "category_id": COCO_THINGS[obj.style - 1][0],
+                                   "segmentation": [obj.polygon], "area": int(obj.region.sum()),
+                                   "iscrowd": 0})
+        for prefix, anns, categories in (("stuff_", stuff_anns, stuff), ("instances_", thing_anns, things)):
+            path = out / "annotations" / f"{prefix}{folder}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+
+
+# ------------------------------------------------------------------------ entry
+def prepare_folder(out: Path) -> None:
+    """Refuse a non-empty folder unless an earlier demo wrote it; then clear what it wrote."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise DatasetError(f"{out}: folder is not empty and holds no demo dataset; choose another")
+        for name in _WRITTEN:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_demo_dataset(out: str | Path, layout: str = "voc", n_images: int = 50, seed: int = 0,
+                       n_val: int | None = None) -> Path:
+    """Write `n_images` generated images (`n_val` of them, default a quarter, in val)
+    in `layout`; returns the root to give to build_dataset."""
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown demo layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    n_val = max(1, n_images // 4) if n_val is None else n_val
+    if n_images < 2 or not 1 <= n_val < n_images:
+        raise DatasetError(f"demo needs at least one train and one val image (got {n_images} images, {n_val} val)")
+    out = Path(out)
+    prepare_folder(out)
+    # The first object of image i cycles through the classes, so every class appears in both splits.
+    scenes = [render_scene(np.random.default_rng([seed, i]), first_style=1 + i % NUM_FOREGROUND)
+              for i in range(n_images)]
+    n_train = n_images - n_val
+    splits = {"train": list(range(n_train)), "val": list(range(n_train, n_images))}
+    if layout == "voc":
+        write_voc(out, scenes, splits)
+    elif layout == "ade20k":
+        write_ade20k(out, scenes, splits, seed)
+    elif layout == "folder":
+        write_folder(out, scenes, splits)
+    else:
+        write_coco_stuff(out, scenes, splits)
+    (out / MARKER).write_text(json.dumps({"layout": layout, "n_images": n_images, "n_val": n_val,
+                                          "seed": seed}))
+    return out

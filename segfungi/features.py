@@ -1,0 +1,228 @@
+"""Patch features: backbone embeddings, or FUNGI = cat(normalised projected gradient, normalised embedding).
+
+The FUNGI pass per batch of images (paper App. C.2, Table 23):
+
+1. run the backbone up to the last block without autograd;
+2. run the last block with the gradient capture on ``blocks[-1].attn.proj``;
+3. the positive set is CLS + patch tokens (registers are left out of the loss), the
+   negatives are one of the two retrieved neighbours per token (picked with the caller's
+   ``generator``); both go through the same fixed head and are L2-normalised;
+4. the per-image SimCLR losses are summed and backwarded once — each image's gradient
+   only depends on its own loss, so batching does not mix images;
+5. only the requested patches' gradients are projected, then concatenated with the
+   patch embedding (each part L2-normalised).
+
+Embedding spaces: ``embeddings()`` and ``FungiOutput.embeddings`` are L2-normalised (what
+banks and indexes store).  Negatives must be *raw* final-normed tokens — the same space
+as the positives before the head, as in the paper, where the head sees un-normalised
+embeddings — i.e. what ``embeddings(x, normalize=False)`` returns.  Passing L2-normalised
+negatives would shrink them ~√D times relative to the positives before the head's bias,
+so it is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from segfungi.backbones import Backbone
+from segfungi.gradients import capture_token_gradients, fungi_concat, l2_normalize, make_projection
+from segfungi.seg_loss import make_head, seg_simclr_loss
+
+Negatives = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+KINDS = ("embeddings", "fungi")
+
+
+@dataclass
+class FungiOutput:
+    """``features[b]``: P_b×2D FUNGI features of image b's requested patches (gradient part
+    first, then embedding part, each L2-normalised); ``embeddings``: B×(gh·gw)×D
+    L2-normalised patch embeddings of all patches; ``losses``: B per-image losses."""
+
+    features: list[torch.Tensor]
+    embeddings: torch.Tensor
+    losses: torch.Tensor
+
+
+class FeatureExtractor:
+    """Embeddings or FUNGI features of a frozen backbone (contract in docs/architecture.md)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        kind: str = "embeddings",
+        head_dim: int = 96,
+        tau: float = 0.07,
+        proj_dim: int | None = None,
+        proj_seed: int = 0,
+        head_seed: int = 0,
+        projection: str = "dense",
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"feature kind must be one of {KINDS}, got {kind!r}")
+        self.backbone = backbone
+        self.kind = kind
+        self.head_dim, self.tau, self.head_seed = int(head_dim), float(tau), int(head_seed)
+        self.head = make_head(backbone.embed_dim, self.head_dim, self.head_seed).to(backbone.device)
+        layer = backbone.grad_layer
+        self.projection = make_projection(
+            projection,
+            in_features=layer.in_features,
+            out_features=layer.out_features,
+            dim=int(proj_dim or backbone.embed_dim),
+            seed=proj_seed,
+            bias=layer.bias is not None,
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of one patch feature of this extractor's kind."""
+        if self.kind == "embeddings":
+            return self.backbone.embed_dim
+        return self.projection.dim + self.backbone.embed_dim
+
+    def _as_input(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 images (B×S×S×3) are normalised by the backbone; float batches pass through."""
+        if isinstance(x, np.ndarray) or x.dtype == torch.uint8:
+            return self.backbone.prepare(x)
+        return x.to(self.backbone.device)
+
+    def embeddings(self, x: np.ndarray | torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Patch embeddings B×(gh·gw)×D, L2-normalised unless ``normalize=False`` (raw tokens,
+        the space negatives for :meth:`fungi` must come from)."""
+        return self.embeddings_from_hidden(self.last_block_input(x), normalize)
+
+    def last_block_input(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Tokens entering the last block, B×T×D (no autograd).  Worth keeping from the
+        support-index embeddings pass: the FUNGI pass then only reruns the last block."""
+        return self.backbone.forward_until_last_block(self._as_input(x))
+
+    def embeddings_from_hidden(self, hidden: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """:meth:`embeddings` from :meth:`last_block_input`'s output."""
+        with torch.no_grad():
+            tokens = self.backbone.forward_last_block(hidden.to(self.backbone.device, self.backbone.dtype))
+        patches = tokens[:, self.backbone.num_prefix_tokens :]
+        return l2_normalize(patches) if normalize else patches
+
+    def fungi(
+        self,
+        x: np.ndarray | torch.Tensor,
+        negatives: Negatives,
+        patch_index: Sequence[torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FungiOutput:
+        """FUNGI features of a batch.
+
+        ``negatives``: raw neighbour embeddings B×M×K×D (K retrieved per token, one kept at
+        random; K=2 in the paper) or B×M×D (already one per token), or a callable given the
+        raw loss tokens B×n×D (CLS + patches, n = 1 + gh·gw, no grad) returning such a
+        tensor.  ``patch_index``: per image, a LongTensor of patch indices (0..gh·gw−1) to
+        project; None = all patches.  ``generator`` picks the kept neighbours; None means a
+        fixed seed 0, so pass one seeded per image/epoch when building banks.
+        """
+        return self.fungi_from_hidden(self.last_block_input(x), negatives, patch_index, generator)
+
+    def fungi_from_hidden(
+        self,
+        hidden: torch.Tensor,
+        negatives: Negatives,
+        patch_index: Sequence[torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FungiOutput:
+        """:meth:`fungi` from :meth:`last_block_input`'s output (e.g. kept as float16 on disk)."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("FeatureExtractor.fungi needs autograd: do not call it under torch.inference_mode()")
+        bb = self.backbone
+        hidden = hidden.to(bb.device, bb.dtype)  # float16 caches are widened
+        with capture_token_gradients(bb.grad_layer) as recorder, torch.enable_grad():
+            tokens = bb.forward_last_block(hidden)
+            loss_tokens = self._loss_tokens(tokens)
+            kept = self._pick_negatives(negatives, loss_tokens.detach(), generator)
+            losses = seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau)
+            losses.sum().backward()
+        grads = recorder.result()
+        patches = slice(bb.num_prefix_tokens, None)
+        embeddings = l2_normalize(tokens.detach()[:, patches])
+        index = self._patch_index(patch_index, len(tokens))
+        projected = self._project_patches(grads.delta[:, patches], grads.inputs[:, patches], index)
+        features = [fungi_concat([g], emb[idx]) for g, emb, idx in zip(projected, embeddings, index)]
+        return FungiOutput(features=features, embeddings=embeddings, losses=losses.detach())
+
+    def identity(self) -> dict[str, Any]:
+        """Everything a bank and its queries must share."""
+        ident = {"backbone": self.backbone.identity(), "kind": self.kind, "feature_dim": self.feature_dim}
+        if self.kind == "fungi":
+            ident.update(
+                head_dim=self.head_dim,
+                head_seed=self.head_seed,
+                tau=self.tau,
+                loss="seg-simclr(cls+patches vs 1-of-K neighbours)",
+                projection=self.projection.identity(),
+            )
+        return ident
+
+    # ---- pieces of the FUNGI pass
+
+    def _loss_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CLS + patch tokens (register tokens are not part of the positive set)."""
+        patches = tokens[:, self.backbone.num_prefix_tokens :]
+        if not self.backbone.has_class_token:
+            return patches
+        return torch.cat([tokens[:, :1], patches], dim=1)
+
+    def _pick_negatives(
+        self, negatives: Negatives, loss_tokens: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """B×M×D negatives: keep one of the K neighbours of each row, uniformly at random."""
+        with torch.no_grad():
+            candidates = negatives(loss_tokens) if callable(negatives) else negatives
+            candidates = torch.as_tensor(candidates).to(device=loss_tokens.device, dtype=loss_tokens.dtype)
+        batch, _, dim = loss_tokens.shape
+        if candidates.ndim == 3:
+            candidates = candidates.unsqueeze(2)
+        if candidates.ndim != 4 or candidates.shape[0] != batch or candidates.shape[-1] != dim:
+            raise ValueError(f"negatives must be B×M×K×D or B×M×D with B={batch}, D={dim}; got {tuple(candidates.shape)}")
+        _refuse_normalised(candidates, loss_tokens)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        choice = torch.randint(candidates.shape[2], candidates.shape[:2], generator=generator, device=generator.device)
+        choice = choice.to(candidates.device)
+        return candidates.gather(2, choice[:, :, None, None].expand(-1, -1, 1, dim)).squeeze(2)
+
+    def _patch_index(self, patch_index: Sequence[torch.Tensor] | None, batch: int) -> list[torch.Tensor]:
+        num_patches, device = self.backbone.num_patches, self.backbone.device
+        if patch_index is None:
+            return [torch.arange(num_patches, device=device)] * batch
+        if len(patch_index) != batch:
+            raise ValueError(f"patch_index has {len(patch_index)} entries for {batch} images")
+        index = [torch.as_tensor(idx, dtype=torch.long).reshape(-1).to(device) for idx in patch_index]
+        for idx in index:
+            if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_patches):
+                raise ValueError(f"patch_index values must lie in 0..{num_patches - 1}")
+        return index
+
+    def _project_patches(
+        self, delta: torch.Tensor, inputs: torch.Tensor, index: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Project the chosen patches of all images in one streamed pass, then split per image."""
+        flat_delta = torch.cat([d[idx] for d, idx in zip(delta, index)])
+        flat_inputs = torch.cat([a[idx] for a, idx in zip(inputs, index)])
+        projected = self.projection.project_tokens(flat_delta, flat_inputs)
+        return list(projected.split([len(idx) for idx in index]))
+
+
+def _refuse_normalised(candidates: torch.Tensor, loss_tokens: torch.Tensor) -> None:
+    """Catch the easy integration bug of passing L2-normalised neighbours as negatives."""
+    if candidates.numel() == 0:
+        return
+    neg_norms = candidates.norm(dim=-1)
+    tok_norms = loss_tokens.norm(dim=-1)
+    unit = torch.ones((), dtype=neg_norms.dtype, device=neg_norms.device)
+    if torch.allclose(neg_norms, unit, atol=1e-3) and not torch.allclose(tok_norms, unit, atol=1e-2):
+        raise ValueError(
+            "negatives look L2-normalised but the tokens are not: pass raw neighbour embeddings "
+            "(FeatureExtractor.embeddings(x, normalize=False) / the support store's raw vectors)"
+        )

@@ -1,0 +1,415 @@
+"""Shared gradient core: per-token gradients of one linear layer and their random projection.
+
+For a linear layer applied token by token, ``y_t = W a_t + b``, the loss gradient is
+``dL/dW = Σ_t δ_t a_tᵀ`` and ``dL/db = Σ_t δ_t`` with ``δ_t = dL/dy_t``.  The part that
+belongs to token ``t`` is the rank-1 pair ``(δ_t a_tᵀ, δ_t)``, so one ordinary backward
+pass gives every per-token gradient: :func:`capture_token_gradients` records ``a_t`` in
+the forward and ``δ_t`` in the backward.
+
+Per-token gradients are never materialised.  With ``ã_t = [a_t; 1]`` the flattened
+gradient is ``vec(δ_t ã_tᵀ)`` (row-major, i.e. ``torch.cat([W.grad, b.grad[:, None]], 1)
+.view(-1)`` as in the FUNGI paper), and its projection by a matrix ``R`` with rows
+``R_k`` (reshaped to ``Dout×(Din+1)``) is ``(R vec(δ_t ã_tᵀ))_k = δ_tᵀ R_k ã_t``.
+
+Random matrices (both kinds) are functions of ``(seed, shape)`` only.  Row ``k`` is read
+from the raw 64-bit output of ``numpy.random.Philox(key=[seed, k])`` (structured rows
+use ``key=[seed, 2**63 + k]``): the words are laid out little-endian, unpacked to bits
+least-significant first, and bit 1 → +1, bit 0 → −1.  Raw bit-generator output is
+covered by NumPy's stream-compatibility guarantee, so the matrix is the same for every
+chunk size, process, machine and NumPy version.  Entries stay ±1 (no 1/sqrt(dim)
+scaling): features are L2-normalised afterwards, which removes any global scale.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RNG_SCHEME = "numpy-philox-raw-le-bits-v1"
+_STRUCTURED_ROW_OFFSET = 2**63  # keeps structured rows on other Philox keys than dense rows
+_MAX_SEED = 2**63
+
+
+# --------------------------------------------------------------------------- capture
+
+
+@dataclass
+class TokenGradients:
+    """What one backward pass leaves for a linear layer, token by token.
+
+    ``delta`` (…×T×Dout) holds δ_t = dL/dy_t, ``inputs`` (…×T×Din) holds a_t; ``bias`` says
+    whether the layer has a bias (then the per-token gradient is ``(δ_t a_tᵀ, δ_t)``).
+    """
+
+    delta: torch.Tensor
+    inputs: torch.Tensor
+    bias: bool
+
+    def augmented_inputs(self) -> torch.Tensor:
+        """ã_t = [a_t; 1] when the layer has a bias, else a_t."""
+        return _augment(self.inputs, self.bias)
+
+    def summed(self) -> torch.Tensor:
+        """Σ_t δ_t ã_tᵀ per leading index: …×Dout×(Din+1) — the layer's whole-input gradient."""
+        return torch.einsum("...to,...ti->...oi", self.delta, self.augmented_inputs())
+
+    def materialize(self) -> torch.Tensor:
+        """Every per-token gradient ``δ_t ã_tᵀ`` (…×T×Dout×(Din+1)). For tests and small shapes only."""
+        return self.delta.unsqueeze(-1) * self.augmented_inputs().unsqueeze(-2)
+
+
+class _Call:
+    """One forward call of the watched layer: its input, and the output gradient once known."""
+
+    def __init__(self, inputs: torch.Tensor, bias: bool):
+        self.inputs = inputs
+        self.bias = bias
+        self.delta: torch.Tensor | None = None
+
+    def store_delta(self, grad: torch.Tensor) -> None:
+        self.delta = grad.detach()
+
+
+class TokenGradientRecorder:
+    """Collects layer inputs during the forward and output gradients during the backward."""
+
+    def __init__(self, layer: nn.Linear):
+        self.layer = layer
+        self.calls: list[_Call] = []
+
+    def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        call = _Call(args[0].detach(), module.bias is not None)
+        self.calls.append(call)
+        if not torch.is_grad_enabled():
+            return None
+        if not output.requires_grad:
+            # Nothing upstream needs a gradient (frozen model): make the output a leaf so the
+            # backward stops right here instead of running through the layer's own weights.
+            output = output.detach().requires_grad_(True)
+            output.register_hook(call.store_delta)
+            return output
+        output.register_hook(call.store_delta)
+        return None
+
+    def results(self) -> list[TokenGradients]:
+        """One :class:`TokenGradients` per forward call of the layer, in call order."""
+        missing = [i for i, call in enumerate(self.calls) if call.delta is None]
+        if missing:
+            raise RuntimeError(
+                f"no gradient reached the watched layer for forward call(s) {missing}: "
+                "run loss.backward() inside the capture, with autograd enabled in the forward"
+            )
+        return [TokenGradients(call.delta, call.inputs, call.bias) for call in self.calls]
+
+    def result(self) -> TokenGradients:
+        """The single forward call's gradients (raises if the layer ran more or less than once)."""
+        if len(self.calls) != 1:
+            raise RuntimeError(
+                f"the watched layer ran {len(self.calls)} times during the capture; use results()"
+            )
+        return self.results()[0]
+
+
+@contextlib.contextmanager
+def capture_token_gradients(layer: nn.Linear) -> Iterator[TokenGradientRecorder]:
+    """Record per-token inputs and output gradients of ``layer`` for one forward/backward.
+
+    Usage::
+
+        with capture_token_gradients(backbone.grad_layer) as rec:
+            loss = loss_fn(model(x))
+            loss.backward()
+        tg = rec.result()
+
+    The layer's parameters need not require gradients: if its output does not require
+    grad, the hook turns the output into a leaf so the backward still reaches it (and
+    stops there).
+    """
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"capture_token_gradients needs an nn.Linear, got {type(layer).__name__}")
+    recorder = TokenGradientRecorder(layer)
+    handle = layer.register_forward_hook(recorder._forward_hook)
+    try:
+        yield recorder
+    finally:
+        handle.remove()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """x / ||x||₂ along ``dim`` (zero vectors stay zero)."""
+    return F.normalize(x, p=2.0, dim=dim, eps=eps)
+
+
+def fungi_concat(grad_feats: Sequence[torch.Tensor], embedding: torch.Tensor) -> torch.Tensor:
+    """FUNGI feature: cat(normalise(g₁), …, normalise(embedding)) along the last axis."""
+    parts = [l2_normalize(g) for g in grad_feats] + [l2_normalize(embedding)]
+    return torch.cat(parts, dim=-1)
+
+
+def _augment(inputs: torch.Tensor, bias: bool) -> torch.Tensor:
+    if not bias:
+        return inputs
+    return torch.cat([inputs, inputs.new_ones(inputs.shape[:-1] + (1,))], dim=-1)
+
+
+def _check_seed(seed: int) -> int:
+    seed = int(seed)
+    if not 0 <= seed < _MAX_SEED:
+        raise ValueError(f"projection seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def _sign_bits(seed: int, row: int, count: int) -> np.ndarray:
+    """``count`` fair coin flips (uint8 0/1) of matrix row ``row``: raw Philox words, LSB first."""
+    words = np.random.Philox(key=np.array([seed, row], dtype=np.uint64)).random_raw(-(-count // 64))
+    return np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:count]
+
+
+def _select_tokens(tg: TokenGradients, token_index: torch.Tensor | None):
+    delta, inputs = tg.delta, tg.inputs
+    if token_index is not None:
+        token_index = torch.as_tensor(token_index, dtype=torch.long, device=delta.device)
+        delta = delta.index_select(-2, token_index)
+        inputs = inputs.index_select(-2, token_index)
+    return delta, inputs
+
+
+class _Projection:
+    """Shared interface: ``project`` routes to per-token or summed projection."""
+
+    in_features: int
+    out_features: int
+    dim: int
+    bias: bool
+
+    @property
+    def width(self) -> int:
+        """Columns of one gradient row: Din + 1 with a bias, else Din."""
+        return self.in_features + int(self.bias)
+
+    @property
+    def num_entries(self) -> int:
+        """m: values in one flattened gradient."""
+        return self.out_features * self.width
+
+    def project(
+        self, tg: TokenGradients, token_index: torch.Tensor | None = None, reduce: str = "none"
+    ) -> torch.Tensor:
+        """Project per-token gradients: …×T'×dim (``reduce="none"``) or …×dim (``"sum"``).
+
+        ``token_index`` (1-D LongTensor) selects tokens along the token axis first.  With
+        ``"sum"`` the result is the projection of Σ_t δ_t ã_tᵀ, the gradient of the whole
+        input's loss — so B independent per-sample losses backwarded once give B
+        per-sample gradients.
+        """
+        if tg.bias != self.bias:
+            raise ValueError(f"layer bias={tg.bias} but projection built with bias={self.bias}")
+        delta, inputs = _select_tokens(tg, token_index)
+        self._check_shapes(delta, inputs)
+        lead = delta.shape[:-2]
+        if reduce == "none":
+            tokens = delta.shape[-2]
+            flat = self.project_tokens(delta.reshape(-1, self.out_features), inputs.reshape(-1, self.in_features))
+            return flat.reshape(*lead, tokens, self.dim)
+        if reduce == "sum":
+            summed = TokenGradients(delta, inputs, self.bias).summed()
+            return self.project_gradients(summed.reshape(-1, self.out_features, self.width)).reshape(*lead, self.dim)
+        raise ValueError(f"reduce must be 'none' or 'sum', got {reduce!r}")
+
+    def _check_shapes(self, delta: torch.Tensor, inputs: torch.Tensor) -> None:
+        if delta.shape[-1] != self.out_features or inputs.shape[-1] != self.in_features:
+            raise ValueError(
+                f"gradients of a {inputs.shape[-1]}→{delta.shape[-1]} layer given to a projection "
+                f"built for {self.in_features}→{self.out_features}"
+            )
+
+    def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        return {
+            "kind": self.kind,
+            "rng": RNG_SCHEME,
+            "seed": self.seed,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias,
+            "dim": self.dim,
+        }
+
+
+# --------------------------------------------------------------------------- dense
+
+
+class AchlioptasProjection(_Projection):
+    """Dense ±1 projection R ∈ {−1,+1}^{dim×m}, m = Dout·(Din+1), applied without ever
+    materialising per-token gradients.
+
+    For a chunk of K rows, ``P = Ã @ R_chunkᵀ`` (Ã: N×(Din+1), R_chunk reshaped to
+    (K·Dout)×(Din+1)) is one large GEMM; the row-wise dot of ``P`` (N×K×Dout) with δ
+    (N×Dout) gives the K projected values of every token.  Cost N·dim·Dout·(Din+1)
+    multiply-adds, memory O(N·K·Dout) besides the inputs.
+
+    The signs are kept in memory bit-packed (1 bit per entry: 7 MB for ViT-S, 57 MB for
+    ViT-B) when that fits in ``max_cache_bytes``; otherwise every chunk is regenerated from
+    its Philox keys.  Either way each chunk is unpacked into a float ±1 buffer right before
+    its GEMM — unpacking costs ~20 ms per ViT-S matrix, far less than the GEMM, whereas a
+    float32 cache would hold 228 MB (ViT-S) / 1.8 GB (ViT-B) for no measurable gain.
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        dim: int,
+        seed: int,
+        bias: bool = True,
+        chunk_rows: int | None = None,
+        max_cache_bytes: int = 64 * 2**20,
+        token_block: int = 2048,
+    ):
+        self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
+        self.seed, self.bias = _check_seed(seed), bool(bias)
+        # ~2M entries (8 MB float32) per chunk keeps the GEMM large and the buffers in cache.
+        self.chunk_rows = int(chunk_rows) if chunk_rows else max(1, min(self.dim, 2**21 // self.num_entries))
+        self.token_block = int(token_block)
+        self._cache_packed = self.dim * (-(-self.num_entries // 8)) <= max_cache_bytes
+        self._packed: np.ndarray | None = None
+
+    # ---- the matrix
+
+    def _row_signs(self, rows: range) -> np.ndarray:
+        """uint8 0/1 signs of ``rows`` (len(rows)×m), from the packed cache or the generator."""
+        m = self.num_entries
+        if self._cache_packed:
+            if self._packed is None:
+                self._packed = np.stack(
+                    [np.packbits(_sign_bits(self.seed, k, m), bitorder="little") for k in range(self.dim)]
+                )
+            return np.unpackbits(self._packed[rows.start : rows.stop], axis=1, count=m, bitorder="little")
+        return np.stack([_sign_bits(self.seed, k, m) for k in rows])
+
+    def _chunks(self, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[range, torch.Tensor]]:
+        """(rows, R_rows as a float ±1 tensor K×m) chunk by chunk, reusing one buffer."""
+        buffer = None
+        for start in range(0, self.dim, self.chunk_rows):
+            rows = range(start, min(start + self.chunk_rows, self.dim))
+            signs = torch.from_numpy(self._row_signs(rows)).to(device)
+            if buffer is None or buffer.shape[0] != len(rows):
+                buffer = torch.empty(len(rows), self.num_entries, dtype=dtype, device=device)
+            buffer.copy_(signs).mul_(2).sub_(1)
+            yield rows, buffer
+
+    def dense_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The whole R (dim×m). For tests and small shapes."""
+        return torch.cat([chunk.clone() for _, chunk in self._chunks(dtype, torch.device("cpu"))])
+
+    # ---- projections
+
+    def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-token projections: N×Dout deltas, N×Din inputs → N×dim."""
+        self._check_shapes(delta, inputs)
+        augmented = _augment(inputs, self.bias)
+        out = delta.new_empty(delta.shape[0], self.dim)
+        if delta.shape[0] == 0:
+            return out
+        for rows, chunk in self._chunks(delta.dtype, delta.device):
+            # (K·Dout)×(Din+1): row-major reshape of each R_k to Dout×(Din+1).
+            r_rows = chunk.view(len(rows) * self.out_features, self.width)
+            for t0 in range(0, delta.shape[0], self.token_block):
+                a_blk, d_blk = augmented[t0 : t0 + self.token_block], delta[t0 : t0 + self.token_block]
+                partial = (a_blk @ r_rows.T).view(-1, len(rows), self.out_features)  # N×K×Dout: R_k ã_t
+                out[t0 : t0 + len(d_blk), rows.start : rows.stop] = torch.bmm(partial, d_blk.unsqueeze(-1)).squeeze(-1)
+        return out
+
+    def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
+        """Projections of whole gradients: S×Dout×(Din+1) → S×dim."""
+        flat = grads.reshape(grads.shape[0], self.num_entries)
+        out = flat.new_empty(flat.shape[0], self.dim)
+        for rows, chunk in self._chunks(flat.dtype, flat.device):
+            out[:, rows.start : rows.stop] = flat @ chunk.T
+        return out
+
+
+# --------------------------------------------------------------------------- structured
+
+
+class OuterProductProjection(_Projection):
+    """Structured ±1 projection with rank-1 rows R_k = u_k ⊗ v_k (u_k ∈ {±1}^Dout,
+    v_k ∈ {±1}^(Din+1)), so ``δ_tᵀ R_k ã_t = (δ_tᵀ u_k)(ã_tᵀ v_k)``: two small GEMMs,
+    N·dim·(Dout+Din+1) multiply-adds instead of N·dim·Dout·(Din+1).
+
+    Row k takes Dout + Din + 1 bits from Philox key [seed, 2**63 + k]: the first Dout
+    give u_k, the rest v_k.  Entries of each row are ±1 fair coins, but rows are rank-1,
+    so this is not an Achlioptas matrix — an option to validate by retrieval quality.
+    """
+
+    kind = "structured"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        dim: int,
+        seed: int,
+        bias: bool = True,
+        chunk_rows: int | None = None,
+        max_cache_bytes: int | None = None,
+    ):
+        # chunk_rows / max_cache_bytes are accepted for interface parity with the dense
+        # projection and ignored: the factors are only dim×(Dout+Din+1) values.
+        self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
+        self.seed, self.bias = _check_seed(seed), bool(bias)
+        bits = np.stack(
+            [_sign_bits(self.seed, _STRUCTURED_ROW_OFFSET + k, self.out_features + self.width) for k in range(self.dim)]
+        )
+        signs = torch.from_numpy(bits.astype(np.float64) * 2 - 1)
+        self._u, self._v = signs[:, : self.out_features], signs[:, self.out_features :]  # dim×Dout, dim×(Din+1)
+
+    def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._u.to(like), self._v.to(like)
+
+    def dense_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The equivalent dim×m matrix, rows vec(u_k v_kᵀ). For tests and small shapes."""
+        u, v = self._u.to(dtype), self._v.to(dtype)
+        return (u.unsqueeze(-1) * v.unsqueeze(-2)).reshape(self.dim, self.num_entries)
+
+    def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        self._check_shapes(delta, inputs)
+        u, v = self._factors(delta)
+        return (delta @ u.T) * (_augment(inputs, self.bias) @ v.T)
+
+    def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
+        """u_kᵀ G v_k for every row k: S×Dout×(Din+1) → S×dim."""
+        u, v = self._factors(grads)
+        return torch.einsum("sok,ko->sk", grads @ v.T, u)
+
+
+# --------------------------------------------------------------------------- factory
+
+_KINDS: dict[str, Callable[..., _Projection]] = {
+    "dense": AchlioptasProjection,
+    "structured": OuterProductProjection,
+}
+
+
+def make_projection(
+    kind: str = "dense", *, in_features: int, out_features: int, dim: int, seed: int, bias: bool = True, **options
+) -> AchlioptasProjection | OuterProductProjection:
+    """Build a projection by name: ``"dense"`` (default, the paper's) or ``"structured"``."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown projection kind {kind!r}; choose one of {sorted(_KINDS)}")
+    return _KINDS[kind](in_features, out_features, dim, seed, bias=bias, **options)

@@ -1,0 +1,122 @@
+"""Segment arbitrary images with an existing memory bank.
+
+From Python, `predict_images(bank, images)` returns one H×W uint8 class-id mask per
+image, at the image's own size. `predict_to_folder` also writes, per image,
+`masks/<stem>.png` (mode 'P', the bank's palette, so the ids are the pixel values and
+viewers show colours, like VOC's SegmentationClass) and `overlays/<stem>.png` (the
+colours blended over the image, with a legend of the classes present).
+
+Images are read as the datasets read them (segfungi.data.imageio.read_image):
+grayscale, palette, RGBA (alpha dropped) and 16-bit inputs become RGB, and EXIF
+orientation is ignored, so a mask lines up with the stored pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from segfungi.errors import DatasetError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+def make_segmenter(bank, settings: dict | None = None):
+    """A Segmenter for `bank` (a folder or a Segmenter); settings default to the bank's own."""
+    from segfungi.bank import MemoryBank
+    from segfungi.config import load_config
+    from segfungi.evaluate import Segmenter
+
+    if isinstance(bank, Segmenter):
+        return bank
+    if settings is None:
+        settings = load_config(base=MemoryBank(bank).settings)
+    return Segmenter(bank, settings)
+
+
+def to_rgb(image) -> np.ndarray:
+    """An image file path or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB."""
+    from segfungi.data.imageio import read_image
+
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise DatasetError(f"image array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DatasetError(f"image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])  # alpha dropped, as read_image does
+
+
+def predict_images(bank, images: Iterable, settings: dict | None = None) -> list[np.ndarray]:
+    """One H×W uint8 class-id mask per image (paths or arrays), at each image's size."""
+    segmenter = make_segmenter(bank, settings)
+    return [segmenter.predict(to_rgb(image)) for image in images]
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly, plus the image files inside named folders (sorted)."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.exists():
+            found.append(item)
+        else:
+            raise DatasetError(f"{item}: no such image or folder")
+    if not found:
+        raise DatasetError(f"no images found in {', '.join(map(str, inputs))}")
+    stems: dict[str, Path] = {}
+    for path in found:
+        if path.stem in stems:
+            raise DatasetError(f"{path} and {stems[path.stem]}: same name, their masks would overwrite each other")
+        stems[path.stem] = path
+    return found
+
+
+def save_mask(mask: np.ndarray, palette, path: str | Path) -> Path:
+    """Class-id mask as a 'P'-mode PNG: pixel values are the ids, the palette gives colours."""
+    from segfungi.viz import full_palette
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8))
+    image.putpalette(full_palette(palette).reshape(-1).tolist())  # turns the 'L' image into 'P'
+    image.save(path)
+    return path
+
+
+def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, settings: dict | None = None,
+                      alpha: float = 0.5, overlays: bool = True, progress: bool = True) -> list[dict]:
+    """Segment every image of `inputs` (files or folders), writing masks and overlays under `out`.
+
+    Returns one record per image: its path, size, mask and overlay files."""
+    from tqdm.auto import tqdm
+
+    from segfungi.viz import overlay_with_legend
+
+    paths = list_images(inputs)
+    segmenter = make_segmenter(bank, settings)
+    classes, palette = segmenter.bank.classes, segmenter.bank.palette
+    out = Path(out)
+    records = []
+    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
+        image = to_rgb(path)
+        mask = segmenter.predict(image)
+        record = {"image": str(path), "height": mask.shape[0], "width": mask.shape[1],
+                  "mask": str(save_mask(mask, palette, out / "masks" / f"{path.stem}.png"))}
+        if overlays:
+            picture = overlay_with_legend(image, mask, classes, palette, alpha)
+            overlay_path = out / "overlays" / f"{path.stem}.png"
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture).save(overlay_path)
+            record["overlay"] = str(overlay_path)
+        records.append(record)
+    return records

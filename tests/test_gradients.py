@@ -1,0 +1,248 @@
+"""Gradient core: per-token gradient capture and the streamed / structured projections."""
+import hashlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from segfungi.gradients import (
+    AchlioptasProjection,
+    OuterProductProjection,
+    TokenGradients,
+    capture_token_gradients,
+    fungi_concat,
+    l2_normalize,
+    make_projection,
+)
+
+DIN, DOUT, TOKENS, BATCH = 5, 4, 7, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _few_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
+class TokenMixer(nn.Module):
+    """A tiny token model around the watched layer: tokens interact after it, so each δ_t
+    depends on every token (as in attention), and each sample has its own loss."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.pre = nn.Linear(DIN, DIN).double()
+        self.layer = nn.Linear(DIN, DOUT, bias=bias).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+    def per_sample_loss(self, x, layer_fn=None):
+        y = (layer_fn or self.layer)(torch.tanh(self.pre(x)))  # B×T×Dout
+        mixed = torch.softmax(y @ y.transpose(1, 2), dim=-1) @ y
+        return (torch.sin(mixed) * torch.arange(1, DOUT + 1, dtype=y.dtype)).sum(dim=(1, 2))
+
+
+def _inputs(seed=1):
+    return torch.randn(BATCH, TOKENS, DIN, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _captured(model, x, params_need_grad=False):
+    model.requires_grad_(params_need_grad)
+    with capture_token_gradients(model.layer) as rec:
+        model.per_sample_loss(x).sum().backward()
+    return rec.result()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_gradients_sum_to_autograd_weight_and_bias_grads(bias):
+    model = TokenMixer(bias=bias)
+    tg = _captured(model, _inputs(), params_need_grad=True)
+    total = tg.materialize().sum(dim=(0, 1))  # Σ over samples and tokens: Dout×(Din[+1])
+    torch.testing.assert_close(total[:, :DIN], model.layer.weight.grad, rtol=1e-12, atol=1e-12)
+    if bias:
+        torch.testing.assert_close(total[:, DIN], model.layer.bias.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tg.summed().sum(0), total, rtol=1e-12, atol=1e-12)
+
+
+def test_each_token_gradient_matches_brute_force_autograd():
+    """Give every (sample, token) its own copy of W and b: autograd's gradient of each copy
+    is by definition that token's gradient."""
+    model = TokenMixer()
+    x = _inputs()
+    tg = _captured(model, x)  # params frozen: the hook makes the output a leaf
+    w = model.layer.weight.detach().expand(BATCH, TOKENS, DOUT, DIN).clone().requires_grad_(True)
+    b = model.layer.bias.detach().expand(BATCH, TOKENS, DOUT).clone().requires_grad_(True)
+    per_token_layer = lambda a: torch.einsum("btoi,bti->bto", w, a) + b  # noqa: E731
+    model.per_sample_loss(x, layer_fn=per_token_layer).sum().backward()
+    per_token = tg.materialize()
+    torch.testing.assert_close(per_token[..., :DIN], w.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(per_token[..., DIN], b.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_capture_leaves_frozen_parameters_without_grad_and_sample_losses_independent():
+    model = TokenMixer()
+    x = _inputs()
+    batched = _captured(model, x)
+    assert model.layer.weight.grad is None and model.pre.weight.grad is None
+    single = _captured(model, x[1:2])
+    torch.testing.assert_close(batched.delta[1:2], single.delta, rtol=1e-12, atol=1e-14)
+
+
+def test_recorder_errors_and_multiple_calls():
+    model = TokenMixer().requires_grad_(False)
+    x = _inputs()
+    with capture_token_gradients(model.layer) as rec:
+        model.per_sample_loss(x)
+    with pytest.raises(RuntimeError, match="backward"):
+        rec.result()
+    with capture_token_gradients(model.layer) as rec:
+        (model.per_sample_loss(x[:1]) + model.per_sample_loss(x[1:2])).sum().backward()
+    with pytest.raises(RuntimeError, match="2 times"):
+        rec.result()
+    first, second = rec.results()
+    torch.testing.assert_close(first.delta, _captured(model, x[:1]).delta)
+    torch.testing.assert_close(second.delta, _captured(model, x[1:2]).delta)
+    # the hook is removed on exit
+    assert not model.layer._forward_hooks
+    with pytest.raises(TypeError):
+        with capture_token_gradients(nn.Conv2d(1, 1, 1)):
+            pass
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def _reference(projection, tg, token_index=None):
+    """dense_matrix() @ vec(materialised per-token gradients)."""
+    grads = tg.materialize()
+    if token_index is not None:
+        grads = grads[:, token_index]
+    return grads.reshape(*grads.shape[:2], -1) @ projection.dense_matrix().T
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 16, None])
+@pytest.mark.parametrize("cached", [True, False])
+def test_streamed_dense_projection_equals_explicit_matmul(chunk_rows, cached):
+    tg = _captured(TokenMixer(), _inputs())
+    proj = AchlioptasProjection(DIN, DOUT, dim=16, seed=11, chunk_rows=chunk_rows,
+                                max_cache_bytes=1 << 20 if cached else 0, token_block=4)
+    torch.testing.assert_close(proj.project(tg), _reference(proj, tg), rtol=1e-12, atol=1e-12)
+    index = torch.tensor([6, 0, 3])
+    torch.testing.assert_close(proj.project(tg, token_index=index), _reference(proj, tg, index), rtol=1e-12, atol=1e-12)
+    summed = tg.materialize().sum(1).reshape(BATCH, -1) @ proj.dense_matrix().T
+    torch.testing.assert_close(proj.project(tg, reduce="sum"), summed, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_matrix_does_not_depend_on_chunking_or_cache():
+    matrices = [
+        AchlioptasProjection(DIN, DOUT, dim=9, seed=5, chunk_rows=c, max_cache_bytes=m).dense_matrix()
+        for c in (1, 2, 9) for m in (0, 1 << 20)
+    ]
+    for other in matrices[1:]:
+        assert torch.equal(matrices[0], other)
+
+
+def test_dense_matrix_is_fair_signs_and_golden():
+    big = AchlioptasProjection(40, 30, dim=50, seed=0).dense_matrix()
+    assert set(big.unique().tolist()) == {-1.0, 1.0}
+    assert abs(big.mean().item()) < 0.01  # 61,500 fair coins: std of the mean ≈ 0.004
+    # Pinned values: the matrix must not change across versions or machines (banks depend on it).
+    small = AchlioptasProjection(3, 2, dim=4, seed=0).dense_matrix().int().tolist()
+    assert small == [
+        [1, 1, -1, 1, 1, -1, -1, 1],
+        [-1, 1, 1, -1, 1, 1, 1, -1],
+        [-1, -1, -1, -1, -1, -1, -1, -1],
+        [1, 1, -1, -1, 1, -1, -1, 1],
+    ]
+
+
+def _matrix_digest(kind, seed):
+    proj = make_projection(kind, in_features=6, out_features=5, dim=8, seed=seed)
+    return hashlib.sha256(proj.dense_matrix().numpy().tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["dense", "structured"])
+def test_same_seed_same_matrix_in_fresh_process_and_seeds_differ(kind):
+    code = (
+        "import hashlib; from segfungi.gradients import make_projection; "
+        f"p = make_projection({kind!r}, in_features=6, out_features=5, dim=8, seed=123); "
+        "print(hashlib.sha256(p.dense_matrix().numpy().tobytes()).hexdigest())"
+    )
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert fresh == _matrix_digest(kind, 123)
+    assert _matrix_digest(kind, 124) != _matrix_digest(kind, 123)
+
+
+def test_projected_features_reproducible_across_instances():
+    tg = _captured(TokenMixer(), _inputs())
+    first = AchlioptasProjection(DIN, DOUT, dim=8, seed=3, chunk_rows=2).project(tg)
+    second = AchlioptasProjection(DIN, DOUT, dim=8, seed=3, chunk_rows=5, max_cache_bytes=0).project(tg)
+    torch.testing.assert_close(first, second, rtol=1e-12, atol=1e-12)
+    other = AchlioptasProjection(DIN, DOUT, dim=8, seed=4).project(tg)
+    assert not torch.allclose(first, other)
+
+
+def test_structured_projection_equals_its_explicit_reference():
+    tg = _captured(TokenMixer(), _inputs())
+    proj = OuterProductProjection(DIN, DOUT, dim=12, seed=2)
+    matrix = proj.dense_matrix()
+    u, v = proj._u, proj._v
+    # rows are vec(u_k v_kᵀ), built independently here
+    explicit = torch.stack([torch.outer(u[k], v[k]).reshape(-1) for k in range(12)])
+    assert torch.equal(matrix, explicit)
+    assert set(matrix.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(proj.project(tg), _reference(proj, tg), rtol=1e-12, atol=1e-12)
+    summed = tg.materialize().sum(1).reshape(BATCH, -1) @ matrix.T
+    torch.testing.assert_close(proj.project(tg, reduce="sum"), summed, rtol=1e-12, atol=1e-12)
+    assert OuterProductProjection(3, 2, dim=4, seed=0)._u.int().tolist() == [[-1, -1], [-1, -1], [1, -1], [-1, -1]]
+
+
+def test_projection_without_bias():
+    tg = _captured(TokenMixer(bias=False), _inputs())
+    for kind in ("dense", "structured"):
+        proj = make_projection(kind, in_features=DIN, out_features=DOUT, dim=6, seed=1, bias=False)
+        assert proj.num_entries == DOUT * DIN
+        torch.testing.assert_close(proj.project(tg), _reference(proj, tg), rtol=1e-12, atol=1e-12)
+
+
+def test_projection_validates_inputs_and_identity():
+    tg = _captured(TokenMixer(), _inputs())
+    proj = make_projection("dense", in_features=DIN, out_features=DOUT, dim=6, seed=9)
+    with pytest.raises(ValueError, match="reduce"):
+        proj.project(tg, reduce="mean")
+    with pytest.raises(ValueError, match="built for"):
+        make_projection(in_features=DIN + 1, out_features=DOUT, dim=6, seed=9).project(tg)
+    with pytest.raises(ValueError, match="bias"):
+        make_projection(in_features=DIN, out_features=DOUT, dim=6, seed=9, bias=False).project(tg)
+    with pytest.raises(ValueError, match="kind"):
+        make_projection("gaussian", in_features=DIN, out_features=DOUT, dim=6, seed=9)
+    with pytest.raises(ValueError, match="seed"):
+        AchlioptasProjection(DIN, DOUT, dim=6, seed=-1)
+    ident = proj.identity()
+    assert ident["kind"] == "dense" and ident["seed"] == 9 and ident["dim"] == 6 and ident["rng"]
+    assert make_projection("structured", in_features=DIN, out_features=DOUT, dim=6, seed=9).identity()["kind"] == "structured"
+    empty = TokenGradients(tg.delta[:, :0], tg.inputs[:, :0], True)
+    assert proj.project(empty).shape == (BATCH, 0, 6)
+
+
+def test_float32_projection_close_to_float64():
+    tg = _captured(TokenMixer(), _inputs())
+    proj = AchlioptasProjection(DIN, DOUT, dim=10, seed=0)
+    single = TokenGradients(tg.delta.float(), tg.inputs.float(), True)
+    assert proj.project(single).dtype == torch.float32
+    torch.testing.assert_close(proj.project(single).double(), proj.project(tg), rtol=1e-5, atol=1e-5)
+
+
+def test_l2_normalize_and_fungi_concat():
+    g1, g2, emb = torch.randn(4, 3), torch.randn(4, 5), torch.randn(4, 6) * 10
+    out = fungi_concat([g1, g2], emb)
+    assert out.shape == (4, 14)
+    torch.testing.assert_close(out[:, :3], g1 / g1.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(out[:, 8:], emb / emb.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((4,), 3.0).sqrt())
+    assert torch.equal(l2_normalize(torch.zeros(2, 3)), torch.zeros(2, 3))

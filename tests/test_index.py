@@ -1,0 +1,173 @@
+"""ExactIndex against numpy brute force; ScaNN recall and save/load round trips."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from segfungi.errors import BankError, ConfigError
+from segfungi.index import (
+    ExactIndex,
+    IndexSettings,
+    ScannIndex,
+    clamped_num_leaves,
+    load_index,
+    make_index,
+    recall_at_k,
+)
+
+
+def clustered(num, dim, seed, num_centres=100, spread=0.7):
+    """Unit-norm rows around random centres: nearest-neighbour structure like real features."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((num_centres, dim))
+    rows = centres[rng.integers(0, num_centres, num)] + spread * rng.standard_normal((num, dim))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(bank, queries, k):
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = queries.astype(np.float64) @ bank.astype(np.float64).T
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, axis=1), ids
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return clustered(20000, 64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def queries(bank):
+    rng = np.random.default_rng(1)
+    noisy = bank[rng.integers(0, len(bank), 400)] + 0.2 * rng.standard_normal((400, 64))
+    return noisy.astype(np.float32)
+
+
+def test_exact_matches_numpy_brute_force(monkeypatch):
+    # Small chunks force several query and bank chunks and the running top-k merge.
+    monkeypatch.setattr("segfungi.index.EXACT_BLOCK_ELEMENTS", 7 * 50)
+    monkeypatch.setattr("segfungi.index.EXACT_QUERY_CHUNK", 7)
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((1000, 24)).astype(np.float32) * 3  # not normalised
+    queries = rng.standard_normal((23, 24)).astype(np.float32)
+    sims, ids = ExactIndex().build(bank.astype(np.float16)).search(queries, 10)
+    ref_sims, ref_ids = brute_force(bank.astype(np.float16).astype(np.float32), queries, 10)
+    assert sims.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (23, 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+
+
+def test_exact_accepts_torch_and_pads_when_bank_smaller_than_k():
+    bank = torch.eye(3)
+    sims, ids = ExactIndex().build(bank).search(torch.tensor([[0.0, 1.0, 0.0]]), 5)
+    np.testing.assert_array_equal(ids[0, :1], [1])
+    np.testing.assert_array_equal(ids[0, 3:], [-1, -1])
+    assert np.isneginf(sims[0, 3:]).all() and sims[0, 0] == pytest.approx(1.0)
+
+
+def test_exact_save_load_round_trip(tmp_path, bank, queries):
+    index = ExactIndex().build(bank[:500])
+    index.save(tmp_path / "exact")
+    loaded = load_index(tmp_path / "exact")
+    assert isinstance(loaded, ExactIndex)
+    for a, b in zip(index.search(queries, 7), loaded.search(queries, 7)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scann_recall_with_paper_settings(bank, queries):
+    index = ScannIndex().build(bank)
+    assert index.num_leaves == clamped_num_leaves(20000, IndexSettings()) == 200
+    sims, ids = index.search(queries, 30)
+    exact_sims, exact_ids = ExactIndex().build(bank).search(queries, 30)
+    assert sims.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (400, 30)
+    assert recall_at_k(ids, exact_ids) >= 0.9
+    assert (np.diff(sims, axis=1) <= 0).all(), "best first"
+    # Reordering scores exactly: returned similarities are the true dot products.
+    np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", exact_norm(queries), bank[ids]), atol=1e-5)
+
+
+def test_scann_search_overrides_and_quantised_reorder(bank, queries):
+    _, exact_ids = ExactIndex().build(bank).search(queries, 30)
+    quantised = ScannIndex(reorder_dtype="int8").build(bank)
+    assert recall_at_k(quantised.search(queries, 30)[1], exact_ids) >= 0.88
+    # Few-shot search (256 leaves = all 200 here, reorder 1800) on a default index.
+    index = ScannIndex().build(bank)
+    few_shot = IndexSettings().few_shot()
+    wide = index.search(queries, 30, num_leaves_to_search=few_shot.num_leaves_to_search, reorder=few_shot.reorder)
+    assert recall_at_k(wide[1], exact_ids) >= 0.995
+    with pytest.raises(ValueError, match="64-dim"):
+        index.search(queries[:, :10], 30)
+    with pytest.raises(ConfigError, match="reorder_dtype"):
+        ScannIndex(reorder_dtype="float8")
+
+
+def exact_norm(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_scann_trained_on_sample_then_upserted_save_load(tmp_path, bank, queries):
+    # 10k sample -> ScaNN is trained on it and the other 10k rows are upserted, so the
+    # index must translate ScaNN positions back to bank rows.
+    index = ScannIndex(training_sample=10000, seed=3).build(bank.astype(np.float16))
+    assert index.row_ids is not None and sorted(index.row_ids) == list(range(20000))
+    sims, ids = index.search(queries, 30)
+    _, exact_ids = ExactIndex().build(bank).search(queries, 30)
+    assert recall_at_k(ids, exact_ids) >= 0.85
+    np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", exact_norm(queries), bank[ids]), atol=2e-3)
+
+    index.save(tmp_path / "scann")
+    assert not list((tmp_path / "scann").glob("*.pkl"))
+    loaded = load_index(tmp_path / "scann")
+    assert isinstance(loaded, ScannIndex) and loaded.settings == index.settings
+    for a, b in zip((sims, ids), loaded.search(queries, 30)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scann_small_bank_pads_missing_neighbours():
+    bank = clustered(40, 16, seed=2)
+    index = ScannIndex().build(bank)
+    assert index.num_leaves == 0  # too small for a tree
+    sims, ids = index.search(bank[:3], 50)
+    assert ids.shape == (3, 50)
+    assert (ids[:, :40] >= 0).all() and (ids[:, 40:] == -1).all()
+    assert np.isneginf(sims[:, 40:]).all()
+    np.testing.assert_array_equal(ids[:, 0], [0, 1, 2])
+
+
+def test_few_shot_settings_and_config_keys():
+    few = IndexSettings().few_shot()
+    assert (few.num_leaves_to_search, few.reorder, few.num_leaves) == (256, 1800, 512)
+    assert clamped_num_leaves(10**7, few) == 512
+    assert clamped_num_leaves(102400, few) == 512
+    with pytest.raises(ConfigError, match="num_leafs"):
+        IndexSettings.from_dict({"num_leafs": 3})
+
+
+def test_make_index_auto_switches_on_size(bank):
+    assert isinstance(make_index(bank[:1000], exact_below=2000), ExactIndex)
+    assert isinstance(make_index(bank[:3000], {"kind": "auto", "exact_below": 2000}), ScannIndex)
+    assert isinstance(make_index(bank[:3000], kind="exact"), ExactIndex)
+
+
+def test_load_refuses_incomplete_or_foreign_folder(tmp_path, bank):
+    with pytest.raises(BankError, match="not a saved index"):
+        load_index(tmp_path)
+    ExactIndex().build(bank[:100]).save(tmp_path / "e")
+    meta = json.loads((tmp_path / "e" / "segfungi_index.json").read_text())
+    (tmp_path / "e" / "segfungi_index.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(BankError, match="rebuild"):
+        load_index(tmp_path / "e")
+    ExactIndex().build(bank[:100]).save(tmp_path / "e2")
+    with pytest.raises(BankError, match="expected 'scann'"):
+        ScannIndex.load(tmp_path / "e2")
+
+
+def test_recall_at_k():
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    approx = np.array([[4, 3, 9, 9], [5, 6, 7, 8]])
+    assert recall_at_k(approx, exact) == pytest.approx((2 / 4 + 4 / 4) / 2)
+    # Padding (-1) in the exact results is not a neighbour to find.
+    assert recall_at_k(np.array([[1, 9, -1]]), np.array([[1, 2, -1]])) == pytest.approx(1 / 2)
