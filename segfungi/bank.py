@@ -17,6 +17,7 @@ same size: that is exactly an embeddings bank with the same settings, built firs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from segfungi import __version__
+from segfungi import __version__, distributed
 from segfungi.components import make_extractor, open_train_dataset
 from segfungi.errors import BankError
 from segfungi.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_generator
@@ -161,21 +162,30 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
             "choose another --out or remove it"
         )
 
-    with BuildLock(out):
-        _start_or_resume(out, identity, digest, settings, resume)
+    # Rank 0 owns the folder (lock, records, index, manifest); every rank writes the
+    # shards s with s % world == rank. torchrun stops all ranks if one fails.
+    lock = BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
+    with lock:
+        if distributed.rank() == 0:
+            _start_or_resume(out, identity, digest, settings, resume)
+        distributed.barrier()
         support = None
         if kind == "fungi":
             support_dir = build_bank(settings, out / SUPPORT_DIR, resume=True,
                                      kind="embeddings", progress=progress)
             support = SupportIndex(support_dir, settings)
-        plan = make_plan(settings, len(dataset), extractor.backbone.grid[0] * extractor.backbone.grid[1])
+        plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
         weights = _class_weights(out, dataset)
         writer = ShardWriter(out, dataset, extractor, plan, weights, settings, support)
         started = time.perf_counter()
-        todo = [s for s in range(plan.num_shards) if not (out / "shards" / f"{s:05d}").exists()]
+        todo = [s for s in range(distributed.rank(), plan.num_shards, distributed.world_size())
+                if not (out / "shards" / f"{s:05d}").exists()]
         for shard in tqdm(todo, desc=f"{kind} bank {out.name}", unit="shard", disable=not progress):
             writer.write(shard)
-        _finish(out, identity, digest, settings, plan, dataset, time.perf_counter() - started)
+        distributed.barrier()
+        if distributed.rank() == 0:
+            _finish(out, identity, digest, settings, plan, dataset, time.perf_counter() - started)
+        distributed.barrier()
     return out
 
 
@@ -205,7 +215,8 @@ def _class_weights(out: Path, dataset) -> np.ndarray:
     from segfungi.sampling import ClassFrequency
 
     cache = out / "class_frequency.npy"
-    if cache.exists():
+    if distributed.rank() != 0 or cache.exists():
+        distributed.barrier()  # rank 0 writes the cache first
         return ClassFrequency(dataset.num_classes, load_array(cache)).weights()
     freq = ClassFrequency(dataset.num_classes)
     for i in tqdm(range(len(dataset)), desc="class frequencies", unit="img", leave=False):
@@ -215,6 +226,7 @@ def _class_weights(out: Path, dataset) -> np.ndarray:
     with open(tmp, "wb") as f:
         np.save(f, freq.counts, allow_pickle=False)
     os.replace(tmp, cache)
+    distributed.barrier()
     return freq.weights()
 
 

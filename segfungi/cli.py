@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 import sys
 
-from segfungi import __version__, commands
+from segfungi import __version__, commands, distributed
 from segfungi.errors import SegfungiError
 
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    distributed.init_from_env()  # a no-op unless launched by torchrun
     try:
         return int(args.func(args) or 0)
     except SegfungiError as err:

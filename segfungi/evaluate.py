@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from segfungi import distributed
 from segfungi.bank import MemoryBank, SupportIndex, extractor_mismatches
 from segfungi.components import make_extractor, open_dataset
 from segfungi.errors import BankError
@@ -99,15 +100,16 @@ def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> di
     size = segmenter.image_size
     batch_size = settings["eval"]["batch_size"]
     started = time.perf_counter()
-    for start in tqdm(range(0, count, batch_size), desc=f"eval {Path(bank_path).name}", unit="batch",
-                      disable=not progress):
-        pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size)
-                 for i in range(start, min(start + batch_size, count))]
-        images = np.stack([p[0] for p in pairs])
-        scores = segmenter.predict_scores(images)
+    # Under torchrun each rank takes every world-th image; the matrices are summed.
+    mine = list(range(distributed.rank(), count, distributed.world_size()))
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    for batch in tqdm(batches, desc=f"eval {Path(bank_path).name}", unit="batch", disable=not progress):
+        pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
+        scores = segmenter.predict_scores(np.stack([p[0] for p in pairs]))
         preds = scores_to_mask(scores, out_size=(size, size))
         for pred, (_, mask) in zip(preds, pairs):
             confusion.update(pred, mask)
+    confusion.matrix = distributed.all_reduce_sum(confusion.matrix)
     eval_seconds = time.perf_counter() - started
     bank = segmenter.bank
     return {

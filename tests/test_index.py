@@ -1,6 +1,7 @@
 """ExactIndex against numpy brute force; ScaNN recall and save/load round trips."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -108,7 +109,11 @@ def exact_norm(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_scann_trained_on_sample_then_upserted_save_load(tmp_path, bank, queries):
+def refuse_pickle(*args, **kwargs):
+    raise AssertionError("unpickling during index load")
+
+
+def test_scann_trained_on_sample_then_upserted_save_load(tmp_path, monkeypatch, bank, queries):
     # 10k sample -> ScaNN is trained on it and the other 10k rows are upserted, so the
     # index must translate ScaNN positions back to bank rows.
     index = ScannIndex(training_sample=10000, seed=3).build(bank.astype(np.float16))
@@ -120,6 +125,11 @@ def test_scann_trained_on_sample_then_upserted_save_load(tmp_path, bank, queries
 
     index.save(tmp_path / "scann")
     assert not list((tmp_path / "scann").glob("*.pkl"))
+    for npy in (tmp_path / "scann").glob("*.npy"):
+        np.load(npy, allow_pickle=False)  # plain arrays, no object dtype
+    # Loading must not unpickle anything (scann's own load_searcher would, for docids).
+    monkeypatch.setattr(pickle, "load", refuse_pickle)
+    monkeypatch.setattr(pickle, "loads", refuse_pickle)
     loaded = load_index(tmp_path / "scann")
     assert isinstance(loaded, ScannIndex) and loaded.settings == index.settings
     for a, b in zip((sims, ids), loaded.search(queries, 30)):

@@ -4,23 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segfungi.bank import MemoryBank, build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank
 from segfungi.cli import main
-from segfungi.config import load_config
 from segfungi.errors import DatasetError
 from segfungi.predict import list_images, make_segmenter, predict_images, predict_to_folder, to_rgb
 
 
 @pytest.fixture(scope="module")
-def bank(tmp_path_factory) -> Path:
-    """A small embeddings bank from generated data, shared by the tests of this module."""
-    from segfungi.data.demo import write_demo_dataset
-
-    folder = tmp_path_factory.mktemp("predict")
-    root = write_demo_dataset(folder / "data", layout="voc", n_images=6, seed=0, n_val=2)
-    settings = load_config("demo", overrides=[{"data": {"root": str(root)}},
-                                              {"bank": {"features": "embeddings", "size": 2048}}])
-    return build_bank(settings, folder / "bank", progress=False)
+def bank(fungi_bank) -> Path:
+    """The embeddings bank of the suite's shared FUNGI bank (conftest): nothing to build."""
+    return fungi_bank / SUPPORT_DIR
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,34 @@
+"""Shared fixtures: one small generated VOC-layout dataset and banks built once per run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segfungi.config import load_config
+
+# Two cores are shared by the whole suite; more threads only add contention.
+torch.set_num_threads(2)
+
+
+def tiny_settings(root, **sections) -> dict:
+    """Demo settings (random-init ViT-Tiny/16 at 512², the real 32×32 grid) on `root`."""
+    overrides = [{"data": {"root": str(root)}}, {"bank": {"shard_images": 4, "batch_size": 4}}]
+    overrides += [{section: values} for section, values in sections.items()]
+    return load_config("demo", overrides)
+
+
+@pytest.fixture(scope="session")
+def demo_voc_root(tmp_path_factory):
+    from segfungi.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("voc") / "data", layout="voc", n_images=18, seed=0, n_val=6)
+
+
+@pytest.fixture(scope="session")
+def fungi_bank(tmp_path_factory, demo_voc_root):
+    """A FUNGI bank of 4096 patches; its support/ folder is the embeddings bank."""
+    from segfungi.bank import build_bank
+
+    settings = tiny_settings(demo_voc_root, bank={"size": 4096, "features": "fungi"})
+    return build_bank(settings, tmp_path_factory.mktemp("banks") / "fungi", progress=False)
