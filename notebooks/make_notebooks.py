@@ -141,8 +141,8 @@ def mask_visualisation() -> nbformat.NotebookNode:
         sizes_text="`BANK_SIZE` (the paper uses 1024×10², ×10³ and ×10⁴ patches) and `VAL_IMAGES`\n"
                    "  (None evaluates the whole validation split)",
         example='"voc_vits16"',
-        sizes_code="TRAIN_IMAGES, VAL_IMAGES = 16, 6   # demo dataset; VAL_IMAGES also caps the evaluation\n"
-                   "BANK_SIZE = 4096                   # patches in the bank\n"
+        sizes_code="TRAIN_IMAGES, VAL_IMAGES = 8, 4    # demo dataset; VAL_IMAGES also caps the evaluation\n"
+                   "BANK_SIZE = 2048                   # patches in the bank\n"
                    "SHOWN_IMAGES = 3                   # rows of the panel figure",
         cells=cells,
     )
@@ -179,8 +179,8 @@ def bank_size_sweep() -> nbformat.NotebookNode:
         sizes_text="`SIZES` (the paper uses [102400, 1024000, 10240000]) and `VAL_IMAGES`\n"
                    "  (None evaluates the whole validation split)",
         example='"voc_vits16"',
-        sizes_code="TRAIN_IMAGES, VAL_IMAGES = 16, 6   # demo dataset; VAL_IMAGES also caps the evaluation\n"
-                   "SIZES = [1024, 4096, 16384]        # bank sizes (16 images x 1024 patches at most)",
+        sizes_code="TRAIN_IMAGES, VAL_IMAGES = 8, 4    # demo dataset; VAL_IMAGES also caps the evaluation\n"
+                   "SIZES = [512, 2048, 8192]          # bank sizes (8 images x 1024 patches at most)",
         cells=cells,
     )
 
@@ -196,8 +196,8 @@ def few_shot() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             "from segfungi.fewshot import fewshot_table, run_fewshot\n\n"
-            'settings = settings_for(fewshot={"fractions": FRACTIONS, "seeds": SEEDS,\n'
-            '                                 "aug_epochs": AUG_EPOCHS, "out": str(WORK / "fewshot")},\n'
+            'settings = settings_for(fewshot={"fractions": FRACTIONS, "seeds": SEEDS, "aug_epochs": AUG_EPOCHS,\n'
+            '                                 "bank_size": BANK_SIZE, "out": str(WORK / "fewshot")},\n'
             '                        eval={"max_images": VAL_IMAGES})\n'
             "report = run_fewshot(settings, progress=False)\n"
             'print(fewshot_table(report["summary"]))'
@@ -214,13 +214,14 @@ def few_shot() -> nbformat.NotebookNode:
     return notebook(
         "03_few_shot", "Few-shot segmentation (Hummingbird protocol)",
         presets="fewshot_voc_vits16, fewshot_voc_vitb16, fewshot_ade20k_vits16, fewshot_ade20k_vitb16",
-        sizes_text="`FRACTIONS = [1 / 128, 1 / 64]` and `AUG_EPOCHS = 8` as in the paper,\n"
+        sizes_text="`FRACTIONS = [1 / 128, 1 / 64]`, `AUG_EPOCHS = 8` and `BANK_SIZE = 2048 * 10**4` as in the paper,\n"
                    "  `SEEDS` as many as you can afford, `VAL_IMAGES = None` for the whole validation split",
         example='"fewshot_voc_vits16"',
-        sizes_code="TRAIN_IMAGES, VAL_IMAGES = 16, 6   # demo dataset; VAL_IMAGES also caps the evaluation\n"
-                   "FRACTIONS = [1 / 8, 1 / 4]         # of the training split (paper: 1/128, 1/64)\n"
+        sizes_code="TRAIN_IMAGES, VAL_IMAGES = 12, 4   # demo dataset; VAL_IMAGES also caps the evaluation\n"
+                   "FRACTIONS = [1 / 6, 1 / 3]         # of the training split (paper: 1/128, 1/64)\n"
                    "SEEDS = [0, 1]\n"
-                   "AUG_EPOCHS = 2                     # paper: 8",
+                   "AUG_EPOCHS = 2                     # paper: 8\n"
+                   "BANK_SIZE = 2048                   # at most; paper: 2048 x 10^4, i.e. every patch",
         cells=cells,
     )
 

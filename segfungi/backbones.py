@@ -52,7 +52,9 @@ class Backbone:
         height, width = model.patch_embed.img_size
         patch_h, patch_w = model.patch_embed.patch_size
         if height != width or patch_h != patch_w:
-            raise ConfigError(f"{name}: only square images and patches are supported, got {height}×{width}/{patch_h}×{patch_w}")
+            raise ConfigError(
+                f"{name}: only square images and patches are supported, got {height}×{width}/{patch_h}×{patch_w}"
+            )
         self.img_size = int(height)
         self.patch_size = int(patch_h)
         self.grid = tuple(int(g) for g in model.patch_embed.grid_size)

@@ -399,7 +399,8 @@ class MemoryBank:
         (an exact index is just the features, so it is rebuilt when needed)."""
         from segfungi.index import make_index
 
-        index = make_index(self.load_features(), settings["index"])
+        # float16 as stored: the index converts to float32 in chunks.
+        index = make_index(self.load("features"), settings["index"])
         if index.kind == "scann":
             index.save(folder)
         return {"kind": index.kind}
@@ -410,7 +411,7 @@ class MemoryBank:
         from segfungi.index import ScannIndex, make_index
 
         if self.manifest.get("index", {}).get("kind") != "scann":
-            return make_index(self.load_features(), {**settings["index"], "kind": "exact"})
+            return make_index(self.load("features"), {**settings["index"], "kind": "exact"})
         index = ScannIndex.load(self.path / "index")
         index.settings = dataclasses.replace(
             index.settings,

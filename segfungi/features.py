@@ -28,7 +28,13 @@ import numpy as np
 import torch
 
 from segfungi.backbones import Backbone
-from segfungi.gradients import capture_token_gradients, fungi_concat, l2_normalize, make_projection
+from segfungi.gradients import (
+    TokenGradients,
+    capture_token_gradients,
+    fungi_concat,
+    l2_normalize,
+    make_projection,
+)
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
 Negatives = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -133,6 +139,21 @@ class FeatureExtractor:
         generator: torch.Generator | None = None,
     ) -> FungiOutput:
         """:meth:`fungi` from :meth:`last_block_input`'s output (e.g. kept as float16 on disk)."""
+        grads, patch_tokens, losses = self.patch_gradients(hidden, negatives, generator)
+        embeddings = l2_normalize(patch_tokens)
+        index = self._patch_index(patch_index, len(patch_tokens))
+        projected = self._project_patches(grads.delta, grads.inputs, index)
+        features = [fungi_concat([g], emb[idx]) for g, emb, idx in zip(projected, embeddings, index)]
+        return FungiOutput(features=features, embeddings=embeddings, losses=losses)
+
+    def patch_gradients(
+        self, hidden: torch.Tensor, negatives: Negatives, generator: torch.Generator | None = None
+    ) -> tuple[TokenGradients, torch.Tensor, torch.Tensor]:
+        """The loss forward/backward from the last block's input, before any projection.
+
+        Returns the patch tokens' :class:`TokenGradients` (δ: B×P×Dout, a: B×P×Din), the raw
+        patch tokens B×P×D and the per-image losses (B,), all detached.
+        """
         if torch.is_inference_mode_enabled():
             raise RuntimeError("FeatureExtractor.fungi needs autograd: do not call it under torch.inference_mode()")
         bb = self.backbone
@@ -145,11 +166,8 @@ class FeatureExtractor:
             losses.sum().backward()
         grads = recorder.result()
         patches = slice(bb.num_prefix_tokens, None)
-        embeddings = l2_normalize(tokens.detach()[:, patches])
-        index = self._patch_index(patch_index, len(tokens))
-        projected = self._project_patches(grads.delta[:, patches], grads.inputs[:, patches], index)
-        features = [fungi_concat([g], emb[idx]) for g, emb, idx in zip(projected, embeddings, index)]
-        return FungiOutput(features=features, embeddings=embeddings, losses=losses.detach())
+        patch_grads = TokenGradients(grads.delta[:, patches], grads.inputs[:, patches], grads.bias)
+        return patch_grads, tokens.detach()[:, patches], losses.detach()
 
     def identity(self) -> dict[str, Any]:
         """Everything a bank and its queries must share."""
@@ -184,7 +202,9 @@ class FeatureExtractor:
         if candidates.ndim == 3:
             candidates = candidates.unsqueeze(2)
         if candidates.ndim != 4 or candidates.shape[0] != batch or candidates.shape[-1] != dim:
-            raise ValueError(f"negatives must be B×M×K×D or B×M×D with B={batch}, D={dim}; got {tuple(candidates.shape)}")
+            raise ValueError(
+                f"negatives must be B×M×K×D or B×M×D with B={batch}, D={dim}; got {tuple(candidates.shape)}"
+            )
         _refuse_normalised(candidates, loss_tokens)
         if generator is None:
             generator = torch.Generator().manual_seed(0)

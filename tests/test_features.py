@@ -13,9 +13,10 @@ TINY = dict(depth=2, embed_dim=32, num_heads=2)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _few_threads():
+def _one_thread():
+    # One intra-op thread: on shared, busy cores OpenMP barriers make 2 threads ~10× slower.
     before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 

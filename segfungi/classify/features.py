@@ -116,9 +116,11 @@ class FungiExtractor:
                 self.heads["dino_teacher"] = make_head(d, int(cfg["head_dim"]), self.head_seed * 1000 + 12).to(self.device)
             else:
                 self.heads[loss] = make_head(d, int(cfg["head_dim"]), self.head_seed * 1000 + offset + 1).to(self.device)
-            dim = cfg.get("proj_dim") or d
-            self.projections[loss] = g.AchlioptasProjection(
-                layer.in_features, layer.out_features, int(dim), self.proj_seed, bias=layer.bias is not None
+            dim = int(cfg.get("proj_dim") or d)
+            # one matrix per size: losses projected to the same size share it (same seed)
+            same = next((p for p in self.projections.values() if p.dim == dim), None)
+            self.projections[loss] = same or g.AchlioptasProjection(
+                layer.in_features, layer.out_features, dim, self.proj_seed, bias=layer.bias is not None
             )
         self.negatives: torch.Tensor | None = None
         self._negatives_identity: dict | None = None
@@ -317,7 +319,8 @@ class FungiExtractor:
             out["embedding"] = self._normalize(emb.float(), dim=-1)
             self.stats["embedding"]["seconds"] += time.perf_counter() - t0
             self.stats["embedding"]["samples"] += n
-        return {k: v.detach().cpu() for k, v in out.items()}
+        # unprojected gradient sums stay on the device for the grouped projection
+        return {k: (v.detach().cpu() if v.ndim == 2 else v.detach()) for k, v in out.items()}
 
     def extract(self, dataset, sources: Iterable[str], split: str = "", batch_size: int = 8, progress: bool = False) -> dict:
         """``{source: N × d float32 numpy}`` for every sample of ``dataset``.
