@@ -17,7 +17,8 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
        pass (float16), so only the last block runs forward and backward.
 
 (b), (b') and (d) are run for the dense projection (the default) and the structured one.
-Every case is timed --repeats times and the best run is reported (shared machines).
+Cases are timed in --repeats interleaved rounds and the best round is reported, as
+wall-clock and as process CPU time (shared machines).
 Weights are random-init: speed does not depend on them.  Negatives are raw tokens of
 another image, as a support index would return them; retrieval itself is not timed.
 """
@@ -43,20 +44,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kept", type=int, default=10, help="patches per image in the bank-build case (b')")
     p.add_argument("--ref-tokens", type=int, default=128, help="tokens timed for the reference projection (c)")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per case; the best is reported")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds; the best is reported")
     return p.parse_args()
 
 
-def timed(fn, batches, repeats: int) -> float:
-    """Seconds for fn over all batches (best of ``repeats``), after one untimed warm-up batch.
-    The best run is the least disturbed by other processes on a shared machine."""
-    fn(*batches[0])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            fn(*batch)
-        best = min(best, time.perf_counter() - start)
+def time_cases(cases: dict, rounds: int) -> dict:
+    """Per case, the best (wall, CPU) seconds over ``rounds`` runs of fn on all its batches.
+
+    Rounds interleave the cases, so load from other processes on a shared machine hits
+    them alike; each case first runs one untimed warm-up batch.  With one thread, CPU
+    time is the steadier figure (it does not count time spent descheduled)."""
+    best = {name: [float("inf"), float("inf")] for name in cases}
+    for fn, batches in cases.values():
+        fn(*batches[0])
+    for _ in range(rounds):
+        for name, (fn, batches) in cases.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            for batch in batches:
+                fn(*batch)
+            best[name][0] = min(best[name][0], time.perf_counter() - wall)
+            best[name][1] = min(best[name][1], time.process_time() - cpu)
     return best
 
 
@@ -97,50 +104,52 @@ def main() -> None:
     # (d) the bank build keeps the support pass's last-block input (float16 on disk)
     cached_kept = [(dense.last_block_input(x).half(), n, k) for x, n, k in kept_batches]
 
-    print(f"backbone {args.backbone} (random init) at {bb.img_size}², D={dim}, {num_patches} patches, "
-          f"{args.images} images, batch {args.batch_size}, {args.threads} threads, "
-          f"load average before: {os.getloadavg()[0]:.1f}")
-    per_image = lambda fn, cases: timed(fn, cases, args.repeats) / args.images  # noqa: E731
-
-    t_embed = per_image(lambda x, n: dense.embeddings(x), batches)
-    t_grad_only = per_image(lambda x, n, k: dense.fungi(x, n, patch_index=k), no_patches)
-    results = {}
-    for label, fe in (("dense", dense), ("structured", structured)):
-        results[label] = (
-            per_image(lambda x, n: fe.fungi(x, n), batches),
-            per_image(lambda x, n, k: fe.fungi(x, n, patch_index=k), kept_batches),
-            per_image(lambda h, n, k: fe.fungi_from_hidden(h, n, patch_index=k), cached_kept),
-        )
-
-    # (c) reference: gradient pass + materialised per-token gradients × whole dense matrix
+    # (c) reference: the dense matrix is held whole, as the paper's formulation does
     matrix = dense.projection.dense_matrix(torch.float32)
-    x0, n0 = batches[0]
-    grads, _, _ = dense.patch_gradients(dense.last_block_input(x0), n0)
-    delta, inputs = grads.delta, grads.inputs
+    grads, _, _ = dense.patch_gradients(dense.last_block_input(xs[0]), negatives[0])
     ref_tokens = min(args.ref_tokens, num_patches)
-    reference_projection(delta[0, :8], inputs[0, :8], matrix)  # warm-up
-    start = time.perf_counter()
-    ref = reference_projection(delta[0, :ref_tokens], inputs[0, :ref_tokens], matrix)
-    t_ref_proj = (time.perf_counter() - start) * num_patches / ref_tokens
-    ours = dense.projection.project_tokens(delta[0, :ref_tokens], inputs[0, :ref_tokens])
-    rel_err = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
-    t_ref = t_grad_only + t_ref_proj
-    scaled = " (timed on %d tokens, scaled to %d)" % (ref_tokens, num_patches) if ref_tokens < num_patches else ""
+    ref_pairs = [(grads.delta[0, :ref_tokens], grads.inputs[0, :ref_tokens])]
 
-    print("\nper image (seconds):")
-    print(f"  (a)  embeddings only                         {t_embed:8.3f}")
-    print(f"       FUNGI gradient pass, no projection      {t_grad_only:8.3f}")
-    for label, (t_all, t_kept, t_cached) in results.items():
-        print(f"  (b)  FUNGI {label:10s} all {num_patches} patches       {t_all:8.3f}")
-        print(f"  (b') FUNGI {label:10s} {args.kept} kept patches        {t_kept:8.3f}")
-        print(f"  (d)  FUNGI {label:10s} {args.kept} kept, cached input  {t_cached:8.3f}")
-    print(f"  (c)  reference: materialised grads × R        {t_ref:8.3f}   "
-          f"(projection {t_ref_proj:.3f}{scaled})")
-    print(f"\n  reference vs streamed core: max relative difference {rel_err:.2e}")
-    print("\nratios:")
-    for label, (t_all, t_kept, t_cached) in results.items():
-        print(f"  {label:10s}  b/a = {t_all / t_embed:6.2f}   b'/a = {t_kept / t_embed:6.2f}   "
-              f"d/a = {t_cached / t_embed:6.2f}   c/b = {t_ref / t_all:6.2f}")
+    print(f"backbone {args.backbone} (random init) at {bb.img_size}², D={dim}, {num_patches} patches, "
+          f"{args.images} images, batch {args.batch_size}, {args.threads} thread(s), "
+          f"load average before: {os.getloadavg()[0]:.1f}")
+    cases = {
+        "embed": (lambda x, n: dense.embeddings(x), batches),
+        "grad": (lambda x, n, k: dense.fungi(x, n, patch_index=k), no_patches),
+        "ref_proj": (lambda d, a: reference_projection(d, a, matrix), ref_pairs),
+    }
+    for label, fe in (("dense", dense), ("structured", structured)):
+        cases[f"{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
+        cases[f"{label}/kept"] = (lambda x, n, k, fe=fe: fe.fungi(x, n, patch_index=k), kept_batches)
+        cases[f"{label}/cached"] = (lambda h, n, k, fe=fe: fe.fungi_from_hidden(h, n, patch_index=k), cached_kept)
+    best = time_cases(cases, args.repeats)
+    per_image = {name: [t / args.images for t in times] for name, times in best.items()}
+    per_image["ref_proj"] = [t * num_patches / ref_tokens for t in best["ref_proj"]]  # one image's patches
+    per_image["ref"] = [g + p for g, p in zip(per_image["grad"], per_image["ref_proj"])]
+
+    ref = reference_projection(*ref_pairs[0], matrix)
+    ours = dense.projection.project_tokens(*ref_pairs[0])
+    rel_err = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+
+    def row(label: str, name: str, note: str = "") -> None:
+        wall, cpu = per_image[name]
+        print(f"  {label:46s} {wall:8.3f} {cpu:8.3f}{note}")
+
+    print(f"\nper image, best of {args.repeats} interleaved rounds     wall s    CPU s")
+    row("(a)  embeddings only", "embed")
+    row("     FUNGI gradient pass, nothing projected", "grad")
+    for label in ("dense", "structured"):
+        row(f"(b)  FUNGI {label}, all {num_patches} patches", f"{label}/all")
+        row(f"(b') FUNGI {label}, {args.kept} kept patches", f"{label}/kept")
+        row(f"(d)  FUNGI {label}, {args.kept} kept, cached input", f"{label}/cached")
+    scaled = f"  (projection timed on {ref_tokens} tokens, scaled to {num_patches})" if ref_tokens < num_patches else ""
+    row("(c)  reference: materialised grads × dense R", "ref", scaled)
+    print(f"\n  reference vs streamed core on {ref_tokens} tokens: max relative difference {rel_err:.2e}")
+    print("\nratios (wall / CPU):")
+    ratio = lambda a, b: "/".join(f"{x / y:.2f}" for x, y in zip(per_image[a], per_image[b]))  # noqa: E731
+    for label in ("dense", "structured"):
+        print(f"  {label:10s}  b/a = {ratio(f'{label}/all', 'embed')}   b'/a = {ratio(f'{label}/kept', 'embed')}   "
+              f"d/a = {ratio(f'{label}/cached', 'embed')}   c/b = {ratio('ref', f'{label}/all')}")
     print(f"  load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -168,7 +168,8 @@ def load_backbone(
     elif pretrained:
         weights_id = f"timm-hub:{_hub_tag(model, name)}"
     else:
-        weights_id = f"random-init:seed={int(init_seed)}"
+        # timm's initialisers may change between versions, so the version is part of the id.
+        weights_id = f"random-init:seed={int(init_seed)}:timm={timm.__version__}"
     model.to(device)
     return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs)
 

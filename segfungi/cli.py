@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    for stream in (sys.stdout, sys.stderr):
+        # File names that are not UTF-8 (bytes names on Linux) are printed escaped
+        # instead of ending the command with a UnicodeEncodeError.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     distributed.init_from_env()  # a no-op unless launched by torchrun
     try:
         return int(args.func(args) or 0)

@@ -4,6 +4,8 @@ line override them. Unknown keys and wrong types are refused with the allowed ke
 from __future__ import annotations
 
 import copy
+import datetime
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,8 +26,13 @@ def _read_yaml(path: Path) -> dict:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 text ({err})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        # PyYAML raises ValueError for impossible dates/numbers (2001-13-01, !!int x).
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -57,7 +64,71 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+# Values the types alone do not pin down. Keys whose default is null take these types
+# (a path given as a bare number, e.g. --set data.root=2012, becomes the string "2012").
+_OPTIONAL_TYPES = {
+    "data.root": "path", "data.subset_file": "path", "backbone.weights": "path", "eval.out": "path",
+    "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int,
+}
+_POSITIVE = {
+    "data.image_size", "bank.size", "bank.aug_epochs", "bank.shard_images", "bank.batch_size",
+    "bank.label_topk", "eval.k", "eval.batch_size", "eval.max_images", "fungi.head_dim", "fungi.proj_dim",
+    "fungi.support_neighbours", "fungi.temperature", "eval.temperature", "index.num_leaves",
+    "index.num_leaves_to_search", "index.dims_per_block", "index.training_sample",
+    "index.ah_training_sample", "index.min_leaf_size", "fewshot.bank_size", "fewshot.aug_epochs",
+    "fewshot.k", "fewshot.temperature", "fewshot.num_leaves_to_search", "sweep.sizes",
+}
+_NON_NEGATIVE = {"data.num_workers", "index.reorder", "index.exact_below", "fewshot.reorder", "fewshot.seeds"}
+_CHOICES = {
+    "data.on_bad_sample": ("error", "skip"),
+    "bank.features": ("embeddings", "fungi"),
+    "index.kind": ("auto", "scann", "exact"),
+    "index.reorder_dtype": ("float32", "bfloat16", "int8"),
+    "backbone.dtype": ("float32", "bfloat16", "float16"),
+    "sweep.features": ("embeddings", "fungi"),
+    "fewshot.features": ("embeddings", "fungi"),
+}
+
+
+def _check_value(dotted: str, default: Any, value: Any, origin: str) -> Any:
+    """Range, choice and element checks beyond the type; returns the value to store."""
+    def fail(what: str) -> None:
+        raise ConfigError(f"{origin}: '{dotted}' must be {what}, got {value!r}")
+
+    if value is None:
+        return value
+    kind = _OPTIONAL_TYPES.get(dotted)
+    if kind == "path":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
+            fail("a str (a path)")
+        value = str(value)
+    elif kind is not None and not _type_ok(kind(), value):
+        fail(f"{kind.__name__} or null")
+    items = value if isinstance(value, list) else [value]
+    if isinstance(default, list) and default:
+        for item in items:
+            if not _type_ok(default[0], item):
+                fail(f"a list of {type(default[0]).__name__}")
+    for item in items:
+        number = isinstance(item, (int, float)) and not isinstance(item, bool)
+        if number and isinstance(item, float) and not math.isfinite(item):
+            fail("a finite number")
+        if number and dotted in _POSITIVE and item <= 0:
+            fail("positive")
+        if number and (dotted in _NON_NEGATIVE or dotted.endswith("seed") or dotted.endswith("seeds")) and item < 0:
+            fail("0 or more")
+        if dotted in _CHOICES and item not in _CHOICES[dotted]:
+            fail("one of " + ", ".join(_CHOICES[dotted]))
+    if dotted == "data.subset_fraction" and not 0 < value <= 1:
+        fail("in (0, 1]")
+    if dotted == "fewshot.fractions" and not all(0 < f <= 1 for f in items):
+        fail("fractions in (0, 1]")
+    return value
+
+
 def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
+    if not isinstance(update, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {update!r}")
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
@@ -75,7 +146,7 @@ def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
             )
         if isinstance(base[key], float) and isinstance(value, int):
             value = float(value)
-        base[key] = value
+        base[key] = _check_value(dotted, base[key], value, origin)
 
 
 def parse_override(text: str) -> dict:
@@ -85,7 +156,7 @@ def parse_override(text: str) -> dict:
     dotted, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
     nested: dict = {}
     cursor = nested

@@ -108,6 +108,70 @@ def _with_overrides(settings: IndexSettings, overrides: dict[str, Any]) -> Index
 # ---------------------------------------------------------------------------- helpers
 
 
+class ConcatRows:
+    """Several 2-D arrays (a bank's shards) seen as one, without concatenating them.
+
+    `parts` are callables that open one part (e.g. a memory-mapped shard file); a part is
+    opened for each read and dropped right after, so only the rows being converted are
+    ever resident, however large the bank. Supports what the indexes need: `shape`,
+    `dtype`, `len`, and row selection by slice, integer array or boolean mask."""
+
+    def __init__(self, parts, rows, dim: int, dtype=np.float16):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [int(r) for r in rows]).astype(np.int64)
+        if len(self.offsets) != len(self.parts) + 1:
+            raise ValueError(f"{len(self.parts)} parts but {len(self.offsets) - 1} row counts")
+        self.shape = (int(self.offsets[-1]), int(dim))
+        self.dtype = np.dtype(dtype)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            return self._range(start, stop)
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        if key.ndim != 1:
+            raise IndexError("ConcatRows takes a slice or a 1-D array of rows")
+        key = np.where(key < 0, key + self.shape[0], key).astype(np.int64)
+        out = np.empty((len(key), self.shape[1]), dtype=self.dtype)
+        part_of = np.searchsorted(self.offsets, key, side="right") - 1
+        for part in np.unique(part_of):
+            picked = np.flatnonzero(part_of == part)
+            array = self._open(int(part))
+            out[picked] = array[key[picked] - self.offsets[part]]
+            del array
+        return out
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((max(0, stop - start), self.shape[1]), dtype=self.dtype)
+        first = int(np.searchsorted(self.offsets, start, side="right") - 1)
+        for part in range(max(first, 0), len(self.parts)):
+            lo, hi = self.offsets[part], self.offsets[part + 1]
+            if lo >= stop:
+                break
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                array = self._open(part)
+                out[a - start : b - start] = array[a - lo : b - lo]
+                del array
+        return out
+
+    def _open(self, part: int) -> np.ndarray:
+        array = self.parts[part]() if callable(self.parts[part]) else self.parts[part]
+        expected = (int(self.offsets[part + 1] - self.offsets[part]), self.shape[1])
+        if tuple(array.shape) != expected:
+            raise ValueError(f"part {part} has shape {tuple(array.shape)}, expected {expected}")
+        return array
+
+
+
 def _as_array(features: Any) -> Any:
     """A row-sliceable array: numpy arrays and memmaps stay as they are (not loaded)."""
     if isinstance(features, torch.Tensor):
@@ -314,7 +378,7 @@ class ScannIndex:
             # Asymmetric hashing trains 16 centres per block.
             raise ValueError(f"ScannIndex needs 16 vectors or more, got {num_rows}; use ExactIndex")
         in_sample = self._training_rows(num_rows)
-        sample_rows = features if in_sample.all() else features[np.flatnonzero(in_sample)]
+        sample_rows = features[:] if in_sample.all() else features[np.flatnonzero(in_sample)]
         sample = _normalized_float32(sample_rows)
         del sample_rows
         self.num_vectors, self.dim = num_rows, features.shape[1]
@@ -445,9 +509,11 @@ class ScannIndex:
         assets = folder / "scann_assets.pbtxt"
         if not assets.is_file():
             raise BankError(f"{assets}: missing; the saved index is incomplete")
+        assets_text = assets.read_text(encoding="utf-8", errors="replace")
+        _check_asset_paths(folder, assets_text)
         index = cls(IndexSettings.from_dict(meta["settings"]))
         module = _scann_module()
-        native = module.scann_pybind.ScannNumpy(str(folder), assets.read_text(encoding="utf-8"))
+        native = module.scann_pybind.ScannNumpy(str(folder), assets_text)
         index.searcher = module.ScannSearcher(native)
         index.num_vectors, index.dim, index.num_leaves = (
             meta["num_vectors"], meta["dim"], meta["num_leaves"],
@@ -471,6 +537,23 @@ class ScannIndex:
             "has_row_ids": self.row_ids is not None,
             "settings": dataclasses.asdict(self.settings),
         }
+
+
+def _check_asset_paths(folder: Path, assets_text: str) -> None:
+    """ScaNN reads the files its asset list names: only plain files inside `folder`
+    (as `serialize(relative_path=True)` writes them) are accepted, never a path
+    elsewhere on the machine."""
+    import re
+
+    paths = re.findall(r'asset_path:\s*"([^"]*)"', assets_text)
+    if not paths:
+        raise BankError(f"{folder / 'scann_assets.pbtxt'}: lists no assets; the saved index is damaged")
+    for name in paths:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) or name in (".", ".."):
+            raise BankError(f"{folder / 'scann_assets.pbtxt'}: asset path {name!r} is not a file in the "
+                            "index folder (refused)")
+        if not (folder / name).is_file():
+            raise BankError(f"{folder / name}: missing; the saved index is incomplete")
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -300,7 +300,6 @@ def ensure_writable_dir(folder: Path) -> None:
             f.write(b"segfungi")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(probe, probe)  # renames must work too
         probe.unlink()
     except OSError as err:
         reason = err.strerror or str(err)
@@ -362,19 +361,20 @@ class BuildLock:
                 continue
             if self._holder_alive():  # an unflocked lock of a live process (older segfungi)
                 os.close(fd)
-                self._refuse()
+                self._refuse(unflocked=True)
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
             os.fsync(fd)
             self._fd = fd
             return self
 
-    def _refuse(self) -> None:
+    def _refuse(self, unflocked: bool = False) -> None:
         holder = self._holder()
+        hint = f"; if no build is running there, delete {self.path}" if unflocked else ""
         raise BankError(
             f"{self.path.parent}: another build is running "
             f"(lock {self.path} held by pid {holder if holder else '?'}); "
-            "wait for it to finish or choose another --out"
+            f"wait for it to finish or choose another --out{hint}"
         ) from None
 
     def __exit__(self, *exc) -> None:

@@ -115,7 +115,9 @@ def plot_prediction_panels(
     with_ignore = any(m is not None and (m == IGNORE).any() for m in every_mask)
     handles = _legend_handles(shown, classes, palette, with_ignore)
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+        # At most 6 per row, columns balanced: the legend reads down its columns in class order.
+        rows = -(-len(handles) // 6)
+        fig.legend(handles=handles, loc="outside lower center", ncol=-(-len(handles) // rows),
                    fontsize=8, frameon=False)
     return _save(fig, path)
 

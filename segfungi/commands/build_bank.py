@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from segfungi.commands._options import add_config_options, settings_from_args
 from segfungi.config import dump_config
 
@@ -38,6 +40,12 @@ def run(args) -> int:
         return 0
     path = build_bank(settings, resume=args.resume, progress=not args.quiet)
     bank = MemoryBank(path)
+    skipped = bank.manifest.get("skipped_samples") or []
+    if skipped:  # --on-bad-sample skip: say what was left out, one line each
+        print(f"skipped {len(skipped)} bad sample(s):", file=sys.stderr)
+        for image_id, reason in skipped:
+            print(f"  {image_id}: {reason}", file=sys.stderr)
     print(f"bank ready: {path} ({bank.num_patches} patches, {bank.features_kind}, "
-          f"dim {bank.feature_dim}, hash {bank.manifest['hash']})")
+          f"dim {bank.feature_dim}, hash {bank.manifest['hash']})"
+          + (f", {len(skipped)} bad samples skipped" if skipped else ""))
     return 0

@@ -16,7 +16,12 @@ are accepted when every value fits in 0..255. Colour (RGB/RGBA/…) masks and JP
 are refused: a colour-rendered mask is not a class-id mask, and JPEG corrupts labels.
 
 Truncated files raise (`Image.load()` decodes everything; LOAD_TRUNCATED_IMAGES is
-never set)."""
+never set).
+
+Only the common raster formats are opened (`FORMATS`: JPEG, PNG, BMP, TIFF, WebP, GIF,
+PPM); PIL's other plugins are never tried, so a shared dataset cannot route a file to
+one of them (EPS, for instance, would run Ghostscript) and random bytes are not
+mistaken for an obscure format."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ _CONVERTIBLE_TO_RGB = {"1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _MASK_MODES = {"L", "P", "1"}
 _LOSSY_FORMATS = {"JPEG", "MPO", "WEBP"}
+FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")  # JPEG includes MPO
 
 
 def _open_decoded(path: Path, kind: str) -> Image.Image:
@@ -43,7 +49,7 @@ def _open_decoded(path: Path, kind: str) -> Image.Image:
     if size == 0:
         raise DatasetError(f"{path}: {kind} file is empty (0 bytes)")
     try:
-        image = Image.open(path)
+        image = Image.open(path, formats=FORMATS)
         image.load()  # decode now, so truncation is found here and not later
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot read {kind} ({err})") from None
