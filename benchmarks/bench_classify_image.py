@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--shot-seeds", default="0,1,2")
     p.add_argument("--pca-dim", type=int, default=None)
+    p.add_argument("--combinations", default=None, help="comma-separated, e.g. embedding,kl,embedding+kl (default: the standard set)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", default="runs/classify_cache/bench_image")
@@ -70,7 +71,8 @@ def accuracy(args) -> dict:
         {"data": {"dataset": "digits", "digits_size": args.digits_size, "test_fraction": 0.3, "split_seed": 0}},
         {"backbone": {"name": args.backbone, "img_size": args.img_size, "init_seed": 0}},
         {"fungi": {"losses": [x for x in args.losses.split(",") if x], "simclr": {"negatives": args.negatives}}},
-        {"knn": {"shot_seeds": [int(x) for x in args.shot_seeds.split(",")], "pca_dim": args.pca_dim}},
+        {"knn": {"shot_seeds": [int(x) for x in args.shot_seeds.split(",")], "pca_dim": args.pca_dim,
+                 "combinations": args.combinations.split(",") if args.combinations else None}},
         {"run": {"batch_size": args.batch_size, "cache_dir": args.cache_dir, "progress": args.progress,
                  "max_train": args.max_train, "max_test": args.max_test}},
     ])

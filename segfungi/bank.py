@@ -43,7 +43,6 @@ from segfungi.storage import (
     check_free_space,
     ensure_writable_dir,
     file_checksum,
-    format_bytes,
     load_array,
     read_json,
     remove_temporaries,
@@ -214,7 +213,8 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     if kind not in ("embeddings", "fungi"):
         raise BankError(f"bank.features must be 'embeddings' or 'fungi', got {kind!r}")
     if not (out / MANIFEST).exists() and distributed.rank() == 0:
-        ensure_writable_dir(out)  # before any slow work: a bad --out fails now
+        ensure_writable_dir(out)  # before any slow work: a bad --out fails now,
+        BuildLock(out).check_free()  # and so does a folder another build is writing
     dataset = open_train_dataset(settings)
     extractor = make_extractor(settings, kind=kind)
     identity = bank_identity(settings, extractor, dataset, kind)

@@ -53,8 +53,10 @@ def resolve_config_path(name: str | Path) -> Path:
 
 
 def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True  # optional keys take any value; None resets to the default behaviour
+    if default is None:
+        return True  # optional keys: their types are checked by _check_value
+    if value is None:
+        return False  # null only where the default is null (an optional key)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):

@@ -320,7 +320,8 @@ class AchlioptasProjection(_Projection):
                 self._cached = _bits_to_signs(self._generate(every_row))
             else:
                 m = self.num_entries
-                self._cached = np.stack([np.packbits(_sign_bits(self.seed, k, m), bitorder="little") for k in every_row])
+                rows_bits = (_sign_bits(self.seed, k, m) for k in every_row)
+                self._cached = np.stack([np.packbits(bits, bitorder="little") for bits in rows_bits])
         chunk = self._cached[rows.start : rows.stop]
         if self.cache == "int8":
             return chunk

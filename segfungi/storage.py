@@ -368,6 +368,20 @@ class BuildLock:
             self._fd = fd
             return self
 
+    def check_free(self) -> None:
+        """Raise now if another build holds the lock (a cheap probe before slow setup work;
+        `with BuildLock(…)` still decides)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return  # no lock file (or unreadable): the real acquisition will tell
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._refuse()
+        finally:
+            os.close(fd)  # closing drops our probe lock
+
     def _refuse(self, unflocked: bool = False) -> None:
         holder = self._holder()
         hint = f"; if no build is running there, delete {self.path}" if unflocked else ""

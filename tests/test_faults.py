@@ -39,8 +39,9 @@ from segfungi.cli import main
 from segfungi.errors import BankError
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance", "embedding_norm"]
-SETTINGS = {"bank": {"size": 2048, "features": "embeddings", "shard_images": 2, "batch_size": 2},
-            "index": {"kind": "scann"}}
+# 8 training images at 256² (16×16 patches), one per shard: 8 shards of 128 patches.
+SETTINGS = {"bank": {"size": 1024, "features": "embeddings", "shard_images": 1, "batch_size": 1},
+            "index": {"kind": "scann"}, "data": {"image_size": 256}}
 TEMPORARY = re.compile(r"^\..+\.tmp(-\d+)?$")
 
 PAUSE_SCRIPT = r'''
@@ -103,14 +104,14 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(root, tmp_path_factory):
-    """The uninterrupted build every interrupted one must equal (4 shards, ScaNN index)."""
+    """The uninterrupted build every interrupted one must equal (8 shards, ScaNN index)."""
     return build_bank(tiny_settings(root, **SETTINGS), tmp_path_factory.mktemp("ref") / "bank", progress=False)
 
 
 def cli_args(root, out) -> list[str]:
     return ["build-bank", "--config", "demo", "--root", str(root), "--random-init", "--out", str(out), "--quiet",
-            "--features", "embeddings", "--bank-size", "2048", "--set", "bank.shard_images=2",
-            "--set", "bank.batch_size=2", "--set", "index.kind=scann"]
+            "--features", "embeddings", "--bank-size", "1024", "--set", "bank.shard_images=1",
+            "--set", "bank.batch_size=1", "--set", "index.kind=scann", "--set", "data.image_size=256"]
 
 
 def start(args: list[str], wrapper: Path | None = None, ready: Path | None = None, point: str = "") -> subprocess.Popen:
@@ -165,14 +166,14 @@ def test_sigkill_after_first_shard_then_resume_equals_uninterrupted(root, refere
     kill(process)
     assert not (out / MANIFEST).exists() and (out / "build.json").exists()
     done = sorted(p.name for p in (out / "shards").iterdir() if not p.name.startswith("."))
-    assert 1 <= len(done) < 4
+    assert 1 <= len(done) < 8
     for shard in done:  # what was finished is complete and intact
         assert storage.verify_folder(out / "shards" / shard) == []
 
     # The interrupted build is described, refused for use, and listed by verify.
     assert main(["bank", "info", str(out)]) == 0
     info = capsys.readouterr().out
-    assert "incomplete (resumable" in info and f"{len(done)} of 4 shards done" in info
+    assert "incomplete (resumable" in info and f"{len(done)} of 8 shards done" in info
     assert main(["bank", "verify", str(out)]) == 1
     assert "incomplete build" in capsys.readouterr().out
     with pytest.raises(BankError, match="incomplete"):
@@ -218,7 +219,7 @@ def test_sigkill_while_the_index_is_saved(root, reference, tmp_path, capsys):
     assert Path(ready.read_text()).name.startswith(".index.tmp-")
     kill(process)
     assert not (out / "index").exists() and not (out / MANIFEST).exists()
-    assert len(list((out / "shards").glob("0*"))) == 4  # every shard was kept
+    assert len(list((out / "shards").glob("0*"))) == 8  # every shard was kept
     resume(root, out, capsys)
     assert_same_bank(out, reference)
 
@@ -226,7 +227,7 @@ def test_sigkill_while_the_index_is_saved(root, reference, tmp_path, capsys):
 # ------------------------------------------------------------- disk and folder
 def test_estimate_covers_the_real_bank(root, reference):
     settings = tiny_settings(root, **SETTINGS)
-    plan = make_plan(settings, 8, 1024)
+    plan = make_plan(settings, 8, 256)
     estimate = estimate_bank_bytes(settings, plan, 192, "embeddings")
     shards = storage.folder_size(reference / "shards")
     index = storage.folder_size(reference / "index")
@@ -242,7 +243,7 @@ def test_too_little_free_space_stops_before_any_work(root, tmp_path, monkeypatch
     code = main(cli_args(root, out))
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert re.search(r"not enough free disk space: embeddings bank of 2048 patches × 192 dims needs about "
+    assert re.search(r"not enough free disk space: embeddings bank of 1024 patches × 192 dims needs about "
                      r"[\d.]+ MB, 1\.0 MB free", err), err
     assert not (out / "build.json").exists() and not (out / "shards").exists()
 
