@@ -143,6 +143,13 @@ def _check_disk_space(out: Path, settings: dict, plan: BankPlan, extractor, kind
         todo = plan.num_shards - len(_done_shards(folder) & set(range(plan.num_shards)))
         needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
         parts.append(f"{bank_kind} bank of {estimate['patches']} patches × {dim} dims")
+        if folder.name == SUPPORT_DIR and _caches_hidden(settings):
+            # The support pass keeps every image's last-block input (T×D float16) until
+            # the FUNGI pass has used it.
+            backbone = extractor.backbone
+            tokens = backbone.num_prefix_tokens + backbone.num_patches
+            needed += plan.num_items * todo // max(1, plan.num_shards) * tokens * backbone.embed_dim * 2
+            parts.append("last-block input cache")
     check_free_space(out, int(needed * 1.05) + (16 << 20), " + ".join(parts))
 
 
@@ -280,7 +287,7 @@ def _start_or_resume(out: Path, identity: dict, digest: str, settings: dict, res
             "or remove the folder"
         )
     # We hold the lock: temporaries here belong to a killed build and are garbage.
-    for folder in (out, out / "shards"):
+    for folder in (out, out / "shards", out / HIDDEN_CACHE_DIR):
         remove_temporaries(folder)
     if record_path.exists():
         record = read_json(record_path)
@@ -387,7 +394,7 @@ class _PreparedItems(torch.utils.data.Dataset):
             return err
 
 
-class _Batches:
+class _BatchList:
     """The batch sampler of the persistent DataLoader: the current shard's batches."""
 
     def __init__(self):
@@ -402,12 +409,6 @@ class _Batches:
 
 def _as_list(batch):
     return batch
-
-
-def _worker_init(_worker_id: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # the workers are the parallelism; torch already uses 1 thread there
 
 
 class ShardWriter:
@@ -445,7 +446,8 @@ class ShardWriter:
         self.augment = self.preparer.augment
         self.num_workers = int(settings["data"].get("num_workers") or 0)
         self._loader = None
-        self._batches = _Batches()
+        self._batches = _BatchList()
+        self._cv2_threads: int | None = None
 
     # ---- one shard
     def write(self, shard: int) -> None:
@@ -471,6 +473,11 @@ class ShardWriter:
     def close(self) -> None:
         """Stop the DataLoader workers (they also stop with the writer or the process)."""
         self._loader = None
+        if self._cv2_threads is not None:
+            import cv2
+
+            cv2.setNumThreads(self._cv2_threads)
+            self._cv2_threads = None
 
     # ---- images: serially, or in DataLoader workers
     def _prepare(self, epoch: int, image: int):
@@ -483,9 +490,17 @@ class ShardWriter:
                 yield [self.preparer(epoch, image) for epoch, image in batch]
             return
         if self._loader is None:
+            import cv2
+
+            # OpenCV's thread pool does not survive fork(): a worker that touches it (even
+            # cv2.setNumThreads) waits forever for the parent's threads. Without a pool in
+            # the parent, the forked workers have none either; the workers are the
+            # parallelism here. Restored by close().
+            self._cv2_threads = cv2.getNumThreads()
+            cv2.setNumThreads(0)
             self._loader = torch.utils.data.DataLoader(
                 _PreparedItems(self.preparer), batch_sampler=self._batches, num_workers=self.num_workers,
-                collate_fn=_as_list, persistent_workers=True, prefetch_factor=2, worker_init_fn=_worker_init)
+                collate_fn=_as_list, persistent_workers=True, prefetch_factor=2)
         self._batches.batches = batches
         for prepared in self._loader:
             for item in prepared:

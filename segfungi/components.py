@@ -5,6 +5,9 @@ all construct datasets and feature extractors the same way."""
 
 from __future__ import annotations
 
+import functools
+import os
+
 from segfungi.errors import ConfigError
 
 
@@ -35,22 +38,36 @@ def open_train_dataset(settings: dict):
 
 
 def load_backbone_from(settings: dict):
-    from segfungi.backbones import load_backbone
-
     cfg = settings["backbone"]
     if not (cfg["weights"] or cfg["pretrained"] or cfg["random_init"]):
         raise ConfigError(
             "backbone: no weights given (set backbone.weights to a checkpoint, "
             "backbone.pretrained: true to download, or backbone.random_init: true)"
         )
-    return load_backbone(
+    return _cached_backbone(
         cfg["name"],
-        weights=cfg["weights"],
-        pretrained=bool(cfg["pretrained"]) and not cfg["weights"],
-        img_size=settings["data"]["image_size"],
-        init_seed=cfg["init_seed"],
-        device=cfg["device"],
+        cfg["weights"],
+        bool(cfg["pretrained"]) and not cfg["weights"],
+        settings["data"]["image_size"],
+        cfg["init_seed"],
+        cfg["device"],
+        _modified_time(cfg["weights"]),
     )
+
+
+def _modified_time(path) -> float | None:
+    # Part of the cache key, so a checkpoint replaced on disk is loaded again.
+    return os.path.getmtime(path) if path and os.path.exists(path) else None
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, weights_mtime):
+    """The backbone is frozen, so a sweep or few-shot run can share one instance
+    across its banks and evaluations instead of rebuilding it each time."""
+    from segfungi.backbones import load_backbone
+
+    return load_backbone(name, weights=weights, pretrained=pretrained, img_size=img_size,
+                         init_seed=init_seed, device=device)
 
 
 def make_extractor(settings: dict, kind: str | None = None, backbone=None):

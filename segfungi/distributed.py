@@ -1,15 +1,35 @@
 """Spreading work over processes with torch.distributed (torchrun; gloo on CPU, NCCL on GPUs).
 
 Everything degrades to a single process when no process group exists, so the same
-code paths serve `segfungi build-bank` and `torchrun -m segfungi build-bank`."""
+code paths serve `segfungi build-bank` and `torchrun -m segfungi build-bank`.
+
+* Work: a bank's shards are dealt out over the ranks, each rank writes its own shard
+  folders into the one bank folder (a shared file system), rank 0 alone owns the
+  build record, the index and the manifest; evaluation splits the images and sums the
+  confusion matrices.
+* Failures: when a rank fails it exits, and torchrun stops the others; a rank waiting
+  in a collective for a peer that died also fails as soon as gloo/NCCL notices the
+  closed connection. As a last resort every collective times out after
+  `SEGFUNGI_DIST_TIMEOUT` seconds (default 7200: rank 0 builds the bank's ScaNN index
+  while the others wait, which takes tens of minutes for 10^7 patches).
+* Threads: torchrun sets OMP_NUM_THREADS=1 per process; on CPUs each rank instead uses
+  its share of the cores this machine gives the job (cores // local processes), or
+  `SEGFUNGI_THREADS` when set.
+* Output: ranks other than 0 print nothing on stdout (progress bars are rank 0's too);
+  errors still reach stderr from every rank.
+"""
 
 from __future__ import annotations
 
+import datetime
 import os
+import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 7200
 
 
 def init_from_env() -> None:
@@ -17,11 +37,28 @@ def init_from_env() -> None:
     one GPU per local rank when GPUs exist, gloo on CPUs."""
     if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return
+    timeout = datetime.timedelta(seconds=float(os.environ.get("SEGFUNGI_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl")
+        dist.init_process_group(backend="nccl", timeout=timeout)
     else:
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", timeout=timeout)
+        torch.set_num_threads(threads_per_process())
+    if rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+
+
+def threads_per_process() -> int:
+    """CPU threads for one of this machine's ranks: SEGFUNGI_THREADS, else an equal share
+    of the cores this process may use."""
+    if os.environ.get("SEGFUNGI_THREADS"):
+        return max(1, int(os.environ["SEGFUNGI_THREADS"]))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, cores // max(1, local))
 
 
 def active() -> bool:
@@ -36,9 +73,17 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that prints and shows progress."""
+    return rank() == 0
+
+
 def barrier() -> None:
     if active():
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def all_reduce_sum(array: np.ndarray) -> np.ndarray:
@@ -46,5 +91,9 @@ def all_reduce_sum(array: np.ndarray) -> np.ndarray:
     if not active():
         return array
     tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
+        tensor = tensor.cuda()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.numpy()

@@ -202,6 +202,13 @@ def split_file_not_utf8(root: Path) -> BadCase:
     return BadCase("split_file_not_utf8", "voc", "train", "fatal", str(path))
 
 
+def classes_file_not_utf8(root: Path) -> BadCase:
+    base = folder_base(root)
+    path = base / "classes.txt"
+    path.write_bytes(b"a\nb\xe9\nc\n")
+    return BadCase("classes_file_not_utf8", "folder", "all", "fatal", str(path))
+
+
 def every_sample_bad(root: Path) -> BadCase:
     voc = voc_base(root)
     for image_id in VOC_IDS:
@@ -295,7 +302,8 @@ def non_utf8_name_truncated(root: Path) -> BadCase:
 DATASET_CASES = [
     truncated_jpeg, zero_byte_image, zero_byte_mask, mask_wrong_size, palette_mask_unknown_values,
     rgb_rendered_mask, sixteen_bit_mask_out_of_range, image_smaller_than_a_patch, decompression_bomb,
-    not_an_image, empty_split_file, duplicate_ids, split_file_not_utf8, every_sample_bad, cmyk_image,
+    not_an_image, empty_split_file, duplicate_ids, split_file_not_utf8, classes_file_not_utf8, every_sample_bad,
+    cmyk_image,
     sixteen_bit_gray_image, sixteen_bit_rgb_image, non_utf8_file_names, non_utf8_name_truncated,
 ]
 

@@ -13,7 +13,7 @@ def test_version_and_help(capsys):
     assert __version__ in capsys.readouterr().out
     assert main([]) == 0
     out = capsys.readouterr().out
-    for command in ["build-bank", "eval", "sweep", "demo", "demo-data"]:
+    for command in ["build-bank", "eval", "sweep", "demo", "demo-data", "fewshot", "predict", "bank", "classify"]:
         assert command in out
 
 

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +63,9 @@ def mutated_files(draw) -> bytes:
 
 
 FILES = st.one_of(st.binary(max_size=400), mutated_files())
+# PIL warns about the corrupt metadata it skips; that is expected here.
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,9 +74,7 @@ def small_pixel_limit():
     (bigger claims are refused as decompression bombs, which is a DatasetError)."""
     before = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = 1 << 20
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    yield
     Image.MAX_IMAGE_PIXELS = before
 
 

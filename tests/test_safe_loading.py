@@ -314,3 +314,38 @@ def test_bank_info_describes_a_complete_bank(built, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["status"] == "complete" and info["num_patches"] == 48 and info["feature_dim"] == 192
     assert info["size_bytes"] > 48 * 192 * 2
+
+
+def test_dataset_files_are_opened_only_as_common_raster_formats(tmp_path):
+    """An EPS file (PIL would hand it to Ghostscript) behind a .jpg name is not opened as EPS."""
+    from PIL import Image
+
+    from segfungi.data.imageio import read_image
+    from segfungi.errors import DatasetError
+
+    eps = tmp_path / "photo.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 48 40\nshowpage\n%%EOF\n")
+    assert Image.open(eps).format == "EPS"  # control: PIL alone would take it
+    with pytest.raises(DatasetError, match=re.escape(str(eps)) + r": cannot read image \(cannot identify"):
+        read_image(eps)
+
+
+def test_classify_feature_cache_never_unpickles(tmp_path, marker):
+    """A feature cache entry replaced by a pickled object array is ignored (recomputed)."""
+    from segfungi.classify.features import FeatureCache
+
+    class Dataset:
+        labels = [0, 1]
+
+        def identity(self):
+            return {"name": "two"}
+
+        def __len__(self):
+            return 2
+
+    cache, dataset, identity = FeatureCache(tmp_path / "cache"), Dataset(), {"source": "embedding", "seed": 0}
+    path = cache.put(dataset, identity, np.zeros((2, 4), np.float32))
+    assert cache.get(dataset, identity).shape == (2, 4)
+    path.write_bytes(npy_bytes(np.array([bad_inputs.evil_pickle_payload(marker)] * 2, dtype=object),
+                               allow_pickle=True))
+    assert cache.get(dataset, identity) is None

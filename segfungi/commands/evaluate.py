@@ -22,6 +22,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from segfungi.bank import MemoryBank
     from segfungi.evaluate import evaluate, results_table
+    from segfungi.storage import write_json_atomic
 
     # Start from the settings the bank was built with, so only what differs is typed.
     base = MemoryBank(args.bank).settings
@@ -31,6 +32,6 @@ def run(args) -> int:
     if settings["eval"]["out"]:
         out = Path(settings["eval"]["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=str))
+        write_json_atomic(out, results)  # a killed run never leaves half a results file
         print(f"results written to {out}")
     return 0

@@ -12,6 +12,7 @@ Bad-sample policy (`on_bad_sample`):
   classes.txt / COCO json missing or malformed               fatal       fatal
   listed image or mask file missing or 0 bytes               raise       skip
   image/mask unreadable, truncated, unsupported mode         raise       skip
+  file not JPEG/PNG/BMP/TIFF/WebP/GIF/PPM (see imageio.py)   raise       skip
   RGB (colour-rendered) or JPEG mask                         raise       skip
   mask size ≠ image size (COCO: json size ≠ image size)      raise       skip
   mask value not a label of the dataset                      raise       skip
@@ -19,6 +20,9 @@ Bad-sample policy (`on_bad_sample`):
   COCO annotation that cannot be decoded                     raise       skip
   every listed sample bad                                    fatal       fatal
   =========================================================  ==========  ==========
+
+File names that are not UTF-8 (bytes names on Linux) are fine: their ids keep Python's
+surrogate escapes and messages print them escaped.
 
 "fatal" problems concern the dataset as a whole and always raise `DatasetError`.
 With "error", per-sample problems raise at the first bad sample: missing/empty files

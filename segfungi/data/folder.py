@@ -27,6 +27,8 @@ def read_classes(path: Path) -> tuple[list[str], int]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DatasetError(f"{path}: classes file missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read classes file ({err})") from None
     names, ignore = [], IGNORE
     for number, line in enumerate(lines, start=1):
         line = line.strip()
