@@ -16,7 +16,14 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
   (d)  like (b'), but from the last-block input kept by the support-index embeddings
        pass (float16), so only the last block runs forward and backward.
 
-(b), (b') and (d) are run for the dense projection (the default) and the structured one.
+(b), (b') and (d) are run for the dense projection (the default) and the structured one
+(`fungi.structured_terms`, default 4).
+
+--dtypes bfloat16 float16: the blocks before the last under autocast (`backbone.dtype`):
+(a) and (b) are timed in that dtype too, and the features are compared with float32's
+on the same images and negatives (relative L2 error per patch of each normalised half,
+and the cosine of whole FUNGI features), which is what decides whether a low-precision
+default would "keep results".  Peak RSS of the whole run is printed at the end.
 Cases are timed in --repeats interleaved rounds and the best round is reported, as
 wall-clock and as process CPU time (shared machines).
 Weights are random-init: speed does not depend on them.  Negatives are raw tokens of
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 import numpy as np
@@ -45,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kept", type=int, default=10, help="patches per image in the bank-build case (b')")
     p.add_argument("--ref-tokens", type=int, default=128, help="tokens timed for the reference projection (c)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds; the best is reported")
+    p.add_argument("--dtypes", nargs="*", default=[], choices=["bfloat16", "float16"],
+                   help="also time and check the frozen blocks under autocast in these dtypes")
     return p.parse_args()
 
 
@@ -122,6 +132,11 @@ def main() -> None:
         cases[f"{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
         cases[f"{label}/kept"] = (lambda x, n, k, fe=fe: fe.fungi(x, n, patch_index=k), kept_batches)
         cases[f"{label}/cached"] = (lambda h, n, k, fe=fe: fe.fungi_from_hidden(h, n, patch_index=k), cached_kept)
+    low = {dt: FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, dtype=dt), kind="fungi")
+           for dt in args.dtypes}
+    for dt, fe in low.items():
+        cases[f"{dt}/embed"] = (lambda x, n, fe=fe: fe.embeddings(x), batches)
+        cases[f"{dt}/dense/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
     best = time_cases(cases, args.repeats)
     per_image = {name: [t / args.images for t in times] for name, times in best.items()}
     per_image["ref_proj"] = [t * num_patches / ref_tokens for t in best["ref_proj"]]  # one image's patches
@@ -150,7 +165,39 @@ def main() -> None:
     for label in ("dense", "structured"):
         print(f"  {label:10s}  b/a = {ratio(f'{label}/all', 'embed')}   b'/a = {ratio(f'{label}/kept', 'embed')}   "
               f"d/a = {ratio(f'{label}/cached', 'embed')}   c/b = {ratio('ref', f'{label}/all')}")
-    print(f"  load average after: {os.getloadavg()[0]:.1f}")
+    for dt, fe in low.items():
+        print(f"\n{dt} autocast for the blocks before the last (backbone.dtype: {dt}):")
+        row("(a)  embeddings only", f"{dt}/embed")
+        row(f"(b)  FUNGI dense, all {num_patches} patches", f"{dt}/dense/all")
+        print(f"  ratios to float32: a = {ratio(f'{dt}/embed', 'embed')}   b = {ratio(f'{dt}/dense/all', 'dense/all')}")
+        errors = feature_errors(dense, fe, batches)
+        print(f"  feature error vs float32 over {errors['patches']} patches (relative L2 per patch, mean / 99% / max):")
+        for part in ("embedding", "gradient"):
+            e = errors[part]
+            print(f"    {part:9s} half  {e[0]:.2e} / {e[1]:.2e} / {e[2]:.2e}")
+        print(f"    FUNGI feature cosine to float32: mean {errors['cosine'][0]:.5f}, min {errors['cosine'][1]:.5f}")
+    print(f"\n  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
+          f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def feature_errors(reference: FeatureExtractor, other: FeatureExtractor, batches) -> dict:
+    """Errors of ``other``'s FUNGI features (dense, all patches) against ``reference``'s."""
+    rel = {"embedding": [], "gradient": []}
+    cosines = []
+    half = reference.projection.dim
+    for x, n in batches:
+        a = torch.cat(reference.fungi(x, n).features)
+        b = torch.cat(other.fungi(x, n).features)
+        for part, cols in (("gradient", slice(0, half)), ("embedding", slice(half, None))):
+            rel[part].append((b[:, cols] - a[:, cols]).norm(dim=1) / a[:, cols].norm(dim=1))
+        cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=1))
+    out = {"patches": sum(len(c) for c in cosines)}
+    for part, values in rel.items():
+        v = torch.cat(values)
+        out[part] = (v.mean().item(), v.quantile(0.99).item(), v.max().item())
+    c = torch.cat(cosines)
+    out["cosine"] = (c.mean().item(), c.min().item())
+    return out
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ memory-mapped float16 bank that the build read). Every (size, index) pair runs i
 own Python process so peak RSS belongs to that index alone; the bank is a float16
 .npy on disk, memory-mapped, as a memory bank stores it.
 
+`--shard-rows R` stores the bank as shard files of R rows (as a memory bank does) and
+builds from them through `segfungi.index.ConcatRows`, one shard open at a time — the
+way `MemoryBank.build_index` does; `--reorder-dtype int8` is the `index.reorder_dtype`
+setting (the reordering copy at 1 byte per value instead of 4).
+
 Synthetic features: real patch features live near a low-dimensional, clustered set,
 so rows are cluster centres in a 64-d latent space plus latent noise, mapped to `dim`
 dimensions by a fixed random matrix, plus a little isotropic noise, then normalised.
@@ -50,6 +55,34 @@ def synthetic_features(num_rows: int, dim: int, seed: int, chunk: int = 100_000)
         yield features.astype(np.float16)
 
 
+def write_shards(folder: Path, num_rows: int, dim: int, seed: int, shard_rows: int) -> None:
+    """The same rows as write_features, as shard files NNNNN.npy of shard_rows rows."""
+    done = folder / "done"
+    if done.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    pending = np.zeros((0, dim), dtype=np.float16)
+    shard = 0
+    for chunk in synthetic_features(num_rows, dim, seed):
+        pending = np.concatenate([pending, chunk])
+        while len(pending) >= shard_rows:
+            np.save(folder / f"{shard:05d}.npy", pending[:shard_rows], allow_pickle=False)
+            pending, shard = pending[shard_rows:], shard + 1
+    if len(pending):
+        np.save(folder / f"{shard:05d}.npy", pending, allow_pickle=False)
+    done.write_text("ok")
+
+
+def open_shards(folder: Path):
+    """A ConcatRows over the shard files (each opened memory-mapped when read)."""
+    from segfungi.index import ConcatRows
+
+    files = sorted(folder.glob("[0-9]*.npy"))
+    shapes = [np.load(f, mmap_mode="r").shape for f in files]
+    parts = [lambda f=f: np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
+    return ConcatRows(parts, [s[0] for s in shapes], shapes[0][1], np.float16)
+
+
 def write_features(path: Path, num_rows: int, dim: int, seed: int) -> None:
     if path.exists():
         return
@@ -84,11 +117,12 @@ def worker(args) -> None:
     """One index kind on one bank, in a fresh process; prints a JSON line."""
     from segfungi.index import ExactIndex, IndexSettings, ScannIndex, recall_at_k
 
-    bank = np.load(args.data, mmap_mode="r", allow_pickle=False)
+    data = Path(args.data)
+    bank = open_shards(data) if data.is_dir() else np.load(data, mmap_mode="r", allow_pickle=False)
     queries = np.load(args.queries_file, allow_pickle=False).astype(np.float32)
     rss_before = peak_rss_gib()
     start, start_cpu = time.perf_counter(), cpu_seconds()
-    index = ExactIndex() if args.worker == "exact" else ScannIndex(IndexSettings())
+    index = ExactIndex() if args.worker == "exact" else ScannIndex(IndexSettings(reorder_dtype=args.reorder_dtype))
     index.build(bank)
     build_s, build_cpu_s = time.perf_counter() - start, cpu_seconds() - start_cpu
     search_s, ids = time_searches(index, queries, args.k)
@@ -109,9 +143,10 @@ def worker(args) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_worker(kind: str, data: Path, queries: Path, ids: Path, k: int) -> dict:
+def run_worker(kind: str, data: Path, queries: Path, ids: Path, k: int, reorder_dtype: str = "float32") -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--data", str(data),
-               "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(k)]
+               "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(k),
+               "--reorder-dtype", reorder_dtype]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
@@ -125,6 +160,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2048, help="query patches (2 images' worth)")
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps generated banks between runs")
+    parser.add_argument("--reorder-dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                        help="index.reorder_dtype of the ScaNN index")
+    parser.add_argument("--shard-rows", type=int, default=0,
+                        help="store the bank as shard files of this many rows (0: one .npy)")
+    parser.add_argument("--skip-exact", action="store_true", help="reuse exact results from an earlier run")
     parser.add_argument("--worker", choices=["exact", "scann"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", help=argparse.SUPPRESS)
@@ -143,12 +183,19 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for size in args.sizes:
-        data = workdir / f"bank_{size}x{args.dim}.npy"
-        write_features(data, size, args.dim, seed=0)
+        if args.shard_rows:
+            data = workdir / f"shards_{size}x{args.dim}_{args.shard_rows}"
+            write_shards(data, size, args.dim, seed=0, shard_rows=args.shard_rows)
+        else:
+            data = workdir / f"bank_{size}x{args.dim}.npy"
+            write_features(data, size, args.dim, seed=0)
         ids = workdir / f"exact_ids_{size}x{args.dim}.npy"
-        for kind in ("exact", "scann"):
-            r = run_worker(kind, data, queries, ids, args.k)
+        kinds = ("scann",) if args.skip_exact and ids.exists() else ("exact", "scann")
+        for kind in kinds:
+            r = run_worker(kind, data, queries, ids, args.k, args.reorder_dtype)
             recall = f"{r['recall']:.4f}" if "recall" in r else "1 (ref)"
+            if kind == "scann":
+                kind = {"float32": "scann", "bfloat16": "s-bf16", "int8": "s-int8"}[args.reorder_dtype]
             print(f"{size:>9} {args.dim:>4} {kind:>6} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
                   f"{r['queries_per_s']:>10.0f} "
                   f"{recall:>9} {r['peak_rss_gib']:>12.2f}", flush=True)

@@ -23,10 +23,10 @@ projection) and the validation split of a generated VOC-layout dataset:
 * mIoU: the label transfer of `segfungi eval` (exact search, k, temperature from the
   settings) on the validation split, per seed; the bar compares means over seeds.
 
-Variants: dense (Achlioptas, the default), structured (rank-1 rows u_k ⊗ v_k, the
-`fungi.projection: structured` setting), and structured-rN: every row a sum of N
-independent outer products, R_k = Σ_j u_kj ⊗ v_kj / √N, which moves the estimator's
-fourth moment towards the dense one's at N times the (tiny) cost.
+Variants: dense (Achlioptas, the default) and structured-rN (`fungi.projection:
+structured` with `fungi.structured_terms: N`): every row a sum of N independent outer
+products, R_k = Σ_j u_kj ⊗ v_kj; r1 is the rank-1 matrix u_k ⊗ v_k. More terms move the
+estimator's fourth moment towards the dense one's at N times the (tiny) cost.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--per-image", type=int, default=100, help="bank patches per training image")
     p.add_argument("--seeds", type=int, default=6, help="projection seeds per variant")
     p.add_argument("--ranks", type=int, nargs="*", default=[1, 4, 16],
-                   help="outer products per structured row (1 = the `structured` setting)")
+                   help="outer products per structured row (fungi.structured_terms)")
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None, help="keeps the data and bank between runs")
@@ -86,26 +86,16 @@ class _Recorder:
         return delta, inputs
 
 
-def multi_outer_projection(delta, inputs, dim: int, seed: int, rank: int) -> torch.Tensor:
-    """Rows R_k = Σ_j u_kj ⊗ v_kj / √rank with ±1 factors (seeded): N×dim."""
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    u = torch.randint(0, 2, (dim * rank, delta.shape[1]), generator=gen).double() * 2 - 1
-    v = torch.randint(0, 2, (dim * rank, inputs.shape[1] + 1), generator=gen).double() * 2 - 1
-    aug = torch.cat([inputs.double(), inputs.new_ones(len(inputs), 1).double()], dim=1)
-    parts = (delta.double() @ u.T) * (aug @ v.T)
-    return (parts.view(len(delta), dim, rank).sum(-1) / rank**0.5).float()
-
-
 def project(variant: str, seed: int, delta, inputs, dim: int) -> torch.Tensor:
-    kind, _, rank = variant.partition("-r")
-    if kind == "dense" or (kind == "structured" and not rank):
-        proj = gradients_module.make_projection(
-            kind, in_features=inputs.shape[1], out_features=delta.shape[1], dim=dim, seed=seed, bias=True)
-        out = []
-        for start in range(0, len(delta), 4096):
-            out.append(proj.project_tokens(delta[start:start + 4096], inputs[start:start + 4096]))
-        return torch.cat(out)
-    return multi_outer_projection(delta, inputs, dim, seed, int(rank))
+    """dense, or structured-rN (N outer products per row; the production class)."""
+    kind, _, terms = variant.partition("-r")
+    options = {"terms": int(terms)} if kind == "structured" else {}
+    proj = gradients_module.make_projection(
+        kind, in_features=inputs.shape[1], out_features=delta.shape[1], dim=dim, seed=seed, bias=True, **options)
+    out = []
+    for start in range(0, len(delta), 4096):
+        out.append(proj.project_tokens(delta[start:start + 4096], inputs[start:start + 4096]))
+    return torch.cat(out)
 
 
 def fungi_features(grad_proj: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
@@ -194,7 +184,7 @@ def main() -> None:
         return ids, confusion.miou()
 
     reference_ids, reference_miou = run("dense", settings["fungi"]["proj_seed"])
-    variants = ["dense", "structured"] + [f"structured-r{r}" for r in args.ranks if r > 1]
+    variants = ["dense"] + [f"structured-r{r}" for r in args.ranks]
     rows = {}
     for variant in variants:
         recalls, mious = [], []

@@ -460,7 +460,10 @@ class ShardWriter:
         else:
             parts = [self._batch(batch, prepared) for batch, prepared in zip(batches, self._prepared(batches))]
         hidden = [p.pop("_hidden") for p in parts if "_hidden" in p]
+        grads = [p.pop("_grads") for p in parts if "_grads" in p]
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        if grads:  # FUNGI: the kept patches of the whole shard are projected at once
+            arrays = {"features": self._project(grads), **arrays}
         meta = {"shard": shard, "items": len(items), "patches": int(len(arrays["features"]))}
         if self.support is None and self.hidden_cache is not None:
             # Before the shard: a shard that exists always had its cache written.
@@ -530,24 +533,42 @@ class ShardWriter:
             arrays["embedding_norm"] = torch.cat([e.norm(dim=-1) for e in kept]).numpy().astype(np.float32)
             if self.hidden_cache is not None:
                 arrays["_hidden"] = hidden.to(torch.float16).cpu().numpy()
+            arrays["features"] = torch.cat([f.float() for f in feats]).numpy().astype(np.float16)
         else:
             if self._round_hidden:
                 hidden = self.extractor.last_block_input(x).to(torch.float16)
             else:
                 hidden = self.extractor.last_block_input(x)
-            feats = self._fungi(items, hidden, keeps)
+            arrays["_grads"] = self._fungi(items, hidden, keeps)
         return {
             **arrays,
-            "features": torch.cat([f.float() for f in feats]).numpy().astype(np.float16),
             "label_ids": np.concatenate([p[2] for p in prepared]).astype(np.int16),
             "label_weights": np.concatenate([p[3] for p in prepared]).astype(np.float16),
             "provenance": np.concatenate([p[4] for p in prepared]),
         }
 
-    def _fungi(self, items, hidden: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _fungi(self, items, hidden: torch.Tensor, keeps: list[torch.Tensor]):
+        """The gradient pass of a batch: (δ, a, normalised embedding) of the kept patches.
+
+        Projection waits for the whole shard (`_project`): a dense projection streams
+        all of R (57 M signs for ViT-S) per call, which then happens once per shard
+        instead of once per batch; the result is what `FeatureExtractor.fungi` gives."""
+        from segfungi.gradients import l2_normalize
+
         generators = [torch_generator(self.seed, epoch, image, NEGATIVES) for epoch, image in items]
         negatives = self.support.negatives_for([image for _, image in items], generators)
-        return self.extractor.fungi_from_hidden(hidden, negatives, patch_index=keeps).features
+        grads, tokens, _ = self.extractor.patch_gradients(hidden, negatives)
+        embeddings = l2_normalize(tokens)
+        return (torch.cat([d[k] for d, k in zip(grads.delta, keeps)]),
+                torch.cat([a[k] for a, k in zip(grads.inputs, keeps)]),
+                torch.cat([e[k] for e, k in zip(embeddings, keeps)]))
+
+    def _project(self, grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> np.ndarray:
+        from segfungi.gradients import fungi_concat
+
+        delta, inputs, embeddings = (torch.cat(parts) for parts in zip(*grads))
+        projected = self.extractor.projection.project_tokens(delta, inputs)
+        return fungi_concat([projected], embeddings).float().numpy().astype(np.float16)
 
     # ---- the FUNGI pass from the support pass's cache
     def _read_cache(self, shard: int, items):
@@ -581,9 +602,8 @@ class ShardWriter:
         keeps = [torch.from_numpy(provenance[i * keep : (i + 1) * keep, 2].astype(np.int64))
                  for i in range(len(items))]
         h = torch.from_numpy(np.ascontiguousarray(hidden[start : start + len(items)]))
-        feats = self._fungi(items, h, keeps)
         return {
-            "features": torch.cat([f.float() for f in feats]).numpy().astype(np.float16),
+            "_grads": self._fungi(items, h, keeps),
             "label_ids": np.ascontiguousarray(support["label_ids"][rows]),
             "label_weights": np.ascontiguousarray(support["label_weights"][rows]),
             "provenance": np.ascontiguousarray(provenance),

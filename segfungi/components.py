@@ -52,6 +52,7 @@ def load_backbone_from(settings: dict):
         cfg["init_seed"],
         cfg["device"],
         _modified_time(cfg["weights"]),
+        cfg.get("dtype", "float32"),
     )
 
 
@@ -61,13 +62,13 @@ def _modified_time(path) -> float | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, weights_mtime):
+def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, weights_mtime, dtype="float32"):
     """The backbone is frozen, so a sweep or few-shot run can share one instance
     across its banks and evaluations instead of rebuilding it each time."""
     from segfungi.backbones import load_backbone
 
     return load_backbone(name, weights=weights, pretrained=pretrained, img_size=img_size,
-                         init_seed=init_seed, device=device)
+                         init_seed=init_seed, device=device, dtype=dtype)
 
 
 def make_extractor(settings: dict, kind: str | None = None, backbone=None):
@@ -84,4 +85,5 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_dim=fungi["proj_dim"],
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
+        structured_terms=fungi.get("structured_terms", 4),
     )

@@ -66,6 +66,7 @@ class FeatureExtractor:
         proj_seed: int = 0,
         head_seed: int = 0,
         projection: str = "dense",
+        structured_terms: int = 4,
     ):
         if kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {kind!r}")
@@ -81,6 +82,7 @@ class FeatureExtractor:
             dim=int(proj_dim or backbone.embed_dim),
             seed=proj_seed,
             bias=layer.bias is not None,
+            **({"terms": structured_terms} if projection == "structured" else {}),
         )
 
     @property

@@ -376,13 +376,21 @@ class AchlioptasProjection(_Projection):
 
 
 class OuterProductProjection(_Projection):
-    """Structured ±1 projection with rank-1 rows R_k = u_k ⊗ v_k (u_k ∈ {±1}^Dout,
-    v_k ∈ {±1}^(Din+1)), so ``δ_tᵀ R_k ã_t = (δ_tᵀ u_k)(ã_tᵀ v_k)``: two small GEMMs,
-    N·dim·(Dout+Din+1) multiply-adds instead of N·dim·Dout·(Din+1).
+    """Structured projection whose rows are sums of ``terms`` outer products,
+    R_k = Σ_j u_kj ⊗ v_kj (u_kj ∈ {±1}^Dout, v_kj ∈ {±1}^(Din+1)), so
+    ``δ_tᵀ R_k ã_t = Σ_j (δ_tᵀ u_kj)(ã_tᵀ v_kj)``: two small GEMMs,
+    N·dim·terms·(Dout+Din+1) multiply-adds instead of N·dim·Dout·(Din+1) (ViT-S, 1024
+    tokens, terms=4: 1.2 GFLOP-pairs instead of 58).
 
-    Row k takes Dout + Din + 1 bits from Philox key [seed, 2**63 + k]: the first Dout
-    give u_k, the rest v_k.  Entries of each row are ±1 fair coins, but rows are rank-1,
-    so this is not an Achlioptas matrix — an option to validate by retrieval quality.
+    Row k takes terms·(Dout + Din + 1) bits from Philox key [seed, 2**63 + k]; term j
+    uses the j-th block of Dout + Din + 1 bits: the first Dout give u_kj, the rest v_kj
+    (so terms=1 is the rank-1 matrix u_k ⊗ v_k).  Rows are not Achlioptas rows: with one
+    term an inner product is estimated by a product of two independent sign sums, whose
+    fourth moment is ~9 instead of ~3, i.e. ~4× the variance of a dense row; a sum of
+    ``terms`` independent products brings it to 2 + 6/terms (dense: 2).  The
+    `fungi.projection: structured` setting uses `fungi.structured_terms` (default 4,
+    chosen by benchmarks/bench_projection_quality.py: one term fails the retrieval bar).
+    Entries are not rescaled: features are L2-normalised afterwards.
     """
 
     kind = "structured"
@@ -396,34 +404,53 @@ class OuterProductProjection(_Projection):
         bias: bool = True,
         chunk_rows: int | None = None,
         max_cache_bytes: int | None = None,
+        terms: int = 1,
     ):
         # chunk_rows / max_cache_bytes are accepted for interface parity with the dense
-        # projection and ignored: the factors are only dim×(Dout+Din+1) values.
+        # projection and ignored: the factors are only dim×terms×(Dout+Din+1) values.
         self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
         self.seed, self.bias = _check_seed(seed), bool(bias)
+        self.terms = int(terms)
+        if self.terms < 1:
+            raise ValueError(f"structured projection needs terms >= 1, got {terms}")
+        block = self.out_features + self.width
         bits = np.stack(
-            [_sign_bits(self.seed, _STRUCTURED_ROW_OFFSET + k, self.out_features + self.width) for k in range(self.dim)]
-        )
+            [_sign_bits(self.seed, _STRUCTURED_ROW_OFFSET + k, self.terms * block) for k in range(self.dim)]
+        ).reshape(self.dim * self.terms, block)  # row k·terms + j = term j of row k
         signs = torch.from_numpy(bits.astype(np.float64) * 2 - 1)
-        self._u, self._v = signs[:, : self.out_features], signs[:, self.out_features :]  # dim×Dout, dim×(Din+1)
+        # (dim·terms)×Dout and (dim·terms)×(Din+1); with one term: row k is u_k / v_k.
+        self._u, self._v = signs[:, : self.out_features], signs[:, self.out_features :]
+        self._cast: dict = {}
 
     def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._u.to(like), self._v.to(like)
+        key = (like.dtype, like.device)
+        if key not in self._cast:  # converted once per dtype/device, not per call
+            self._cast = {key: (self._u.to(like).contiguous(), self._v.to(like).contiguous())}
+        return self._cast[key]
+
+    def _sum_terms(self, per_term: torch.Tensor) -> torch.Tensor:
+        if self.terms == 1:
+            return per_term
+        return per_term.unflatten(-1, (self.dim, self.terms)).sum(-1)
 
     def dense_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The equivalent dim×m matrix, rows vec(u_k v_kᵀ). For tests and small shapes."""
+        """The equivalent dim×m matrix, rows vec(Σ_j u_kj v_kjᵀ). For tests and small shapes."""
         u, v = self._u.to(dtype), self._v.to(dtype)
-        return (u.unsqueeze(-1) * v.unsqueeze(-2)).reshape(self.dim, self.num_entries)
+        outer = (u.unsqueeze(-1) * v.unsqueeze(-2)).reshape(self.dim, self.terms, self.num_entries)
+        return outer.sum(1)
 
     def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         self._check_shapes(delta, inputs)
         u, v = self._factors(delta)
-        return (delta @ u.T) * (_augment(inputs, self.bias) @ v.T)
+        return self._sum_terms((delta @ u.T) * (_augment(inputs, self.bias) @ v.T))
 
     def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
-        """u_kᵀ G v_k for every row k: S×Dout×(Din+1) → S×dim."""
+        """Σ_j u_kjᵀ G v_kj for every row k: S×Dout×(Din+1) → S×dim."""
         u, v = self._factors(grads)
-        return torch.einsum("sok,ko->sk", grads @ v.T, u)
+        return self._sum_terms(torch.einsum("sok,ko->sk", grads @ v.T, u))
+
+    def identity(self) -> dict:
+        return {**super().identity(), "terms": self.terms}
 
 
 # --------------------------------------------------------------------------- factory

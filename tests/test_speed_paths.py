@@ -130,3 +130,82 @@ def test_reorder_dtype_reaches_the_bank_index(tmp_path, reorder_dtype):
     rows = ConcatRows([lambda p=p: p for p in parts], [400] * 3, 16)
     index = ScannIndex(reorder_dtype=reorder_dtype, training_sample=600, min_leaf_size=50).build(rows)
     assert index.settings.reorder_dtype == reorder_dtype and index.num_vectors == 1200
+
+
+# ------------------------------------------------------------------ gradient core paths
+TINY = dict(depth=3, embed_dim=32, num_heads=2)
+
+
+def _tiny_fungi(**options):
+    from segfungi.backbones import load_backbone
+    from segfungi.features import FeatureExtractor
+
+    bb = load_backbone("vit_tiny_patch16_224", img_size=128, model_kwargs=TINY, dtype=options.pop("dtype", "float32"))
+    return FeatureExtractor(bb, kind="fungi", **options)
+
+
+def _negatives(fe, x):
+    raw = fe.embeddings(x, normalize=False)
+    pool = torch.cat([raw[:, :1], raw], dim=1).flip(0)
+    return torch.stack([pool, pool.roll(1, dims=1)], dim=2)
+
+
+def test_autograd_only_in_the_last_block_and_only_kept_patches_projected(monkeypatch):
+    fe = _tiny_fungi()
+    blocks = fe.backbone.model.blocks
+    grad_mode = {}
+
+    def record(index):
+        def hook(module, args, output):
+            grad_mode.setdefault(index, torch.is_grad_enabled())
+        return hook
+
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(record(i))
+    x = fe.backbone.prepare(np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8))
+    negatives = _negatives(fe, x)
+    grad_mode.clear()
+    projected = []
+    real = type(fe.projection).project_tokens
+    monkeypatch.setattr(type(fe.projection), "project_tokens",
+                        lambda self, d, a: projected.append(len(d)) or real(self, d, a))
+    keep = [torch.tensor([3, 7]), torch.tensor([0, 1, 63])]
+    out = fe.fungi(x, negatives, patch_index=keep)
+    assert grad_mode == {0: False, 1: False, 2: True}
+    assert projected == [5]  # 2 + 3 kept patches, in one call, never all 64
+    assert all(p.grad is None for p in fe.backbone.model.parameters())
+    full = fe.fungi(x, negatives)
+    for feats, index, all_feats in zip(out.features, keep, full.features):
+        torch.testing.assert_close(feats, all_feats[index], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("terms", [1, 4])
+def test_structured_projection_with_terms_equals_its_matrix(terms):
+    from segfungi.gradients import OuterProductProjection, TokenGradients
+
+    gen = torch.Generator().manual_seed(0)
+    delta, inputs = torch.randn(7, 5, generator=gen, dtype=torch.float64), torch.randn(7, 6, generator=gen,
+                                                                                      dtype=torch.float64)
+    proj = OuterProductProjection(6, 5, dim=9, seed=3, terms=terms)
+    matrix = proj.dense_matrix()
+    tg = TokenGradients(delta, inputs, True)
+    reference = tg.materialize().reshape(7, -1) @ matrix.T  # materialised per-token gradients × R
+    torch.testing.assert_close(proj.project_tokens(delta, inputs), reference, rtol=1e-12, atol=1e-12)
+    summed = tg.summed().reshape(1, -1) @ matrix.T
+    torch.testing.assert_close(proj.project_gradients(tg.summed()[None]), summed, rtol=1e-12, atol=1e-12)
+    assert proj.identity()["terms"] == terms
+    if terms == 1:  # one term is the rank-1 matrix of the original scheme
+        u, v = proj._u, proj._v
+        assert torch.equal(matrix, torch.stack([torch.outer(u[k], v[k]).reshape(-1) for k in range(9)]))
+    else:
+        assert not torch.equal(matrix, OuterProductProjection(6, 5, dim=9, seed=3, terms=1).dense_matrix())
+
+
+def test_low_precision_frozen_blocks_are_close_and_named_in_the_identity():
+    fe32, fe16 = _tiny_fungi(), _tiny_fungi(dtype="bfloat16")
+    x = fe32.backbone.prepare(np.random.default_rng(1).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8))
+    h32, h16 = fe32.last_block_input(x), fe16.last_block_input(x)
+    assert h16.dtype == torch.float32
+    assert 0 < (h16 - h32).norm() / h32.norm() < 0.02
+    assert "compute_dtype" not in fe32.identity()["backbone"]
+    assert fe16.identity()["backbone"]["compute_dtype"] == "bfloat16"
