@@ -26,7 +26,6 @@ projection is included). Weights are random: speed does not depend on them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -130,11 +130,17 @@ def main() -> None:
     }])
     bank_dir = work / f"bank_{args.backbone}_{args.images}_{args.per_image}"
     started = time.perf_counter()
-    with _Recorder() as rec:
-        if bank_dir.exists():
-            shutil.rmtree(bank_dir)  # the recorder must see the whole build
-        build_bank(settings, bank_dir, progress=False)
-        bank_delta, bank_inputs = rec.take()
+    recorded = bank_dir / "recorded_gradients.pt"  # reused by a later run with the same workdir
+    if (bank_dir / "manifest.json").exists() and recorded.exists():
+        saved = torch.load(recorded, weights_only=True)
+        bank_delta, bank_inputs = saved["delta"], saved["inputs"]
+    else:
+        with _Recorder() as rec:
+            if bank_dir.exists():
+                shutil.rmtree(bank_dir)  # the recorder must see the whole build
+            build_bank(settings, bank_dir, progress=False)
+            bank_delta, bank_inputs = rec.take()
+        torch.save({"delta": bank_delta, "inputs": bank_inputs}, recorded)
     bank = MemoryBank(bank_dir)
     stored = torch.from_numpy(bank.load_features())
     dim_grad = stored.shape[1] - bank.manifest["identity"]["extractor"]["backbone"]["embed_dim"]
@@ -150,15 +156,23 @@ def main() -> None:
     val = open_dataset(settings, settings["data"]["val_split"])
     size = extractor.backbone.img_size
     q_delta, q_inputs, q_emb, masks = [], [], [], []
+    queries = bank_dir / "recorded_queries.pt"
     for i in range(len(val)):
         image, mask = eval_transform(val[i].image, val[i].mask, size=size)
+        masks.append(mask)
+        if queries.exists():
+            continue
         hidden = extractor.last_block_input(extractor.backbone.prepare(image[None]))
         grads, tokens, _ = extractor.patch_gradients(hidden, support.negatives_for(None))
         q_delta.append(grads.delta[0])
         q_inputs.append(grads.inputs[0])
         q_emb.append(torch.nn.functional.normalize(tokens[0], dim=-1))
-        masks.append(mask)
-    q_delta, q_inputs, q_emb = torch.cat(q_delta), torch.cat(q_inputs), torch.cat(q_emb)
+    if queries.exists():
+        saved = torch.load(queries, weights_only=True)
+        q_delta, q_inputs, q_emb = saved["delta"], saved["inputs"], saved["emb"]
+    else:
+        q_delta, q_inputs, q_emb = torch.cat(q_delta), torch.cat(q_inputs), torch.cat(q_emb)
+        torch.save({"delta": q_delta, "inputs": q_inputs, "emb": q_emb}, queries)
     num_classes = len(bank.classes)
     grid = extractor.backbone.grid
     k, temperature = settings["eval"]["k"], settings["eval"]["temperature"]

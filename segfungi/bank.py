@@ -827,12 +827,16 @@ class MemoryBank:
         (an exact index is just the features, so it is rebuilt when needed). The index
         is written into a temporary folder that is renamed into place, and every file
         of it gets a checksum for the manifest."""
-        from segfungi.index import make_index
+        from segfungi.index import IndexSettings, ScannIndex
 
+        options = IndexSettings.from_dict(settings["index"])
+        kind = options.kind
+        if kind == "auto":
+            kind = "exact" if self.num_patches < options.exact_below else "scann"
+        if kind != "scann":
+            return {"kind": "exact"}  # nothing to save: built from the features when searched
         # Fed from the shards (float16, one shard file open at a time), never one array.
-        index = make_index(self.feature_rows(), settings["index"])
-        if index.kind != "scann":
-            return {"kind": index.kind}
+        index = ScannIndex(options).build(self.feature_rows())
         folder = Path(folder)
         tmp = temporary_name(folder)
         remove_temporaries(folder.parent)

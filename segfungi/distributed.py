@@ -14,7 +14,9 @@ code paths serve `segfungi build-bank` and `torchrun -m segfungi build-bank`.
   while the others wait, which takes tens of minutes for 10^7 patches).
 * Threads: torchrun sets OMP_NUM_THREADS=1 per process; on CPUs each rank instead uses
   its share of the cores this machine gives the job (cores // local processes), or
-  `SEGFUNGI_THREADS` when set.
+  `SEGFUNGI_THREADS` when set (which also applies to a single process: on a machine
+  shared with other jobs, fewer threads than cores can be faster, because every
+  OpenMP barrier waits for the slowest, descheduled thread).
 * Output: ranks other than 0 print nothing on stdout (progress bars are rank 0's too);
   errors still reach stderr from every rank.
 """
@@ -34,8 +36,11 @@ DEFAULT_TIMEOUT_S = 7200
 
 def init_from_env() -> None:
     """Join the process group torchrun describes in the environment, once: NCCL with
-    one GPU per local rank when GPUs exist, gloo on CPUs."""
+    one GPU per local rank when GPUs exist, gloo on CPUs. `SEGFUNGI_THREADS` sets the
+    CPU threads of a single process too."""
     if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        if os.environ.get("SEGFUNGI_THREADS"):
+            torch.set_num_threads(threads_per_process())
         return
     timeout = datetime.timedelta(seconds=float(os.environ.get("SEGFUNGI_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     if torch.cuda.is_available():

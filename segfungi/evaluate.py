@@ -103,7 +103,8 @@ def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> di
     # Under torchrun each rank takes every world-th image; the matrices are summed.
     mine = list(range(distributed.rank(), count, distributed.world_size()))
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    for batch in tqdm(batches, desc=f"eval {Path(bank_path).name}", unit="batch", disable=not progress):
+    for batch in tqdm(batches, desc=f"eval {Path(bank_path).name}", unit="batch",
+                      disable=not progress or not distributed.is_main()):
         pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
         scores = segmenter.predict_scores(np.stack([p[0] for p in pairs]))
         preds = scores_to_mask(scores, out_size=(size, size))
