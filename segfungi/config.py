@@ -1,5 +1,8 @@
-"""Settings as data: `configs/defaults.yaml` names every key; presets and the command
-line override them. Unknown keys and wrong types are refused with the allowed keys."""
+"""Settings as data: a defaults file names every key (`configs/defaults.yaml` for
+segmentation, `configs/classify_<modality>.yaml` for `segfungi classify`); presets and
+the command line override them. Unknown keys and wrong types are refused with the
+allowed keys. A key whose default is `{}` holds a free-form mapping (replaced whole,
+not checked key by key)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ def defaults_path() -> Path:
     return CONFIG_DIR / "defaults.yaml"
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, section: str | None = None) -> dict:
+    """The file's mapping; with `section`, the file must hold one top-level `section:`
+    mapping and its contents are returned."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -36,8 +41,19 @@ def _read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    return data
+        what = f"one top-level '{section}:' mapping" if section else "a mapping of sections"
+        raise ConfigError(f"{path}: expected {what}, got {type(data).__name__}")
+    if section is None:
+        return data
+    extra = sorted(map(str, set(data) - {section}))
+    if extra:
+        raise ConfigError(f"{path}: expected one top-level '{section}:' mapping (found also: {', '.join(extra)})")
+    inner = data.get(section)
+    if inner is None:
+        return {}
+    if not isinstance(inner, dict):
+        raise ConfigError(f"{path}: '{section}' must be a mapping, got {type(inner).__name__}")
+    return inner
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -128,7 +144,21 @@ def _check_value(dotted: str, default: Any, value: Any, origin: str) -> Any:
     return value
 
 
-def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
+def _free_form_keys(defaults: dict, prefix: str = "") -> set[str]:
+    """Dotted keys whose default is `{}`: free-form mappings (e.g. model_kwargs)."""
+    keys: set[str] = set()
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            keys |= _free_form_keys(value, f"{prefix}{key}.") if value else {f"{prefix}{key}"}
+    return keys
+
+
+def _merge(
+    base: dict, update: dict, origin: str, prefix: str = "",
+    free_form: frozenset | set = frozenset(), nullable: frozenset | set = frozenset(),
+) -> None:
+    """Merge `update` into `base` in place, refusing unknown keys and wrong types.
+    `free_form` keys take any mapping (null: `{}`); `nullable` keys also take null."""
     if not isinstance(update, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {update!r}")
     for key, value in update.items():
@@ -136,10 +166,18 @@ def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
         if key not in base:
             allowed = ", ".join(sorted(base))
             raise ConfigError(f"{origin}: unknown key '{dotted}' (allowed here: {allowed})")
+        if dotted in free_form:
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{dotted}' must be a mapping, got {value!r}")
+            base[key] = copy.deepcopy(value or {})
+            continue
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: '{dotted}' must be a mapping, got {value!r}")
-            _merge(base[key], value, origin, f"{dotted}.")
+            _merge(base[key], value, origin, f"{dotted}.", free_form, nullable)
+            continue
+        if value is None and dotted in nullable:
+            base[key] = None
             continue
         if not _type_ok(base[key], value):
             expected = type(base[key]).__name__
@@ -151,8 +189,9 @@ def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
         base[key] = _check_value(dotted, base[key], value, origin)
 
 
-def parse_override(text: str) -> dict:
-    """`bank.size=1024` -> {"bank": {"size": 1024}}; the value is parsed as YAML."""
+def parse_override(text: str, section: str | None = None) -> dict:
+    """`bank.size=1024` -> {"bank": {"size": 1024}}; the value is parsed as YAML. With
+    `section`, a leading `section.` is dropped (`classify.knn.k=5` == `knn.k=5`)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
     dotted, raw = text.split("=", 1)
@@ -163,6 +202,8 @@ def parse_override(text: str) -> dict:
     nested: dict = {}
     cursor = nested
     parts = dotted.strip().split(".")
+    if section is not None and len(parts) > 1 and parts[0] == section:
+        parts = parts[1:]
     for part in parts[:-1]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value
@@ -173,20 +214,29 @@ def load_config(
     config: str | Path | None = None,
     overrides: Iterable[dict | str] = (),
     base: dict | None = None,
+    defaults: str | Path | None = None,
+    section: str | None = None,
+    nullable: Iterable[str] = (),
 ) -> dict:
     """Defaults, then `base` (e.g. the settings a bank was built with), then the preset
-    file, then each override (a dict or `section.key=value`)."""
-    settings = copy.deepcopy(_read_yaml(defaults_path()))
+    file, then each override (a dict or `section.key=value`).
+
+    `defaults` is the file naming every key (default `configs/defaults.yaml`). With
+    `section` (e.g. "classify") every file holds one top-level `section:` mapping and
+    the settings are its contents. `nullable` names dotted keys that also accept null."""
+    defaults_file = Path(defaults) if defaults is not None else defaults_path()
+    settings = copy.deepcopy(_read_yaml(defaults_file, section))
+    rules = {"free_form": _free_form_keys(settings), "nullable": frozenset(nullable)}
     if base is not None:
-        _merge(settings, base, "bank settings")
+        _merge(settings, base, "bank settings", **rules)
     if config is not None:
         path = resolve_config_path(config)
-        _merge(settings, _read_yaml(path), str(path))
+        _merge(settings, _read_yaml(path, section), str(path), **rules)
     for override in overrides:
         if isinstance(override, str):
-            _merge(settings, parse_override(override), f"--set {override}")
+            _merge(settings, parse_override(override, section), f"--set {override}", **rules)
         else:
-            _merge(settings, override, "command line")
+            _merge(settings, override, "command line", **rules)
     return settings
 
 

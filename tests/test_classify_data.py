@@ -296,3 +296,17 @@ def test_settings_overrides_and_repo_configs():
     assert load_settings("text")["fungi"]["simclr"]["views"] == 12
     assert load_settings("audio")["fungi"]["simclr"]["views"] == 16
     assert not math.isnan(load_settings("audio")["frontend"]["norm_std"])
+
+
+def test_settings_free_form_and_nullable_keys():
+    # model_kwargs (default {}) is a free-form mapping, replaced whole; null means {}
+    s = load_settings("image", None, ["backbone.model_kwargs={drop_rate: 0.1}", "backbone.model_kwargs={foo: 1}"])
+    assert s["backbone"]["model_kwargs"] == {"foo": 1}
+    assert load_settings("audio", None, ["model.model_kwargs=null"])["model"]["model_kwargs"] == {}
+    with pytest.raises(ConfigError, match="'backbone.model_kwargs' must be a mapping"):
+        load_settings("image", None, ["backbone.model_kwargs=3"])
+    # null: no few-shot run / no report; other non-null keys refuse null
+    s = load_settings("text", None, ["knn.shots=null", "run.out=null"])
+    assert s["knn"]["shots"] is None and s["run"]["out"] is None
+    with pytest.raises(ConfigError, match="'knn.k' must be int"):
+        load_settings("image", None, ["knn.k=null"])

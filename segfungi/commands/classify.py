@@ -1,8 +1,9 @@
 """`segfungi classify {image,text,audio}`: kNN classification with embeddings and
 FUNGI features (whole-input gradients), full training set and k-shot.
 
-Settings come from ``configs/classify_<modality>.yaml`` (or ``--config FILE``, one
-top-level ``classify:`` mapping); named flags and ``--set key=value`` override keys.
+Defaults come from ``configs/classify_<modality>.yaml`` (every key); ``--config FILE``
+(one top-level ``classify:`` mapping) overrides a subset, then named flags and
+``--set key=value`` override keys.
 Writes the accuracy JSON (``run.out``) and prints a table.
 """
 
@@ -61,7 +62,7 @@ def _losses(text: str) -> list[str]:
 
 
 def _add_common(p: argparse.ArgumentParser, modality: str) -> None:
-    p.add_argument("--config", help=f"YAML file with a 'classify:' mapping (default: configs/classify_{modality}.yaml)")
+    p.add_argument("--config", help=f"YAML preset with a 'classify:' mapping overriding the defaults in configs/classify_{modality}.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key, e.g. --set knn.k=10 or --set fungi.kl.temperature=10 (repeatable)")
     p.add_argument("--losses", type=_losses, help="comma-separated gradient losses, e.g. kl,simclr")
