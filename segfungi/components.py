@@ -12,7 +12,7 @@ from segfungi.errors import ConfigError
 
 
 def open_dataset(settings: dict, split: str):
-    from segfungi.data import build_dataset, subset
+    from segfungi.data import build_dataset
 
     data = settings["data"]
     if not data["root"]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from segfungi.config import load_config
 
-# Two cores are shared by the whole suite; more threads only add contention.
-torch.set_num_threads(2)
+# One intra-op thread, here and in the subprocesses tests start: the models are tiny,
+# and on 2 cores that other processes share OpenMP barriers make 2 threads ~10x slower.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def tiny_settings(root, **sections) -> dict:

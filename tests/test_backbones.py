@@ -15,15 +15,6 @@ TINY16 = dict(name="vit_tiny_patch16_224", model_kwargs=dict(depth=2, embed_dim=
 TINY14_REG = dict(name="vit_small_patch14_reg4_dinov2", model_kwargs=dict(depth=2, embed_dim=32, num_heads=2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: on shared, busy cores OpenMP barriers make 2 threads ~10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(backbone, batch=2, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (batch, backbone.img_size, backbone.img_size, 3), dtype=np.uint8)

@@ -12,21 +12,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from bad_inputs import CONFIG_CASES, DATASET_CASES
 from segfungi.cli import main
 
 BUILD = ["--random-init", "--backbone", "vit_tiny_patch16_224", "--features", "embeddings",
          "--bank-size", "48", "--set", "data.image_size=64", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def shown(text: str) -> str:

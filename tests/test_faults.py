@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import tiny_settings
 from segfungi import bank as bank_module
@@ -83,16 +82,6 @@ elif point == "index":
     index._write_meta = pause_before_meta
 runpy.run_module("segfungi", run_name="__main__")
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here and in the subprocesses (OMP_NUM_THREADS=1): on 2 shared
-    cores it is much faster, and both sides compute bit-identical features."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

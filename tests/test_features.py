@@ -12,15 +12,6 @@ from segfungi.seg_loss import seg_simclr_loss
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: on shared, busy cores OpenMP barriers make 2 threads ~10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reg14():
     """Patch-14 ViT with 4 registers at its default 448² (32×32 grid), tiny widths."""

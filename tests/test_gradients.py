@@ -20,15 +20,6 @@ from segfungi.gradients import (
 DIN, DOUT, TOKENS, BATCH = 5, 4, 7, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: on shared, busy cores OpenMP barriers make 2 threads ~10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TokenMixer(nn.Module):
     """A tiny token model around the watched layer: tokens interact after it, so each δ_t
     depends on every token (as in attention), and each sample has its own loss."""

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import bad_inputs
 from conftest import tiny_settings
@@ -32,14 +31,6 @@ from segfungi.storage import file_checksum, load_array
 # Three 48×40 VOC samples at 64² (4×4 patches): 48 patches in 3 shards, ScaNN index.
 SETTINGS = {"bank": {"size": 48, "features": "embeddings", "shard_images": 1, "batch_size": 1},
             "data": {"image_size": 64}, "index": {"kind": "scann"}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

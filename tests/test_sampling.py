@@ -1,7 +1,6 @@
 """Rarity-weighted patch sampling, class frequencies, compact patch labels."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -6,15 +6,6 @@ from segfungi.gradients import l2_normalize
 from segfungi.seg_loss import make_head, naive_seg_simclr_loss, seg_simclr_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: on shared, busy cores OpenMP barriers make 2 threads ~10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _unit(*shape, seed):
     gen = torch.Generator().manual_seed(seed)
     return l2_normalize(torch.randn(*shape, generator=gen, dtype=torch.float64))

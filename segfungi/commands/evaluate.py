@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from segfungi.commands._options import add_config_options, settings_from_args
