@@ -135,8 +135,10 @@ def main() -> None:
     low = {dt: FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, dtype=dt), kind="fungi")
            for dt in args.dtypes}
     for dt, fe in low.items():
+        fs = FeatureExtractor(fe.backbone, kind="fungi", projection="structured")
         cases[f"{dt}/embed"] = (lambda x, n, fe=fe: fe.embeddings(x), batches)
         cases[f"{dt}/dense/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
+        cases[f"{dt}/structured/all"] = (lambda x, n, fs=fs: fs.fungi(x, n), batches)
     best = time_cases(cases, args.repeats)
     per_image = {name: [t / args.images for t in times] for name, times in best.items()}
     per_image["ref_proj"] = [t * num_patches / ref_tokens for t in best["ref_proj"]]  # one image's patches
@@ -169,7 +171,12 @@ def main() -> None:
         print(f"\n{dt} autocast for the blocks before the last (backbone.dtype: {dt}):")
         row("(a)  embeddings only", f"{dt}/embed")
         row(f"(b)  FUNGI dense, all {num_patches} patches", f"{dt}/dense/all")
-        print(f"  ratios to float32: a = {ratio(f'{dt}/embed', 'embed')}   b = {ratio(f'{dt}/dense/all', 'dense/all')}")
+        row(f"(b)  FUNGI structured, all {num_patches} patches", f"{dt}/structured/all")
+        print(f"  ratios to float32: a = {ratio(f'{dt}/embed', 'embed')}   b dense = {ratio(f'{dt}/dense/all', 'dense/all')}"
+              f"   b structured = {ratio(f'{dt}/structured/all', 'structured/all')}")
+        print(f"  within {dt}: dense b/a = {ratio(f'{dt}/dense/all', f'{dt}/embed')}   structured b/a = "
+              f"{ratio(f'{dt}/structured/all', f'{dt}/embed')};  float32 reference c / this b: dense "
+              f"{ratio('ref', f'{dt}/dense/all')}, structured {ratio('ref', f'{dt}/structured/all')}")
         errors = feature_errors(dense, fe, batches)
         print(f"  feature error vs float32 over {errors['patches']} patches (relative L2 per patch, mean / 99% / max):")
         for part in ("embedding", "gradient"):

@@ -15,7 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from segfungi import distributed
-from segfungi.bank import MemoryBank, SupportIndex, extractor_mismatches
+from segfungi.bank import extractor_mismatches
+from segfungi.memory_bank import MemoryBank
+from segfungi.support import SupportIndex
 from segfungi.components import make_extractor, open_dataset
 from segfungi.errors import BankError
 

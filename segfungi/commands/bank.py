@@ -35,7 +35,8 @@ def register(subparsers) -> None:
 # ----------------------------------------------------------------------- verify
 def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
     """(problems, files checked) of the bank at `path` and of its support bank."""
-    from segfungi.bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank, _done_shards
+    from segfungi.bank import done_shards
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
     from segfungi.errors import BankError
     from segfungi.storage import verify_folder
 
@@ -44,7 +45,7 @@ def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
     if not (path / MANIFEST).exists():
         if not (path / BUILD_RECORD).exists():
             raise BankError(f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})")
-        done = sorted(_done_shards(path))
+        done = sorted(done_shards(path))
         total = _incomplete_state(path).get("shards_total")
         problems.append(f"{path}: incomplete build ({len(done)} of {total or '?'} shards done); "
                         "resume it with build-bank --resume")
@@ -83,7 +84,8 @@ def run_verify(args) -> int:
 # ------------------------------------------------------------------------- info
 def _incomplete_state(path: Path) -> dict:
     """What build.json and the finished shard folders say about an interrupted build."""
-    from segfungi.bank import BUILD_RECORD, _done_shards
+    from segfungi.bank import done_shards
+    from segfungi.memory_bank import BUILD_RECORD
     from segfungi.storage import read_json
 
     record = read_json(path / BUILD_RECORD)
@@ -94,13 +96,13 @@ def _incomplete_state(path: Path) -> dict:
         state["shards_total"] = -(-images // identity["sampling"]["shard_images"])
     except (KeyError, TypeError, ZeroDivisionError):
         state["shards_total"] = None
-    state["shards_done"] = len(_done_shards(path))
+    state["shards_done"] = len(done_shards(path))
     return state
 
 
 def bank_info(path: Path) -> dict:
     """A plain dict describing the bank (or interrupted build) at `path`."""
-    from segfungi.bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
     from segfungi.errors import BankError
     from segfungi.storage import folder_size
 

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.bank import MemoryBank, build_bank
+    from segfungi.bank import build_bank
+    from segfungi.memory_bank import MemoryBank
 
     settings = settings_from_args(args, BUILD_FLAGS)
     if args.print_config:
