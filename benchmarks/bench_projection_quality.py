@@ -49,8 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=int, default=120, help="generated images (train + val)")
     p.add_argument("--val", type=int, default=40, help="of those, validation images (queries)")
     p.add_argument("--per-image", type=int, default=100, help="bank patches per training image")
-    p.add_argument("--seeds", type=int, default=6, help="projection seeds per variant")
-    p.add_argument("--ranks", type=int, nargs="*", default=[1, 4, 16],
+    p.add_argument("--seeds", type=int, default=10, help="projection seeds per variant")
+    p.add_argument("--ranks", type=int, nargs="*", default=[1, 4, 8, 16],
                    help="outer products per structured row (fungi.structured_terms)")
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)

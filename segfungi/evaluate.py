@@ -62,7 +62,7 @@ class Segmenter:
 
         feats = self.patch_features(images)
         batch, num_patches, dim = feats.shape
-        sims, ids = self.index.search(feats.reshape(-1, dim).numpy(), self.k)
+        sims, ids = self.index.search(feats.reshape(-1, dim).cpu().numpy(), self.k)
         ids = torch.as_tensor(ids)
         scores = transfer_labels(
             torch.as_tensor(sims),

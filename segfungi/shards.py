@@ -197,10 +197,10 @@ class ShardWriter:
             kept = [e[k] for e, k in zip(raw, keeps)]
             feats = [torch.nn.functional.normalize(e, dim=-1) for e in kept]
             # The norms let a support index hand raw tokens to the FUNGI loss head.
-            arrays["embedding_norm"] = torch.cat([e.norm(dim=-1) for e in kept]).numpy().astype(np.float32)
+            arrays["embedding_norm"] = torch.cat([e.norm(dim=-1) for e in kept]).cpu().numpy().astype(np.float32)
             if self.hidden_cache is not None:
                 arrays["_hidden"] = hidden.to(torch.float16).cpu().numpy()
-            arrays["features"] = torch.cat([f.float() for f in feats]).numpy().astype(np.float16)
+            arrays["features"] = torch.cat([f.float() for f in feats]).cpu().numpy().astype(np.float16)
         else:
             if self._round_hidden:
                 hidden = self.extractor.last_block_input(x).to(torch.float16)
@@ -235,7 +235,7 @@ class ShardWriter:
 
         delta, inputs, embeddings = (torch.cat(parts) for parts in zip(*grads))
         projected = self.extractor.projection.project_tokens(delta, inputs)
-        return fungi_concat([projected], embeddings).float().numpy().astype(np.float16)
+        return fungi_concat([projected], embeddings).float().cpu().numpy().astype(np.float16)
 
     # ---- the FUNGI pass from the support pass's cache
     def _read_cache(self, shard: int, items):

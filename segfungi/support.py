@@ -104,7 +104,7 @@ class SupportIndex:
             batch, num_tokens, dim = tokens.shape
             queries = torch.nn.functional.normalize(tokens.detach().float(), dim=-1).reshape(-1, dim)
             margin = self.margin if image_ids is not None else 0
-            _, ids = self.index.search(queries.numpy(), self.k + margin)
+            _, ids = self.index.search(queries.cpu().numpy(), self.k + margin)
             ids = torch.as_tensor(ids).reshape(batch, num_tokens, -1)
             if margin:
                 ids = self._drop_own(ids, image_ids)
