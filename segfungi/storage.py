@@ -77,13 +77,13 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Mapping) -> None:
+def _write_atomic(path: Path, mode: str, write) -> None:
     """Write to a temporary name, fsync, then rename: readers never see half a file."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -91,22 +91,15 @@ def write_json_atomic(path: Path, data: Mapping) -> None:
         tmp.unlink(missing_ok=True)
         raise write_failed(path, err) from None
     fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Mapping) -> None:
+    _write_atomic(path, "w", lambda f: json.dump(data, f, indent=2, sort_keys=False, default=str))
 
 
 def write_array_atomic(path: Path, array: np.ndarray) -> None:
-    """One `.npy` file, written like `write_json_atomic` (temporary name, fsync, rename)."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(path, err) from None
-    fsync_dir(path.parent)
+    """One `.npy` file (never pickled), written atomically."""
+    _write_atomic(path, "wb", lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def read_json(path: Path) -> dict:
