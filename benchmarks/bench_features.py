@@ -17,7 +17,7 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
        pass (float16), so only the last block runs forward and backward.
 
 (b), (b') and (d) are run for the dense projection (the default) and the structured one
-(`fungi.structured_terms`, default 8).
+(`fungi.structured_terms`, default 16).
 
 --dtypes bfloat16 float16: the blocks before the last under autocast (`backbone.dtype`):
 (a) and (b) are timed in that dtype too, and the features are compared with float32's

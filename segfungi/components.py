@@ -85,5 +85,5 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_dim=fungi["proj_dim"],
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
-        structured_terms=fungi.get("structured_terms", 8),
+        structured_terms=fungi.get("structured_terms", 16),
     )

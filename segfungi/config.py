@@ -91,7 +91,7 @@ _OPTIONAL_TYPES = {
 _POSITIVE = {
     "data.image_size", "bank.size", "bank.aug_epochs", "bank.shard_images", "bank.batch_size",
     "bank.label_topk", "eval.k", "eval.batch_size", "eval.max_images", "fungi.head_dim", "fungi.proj_dim",
-    "fungi.support_neighbours", "fungi.temperature", "eval.temperature", "index.num_leaves",
+    "fungi.support_neighbours", "fungi.temperature", "fungi.structured_terms", "eval.temperature", "index.num_leaves",
     "index.num_leaves_to_search", "index.dims_per_block", "index.training_sample",
     "index.ah_training_sample", "index.min_leaf_size", "fewshot.bank_size", "fewshot.aug_epochs",
     "fewshot.k", "fewshot.temperature", "fewshot.num_leaves_to_search", "sweep.sizes",

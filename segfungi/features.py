@@ -66,7 +66,7 @@ class FeatureExtractor:
         proj_seed: int = 0,
         head_seed: int = 0,
         projection: str = "dense",
-        structured_terms: int = 8,
+        structured_terms: int = 16,
     ):
         if kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {kind!r}")

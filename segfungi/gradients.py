@@ -380,7 +380,7 @@ class OuterProductProjection(_Projection):
     R_k = Σ_j u_kj ⊗ v_kj (u_kj ∈ {±1}^Dout, v_kj ∈ {±1}^(Din+1)), so
     ``δ_tᵀ R_k ã_t = Σ_j (δ_tᵀ u_kj)(ã_tᵀ v_kj)``: two small GEMMs,
     N·dim·terms·(Dout+Din+1) multiply-adds instead of N·dim·Dout·(Din+1) (ViT-S, 1024
-    tokens, terms=8: 2.4 G multiply-adds instead of 58).
+    tokens, terms=16: 4.8 G multiply-adds instead of 58).
 
     Row k takes terms·(Dout + Din + 1) bits from Philox key [seed, 2**63 + k]; term j
     uses the j-th block of Dout + Din + 1 bits: the first Dout give u_kj, the rest v_kj
@@ -388,9 +388,10 @@ class OuterProductProjection(_Projection):
     term an inner product is estimated by a product of two independent sign sums, whose
     fourth moment is ~9 instead of ~3, i.e. ~4× the variance of a dense row; a sum of
     ``terms`` independent products brings it to 2 + 6/terms (dense: 2).  The
-    `fungi.projection: structured` setting uses `fungi.structured_terms` (default 8,
-    chosen by benchmarks/bench_projection_quality.py: 1 and 4 terms miss the retrieval
-    bar of "recall@30 within 1 point of the dense projection", 8 meets it).
+    `fungi.projection: structured` setting uses `fungi.structured_terms` (default 16,
+    chosen by benchmarks/bench_projection_quality.py: with 1, 4 or 8 terms the recall@30
+    of the dense projection's neighbours falls more than 1 point below the dense
+    projection's own on ViT-S or ViT-Ti; with 16 it does not).
     Entries are not rescaled: features are L2-normalised afterwards.
     """
 
