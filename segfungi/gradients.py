@@ -413,6 +413,7 @@ class OuterProductProjection(_Projection):
         self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
         self.seed, self.bias = _check_seed(seed), bool(bias)
         self.terms = int(terms)
+        self.token_block = 1024
         if self.terms < 1:
             raise ValueError(f"structured projection needs terms >= 1, got {terms}")
         block = self.out_features + self.width
@@ -444,7 +445,13 @@ class OuterProductProjection(_Projection):
     def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         self._check_shapes(delta, inputs)
         u, v = self._factors(delta)
-        return self._sum_terms((delta @ u.T) * (_augment(inputs, self.bias) @ v.T))
+        out = delta.new_empty(delta.shape[0], self.dim)
+        # Blocks of tokens bound the N×(dim·terms) intermediates (1024 tokens, ViT-S, 16
+        # terms: 25 MB each) whatever the batch.
+        for t0 in range(0, delta.shape[0], self.token_block):
+            d_blk, a_blk = delta[t0 : t0 + self.token_block], inputs[t0 : t0 + self.token_block]
+            out[t0 : t0 + len(d_blk)] = self._sum_terms((d_blk @ u.T) * (_augment(a_blk, self.bias) @ v.T))
+        return out
 
     def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
         """Σ_j u_kjᵀ G v_kj for every row k: S×Dout×(Din+1) → S×dim."""

@@ -191,6 +191,8 @@ def test_structured_projection_with_terms_equals_its_matrix(terms):
     tg = TokenGradients(delta, inputs, True)
     reference = tg.materialize().reshape(7, -1) @ matrix.T  # materialised per-token gradients × R
     torch.testing.assert_close(proj.project_tokens(delta, inputs), reference, rtol=1e-12, atol=1e-12)
+    proj.token_block = 3  # tokens projected in blocks give the same rows
+    torch.testing.assert_close(proj.project_tokens(delta, inputs), reference, rtol=1e-12, atol=1e-12)
     summed = tg.summed().reshape(1, -1) @ matrix.T
     torch.testing.assert_close(proj.project_gradients(tg.summed()[None]), summed, rtol=1e-12, atol=1e-12)
     assert proj.identity()["terms"] == terms
