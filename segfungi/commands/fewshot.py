@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.commands._options import (
+    add_bank_build_options,
+    add_config_options,
+    add_print_config_option,
+    settings_from_args,
+)
 
 # The few-shot k and temperature live in the fewshot section, so the shared --k and
 # --temperature flags are pointed there instead of at eval.*.
@@ -28,11 +33,11 @@ def register(subparsers) -> None:
     parser.add_argument("--subset-files", nargs="+", metavar="FILE",
                         help="files of training image ids (one per line), used instead of --fractions")
     parser.add_argument("--seeds", type=int, nargs="+", help="one trial per seed and subset (default 0 1 2)")
-    parser.add_argument("--features", nargs="+", choices=["embeddings", "fungi"])
-    parser.add_argument("--bank-size", type=int, help="bank size cap (default 2048x10^4)")
-    parser.add_argument("--aug-epochs", type=int, help="augmentation epochs (default 8)")
+    add_bank_build_options(parser, several_features=True,
+                           bank_size_help="bank size cap (default 2048x10^4)",
+                           aug_epochs_help="augmentation epochs (default 8)")
     parser.add_argument("--out", help="folder for banks, results JSON and plot (default runs/fewshot)")
-    parser.add_argument("--print-config", action="store_true", help="print the settings and exit")
+    add_print_config_option(parser)
     parser.set_defaults(func=run)
 
 
