@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from segfungi.classify.augment import audio_noise_views
-from segfungi.classify.features import FungiExtractor as _FungiBase
+from segfungi.classify.features import SplitViTFungi
 from segfungi.classify.vit import TimmViT
 from segfungi.errors import CheckpointError, DatasetError
 
@@ -323,7 +323,7 @@ class SpectrogramViT(TimmViT):
 # ---------------------------------------------------------------- FUNGI extractor
 
 
-class AudioFungi(_FungiBase):
+class AudioFungi(SplitViTFungi):
     """KL and SimCLR gradients of a spectrogram transformer (paper App. B.2, Table 13):
     KL on the clean filter bank, SimCLR on 16 noise views (:func:`augment.audio_noise_views`)
     against a fixed negatives batch (64 clips × 2 noise views in the paper)."""
@@ -332,20 +332,12 @@ class AudioFungi(_FungiBase):
     supported_losses = ("kl", "simclr")
 
     def __init__(self, encoder: SpectrogramViT, frontend: AudioFrontEnd, fungi: dict, device="cpu"):
-        self.vit = encoder
         self.frontend = frontend
-        super().__init__(fungi, device=device)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vit.embed_dim
-
-    @property
-    def grad_layer(self):
-        return self.vit.grad_layer
+        super().__init__(encoder, fungi, device=device)
 
     def encoder_identity(self) -> dict:
-        return {**self.vit.identity(), "frontend": self.frontend.identity()}
+        # the filter-bank settings shape the encoder's input, so cached features depend on them
+        return {**super().encoder_identity(), "frontend": self.frontend.identity()}
 
     def view_identity(self, loss: str) -> dict:
         if loss == "simclr":
@@ -363,9 +355,3 @@ class AudioFungi(_FungiBase):
         cfg = self.fungi[loss]
         n = int(cfg.get("negative_views") or cfg["views"]) if negative else int(cfg["views"])
         return audio_noise_views(prepared, n, gen, int(cfg["max_shift"]))
-
-    def _frozen(self, rows):
-        return self.vit.forward_until_last_block(rows)
-
-    def _last(self, frozen):
-        return self.vit.pool(self.vit.forward_last_block(frozen))

@@ -80,14 +80,17 @@ def summed_per_sample(tg, n_samples: int) -> torch.Tensor:
 
 
 class FungiExtractor:
-    """Modality-independent engine. Subclasses implement ``embed_dim``,
-    ``grad_layer``, ``_prepare``, ``_eval_rows``, ``_loss_rows``, ``_frozen``,
-    ``_last``, ``_num_rows``, ``_cat_rows`` and ``encoder_identity``."""
+    """Modality-independent engine around an ``encoder`` that exposes ``embed_dim``,
+    ``grad_layer`` (the ``nn.Linear`` whose gradients are projected) and
+    ``identity()``. Subclasses implement ``_eval_rows``, ``_loss_rows``, ``_frozen``
+    and ``_last``, and override ``_prepare``, ``_num_rows``, ``_cat_rows``,
+    ``view_identity`` and ``encoder_identity`` where their modality differs."""
 
     modality = "base"
     supported_losses: tuple[str, ...] = LOSSES
 
-    def __init__(self, fungi: dict, device: str | torch.device = "cpu"):
+    def __init__(self, encoder, fungi: dict, device: str | torch.device = "cpu"):
+        self.encoder = encoder
         self.fungi = fungi
         self.device = torch.device(device)
         self.losses = list(fungi.get("losses", []))
@@ -126,14 +129,19 @@ class FungiExtractor:
         self._negatives_identity: dict | None = None
         self.stats = {s: {"seconds": 0.0, "samples": 0} for s in SOURCES}
 
-    # ----------------------------------------------------------- modality hooks
+    # ------------------------------------------------------------------ encoder
     @property
-    def embed_dim(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def embed_dim(self) -> int:
+        return self.encoder.embed_dim
 
     @property
-    def grad_layer(self) -> torch.nn.Linear:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def grad_layer(self) -> torch.nn.Linear:
+        return self.encoder.grad_layer
+
+    def encoder_identity(self) -> dict:
+        return self.encoder.identity()
+
+    # ----------------------------------------------------------- modality hooks
 
     def _prepare(self, sample):
         return sample
@@ -154,9 +162,6 @@ class FungiExtractor:
         raise NotImplementedError
 
     def _last(self, frozen) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def encoder_identity(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def view_identity(self, loss: str) -> dict:
@@ -373,6 +378,23 @@ class FungiExtractor:
             for s, v in self.stats.items()
             if v["samples"]
         }
+
+
+class SplitViTFungi(FungiExtractor):
+    """The image and audio extractors: the encoder is a split ViT
+    (:mod:`segfungi.classify.vit`), run up to its last block without autograd, then
+    through the last block and its pooling."""
+
+    @property
+    def vit(self):
+        # the name image/audio code uses for the encoder
+        return self.encoder
+
+    def _frozen(self, rows):
+        return self.vit.forward_until_last_block(rows)
+
+    def _last(self, frozen):
+        return self.vit.pool(self.vit.forward_last_block(frozen))
 
 
 def _progress(total: int, desc: str, enabled: bool):

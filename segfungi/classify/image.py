@@ -22,32 +22,21 @@ from __future__ import annotations
 import torch
 
 from segfungi.classify import augment
-from segfungi.classify.features import FungiExtractor
+from segfungi.classify.features import SplitViTFungi
 from segfungi.classify.vit import as_split_vit
 
 
-class ImageFungi(FungiExtractor):
+class ImageFungi(SplitViTFungi):
     modality = "image"
     supported_losses = ("kl", "dino", "simclr")
 
     def __init__(self, backbone, fungi: dict, views: dict | None = None, device="cpu"):
-        self.vit = as_split_vit(backbone, device=device)
+        vit = as_split_vit(backbone, device=device)
         self.views = dict(views or {})
-        self.size = int(self.views.get("image_size") or self.vit.img_size)
-        self._mean = torch.tensor(self.vit.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.vit.std, dtype=torch.float32).view(1, 3, 1, 1)
-        super().__init__(fungi, device=device)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vit.embed_dim
-
-    @property
-    def grad_layer(self):
-        return self.vit.grad_layer
-
-    def encoder_identity(self) -> dict:
-        return self.vit.identity()
+        self.size = int(self.views.get("image_size") or vit.img_size)
+        self._mean = torch.tensor(vit.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(vit.std, dtype=torch.float32).view(1, 3, 1, 1)
+        super().__init__(vit, fungi, device=device)
 
     def view_identity(self, loss: str) -> dict:
         if loss in ("eval", "kl", "embedding"):
@@ -95,11 +84,8 @@ class ImageFungi(FungiExtractor):
         raise ValueError(loss)
 
     def _frozen(self, rows):
-        x = (rows - self._mean) / self._std
-        return self.vit.forward_until_last_block(x)
-
-    def _last(self, frozen):
-        return self.vit.pool(self.vit.forward_last_block(frozen))
+        # the views are [0, 1] images; the backbone expects its own mean/std
+        return super()._frozen((rows - self._mean) / self._std)
 
 
 def load_image_backbone(settings: dict, device: str = "cpu"):

@@ -156,23 +156,10 @@ class TextEncoder:
 
 
 class TextFungi(FungiExtractor):
+    """KL and SimCLR gradients of a :class:`TextEncoder`: ``TextFungi(encoder, fungi, device)``."""
+
     modality = "text"
     supported_losses = ("kl", "simclr")
-
-    def __init__(self, encoder: TextEncoder, fungi: dict, device="cpu"):
-        self.encoder = encoder
-        super().__init__(fungi, device=device)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.encoder.embed_dim
-
-    @property
-    def grad_layer(self):
-        return self.encoder.grad_layer
-
-    def encoder_identity(self) -> dict:
-        return self.encoder.identity()
 
     def view_identity(self, loss: str) -> dict:
         if loss == "simclr":

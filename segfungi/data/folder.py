@@ -16,19 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
-from segfungi.data.idlists import IMAGE_SUFFIXES, check_unique, read_id_file
+from segfungi.data.idlists import IMAGE_SUFFIXES, check_unique, read_id_file, read_lines
 from segfungi.data.labels import IGNORE, distinct_palette
 from segfungi.errors import DatasetError
 
 
 def read_classes(path: Path) -> tuple[list[str], int]:
     """(class names, on-disk ignore value) from classes.txt."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: classes file missing") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: cannot read classes file ({err})") from None
+    lines = read_lines(path, "classes file")
     names, ignore = [], IGNORE
     for number, line in enumerate(lines, start=1):
         line = line.strip()
@@ -45,7 +40,7 @@ def read_classes(path: Path) -> tuple[list[str], int]:
         raise DatasetError(f"{path}: no class names")
     if len(names) > 255:
         raise DatasetError(f"{path}: {len(names)} classes; at most 255 fit beside the ignore label")
-    check_unique(names, path)
+    check_unique(names, path, what="class names")
     return names, ignore
 
 

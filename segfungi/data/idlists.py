@@ -25,23 +25,29 @@ def id_from_token(token: str) -> str:
     return name
 
 
-def read_id_file(path: str | Path, what: str = "split file") -> list[str]:
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """The lines of a small UTF-8 list file (split, subset or classes file). A missing
+    or unreadable file is a one-line error naming it and saying which file it is."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} missing") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: cannot read {what} ({err})") from None
-    ids = [id_from_token(line.split()[0]) for line in lines if line.strip()]
+
+
+def read_id_file(path: str | Path, what: str = "split file") -> list[str]:
+    path = Path(path)
+    ids = [id_from_token(line.split()[0]) for line in read_lines(path, what) if line.strip()]
     if not ids:
         raise DatasetError(f"{path}: {what} is empty")
     check_unique(ids, path)
     return ids
 
 
-def check_unique(ids: list[str], source: str | Path) -> None:
+def check_unique(ids: list[str], source: str | Path, what: str = "image ids") -> None:
     duplicates = [image_id for image_id, count in Counter(ids).items() if count > 1]
     if duplicates:
         shown = ", ".join(duplicates[:5]) + (" …" if len(duplicates) > 5 else "")
-        raise DatasetError(f"{source}: duplicate image ids ({len(duplicates)}): {shown}")
+        raise DatasetError(f"{source}: duplicate {what} ({len(duplicates)}): {shown}")
