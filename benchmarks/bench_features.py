@@ -8,10 +8,17 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
   (b)  FUNGI features of all patches (query case), per-token gradients projected by the
        streamed core (no per-token gradient is ever materialised);
   (b') FUNGI features of --kept patches per image (bank-build case);
-  (c)  the reference formulation: the same gradient pass, then every per-token gradient
-       materialised (tokens×Dout×(Din+1)) and multiplied by the whole dense matrix.  The
-       materialised projection is timed on --ref-tokens tokens and scaled to all patches;
-       the script prints when it does so.  Its output is checked against (b).
+  (c)  the reference formulation, as the FUNGI research code computes per-patch gradients:
+       the whole network forward with autograd on (a hub model's parameters all require
+       grad), one backward through every block, hooks keeping the gradient layer's inputs
+       a_t and output gradients δ_t, then every per-token gradient materialised
+       (tokens×Dout×(Din+1)) and multiplied by the whole dense matrix.  The loss is our
+       closed form here too (it is a small share either way), which favours the reference.
+  (c') our gradient pass (frozen blocks without autograd, only the last block backward),
+       then the same materialised projection: shows how much of (c)/(b) comes from the
+       gradient pass and how much from the projection.
+       The materialised projection is timed on --ref-tokens tokens and scaled to all
+       patches; the script prints when it does so.  Its output is checked against (b).
 
   (d)  like (b'), but from the last-block input kept by the support-index embeddings
        pass (float16), so only the last block runs forward and backward.
@@ -20,7 +27,9 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
 (`fungi.structured_terms`, default 16).
 
 --dtypes bfloat16 float16: the blocks before the last under autocast (`backbone.dtype`):
-(a) and (b) are timed in that dtype too, and the features are compared with float32's
+(a) and (b) are timed in that dtype too, and so is the reference in the research code's
+low-precision mode (its whole pass under autocast, gradients and R cast to that dtype
+for the projection); the features are compared with float32's
 on the same images and negatives (relative L2 error per patch of each normalised half,
 and the cosine of whole FUNGI features), which is what decides whether a low-precision
 default would "keep results".  Peak RSS of the whole run is printed at the end.
@@ -41,6 +50,8 @@ import torch
 
 from segfungi.backbones import load_backbone
 from segfungi.features import FeatureExtractor
+from segfungi.gradients import TokenGradients, capture_token_gradients, l2_normalize
+from segfungi.seg_loss import seg_simclr_loss
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,8 +94,28 @@ def reference_projection(delta, inputs, matrix, token_chunk=32):
     augmented = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
     for t0 in range(0, len(delta), token_chunk):
         grads = delta[t0 : t0 + token_chunk, :, None] * augmented[t0 : t0 + token_chunk, None, :]
-        out.append(grads.reshape(len(grads), -1) @ matrix.T)
+        out.append(grads.reshape(len(grads), -1).to(matrix.dtype) @ matrix.T)
     return torch.cat(out)
+
+
+def research_gradient_pass(fe: FeatureExtractor, x: torch.Tensor, negatives: torch.Tensor,
+                           dtype: torch.dtype = torch.float32) -> TokenGradients:
+    """(c)'s gradient pass: every block under autograd, one full backward (see the docstring).
+
+    ``fe.backbone.model`` must have its parameters requiring grad, as a hub model comes;
+    the weight gradients of every layer are computed, as ``loss.backward()`` does there.
+    A low ``dtype`` runs the pass under autocast, as the research code's fp16 flag does."""
+    m = fe.backbone.model
+    low = dtype != torch.float32
+    with capture_token_gradients(fe.backbone.grad_layer) as recorder, torch.enable_grad(), \
+            torch.autocast(x.device.type, dtype=dtype, enabled=low):
+        tokens = m.norm(m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))))
+        loss_tokens = fe._loss_tokens(tokens)
+        kept = fe._pick_negatives(negatives, loss_tokens.detach(), None)
+        losses = seg_simclr_loss(l2_normalize(fe.head(loss_tokens)), l2_normalize(fe.head(kept)), fe.tau)
+        losses.sum().backward()
+    m.zero_grad(set_to_none=True)
+    return recorder.result()
 
 
 def main() -> None:
@@ -114,7 +145,10 @@ def main() -> None:
     # (d) the bank build keeps the support pass's last-block input (float16 on disk)
     cached_kept = [(dense.last_block_input(x).half(), n, k) for x, n, k in kept_batches]
 
-    # (c) reference: the dense matrix is held whole, as the paper's formulation does
+    # (c) reference: its own copy of the same weights with every parameter requiring grad;
+    # the dense matrix is held whole, as the research code does
+    research = FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size), kind="fungi")
+    research.backbone.model.requires_grad_(True)
     matrix = dense.projection.dense_matrix(torch.float32)
     grads, _, _ = dense.patch_gradients(dense.last_block_input(xs[0]), negatives[0])
     ref_tokens = min(args.ref_tokens, num_patches)
@@ -126,6 +160,7 @@ def main() -> None:
     cases = {
         "embed": (lambda x, n: dense.embeddings(x), batches),
         "grad": (lambda x, n, k: dense.fungi(x, n, patch_index=k), no_patches),
+        "research_grad": (lambda x, n: research_gradient_pass(research, x, n), batches),
         "ref_proj": (lambda d, a: reference_projection(d, a, matrix), ref_pairs),
     }
     for label, fe in (("dense", dense), ("structured", structured)):
@@ -139,14 +174,27 @@ def main() -> None:
         cases[f"{dt}/embed"] = (lambda x, n, fe=fe: fe.embeddings(x), batches)
         cases[f"{dt}/dense/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
         cases[f"{dt}/structured/all"] = (lambda x, n, fs=fs: fs.fungi(x, n), batches)
+        torch_dt = getattr(torch, dt)
+        cases[f"{dt}/research_grad"] = (lambda x, n, t=torch_dt: research_gradient_pass(research, x, n, t), batches)
+        low_matrix = matrix.to(torch_dt)
+        cases[f"{dt}/ref_proj"] = (lambda d, a, m=low_matrix: reference_projection(d, a, m), ref_pairs)
     best = time_cases(cases, args.repeats)
     per_image = {name: [t / args.images for t in times] for name, times in best.items()}
-    per_image["ref_proj"] = [t * num_patches / ref_tokens for t in best["ref_proj"]]  # one image's patches
-    per_image["ref"] = [g + p for g, p in zip(per_image["grad"], per_image["ref_proj"])]
+    add = lambda a, b: [x + y for x, y in zip(per_image[a], per_image[b])]  # noqa: E731
+    for prefix in ["", *(f"{dt}/" for dt in low)]:
+        # the projection was timed on ref_tokens tokens: scale to one image's patches
+        per_image[f"{prefix}ref_proj"] = [t * num_patches / ref_tokens for t in best[f"{prefix}ref_proj"]]
+        per_image[f"{prefix}ref"] = add(f"{prefix}research_grad", f"{prefix}ref_proj")
+    per_image["ref_ours"] = add("grad", "ref_proj")
 
     ref = reference_projection(*ref_pairs[0], matrix)
     ours = dense.projection.project_tokens(*ref_pairs[0])
     rel_err = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+    # the research pass must find the same per-token gradients as ours
+    research_grads = research_gradient_pass(research, xs[0], negatives[0])
+    patches = slice(bb.num_prefix_tokens, None)
+    grad_err = max(((r[:, patches] - o).norm() / o.norm()).item() for r, o in
+                   ((research_grads.delta, grads.delta), (research_grads.inputs, grads.inputs)))
 
     def row(label: str, name: str, note: str = "") -> None:
         wall, cpu = per_image[name]
@@ -160,23 +208,30 @@ def main() -> None:
         row(f"(b') FUNGI {label}, {args.kept} kept patches", f"{label}/kept")
         row(f"(d)  FUNGI {label}, {args.kept} kept, cached input", f"{label}/cached")
     scaled = f"  (projection timed on {ref_tokens} tokens, scaled to {num_patches})" if ref_tokens < num_patches else ""
-    row("(c)  reference: materialised grads × dense R", "ref", scaled)
+    row("     reference gradient pass (autograd, all blocks)", "research_grad")
+    row("(c)  reference: that pass, materialised × R", "ref", scaled)
+    row("(c') our gradient pass, materialised × R", "ref_ours", scaled)
     print(f"\n  reference vs streamed core on {ref_tokens} tokens: max relative difference {rel_err:.2e}")
+    print(f"  reference vs our gradient pass, δ and a of one batch: max relative difference {grad_err:.2e}")
     print("\nratios (wall / CPU):")
     ratio = lambda a, b: "/".join(f"{x / y:.2f}" for x, y in zip(per_image[a], per_image[b]))  # noqa: E731
     for label in ("dense", "structured"):
         print(f"  {label:10s}  b/a = {ratio(f'{label}/all', 'embed')}   b'/a = {ratio(f'{label}/kept', 'embed')}   "
-              f"d/a = {ratio(f'{label}/cached', 'embed')}   c/b = {ratio('ref', f'{label}/all')}")
+              f"d/a = {ratio(f'{label}/cached', 'embed')}   c/b = {ratio('ref', f'{label}/all')}   "
+              f"c'/b = {ratio('ref_ours', f'{label}/all')}")
     for dt, fe in low.items():
         print(f"\n{dt} autocast for the blocks before the last (backbone.dtype: {dt}):")
         row("(a)  embeddings only", f"{dt}/embed")
         row(f"(b)  FUNGI dense, all {num_patches} patches", f"{dt}/dense/all")
         row(f"(b)  FUNGI structured, all {num_patches} patches", f"{dt}/structured/all")
+        row(f"(c)  reference, research code's {dt} mode", f"{dt}/ref", scaled)
         print(f"  ratios to float32: a = {ratio(f'{dt}/embed', 'embed')}   b dense = {ratio(f'{dt}/dense/all', 'dense/all')}"
               f"   b structured = {ratio(f'{dt}/structured/all', 'structured/all')}")
         print(f"  within {dt}: dense b/a = {ratio(f'{dt}/dense/all', f'{dt}/embed')}   structured b/a = "
               f"{ratio(f'{dt}/structured/all', f'{dt}/embed')};  float32 reference c / this b: dense "
               f"{ratio('ref', f'{dt}/dense/all')}, structured {ratio('ref', f'{dt}/structured/all')}")
+        print(f"  {dt} reference c / this b: dense {ratio(f'{dt}/ref', f'{dt}/dense/all')}, "
+              f"structured {ratio(f'{dt}/ref', f'{dt}/structured/all')}")
         errors = feature_errors(dense, fe, batches)
         print(f"  feature error vs float32 over {errors['patches']} patches (relative L2 per patch, mean / 99% / max):")
         for part in ("embedding", "gradient"):

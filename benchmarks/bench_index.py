@@ -5,9 +5,12 @@
 For each bank size: build time (wall clock, and CPU seconds, which stay meaningful on
 a shared machine), queries per second (k = 30 by default, all cores), ScaNN's
 recall@k against the exact top-k, and peak RSS (it includes the pages of the
-memory-mapped float16 bank that the build read). Every (size, index) pair runs in its
-own Python process so peak RSS belongs to that index alone; the bank is a float16
-.npy on disk, memory-mapped, as a memory bank stores it.
+memory-mapped float16 bank that the build read). Every (size, index) pair is built in
+its own Python process so peak RSS belongs to that index alone; the bank is a float16
+.npy on disk, memory-mapped, as a memory bank stores it.  The ScaNN process then builds
+an exact index too and times both searches in interleaved rounds, so its "× exact" is
+a same-process, same-load ratio.  `--reorders 120 200 300` measures several numbers of
+reordering candidates on one ScaNN build (it is a search-time setting).
 
 `--shard-rows R` stores the bank as shard files of R rows (as a memory bank does) and
 builds from them through `segfungi.index.ConcatRows`, one shard open at a time — the
@@ -106,51 +109,72 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_searches(index, queries: np.ndarray, k: int):
-    index.search(queries[:64], k)  # warm-up (thread pools, first-touch pages)
+def time_searches(index, queries: np.ndarray, k: int, **search_args) -> float:
+    """Seconds for one search of all queries (after a warm-up on 64 of them)."""
+    index.search(queries[:64], k, **search_args)  # thread pools, first-touch pages
     start = time.perf_counter()
-    sims, ids = index.search(queries, k)
-    return time.perf_counter() - start, ids
+    index.search(queries, k, **search_args)
+    return time.perf_counter() - start
+
+
+def open_bank(data: Path):
+    return open_shards(data) if data.is_dir() else np.load(data, mmap_mode="r", allow_pickle=False)
 
 
 def worker(args) -> None:
-    """One index kind on one bank, in a fresh process; prints a JSON line."""
+    """One index kind on one bank, in a fresh process; prints a JSON line.
+
+    The exact worker measures its own build and saves the true top-k.  The ScaNN worker
+    measures its build and peak RSS first, then the recall at each --reorders value, and
+    then times its searches against an exact index built in the same process, in
+    interleaved rounds (best of --rounds each), so that load from other processes on a
+    shared machine hits both alike and the speed-up is a same-run ratio."""
     from segfungi.index import ExactIndex, IndexSettings, ScannIndex, recall_at_k
 
     data = Path(args.data)
-    bank = open_shards(data) if data.is_dir() else np.load(data, mmap_mode="r", allow_pickle=False)
     queries = np.load(args.queries_file, allow_pickle=False).astype(np.float32)
-    rss_before = peak_rss_gib()
     start, start_cpu = time.perf_counter(), cpu_seconds()
     index = ExactIndex() if args.worker == "exact" else ScannIndex(IndexSettings(reorder_dtype=args.reorder_dtype))
-    index.build(bank)
-    build_s, build_cpu_s = time.perf_counter() - start, cpu_seconds() - start_cpu
-    search_s, ids = time_searches(index, queries, args.k)
+    index.build(open_bank(data))
     result = {
         "kind": args.worker,
-        "rows": int(bank.shape[0]),
-        "build_s": build_s,
-        "build_cpu_s": build_cpu_s,
-        "queries_per_s": len(queries) / search_s,
+        "rows": index.num_vectors,
+        "build_s": time.perf_counter() - start,
+        "build_cpu_s": cpu_seconds() - start_cpu,
         "peak_rss_gib": peak_rss_gib(),
-        "rss_before_build_gib": rss_before,
     }
     if args.worker == "exact":
-        np.save(args.ids_file, ids, allow_pickle=False)
-    else:
-        result["num_leaves"] = index.num_leaves
-        result["recall"] = recall_at_k(ids, np.load(args.ids_file, allow_pickle=False))
+        result["queries_per_s"] = len(queries) / time_searches(index, queries, args.k)
+        np.save(args.ids_file, index.search(queries, args.k)[1], allow_pickle=False)
+        print(json.dumps(result), flush=True)
+        return
+    exact_ids = np.load(args.ids_file, allow_pickle=False)
+    result["num_leaves"] = index.num_leaves
+    result["recall"] = {r: recall_at_k(index.search(queries, args.k, reorder=r)[1], exact_ids) for r in args.reorders}
+    exact = ExactIndex().build(open_bank(data))
+    best = {"exact": float("inf"), **{r: float("inf") for r in args.reorders}}
+    for _ in range(args.rounds):
+        best["exact"] = min(best["exact"], time_searches(exact, queries, args.k))
+        for r in args.reorders:
+            best[r] = min(best[r], time_searches(index, queries, args.k, reorder=r))
+    result["exact_queries_per_s"] = len(queries) / best["exact"]
+    result["queries_per_s"] = {r: len(queries) / best[r] for r in args.reorders}
     print(json.dumps(result), flush=True)
 
 
-def run_worker(kind: str, data: Path, queries: Path, ids: Path, k: int, reorder_dtype: str = "float32") -> dict:
+def run_worker(kind: str, data: Path, queries: Path, ids: Path, args) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--data", str(data),
-               "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(k),
-               "--reorder-dtype", reorder_dtype]
+               "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(args.k),
+               "--reorder-dtype", args.reorder_dtype, "--rounds", str(args.rounds),
+               "--reorders", *map(str, args.reorders)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1], object_hook=_int_keys)
+
+
+def _int_keys(obj: dict) -> dict:
+    return {int(k) if k.isdigit() else k: v for k, v in obj.items()}
 
 
 def main() -> None:
@@ -164,6 +188,9 @@ def main() -> None:
                         help="index.reorder_dtype of the ScaNN index")
     parser.add_argument("--shard-rows", type=int, default=0,
                         help="store the bank as shard files of this many rows (0: one .npy)")
+    parser.add_argument("--reorders", type=int, nargs="+", default=[120],
+                        help="ScaNN reordering candidates to measure (search-time; 120 = paper)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds, exact vs ScaNN")
     parser.add_argument("--skip-exact", action="store_true", help="reuse exact results from an earlier run")
     parser.add_argument("--worker", choices=["exact", "scann"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -178,8 +205,8 @@ def main() -> None:
     queries = workdir / f"queries_{args.queries}x{args.dim}.npy"
     np.save(queries, next(synthetic_features(args.queries, args.dim, seed=1)), allow_pickle=False)
 
-    header = (f"{'rows':>9} {'dim':>4} {'index':>6} {'build s':>8} {'build CPU s':>11} {'queries/s':>10} "
-              f"{'recall@' + str(args.k):>9} {'peak RSS GiB':>12}")
+    header = (f"{'rows':>9} {'dim':>4} {'index':>19} {'build s':>8} {'build CPU s':>11} {'queries/s':>10} "
+              f"{'× exact':>8} {'recall@' + str(args.k):>9} {'peak RSS GiB':>12}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -190,15 +217,19 @@ def main() -> None:
             data = workdir / f"bank_{size}x{args.dim}.npy"
             write_features(data, size, args.dim, seed=0)
         ids = workdir / f"exact_ids_{size}x{args.dim}.npy"
-        kinds = ("scann",) if args.skip_exact and ids.exists() else ("exact", "scann")
-        for kind in kinds:
-            r = run_worker(kind, data, queries, ids, args.k, args.reorder_dtype)
-            recall = f"{r['recall']:.4f}" if "recall" in r else "1 (ref)"
-            if kind == "scann":
-                kind = {"float32": "scann", "bfloat16": "s-bf16", "int8": "s-int8"}[args.reorder_dtype]
-            print(f"{size:>9} {args.dim:>4} {kind:>6} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
-                  f"{r['queries_per_s']:>10.0f} "
-                  f"{recall:>9} {r['peak_rss_gib']:>12.2f}", flush=True)
+        if not (args.skip_exact and ids.exists()):
+            r = run_worker("exact", data, queries, ids, args)
+            print(f"{size:>9} {args.dim:>4} {'exact':>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
+                  f"{r['queries_per_s']:>10.0f} {'':>8} {'1 (ref)':>9} {r['peak_rss_gib']:>12.2f}", flush=True)
+        r = run_worker("scann", data, queries, ids, args)
+        for reorder in args.reorders:
+            name = f"scann {args.reorder_dtype} r{reorder}"
+            qps = r["queries_per_s"][reorder]
+            print(f"{size:>9} {args.dim:>4} {name:>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
+                  f"{qps:>10.0f} {qps / r['exact_queries_per_s']:>8.1f} {r['recall'][reorder]:>9.4f} "
+                  f"{r['peak_rss_gib']:>12.2f}", flush=True)
+        print(f"{'':>19} (× exact: against exact search at {r['exact_queries_per_s']:.0f} queries/s in the same "
+              f"process, best of {args.rounds} interleaved rounds)", flush=True)
 
 
 if __name__ == "__main__":
