@@ -180,7 +180,7 @@ def main() -> None:
         cases[f"{dt}/ref_proj"] = (lambda d, a, m=low_matrix: reference_projection(d, a, m), ref_pairs)
     best = time_cases(cases, args.repeats)
     per_image = {name: [t / args.images for t in times] for name, times in best.items()}
-    add = lambda a, b: [x + y for x, y in zip(per_image[a], per_image[b])]  # noqa: E731
+    add = lambda a, b: [x + y for x, y in zip(per_image[a], per_image[b])]
     for prefix in ["", *(f"{dt}/" for dt in low)]:
         # the projection was timed on ref_tokens tokens: scale to one image's patches
         per_image[f"{prefix}ref_proj"] = [t * num_patches / ref_tokens for t in best[f"{prefix}ref_proj"]]
@@ -214,7 +214,7 @@ def main() -> None:
     print(f"\n  reference vs streamed core on {ref_tokens} tokens: max relative difference {rel_err:.2e}")
     print(f"  reference vs our gradient pass, δ and a of one batch: max relative difference {grad_err:.2e}")
     print("\nratios (wall / CPU):")
-    ratio = lambda a, b: "/".join(f"{x / y:.2f}" for x, y in zip(per_image[a], per_image[b]))  # noqa: E731
+    ratio = lambda a, b: "/".join(f"{x / y:.2f}" for x, y in zip(per_image[a], per_image[b]))
     for label in ("dense", "structured"):
         print(f"  {label:10s}  b/a = {ratio(f'{label}/all', 'embed')}   b'/a = {ratio(f'{label}/kept', 'embed')}   "
               f"d/a = {ratio(f'{label}/cached', 'embed')}   c/b = {ratio('ref', f'{label}/all')}   "
