@@ -238,14 +238,18 @@ def main() -> None:
             e = errors[part]
             print(f"    {part:9s} half  {e[0]:.2e} / {e[1]:.2e} / {e[2]:.2e}")
         print(f"    FUNGI feature cosine to float32: mean {errors['cosine'][0]:.5f}, min {errors['cosine'][1]:.5f}")
+        print(f"    recall@30 of the float32 features' neighbours (patches of the other images): "
+              f"{errors['recall']:.4f}")
     print(f"\n  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
           f"load average after: {os.getloadavg()[0]:.1f}")
 
 
-def feature_errors(reference: FeatureExtractor, other: FeatureExtractor, batches) -> dict:
-    """Errors of ``other``'s FUNGI features (dense, all patches) against ``reference``'s."""
+def feature_errors(reference: FeatureExtractor, other: FeatureExtractor, batches, k: int = 30) -> dict:
+    """Errors of ``other``'s FUNGI features (dense, all patches) against ``reference``'s,
+    and the recall@k of ``reference``'s neighbours when searching with ``other``'s
+    features (every patch a query against the patches of the other images)."""
     rel = {"embedding": [], "gradient": []}
-    cosines = []
+    cosines, ref_rows, other_rows = [], [], []
     half = reference.projection.dim
     for x, n in batches:
         a = torch.cat(reference.fungi(x, n).features)
@@ -253,13 +257,30 @@ def feature_errors(reference: FeatureExtractor, other: FeatureExtractor, batches
         for part, cols in (("gradient", slice(0, half)), ("embedding", slice(half, None))):
             rel[part].append((b[:, cols] - a[:, cols]).norm(dim=1) / a[:, cols].norm(dim=1))
         cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=1))
+        ref_rows.append(a)
+        other_rows.append(b)
     out = {"patches": sum(len(c) for c in cosines)}
     for part, values in rel.items():
         v = torch.cat(values)
         out[part] = (v.mean().item(), v.quantile(0.99).item(), v.max().item())
     c = torch.cat(cosines)
     out["cosine"] = (c.mean().item(), c.min().item())
+    out["recall"] = neighbour_recall(torch.cat(ref_rows), torch.cat(other_rows), reference.backbone.num_patches, k)
     return out
+
+
+def neighbour_recall(reference: torch.Tensor, other: torch.Tensor, per_image: int, k: int) -> float:
+    """Mean fraction of each patch's exact top-k (by ``reference``) that ``other`` finds,
+    searching only patches of other images (as a bank built from other images would)."""
+    k = min(k, len(reference) - per_image)
+    image = torch.arange(len(reference)) // per_image
+    same_image = image[:, None] == image[None, :]
+    found = []
+    for feats in (reference, other):
+        sims = (feats @ feats.T).masked_fill(same_image, float("-inf"))
+        found.append(sims.topk(k, dim=1).indices)
+    hits = (found[0][:, :, None] == found[1][:, None, :]).any(dim=2)
+    return hits.float().mean().item()
 
 
 if __name__ == "__main__":

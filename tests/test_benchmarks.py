@@ -1,0 +1,49 @@
+"""The benchmark scripts run end to end on tiny inputs and their built-in cross-checks hold.
+
+Only correctness lines are asserted (the fast path agrees with the reference it is
+timed against, recall is sane); timings never go into tests."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_features_fast_paths_agree_with_the_reference():
+    out = run_benchmark("bench_features.py", "--backbone", "vit_tiny_patch16_224", "--img-size", "64",
+                        "--images", "2", "--batch-size", "1", "--repeats", "1", "--threads", "1",
+                        "--kept", "4", "--dtypes", "bfloat16")
+    projection = re.search(r"reference vs streamed core .*: max relative difference (\S+)", out)
+    gradients = re.search(r"reference vs our gradient pass, .*: max relative difference (\S+)", out)
+    assert float(projection.group(1)) < 1e-5
+    assert float(gradients.group(1)) < 1e-5
+    recall = re.search(r"recall@30 of the float32 features' neighbours .*: (\S+)", out)
+    assert 0.5 < float(recall.group(1)) <= 1.0
+
+
+def test_bench_index_recall_grows_with_reordering(tmp_path):
+    out = run_benchmark("bench_index.py", "--sizes", "4000", "--dim", "32", "--queries", "64",
+                        "--reorders", "30", "200", "--rounds", "1", "--workdir", str(tmp_path))
+    recalls = [float(m) for m in re.findall(r"scann float32 r\d+ .* (\d\.\d{4}) +\d+\.\d+$", out, re.MULTILINE)]
+    assert len(recalls) == 2, out
+    # the 200 candidates contain the 30, and reordering is exact: recall cannot drop
+    assert 0.3 < recalls[0] <= recalls[1] <= 1.0
+    assert "× exact" in out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("bench_*.py")))
+def test_every_benchmark_documents_its_command_line(script):
+    out = run_benchmark(script, "--help")
+    assert "usage:" in out
