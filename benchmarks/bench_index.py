@@ -9,8 +9,10 @@ memory-mapped float16 bank that the build read). Every (size, index) pair is bui
 its own Python process so peak RSS belongs to that index alone; the bank is a float16
 .npy on disk, memory-mapped, as a memory bank stores it.  The ScaNN process then builds
 an exact index too and times both searches in interleaved rounds, so its "× exact" is
-a same-process, same-load ratio.  `--reorders 120 200 300` measures several numbers of
-reordering candidates on one ScaNN build (it is a search-time setting).
+a same-process, same-load ratio.  `--reorders 120 200 300` and `--leaves 32 8` measure
+several numbers of reordering candidates and of leaves searched on one ScaNN build (both
+are search-time settings), e.g. the support index's 2-NN search:
+`--dim 384 --k 2 --leaves 32 16 8 4`.
 
 `--shard-rows R` stores the bank as shard files of R rows (as a memory bank does) and
 builds from them through `segfungi.index.ConcatRows`, one shard open at a time — the
@@ -125,7 +127,8 @@ def worker(args) -> None:
     """One index kind on one bank, in a fresh process; prints a JSON line.
 
     The exact worker measures its own build and saves the true top-k.  The ScaNN worker
-    measures its build and peak RSS first, then the recall at each --reorders value, and
+    measures its build and peak RSS first, then the recall at each (--leaves, --reorders)
+    pair, and
     then times its searches against an exact index built in the same process, in
     interleaved rounds (best of --rounds each), so that load from other processes on a
     shared machine hits both alike and the speed-up is a same-run ratio."""
@@ -150,15 +153,18 @@ def worker(args) -> None:
         return
     exact_ids = np.load(args.ids_file, allow_pickle=False)
     result["num_leaves"] = index.num_leaves
-    result["recall"] = {r: recall_at_k(index.search(queries, args.k, reorder=r)[1], exact_ids) for r in args.reorders}
+    searches = {f"l{leaves}r{reorder}": {"num_leaves_to_search": leaves, "reorder": reorder}
+                for leaves in args.leaves for reorder in args.reorders}
+    result["recall"] = {name: recall_at_k(index.search(queries, args.k, **how)[1], exact_ids)
+                        for name, how in searches.items()}
     exact = ExactIndex().build(open_bank(data))
-    best = {"exact": float("inf"), **{r: float("inf") for r in args.reorders}}
+    best = {name: float("inf") for name in ["exact", *searches]}
     for _ in range(args.rounds):
         best["exact"] = min(best["exact"], time_searches(exact, queries, args.k))
-        for r in args.reorders:
-            best[r] = min(best[r], time_searches(index, queries, args.k, reorder=r))
+        for name, how in searches.items():
+            best[name] = min(best[name], time_searches(index, queries, args.k, **how))
     result["exact_queries_per_s"] = len(queries) / best["exact"]
-    result["queries_per_s"] = {r: len(queries) / best[r] for r in args.reorders}
+    result["queries_per_s"] = {name: len(queries) / best[name] for name in searches}
     print(json.dumps(result), flush=True)
 
 
@@ -166,15 +172,11 @@ def run_worker(kind: str, data: Path, queries: Path, ids: Path, args) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--data", str(data),
                "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(args.k),
                "--reorder-dtype", args.reorder_dtype, "--rounds", str(args.rounds),
-               "--reorders", *map(str, args.reorders)]
+               "--reorders", *map(str, args.reorders), "--leaves", *map(str, args.leaves)]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1], object_hook=_int_keys)
-
-
-def _int_keys(obj: dict) -> dict:
-    return {int(k) if k.isdigit() else k: v for k, v in obj.items()}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -190,6 +192,8 @@ def main() -> None:
                         help="store the bank as shard files of this many rows (0: one .npy)")
     parser.add_argument("--reorders", type=int, nargs="+", default=[120],
                         help="ScaNN reordering candidates to measure (search-time; 120 = paper)")
+    parser.add_argument("--leaves", type=int, nargs="+", default=[32],
+                        help="ScaNN leaves searched to measure (search-time; 32 = paper)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds, exact vs ScaNN")
     parser.add_argument("--skip-exact", action="store_true", help="reuse exact results from an earlier run")
     parser.add_argument("--worker", choices=["exact", "scann"], help=argparse.SUPPRESS)
@@ -216,17 +220,17 @@ def main() -> None:
         else:
             data = workdir / f"bank_{size}x{args.dim}.npy"
             write_features(data, size, args.dim, seed=0)
-        ids = workdir / f"exact_ids_{size}x{args.dim}.npy"
+        ids = workdir / f"exact_ids_{size}x{args.dim}_k{args.k}.npy"
         if not (args.skip_exact and ids.exists()):
             r = run_worker("exact", data, queries, ids, args)
             print(f"{size:>9} {args.dim:>4} {'exact':>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
                   f"{r['queries_per_s']:>10.0f} {'':>8} {'1 (ref)':>9} {r['peak_rss_gib']:>12.2f}", flush=True)
         r = run_worker("scann", data, queries, ids, args)
-        for reorder in args.reorders:
-            name = f"scann {args.reorder_dtype} r{reorder}"
-            qps = r["queries_per_s"][reorder]
-            print(f"{size:>9} {args.dim:>4} {name:>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
-                  f"{qps:>10.0f} {qps / r['exact_queries_per_s']:>8.1f} {r['recall'][reorder]:>9.4f} "
+        for name in r["queries_per_s"]:
+            qps = r["queries_per_s"][name]
+            label = f"scann {args.reorder_dtype} {name}"
+            print(f"{size:>9} {args.dim:>4} {label:>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
+                  f"{qps:>10.0f} {qps / r['exact_queries_per_s']:>8.1f} {r['recall'][name]:>9.4f} "
                   f"{r['peak_rss_gib']:>12.2f}", flush=True)
         print(f"{'':>19} (× exact: against exact search at {r['exact_queries_per_s']:.0f} queries/s in the same "
               f"process, best of {args.rounds} interleaved rounds)", flush=True)

@@ -36,7 +36,7 @@ def test_bench_features_fast_paths_agree_with_the_reference():
 def test_bench_index_recall_grows_with_reordering(tmp_path):
     out = run_benchmark("bench_index.py", "--sizes", "4000", "--dim", "32", "--queries", "64",
                         "--reorders", "30", "200", "--rounds", "1", "--workdir", str(tmp_path))
-    recalls = [float(m) for m in re.findall(r"scann float32 r\d+ .* (\d\.\d{4}) +\d+\.\d+$", out, re.MULTILINE)]
+    recalls = [float(m) for m in re.findall(r"scann float32 l\d+r\d+ .* (\d\.\d{4}) +\d+\.\d+$", out, re.MULTILINE)]
     assert len(recalls) == 2, out
     # the 200 candidates contain the 30, and reordering is exact: recall cannot drop
     assert 0.3 < recalls[0] <= recalls[1] <= 1.0
