@@ -141,8 +141,9 @@ def phase(args) -> None:
     else:  # eval: what Segmenter loads
         bank = MemoryBank(folder)
         index = bank.index(settings_for(reorder_dtype))
-        labels = bank.load_labels()
-        result["rows"] = index.num_vectors + 0 * len(labels[0])
+        labels = bank.load_labels()  # held until the peak RSS is read, as Segmenter holds them
+        result["rows"] = index.num_vectors
+        result["label_rows"] = len(labels[0])
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(result), flush=True)
@@ -166,7 +167,7 @@ def main() -> None:
         for name in ("index", "support", "eval"):
             command = [sys.executable, __file__, "--phase", f"{name}:{reorder_dtype}", "--bank", str(folder),
                        "--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, check=False, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])

@@ -47,3 +47,11 @@ def test_bench_index_recall_grows_with_reordering(tmp_path):
 def test_every_benchmark_documents_its_command_line(script):
     out = run_benchmark(script, "--help")
     assert "usage:" in out
+
+
+def test_bench_bank_memory_phases_see_the_whole_bank(tmp_path):
+    out = run_benchmark("bench_bank_memory.py", "--patches", "30000", "--dim", "32", "--reorder-dtype", "int8",
+                        "--threads", "1", "--workdir", str(tmp_path))
+    assert re.search(r"int8\s+index .*index_bytes_on_disk \d+", out), out
+    assert re.search(r"int8\s+support .*negatives_s_per_image", out), out
+    assert "rows 30000, label_rows 30000" in out, out
