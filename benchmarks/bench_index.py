@@ -111,12 +111,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_searches(index, queries: np.ndarray, k: int, **search_args) -> float:
-    """Seconds for one search of all queries (after a warm-up on 64 of them)."""
+def time_searches(index, queries: np.ndarray, k: int, **search_args) -> tuple[float, np.ndarray]:
+    """Seconds for one search of all queries (after a warm-up on 64 of them), and its ids."""
     index.search(queries[:64], k, **search_args)  # thread pools, first-touch pages
     start = time.perf_counter()
-    index.search(queries, k, **search_args)
-    return time.perf_counter() - start
+    _, ids = index.search(queries, k, **search_args)
+    return time.perf_counter() - start, ids
 
 
 def open_bank(data: Path):
@@ -128,8 +128,7 @@ def worker(args) -> None:
 
     The exact worker measures its own build and saves the true top-k.  The ScaNN worker
     measures its build and peak RSS first, then the recall at each (--leaves, --reorders)
-    pair, and
-    then times its searches against an exact index built in the same process, in
+    pair, and then times its searches against an exact index built in the same process, in
     interleaved rounds (best of --rounds each), so that load from other processes on a
     shared machine hits both alike and the speed-up is a same-run ratio."""
     from segfungi.index import ExactIndex, IndexSettings, ScannIndex, recall_at_k
@@ -147,8 +146,9 @@ def worker(args) -> None:
         "peak_rss_gib": peak_rss_gib(),
     }
     if args.worker == "exact":
-        result["queries_per_s"] = len(queries) / time_searches(index, queries, args.k)
-        np.save(args.ids_file, index.search(queries, args.k)[1], allow_pickle=False)
+        seconds, ids = time_searches(index, queries, args.k)
+        result["queries_per_s"] = len(queries) / seconds
+        np.save(args.ids_file, ids, allow_pickle=False)
         print(json.dumps(result), flush=True)
         return
     exact_ids = np.load(args.ids_file, allow_pickle=False)
@@ -160,9 +160,9 @@ def worker(args) -> None:
     exact = ExactIndex().build(open_bank(data))
     best = {name: float("inf") for name in ["exact", *searches]}
     for _ in range(args.rounds):
-        best["exact"] = min(best["exact"], time_searches(exact, queries, args.k))
+        best["exact"] = min(best["exact"], time_searches(exact, queries, args.k)[0])
         for name, how in searches.items():
-            best[name] = min(best[name], time_searches(index, queries, args.k, **how))
+            best[name] = min(best[name], time_searches(index, queries, args.k, **how)[0])
     result["exact_queries_per_s"] = len(queries) / best["exact"]
     result["queries_per_s"] = {name: len(queries) / best[name] for name in searches}
     print(json.dumps(result), flush=True)
