@@ -40,18 +40,17 @@ from segfungi.memory_bank import (
     SUPPORT_DIR,
     MemoryBank,
 )
+from segfungi.sampling import void_class
 from segfungi.shards import HIDDEN_CACHE_DIR, ShardWriter
 from segfungi.storage import (
     BuildLock,
     check_free_space,
     ensure_writable_dir,
-    load_array,
     read_json,
     remove_temporaries,
     settings_hash,
     temporary_name,
     verify_folder,
-    write_array_atomic,
     write_json_atomic,
 )
 from segfungi.support import SupportIndex
@@ -173,6 +172,12 @@ def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
             "image_size": data["image_size"],
             "label_topk": bank["label_topk"],
             "shard_images": bank["shard_images"],
+            # The rules themselves, so a bank built by an older rule is never taken for this one.
+            "sampler": "hummingbird-per-view",
+            "crop": "random-resized-crop",
+            # What void (255) pixels are in the bank's labels: the effective choice, so
+            # datasets without a background class give one bank for either setting.
+            "void_label": "background" if void_class(bank["void_label"], dataset.classes) is not None else "ignore",
         },
         "support": (
             {
@@ -249,8 +254,7 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
                                      kind="embeddings", progress=progress, hidden_cache=hidden_cache)
             support = SupportIndex(support_dir, settings)
         plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
-        weights = _class_weights(out, dataset, progress)
-        writer = ShardWriter(out, dataset, extractor, plan, weights, settings, support, hidden_cache)
+        writer = ShardWriter(out, dataset, extractor, plan, settings, support, hidden_cache)
         started = time.perf_counter()
         # The shards still to do are dealt out over the ranks (s % world == rank on a fresh
         # build); every rank lists them before any rank writes one, so all see one list.
@@ -312,34 +316,6 @@ def _drop_damaged_shards(out: Path) -> None:
             trash = temporary_name(folder)
             os.replace(folder, trash)
             remove_temporaries(folder.parent)
-
-
-def _class_weights(out: Path, dataset, progress: bool = True) -> np.ndarray:
-    """Inverse class pixel frequencies over the training masks, cached for resumed builds."""
-    from segfungi.sampling import ClassFrequency
-
-    cache = out / "class_frequency.npy"
-    if distributed.rank() != 0 or _valid_frequency_cache(cache, dataset.num_classes):
-        distributed.barrier()  # rank 0 writes the cache first
-        return ClassFrequency(dataset.num_classes, load_array(cache)).weights()
-    freq = ClassFrequency(dataset.num_classes)
-    for i in tqdm(range(len(dataset)), desc="class frequencies", unit="img", leave=False, disable=not progress):
-        mask = dataset[i].mask
-        freq.update(np.bincount(mask[mask != 255].ravel(), minlength=dataset.num_classes))
-    write_array_atomic(cache, freq.counts)
-    distributed.barrier()
-    return freq.weights()
-
-
-def _valid_frequency_cache(cache: Path, num_classes: int) -> bool:
-    """A cache from a killed build is used only if it is a sane count vector."""
-    if not cache.exists():
-        return False
-    try:
-        counts = load_array(cache)
-    except BankError:
-        return False
-    return counts.shape == (num_classes,) and counts.dtype == np.int64 and bool((counts >= 0).all())
 
 
 # Folder inside a FUNGI bank where its support (embeddings) pass keeps each augmented

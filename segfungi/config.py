@@ -100,6 +100,7 @@ _NON_NEGATIVE = {"data.num_workers", "index.reorder", "index.exact_below", "fews
 _CHOICES = {
     "data.on_bad_sample": ("error", "skip"),
     "bank.features": ("embeddings", "fungi"),
+    "bank.void_label": ("background", "ignore"),
     "index.kind": ("auto", "scann", "exact"),
     "index.reorder_dtype": ("float32", "bfloat16", "int8"),
     "backbone.dtype": ("float32", "bfloat16", "float16"),

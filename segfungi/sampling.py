@@ -1,15 +1,30 @@
 """Which patches of an augmented image go into the memory bank, and their labels.
 
-Hummingbird keeps a fixed number of patches per augmented image and favours patches
-holding rare classes: patch t scores
+Hummingbird keeps K = S // (N·E) patches per augmented view (bank size S, N training
+images, E augmentation epochs) and favours patches of classes that are rare *in this
+view*. With P_t the set of classes having at least one pixel in patch t of the view,
 
-    score_t = (Σ_c hist_tc / |hist_t| · w_c) × u_t,   u_t ~ U(0, 1),
+    n_c     = |{t : c ∈ P_t}|                  patches of the view containing class c
+    score_t = (Σ_{c ∈ P_t} n_c) × u_t,         u_t ~ U(0, 1), one draw per patch,
 
-with w_c = 1 / frequency of class c over the training set, and the n_keep best
-scores are kept. The noise u_t keeps the choice random, so common classes still get
-in. Patches without a single labelled pixel carry no label to transfer: they rank
-after every labelled patch (and are kept only when fewer labelled patches exist
-than n_keep, so every augmented image contributes exactly n_keep rows).
+and the K patches with the *smallest* scores are kept. A patch of a class confined to a
+few patches scores low; a patch of the dominant class (often background) scores high,
+but with a small u_t it still gets in, so the bank keeps a share of common-class
+patches (expected share: see tests/test_sampling.py). No dataset-wide class frequency
+enters the rule: each view is scored on its own. This is the rule of
+open-hummingbird-eval (`HbirdEvaluation._sample_features`).
+
+Patches without a single labelled pixel (P_t empty) carry no label to transfer: they
+rank after every labelled patch and are kept only when fewer labelled patches exist
+than K, so every view contributes exactly K rows. Ties (equal scores, which need
+equal integer sums times equal draws) go to the lower patch index, so the choice is a
+deterministic function of the histograms and the seed.
+
+"Labelled" and "present" are read from the same patch histograms the bank stores as
+labels, so they follow `bank.void_label` (see `void_class`): by default a void (255)
+pixel of a dataset with a background class counts as background, making every patch of
+a VOC view labelled, as in the reference, which maps 255 to 0 before both its sampler
+and its label histograms; with `ignore`, void pixels make no class present.
 
 Labels in the bank are compact: the `topk` most frequent classes of each patch with
 their fractions of the patch's labelled pixels (see `compact_labels`).
@@ -22,6 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+VOID_LABEL_CHOICES = ("background", "ignore")
+
 
 def _histograms(hist) -> np.ndarray:
     hist = hist.cpu().numpy() if isinstance(hist, torch.Tensor) else np.asarray(hist)
@@ -32,73 +49,50 @@ def _histograms(hist) -> np.ndarray:
     return hist
 
 
-def rarity_scores(histograms, class_weights) -> np.ndarray:
-    """Σ_c hist_tc / |hist_t| · w_c per patch (0 for patches with no labelled pixel)."""
-    hist = _histograms(histograms).astype(np.float64)
-    weights = np.asarray(class_weights, dtype=np.float64)
-    if weights.shape != (hist.shape[1],):
-        raise ValueError(f"{weights.shape[0]} class weights for {hist.shape[1]} classes")
-    labelled_pixels = hist.sum(axis=1)
-    return (hist @ weights) / np.maximum(labelled_pixels, 1)
+def void_class(void_label: str, classes: Sequence[str]) -> int | None:
+    """The class a void (255) pixel of a bank view counts as, or None (no label).
+
+    `background`: class 0 when the dataset has a background class there (VOC, and any
+    dataset whose first class is named "background"); datasets without one (ADE20K,
+    whose 255 is its "other" pixels, COCO-Stuff, a folder dataset of named classes)
+    have nothing void could be, so their void pixels stay unlabelled. `ignore`: never.
+    Evaluation ignores 255 in every case; this only shapes the bank's labels."""
+    if void_label not in VOID_LABEL_CHOICES:
+        raise ValueError(f"bank.void_label must be one of {', '.join(VOID_LABEL_CHOICES)}, got {void_label!r}")
+    has_background = len(classes) > 0 and str(classes[0]).strip().lower() == "background"
+    return 0 if void_label == "background" and has_background else None
 
 
-def select_patches(
-    histograms, n_keep: int, class_weights, seed: int | Sequence[int]
-) -> torch.Tensor:
-    """Indices (ascending, int64) of the n_keep patches with the best noisy rarity score.
+def patch_scores(histograms, noise) -> np.ndarray:
+    """(Σ_{c present in t} n_c) × u_t per patch, float64; `noise` holds u (one per patch).
+    Patches with no labelled pixel score 0 (they are ranked separately)."""
+    present = _histograms(histograms) > 0
+    noise = np.asarray(noise, dtype=np.float64)
+    if noise.shape != (present.shape[0],):
+        raise ValueError(f"{noise.shape} noise values for {present.shape[0]} patches")
+    patches_with_class = present.sum(axis=0)  # n_c, exact integers
+    return (present.astype(np.int64) @ patches_with_class) * noise
 
-    `seed` is anything `np.random.default_rng` takes; a bank passes e.g.
-    `(bank_seed, image_index, epoch)` so every augmented image has its own stream.
-    Ranking: labelled before unlabelled, then higher score, then lower patch index
-    (the last only matters for exact float ties, which makes the choice deterministic).
-    """
+
+def keep_smallest(histograms, n_keep: int, noise) -> np.ndarray:
+    """Indices (ascending, int64) of the n_keep patches the rule keeps for this noise.
+
+    Ranking: labelled before unlabelled, then smaller score, then lower patch index."""
     hist = _histograms(histograms)
-    noise = np.random.default_rng(seed).random(hist.shape[0])
-    scores = rarity_scores(hist, class_weights) * noise
+    scores = patch_scores(hist, noise)
     unlabelled = hist.sum(axis=1) == 0
     # np.lexsort sorts by the last key first.
-    ranking = np.lexsort((np.arange(hist.shape[0]), -scores, unlabelled))
-    kept = np.sort(ranking[: max(0, n_keep)])
-    return torch.from_numpy(kept.astype(np.int64))
+    ranking = np.lexsort((np.arange(hist.shape[0]), scores, unlabelled))
+    return np.sort(ranking[: max(0, n_keep)]).astype(np.int64)
 
 
-class ClassFrequency:
-    """Pixel counts per class over a dataset; weights() = 1 / frequency.
-
-    Pixel counts, not "patches containing the class": the score multiplies w_c by
-    the class's pixel fraction inside the patch, so the frequency is measured in the
-    same unit, and summing patch histograms gives exactly the dataset's pixel counts
-    (a thin object touching many patches is not counted as common).
-    """
-
-    def __init__(self, num_classes: int, counts: Sequence[int] | None = None):
-        self.num_classes = num_classes
-        self.counts = np.zeros(num_classes, dtype=np.int64)
-        if counts is not None:
-            self.counts += np.asarray(counts, dtype=np.int64)
-
-    def update(self, hist) -> None:
-        """Adds class counts: patch histograms (…×C) or a per-image count vector (C)."""
-        hist = hist.cpu().numpy() if isinstance(hist, torch.Tensor) else np.asarray(hist)
-        if hist.shape[-1] != self.num_classes:
-            raise ValueError(f"histogram has {hist.shape[-1]} classes, expected {self.num_classes}")
-        self.counts += hist.reshape(-1, self.num_classes).sum(axis=0, dtype=np.int64)
-
-    def frequencies(self) -> np.ndarray:
-        total = self.counts.sum()
-        return self.counts / total if total > 0 else np.zeros(self.num_classes)
-
-    def weights(self) -> np.ndarray:
-        """1 / frequency; 0 for classes never seen (they cannot occur in a patch of the
-        same training set, and 0 keeps the weights finite)."""
-        freq = self.frequencies()
-        weights = np.zeros(self.num_classes)
-        np.divide(1.0, freq, out=weights, where=freq > 0)
-        return weights
-
-    def to_list(self) -> list[int]:
-        """JSON-friendly counts (for a bank manifest); `ClassFrequency(C, counts)` restores."""
-        return self.counts.tolist()
+def select_patches(histograms, n_keep: int, seed: int | Sequence[int]) -> torch.Tensor:
+    """`keep_smallest` with u drawn from `np.random.default_rng(seed)` (one U[0, 1) per
+    patch, in patch order); a LongTensor. `seed` is anything `default_rng` takes; a bank
+    passes one derived from (bank seed, epoch, image), so every view has its own stream."""
+    hist = _histograms(histograms)
+    noise = np.random.default_rng(seed).random(hist.shape[0])
+    return torch.from_numpy(keep_smallest(hist, n_keep, noise))
 
 
 def compact_labels(hist, topk: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,11 +25,12 @@ class _ItemPreparer:
     Everything comes from (bank seed, epoch, image), so it runs the same in the main
     process or in a DataLoader worker; a small picklable object for that reason."""
 
-    def __init__(self, dataset, image_size: int, seed: int, keep: int, class_weights, topk: int, patch: int):
+    def __init__(self, dataset, image_size: int, seed: int, keep: int, topk: int, patch: int,
+                 void_class: int | None = None):
         from segfungi.data.augment import HummingbirdAugment
 
         self.dataset, self.seed, self.keep, self.topk, self.patch = dataset, seed, keep, topk, patch
-        self.class_weights = class_weights
+        self.void_class = void_class  # the class void pixels count as in bank labels, or None
         self.augment = HummingbirdAugment(size=image_size)
 
     def __call__(self, epoch: int, image: int):
@@ -38,9 +39,9 @@ class _ItemPreparer:
 
         sample = self.dataset[image]
         img, mask = self.augment(sample.image, sample.mask, seed=derive_seed(self.seed, epoch, image, AUGMENT))
-        hist = patch_histograms(mask, patch=self.patch, num_classes=self.dataset.num_classes)
-        keep = select_patches(hist, self.keep, self.class_weights,
-                              seed=derive_seed(self.seed, epoch, image, SAMPLE))
+        hist = patch_histograms(mask, patch=self.patch, num_classes=self.dataset.num_classes,
+                                void_class=self.void_class)
+        keep = select_patches(hist, self.keep, seed=derive_seed(self.seed, epoch, image, SAMPLE))
         keep = np.sort(np.asarray(keep, dtype=np.int64))
         label_ids, label_weights = compact_labels(hist[keep], self.topk)
         provenance = np.stack([np.full(len(keep), image), np.full(len(keep), epoch), keep], axis=1)
@@ -99,9 +100,10 @@ class ShardWriter:
       depend on which shards had a cache.
     """
 
-    def __init__(self, out, dataset, extractor, plan, class_weights, settings, support, hidden_cache=None):
+    def __init__(self, out, dataset, extractor, plan, settings, support, hidden_cache=None):
+        from segfungi.sampling import void_class
+
         self.out, self.dataset, self.extractor, self.plan = Path(out), dataset, extractor, plan
-        self.class_weights = class_weights
         self.seed = settings["bank"]["seed"]
         self.batch_size = settings["bank"]["batch_size"]
         self.topk = settings["bank"]["label_topk"]
@@ -109,7 +111,8 @@ class ShardWriter:
         # Where the support pass writes / the FUNGI pass reads last-block inputs; None: off.
         self.hidden_cache = Path(hidden_cache) if hidden_cache else None
         self.preparer = _ItemPreparer(dataset, settings["data"]["image_size"], self.seed, plan.keep_per_item,
-                                      class_weights, self.topk, extractor.backbone.patch_size)
+                                      self.topk, extractor.backbone.patch_size,
+                                      void_class(settings["bank"]["void_label"], dataset.classes))
         self.augment = self.preparer.augment
         self.num_workers = int(settings["data"].get("num_workers") or 0)
         self._loader = None

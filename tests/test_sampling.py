@@ -1,18 +1,29 @@
-"""Rarity-weighted patch sampling, class frequencies, compact patch labels."""
+"""Hummingbird's per-view patch sampler, void pixels in bank labels, compact patch labels."""
+
+import random
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import tiny_settings
+from segfungi.config import load_config
+from segfungi.data.augment import patch_histograms
+from segfungi.data.labels import ADE20K_CLASSES, VOC_CLASSES
+from segfungi.errors import ConfigError
 from segfungi.sampling import (
-    ClassFrequency,
     compact_labels,
     dense_labels,
-    rarity_scores,
+    keep_smallest,
+    patch_scores,
     select_patches,
+    void_class,
 )
+from segfungi.shards import ShardWriter
 
 
 def random_histograms(seed, patches=1024, classes=5, unlabelled_fraction=0.2):
@@ -22,64 +33,191 @@ def random_histograms(seed, patches=1024, classes=5, unlabelled_fraction=0.2):
     return hist.astype(np.int32)
 
 
-def test_rarity_score_is_weighted_class_fraction():
-    hist = np.array([[3, 1, 0], [0, 0, 0], [0, 0, 8]])
-    # patch 0: 3/4 * 1 + 1/4 * 10 = 3.25; patch 1 unlabelled: 0; patch 2: 8/8 * 2 = 2
-    np.testing.assert_allclose(rarity_scores(hist, [1.0, 10.0, 2.0]), [3.25, 0.0, 2.0])
+# A 3×3-patch view of 4-pixel patches: 0 = background, 1 and 2 objects, 255 void.
+#   patch:  0 bg       1 bg + 1    2 class 1
+#           3 bg       4 bg + 2    5 void only
+#           6 bg       7 class 2   8 bg
+HAND_MASK = np.zeros((12, 12), np.uint8)
+HAND_MASK[0:4, 6:8] = 1  # right half of patch 1
+HAND_MASK[0:4, 8:12] = 1  # patch 2
+HAND_MASK[4:5, 4:8] = 2  # top row of patch 4
+HAND_MASK[4:8, 8:12] = 255  # patch 5
+HAND_MASK[8:12, 4:8] = 2  # patch 7
+# Dyadic draws, so products are exact and the ties below are exact ties.
+HAND_NOISE = np.array([0.5, 0.125, 0.75, 0.25, 0.25, 0.0625, 0.25, 0.5, 0.0625])
+
+
+def test_hand_computed_three_by_three_view():
+    hist = patch_histograms(HAND_MASK, patch=4, num_classes=3)  # void ignored: patch 5 unlabelled
+    np.testing.assert_array_equal(hist[[1, 4, 5]], [[8, 8, 0], [12, 0, 4], [0, 0, 0]])
+    # n_bg = 6 (patches 0 1 3 4 6 8), n_1 = 2 (1, 2), n_2 = 2 (4, 7).
+    # Σ n_c over present classes: 6, 8, 2, 6, 8, 0, 6, 2, 6; times u:
+    scores = patch_scores(hist, HAND_NOISE)
+    np.testing.assert_array_equal(scores, [3.0, 1.0, 1.5, 1.5, 2.0, 0.0, 1.5, 1.0, 0.375])
+    # Order: 8 (0.375), 1 and 7 (1.0, lower index first), 2 3 6 (1.5), 4 (2), 0 (3), then
+    # the unlabelled patch 5 although its score is the smallest.
+    expected_order = [8, 1, 7, 2, 3, 6, 4, 0, 5]
+    for k in range(10):
+        kept = keep_smallest(hist, k, HAND_NOISE)
+        assert kept.dtype == np.int64
+        np.testing.assert_array_equal(kept, sorted(expected_order[:k]))
+    # select_patches draws u from the seed's generator, one per patch in patch order.
+    noise = np.random.default_rng(11).random(9)
+    np.testing.assert_array_equal(select_patches(hist, 4, seed=11).numpy(), keep_smallest(hist, 4, noise))
+
+
+def test_hand_view_with_void_as_background():
+    background = void_class("background", ("background", "a", "b"))
+    hist = patch_histograms(HAND_MASK, patch=4, num_classes=3, void_class=background)
+    # Patch 5 is now a background patch: n_bg = 7, and every patch is labelled.
+    scores = patch_scores(hist, HAND_NOISE)
+    np.testing.assert_array_equal(scores, [3.5, 1.125, 1.5, 1.75, 2.25, 0.4375, 1.75, 1.0, 0.4375])
+    np.testing.assert_array_equal(keep_smallest(hist, 3, HAND_NOISE), [5, 7, 8])  # 5, 8 tie: 5 first
+
+
+def eighty_twenty_view():
+    """A 512² view, 80% background and 20% one object (a disc, so some patches are mixed)."""
+    y, x = np.mgrid[0:512, 0:512]
+    radius = np.sqrt(0.2 * 512 * 512 / np.pi)
+    mask = ((x - 300.5) ** 2 + (y - 220.5) ** 2 < radius**2).astype(np.uint8)
+    assert abs(mask.mean() - 0.2) < 0.002
+    return patch_histograms(mask, patch=16, num_classes=2)
+
+
+def rule_by_plain_loop(hist, n_keep, rng):
+    """The rule written out with Python lists: returns the kept patch indices."""
+    present = [[c for c in range(len(row)) if row[c] > 0] for row in hist.tolist()]
+    n = {}
+    for classes in present:
+        for c in classes:
+            n[c] = n.get(c, 0) + 1
+    ranked = []
+    for t, classes in enumerate(present):
+        u = rng.random()
+        ranked.append((len(classes) == 0, sum(n[c] for c in classes) * u, t))
+    ranked.sort()
+    return [t for _, _, t in ranked[:n_keep]]
+
+
+def test_background_share_matches_the_rule_expectation():
+    hist = eighty_twenty_view()
+    background_only = (hist[:, 0] > 0) & (hist[:, 1] == 0)
+    rng = random.Random(0)
+    expected = np.mean([background_only[rule_by_plain_loop(hist, 10, rng)].mean() for _ in range(1000)])
+    shares = np.array([background_only[select_patches(hist, 10, seed=(0, s, 1)).numpy()].mean()
+                       for s in range(200)])
+    # Each share is a mean of 10 patches (sd ≈ 0.16): the mean of 200 has sd ≈ 0.011, the
+    # loop's estimate ≈ 0.005. A rarity rule that shuts background out gives ≈ 0.
+    assert 0.3 < expected < 0.7
+    assert abs(shares.mean() - expected) < 0.04, (shares.mean(), expected)
+    assert (shares > 0).sum() >= 190
 
 
 def test_selection_is_deterministic_per_seed():
     hist = random_histograms(0)
-    weights = np.arange(1, 6, dtype=float)
-    first = select_patches(hist, 100, weights, seed=7)
+    first = select_patches(hist, 100, seed=7)
     assert first.dtype == torch.int64 and first.shape == (100,)
     assert torch.equal(first, torch.sort(first).values), "ascending patch indices"
-    assert torch.equal(first, select_patches(hist, 100, weights, seed=7))
-    assert torch.equal(first, select_patches(torch.from_numpy(hist), 100, weights, seed=7))
-    assert not torch.equal(first, select_patches(hist, 100, weights, seed=8))
-    assert torch.equal(select_patches(hist, 100, weights, seed=(0, 3, 1)),
-                       select_patches(hist, 100, weights, seed=[0, 3, 1]))
+    assert torch.equal(first, select_patches(hist, 100, seed=7))
+    assert torch.equal(first, select_patches(torch.from_numpy(hist), 100, seed=7))
+    assert not torch.equal(first, select_patches(hist, 100, seed=8))
+    assert torch.equal(select_patches(hist, 100, seed=(0, 3, 1)), select_patches(hist, 100, seed=[0, 3, 1]))
 
 
-def test_rare_patch_wins_with_the_probability_the_score_formula_gives():
-    # One patch of a class with weight 4, one with weight 1, keep one. The rare patch
-    # wins when 4·u1 > 1·u2 with u1, u2 ~ U(0,1): P = 1 - 1/(2·4) = 0.875.
-    hist = np.array([[0, 10], [10, 0]])
-    wins = sum(int(select_patches(hist, 1, [1.0, 4.0], seed=s)[0]) == 0 for s in range(4000))
-    assert abs(wins / 4000 - 0.875) < 0.02  # sd of the estimate ≈ 0.005
-
-
-def test_rare_classes_dominate_a_realistic_selection():
+def test_each_class_of_single_class_patches_gets_an_equal_share():
+    # With one class per patch, patches of class c score n_c·u: about s patches of every
+    # class fall below a threshold s, so two classes share the kept set ≈ half and half,
+    # whatever their sizes (here 10% and 90% of the view).
     rng = np.random.default_rng(0)
     hist = np.zeros((1024, 2), dtype=np.int32)
     rare = rng.random(1024) < 0.1
     hist[rare, 1], hist[~rare, 0] = 256, 256
-    freq = ClassFrequency(2)
-    freq.update(hist)
-    kept_rare = [rare[select_patches(hist, 100, freq.weights(), seed=s).numpy()].mean() for s in range(20)]
-    assert np.mean(kept_rare) > 0.8  # vs 0.1 for uniform sampling
+    kept_rare = [rare[select_patches(hist, 100, seed=s).numpy()].mean() for s in range(20)]
+    assert 0.45 < np.mean(kept_rare) < 0.55  # sd of the mean ≈ 0.011; uniform sampling: 0.1
 
 
 def test_unlabelled_patches_only_after_every_labelled_one():
     hist = random_histograms(1)
     labelled = hist.sum(axis=1) > 0
-    # Class 4 has weight 0 (never seen in the frequency pass): still labelled, still first.
-    weights = np.array([1.0, 2.0, 3.0, 4.0, 0.0])
     for seed in range(5):
-        kept = select_patches(hist, int(labelled.sum()), weights, seed).numpy()
+        kept = select_patches(hist, int(labelled.sum()), seed).numpy()
         assert labelled[kept].all()
-        kept_all = select_patches(hist, int(labelled.sum()) + 10, weights, seed).numpy()
+        kept_all = select_patches(hist, int(labelled.sum()) + 10, seed).numpy()
         assert labelled[kept_all].sum() == labelled.sum() and len(kept_all) == labelled.sum() + 10
 
 
-def test_class_frequency_counts_pixels():
-    freq = ClassFrequency(3)
-    freq.update(np.array([[2, 0, 0], [1, 1, 0]]))
-    freq.update(np.array([0, 4, 0]))  # a per-image count vector also works
-    np.testing.assert_array_equal(freq.counts, [3, 5, 0])
-    # frequencies 3/8, 5/8, 0 -> weights 8/3, 8/5, 0 (unseen class)
-    np.testing.assert_allclose(freq.weights(), [8 / 3, 8 / 5, 0.0])
-    assert ClassFrequency(3, freq.to_list()).counts.tolist() == [3, 5, 0]
+def test_scores_need_one_draw_per_patch():
+    with pytest.raises(ValueError, match="noise"):
+        patch_scores(np.ones((4, 2)), np.ones(3))
+
+
+# ------------------------------------------------------------------ void pixels
+def object_and_void_patch():
+    mask = np.full((16, 16), 255, np.uint8)
+    mask.reshape(-1)[:200] = 15  # 200 "person" pixels, 56 void
+    return mask
+
+
+def dense_patch_label(mask, classes, void_label):
+    hist = patch_histograms(mask, 16, num_classes=len(classes), void_class=void_class(void_label, classes))
+    return dense_labels(*compact_labels(hist, topk=8), len(classes))[0]
+
+
+def test_void_pixels_count_as_background_by_default():
+    expected = np.zeros(21)
+    expected[0], expected[15] = 56 / 256, 200 / 256
+    default = load_config("demo")["bank"]["void_label"]
+    assert default == "background"
+    np.testing.assert_allclose(dense_patch_label(object_and_void_patch(), VOC_CLASSES, default), expected, atol=1e-6)
+    expected[0], expected[15] = 0, 1
+    np.testing.assert_allclose(dense_patch_label(object_and_void_patch(), VOC_CLASSES, "ignore"), expected)
+
+
+def test_void_setting_needs_a_background_class():
+    assert void_class("background", VOC_CLASSES) == 0
+    assert void_class("ignore", VOC_CLASSES) is None
+    # ADE20K's 255 is its "other" pixels: no background class, so no label in either setting.
+    assert void_class("background", ADE20K_CLASSES) is None
+    label = dense_patch_label(object_and_void_patch(), ADE20K_CLASSES, "background")
+    assert label[15] == 1 and label.sum() == 1
+    with pytest.raises(ValueError, match="void_label"):
+        void_class("zero", VOC_CLASSES)
+    with pytest.raises(ConfigError, match="bank.void_label"):
+        load_config("demo", ["bank.void_label=zero"])
+
+
+class StripedImage:
+    """A one-image dataset: 64² mask of 2-pixel columns, alternately person (15) and void."""
+
+    classes, num_classes = VOC_CLASSES, len(VOC_CLASSES)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        mask = np.where(np.arange(64) // 2 % 2 == 0, 15, 255).astype(np.uint8)
+        return SimpleNamespace(image=np.full((64, 64, 3), 90, np.uint8), mask=np.tile(mask, (64, 1)))
+
+
+@pytest.mark.parametrize("void_label", ["background", "ignore"])
+def test_void_setting_reaches_the_bank_labels(tmp_path, void_label):
+    settings = tiny_settings(tmp_path, bank={"void_label": void_label}, data={"image_size": 32})
+    plan = SimpleNamespace(keep_per_item=4)
+    extractor = SimpleNamespace(backbone=SimpleNamespace(patch_size=16))
+    writer = ShardWriter(tmp_path, StripedImage(), extractor, plan, settings, support=None)
+    try:
+        _, keep, ids, weights, _ = writer.preparer(0, 0)
+    finally:
+        writer.close()
+    dense = dense_labels(ids, weights, 21)
+    assert len(keep) == 4
+    # Every patch of every crop holds both stripes.
+    if void_label == "background":
+        assert ((dense[:, 0] > 0.2) & (dense[:, 0] < 0.8)).all()
+        np.testing.assert_allclose(dense[:, 0] + dense[:, 15], 1, atol=1e-6)
+    else:
+        np.testing.assert_allclose(dense[:, 15], 1)
+        assert dense.sum() == 4
 
 
 def test_compact_labels_hand_example():
