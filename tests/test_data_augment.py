@@ -1,12 +1,14 @@
 """Hummingbird augmentation, the evaluation resize and patch label histograms."""
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segfungi.data.augment import HummingbirdAugment, eval_transform, patch_histograms
+from segfungi.data.augment import HummingbirdAugment, eval_transform, patch_histograms, random_resized_crop_box
 
 
 def coordinate_pair(height, width, block=20, num_classes=5):
@@ -22,57 +24,119 @@ def coordinate_pair(height, width, block=20, num_classes=5):
 LABEL_VALUES = np.array([1, 17, 90, 140, 201], np.uint8)  # no value is a blend of two others
 
 
-def test_crop_at_scale_one_is_pixel_exact():
-    image, mask = coordinate_pair(200, 240)
-    augment = HummingbirdAugment(size=128, scale=(1.0, 1.0), colour=False)
-    for seed in range(10):
-        out_image, out_mask = augment(image, mask, seed=seed)
-        real = out_image[:, :, 2] == 255
-        x, y = out_image[:, :, 0][real].astype(int), out_image[:, :, 1][real].astype(int)
-        np.testing.assert_array_equal(out_mask[real], (x // 20 + y // 20) % 5)
-        assert (out_mask[~real] == 255).all()
+def test_whole_image_crop_is_pixel_exact():
+    # scale 1 and ratio 1 on a square image: the only box is the image itself.
+    image, mask = coordinate_pair(128, 128)
+    augment = HummingbirdAugment(size=128, scale=(1.0, 1.0), ratio=(1.0, 1.0), colour=False)
+    for seed in range(5):
+        out_image, out_mask, _, box = augment.apply(image, mask, seed=seed)
+        assert box == (0, 0, 128, 128, False)
+        np.testing.assert_array_equal(out_image, image)
+        np.testing.assert_array_equal(out_mask, mask)
 
 
 @pytest.mark.parametrize("shape", [(200, 240), (90, 60), (256, 256)])
-def test_mask_stays_aligned_with_image_under_rescaling(shape):
+def test_mask_stays_aligned_with_image(shape):
     image, mask = coordinate_pair(*shape)
     mask = LABEL_VALUES[mask]
     augment = HummingbirdAugment(colour=False)
     for seed in range(6):
-        out_image, out_mask = augment(image, mask, seed=seed)
+        out_image, out_mask, _, box = augment.apply(image, mask, seed=seed)
         assert out_image.shape == (512, 512, 3) and out_mask.shape == (512, 512)
-        real = out_image[:, :, 2] == 255
-        # padding: image 0 exactly where the mask is ignore
-        np.testing.assert_array_equal(out_mask == 255, ~real)
-        x, y = out_image[:, :, 0][real].astype(int), out_image[:, :, 1][real].astype(int)
+        assert (out_image[:, :, 2] == 255).all(), "every output pixel comes from the image"
+        x, y = out_image[:, :, 0].astype(int), out_image[:, :, 1].astype(int)
+        assert box.left <= x.min() and x.max() < box.left + box.width
+        assert box.top <= y.min() and y.max() < box.top + box.height
         expected = LABEL_VALUES[(x // 20 + y // 20) % 5]
         # bilinear coordinates are off by < 1 px, so only block edges may disagree
-        assert (out_mask[real] == expected).mean() > 0.93
-        assert set(np.unique(out_mask)) <= {*LABEL_VALUES.tolist(), 255}  # nearest: no blends
+        assert (out_mask == expected).mean() > 0.93
+        assert set(np.unique(out_mask)) <= set(LABEL_VALUES.tolist())  # nearest: no blends, no 255
 
 
-def test_scale_factor_range_and_padding():
-    image, mask = coordinate_pair(128, 128)
-    augment = HummingbirdAugment(colour=False)
-    factors = []
-    for seed in range(40):
-        out_image, out_mask = augment(image, mask, seed=seed)
-        real = out_image[:, :, 2] == 255
-        rows = real.any(axis=1).sum()  # the whole rescaled image fits in the 512 crop
-        factors.append(rows / 128)
-        assert (out_mask[~real] == 255).all() and (out_image[~real] == 0).all()
-    assert 0.5 - 1e-9 <= min(factors) < 0.8 and 1.7 < max(factors) <= 2.0 + 1e-9
+def crop_statistics(boxes, height, width):
+    boxes = np.asarray(boxes, dtype=np.float64)  # top, left, h, w
+    area = boxes[:, 2] * boxes[:, 3] / (height * width)
+    aspect = boxes[:, 3] / boxes[:, 2]
+    whole = (boxes[:, 2] == height) & (boxes[:, 3] == width)
+    return area, aspect, whole
 
 
-def test_padding_lands_at_random_positions():
-    image, mask = coordinate_pair(100, 120)
-    centres = []
-    for seed in range(10):
-        out_image, _ = HummingbirdAugment(colour=False)(image, mask, seed=seed)
-        rows, cols = np.nonzero(out_image[:, :, 2] == 255)
-        centres.append((rows.mean(), cols.mean()))
-    offsets = np.abs(np.array(centres) - 255.5)
-    assert (offsets.max(axis=0) > 40).all()  # not always centred, in either direction
+def test_crop_boxes_follow_torchvision_random_resized_crop():
+    from torchvision.transforms import RandomResizedCrop
+
+    height, width, draws = 375, 500, 5000
+    torch.manual_seed(0)
+    reference = [RandomResizedCrop.get_params(torch.zeros(3, height, width), [0.5, 2.0], [3 / 4, 4 / 3])
+                 for _ in range(draws)]
+    rng = np.random.default_rng(0)
+    ours = [random_resized_crop_box(height, width, rng, (0.5, 2.0), (3 / 4, 4 / 3)) for _ in range(draws)]
+    assert all(0 <= b.top and b.top + b.height <= height and 0 <= b.left and b.left + b.width <= width
+               for b in ours), "a box leaves the image: it would need padding"
+    area, aspect, whole = crop_statistics([b[:4] for b in ours], height, width)
+    ref_area, ref_aspect, ref_whole = crop_statistics(reference, height, width)
+    print(f"area fraction mean {area.mean():.4f} vs {ref_area.mean():.4f}; "
+          f"aspect mean {aspect.mean():.4f} vs {ref_aspect.mean():.4f}; "
+          f"whole-image boxes {whole.mean():.4f} vs {ref_whole.mean():.4f}")
+    # sd of the difference of two such means ≈ 0.0032 (area), 0.0034 (aspect), 0.007 (the
+    # whole-image rate, ≈ 0.145): the bounds are 3.5 sd or more.
+    assert abs(area.mean() - ref_area.mean()) < 0.012
+    assert abs(aspect.mean() - ref_aspect.mean()) < 0.015
+    quantiles = [0.05, 0.25, 0.5, 0.75, 0.95]
+    np.testing.assert_allclose(np.quantile(area, quantiles), np.quantile(ref_area, quantiles), atol=0.025)
+    np.testing.assert_allclose(np.quantile(aspect, quantiles), np.quantile(ref_aspect, quantiles), atol=0.03)
+    # The fallback box of a 4:3 image is the whole image, and an accepted draw almost never
+    # is, so the whole-image rate is the fallback rate (get_params does not report it).
+    assert abs(whole.mean() - ref_whole.mean()) < 0.025
+    fallback = np.mean([b.fallback for b in ours])
+    assert 0.05 < fallback <= whole.mean() < fallback + 0.003
+    # The crop position is uniform over the places the box fits.
+    placed = [(b.top / (height - b.height), b.left / (width - b.width)) for b in ours
+              if b.height < height and b.width < width]
+    ref_placed = [(i / (height - h), j / (width - w)) for i, j, h, w in reference if h < height and w < width]
+    np.testing.assert_allclose(np.mean(placed, axis=0), np.mean(ref_placed, axis=0), atol=0.02)
+    np.testing.assert_allclose(np.mean(placed, axis=0), 0.5, atol=0.02)
+
+
+@pytest.mark.parametrize("height, width", [(10000, 10), (10, 10000), (30, 31)])
+def test_fallback_box_is_torchvision_s(height, width):
+    from torchvision.transforms import RandomResizedCrop
+
+    # No draw of area ≥ 0.5·H·W with aspect in [3/4, 4/3] fits a 1000:1 image; 30×31 fits
+    # nothing with scale (1.5, 2).
+    scale = (1.5, 2.0) if height == 30 else (0.5, 2.0)
+    box = random_resized_crop_box(height, width, np.random.default_rng(0), scale)
+    assert box.fallback
+    assert tuple(box[:4]) == tuple(RandomResizedCrop.get_params(torch.zeros(1, height, width), list(scale),
+                                                                [3 / 4, 4 / 3]))
+
+
+def test_no_crop_is_padded():
+    image = np.random.default_rng(0).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    mask = np.ones((375, 500), np.uint8)
+    for seed in range(60):
+        _, out_mask = HummingbirdAugment()(image, mask, seed=seed)
+        assert (out_mask == 1).all(), seed
+
+
+def test_jitter_comes_before_the_crop():
+    # A square image under an identity geometry shows the jittered full image; the real
+    # view must be exactly that image cut by its box and resized (same seeds, same draws).
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(300, 300, 3), dtype=np.uint8)
+    image[:, :150] //= 3  # a dark half, so contrast depends on what is in the frame
+    mask = np.zeros((300, 300), np.uint8)
+    identity = HummingbirdAugment(size=300, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    augment = HummingbirdAugment()
+    jittered_some = False
+    for seed in range(8):
+        full, _, applied, _ = identity.apply(image, mask, seed)
+        out, _, applied_again, box = augment.apply(image, mask, seed)
+        assert applied == applied_again
+        expected = cv2.resize(full[box.top:box.top + box.height, box.left:box.left + box.width], (512, 512),
+                              interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(out, expected)
+        jittered_some |= "ColorJitter" in applied
+    assert jittered_some
 
 
 def test_large_image_needs_no_padding():
@@ -111,7 +175,8 @@ def test_colour_jitter_never_touches_the_mask_or_geometry():
 
 def test_jitters_are_separate_independent_and_ordered():
     augment = HummingbirdAugment()
-    jitters = [t for t in augment._pipeline().transforms if isinstance(t, A.ColorJitter)]
+    jitters = [t for t in augment.jitter_pipeline().transforms if isinstance(t, A.ColorJitter)]
+    assert len(jitters) == len(augment.jitter_pipeline().transforms) == 4
     ranges = [(t.brightness, t.contrast, t.saturation, t.hue) for t in jitters]
     identity = [(1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (0.0, 0.0)]
     for k, (component_ranges, jitter) in enumerate(zip(ranges, jitters)):
