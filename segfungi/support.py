@@ -89,9 +89,11 @@ class SupportIndex:
         self.tokens = _RawTokens(self.bank)
         self.source_image = torch.from_numpy(
             np.concatenate([np.asarray(p[:, 0], dtype=np.int32) for p in self.bank.iter_shards("provenance")]))
-        # Enough candidates that k survive after removing an image's own patches.
-        own = self.bank.manifest["patches_per_image"] * self.bank.manifest["identity"]["sampling"]["aug_epochs"]
-        self.margin = min(own, 64) if self.exclude_self else 0
+        # Enough candidates that k usually survive after removing an image's own patches;
+        # queries left with fewer are searched again with room for all of them (`_own_patches`).
+        self._own_patches = (self.bank.manifest["patches_per_image"]
+                             * self.bank.manifest["identity"]["sampling"]["aug_epochs"])
+        self.margin = min(self._own_patches, 64) if self.exclude_self else 0
 
     def negatives_for(self, image_ids: list[int] | None, generators: list[torch.Generator] | None = None):
         """A callable raw tokens (B×T×D) -> one kept neighbour per token (B×T×D).
@@ -107,7 +109,8 @@ class SupportIndex:
             _, ids = self.index.search(queries.cpu().numpy(), self.k + margin)
             ids = torch.as_tensor(ids).reshape(batch, num_tokens, -1)
             if margin:
-                ids = self._drop_own(ids, image_ids)
+                ids = self._drop_own(ids, image_ids)[..., : self.k]
+                ids = self._search_again_where_own(queries, ids, image_ids)
             ids = ids[..., : self.k]
             gens = generators or [torch.Generator().manual_seed(b) for b in range(batch)]
             choice = torch.stack([torch.randint(self.k, (num_tokens,), generator=g) for g in gens])
@@ -115,6 +118,24 @@ class SupportIndex:
             return self.tokens[kept].float()
 
         return retrieve
+
+    def _search_again_where_own(self, queries: torch.Tensor, ids: torch.Tensor, image_ids: list[int]):
+        """Queries whose k first candidates still hold an own patch (the image's own patches
+        crowded the k + margin nearest, e.g. many near-identical background patches) are
+        searched again with k + all of the image's patches: at most that many are own, so k
+        foreign ones survive wherever the bank has them. Per query, so batch-independent."""
+        own = self.source_image[ids.clamp(min=0)] == torch.tensor(image_ids).view(-1, 1, 1)
+        redo = own.any(dim=-1).reshape(-1)
+        if not redo.any() or self._own_patches <= self.margin:
+            return ids
+        batch, num_tokens, _ = ids.shape
+        wanted = min(self.k + self._own_patches, len(self.source_image))  # never more than exist
+        _, more = self.index.search(queries[redo].cpu().numpy(), wanted)
+        owners = torch.tensor(image_ids).repeat_interleave(num_tokens)[redo]
+        more = self._drop_own(torch.as_tensor(more)[:, None], owners.tolist())[:, 0, : self.k]
+        flat = ids.reshape(batch * num_tokens, -1).clone()
+        flat[redo] = more
+        return flat.reshape(batch, num_tokens, -1)
 
     def _drop_own(self, ids: torch.Tensor, image_ids: list[int]) -> torch.Tensor:
         own = self.source_image[ids.clamp(min=0)] == torch.tensor(image_ids).view(-1, 1, 1)
