@@ -71,3 +71,21 @@ def test_bank_records_absolute_paths_and_evaluates_from_anywhere(demo_voc_root, 
     assert f"{data}: dataset root folder missing" in err
     assert f"recorded in the bank {bank / 'manifest.json'}" in err and "pass --root DIR" in err
     assert main(["eval", "--bank", str(bank), "--root", str(moved), "--max-images", "1", "--quiet"]) == 0
+
+
+def test_sweep_plot_ticks_are_the_sizes_built(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from segfungi import viz
+
+    rows = [{"features": "embeddings", "bank_size": s, "miou": 0.3} for s in (2048, 32768)]
+    captured = {}
+    original = Figure.savefig
+
+    def keep(fig, *args, **kwargs):  # the tick labels of the figure as it is saved
+        captured["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    viz.plot_miou_vs_bank_size(rows, tmp_path / "sweep.png")
+    assert captured["ticks"] == ["2,048", "32,768"]
