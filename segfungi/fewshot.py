@@ -90,6 +90,8 @@ def plan_trials(settings: dict, subset_files: Sequence[str] = ()) -> list[Trial]
         if files:
             raise ConfigError(f"fewshot.subsets is {fewshot['subsets']!r}: give no subset files as well ({files})")
         folder = None if fewshot["subsets"] == "standard" else fewshot["subsets"]
+        if folder is None:
+            _check_standard_split(settings["data"])
         seed = int(settings["bank"]["seed"])
         return [Trial(seed=seed, subset_file=str(path), group=fraction_label(f))
                 for f in fractions
@@ -103,6 +105,17 @@ def plan_trials(settings: dict, subset_files: Sequence[str] = ()) -> list[Trial]
             raise ConfigError(f"subset files need distinct names (they name the trial folders): {files}")
         return [Trial(seed=s, subset_file=str(f)) for f in files for s in seeds]
     return [Trial(seed=s, fraction=f) for f in fractions for s in seeds]
+
+
+def _check_standard_split(data: dict) -> None:
+    """The packaged lists name images of one split: say so before any bank is built."""
+    split = STANDARD_SPLITS.get(data["dataset"])
+    aliases = {"trainaug": ("trainaug", "train_aug"), "training": ("training", "train")}.get(split, ())
+    if split is not None and data["train_split"] not in aliases:
+        raise ConfigError(
+            f"the standard {data['dataset']} subsets are drawn from its {split} split, but data.train_split is "
+            f"{data['train_split']!r}: use a fewshot_{data['dataset']}_* preset or --set data.train_split={split}"
+        )
 
 
 def _fractions(fewshot: dict) -> list[float]:
@@ -236,7 +249,8 @@ def run_trial(settings: dict, trial: Trial, kinds: list[str], out: Path, progres
         path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
         results = _evaluate_once(settings, path, folder / f"results-{kind}.json", progress)
         rows.append(_row(trial, kind, results, MemoryBank(path)))
-        print(f"{trial.subset:>10}  seed {trial.seed:<3} {kind:>10}  "
+        name = trial.group if trial.fraction is not None and trial.group else trial.subset
+        print(f"{name:>10}  seed {trial.seed:<3} {kind:>10}  "
               f"bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
     return rows
 

@@ -50,6 +50,8 @@ def test_unknown_fraction_or_dataset_is_refused():
         standard_subset_files("voc", [1 / 4])
     with pytest.raises(ConfigError, match="no standard subsets for dataset 'folder'.*ade20k, voc"):
         standard_subset_files("folder", [1 / 8])
+    with pytest.raises(ConfigError, match="drawn from its trainaug split, but data.train_split is 'train'"):
+        plan_trials(load_config("demo", overrides=["fewshot.subsets=standard"]))
     with pytest.raises(ConfigError, match="neither 'random', 'standard' nor a folder"):
         plan_trials(load_config(overrides=["fewshot.subsets=no/such/folder"]))
 
