@@ -77,6 +77,11 @@ class BankPlan:
         return max(1, min(self.patches_per_image, self.bank_size // self.num_items))
 
     @property
+    def num_patches(self) -> int:
+        """Patches the bank will hold (bank.size, unless the images cannot give that many)."""
+        return self.keep_per_item * self.num_items
+
+    @property
     def num_shards(self) -> int:
         return -(-self.num_items // self.shard_images)
 
@@ -85,6 +90,14 @@ class BankPlan:
         start = shard * self.shard_images
         stop = min(start + self.shard_images, self.num_items)
         return [divmod(item, self.num_images) for item in range(start, stop)]
+
+
+def planned_bank(settings: dict) -> BankPlan:
+    """The plan build_bank follows for these settings (opens the training split and the
+    backbone; both are cheap next to a build), e.g. to learn the bank size it will hold."""
+    from segfungi.components import load_backbone_from
+
+    return make_plan(settings, len(open_train_dataset(settings)), load_backbone_from(settings).num_patches)
 
 
 def make_plan(settings: dict, num_images: int, grid_patches: int) -> BankPlan:
@@ -210,8 +223,15 @@ def extractor_mismatches(bank_extractor: dict, query_extractor: dict, prefix="")
 
 # -------------------------------------------------------------------------- build
 def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
-               kind: str | None = None, progress: bool = True, hidden_cache: Path | None = None) -> Path:
+               kind: str | None = None, progress: bool = True, hidden_cache: Path | None = None,
+               warn_capped: bool = True) -> Path:
     """Build (or resume, or reuse) the bank that `settings` describe; returns its folder.
+
+    A bank.size the images cannot fill (more than images × epochs × patches) gives the
+    largest bank they can, with one warning unless `warn_capped` is False (few-shot
+    banks are capped by design). The manifest records the paths of the settings
+    (dataset root, subset file, weights) as absolute paths, so the bank can be
+    evaluated from any working directory.
 
     `hidden_cache` (internal): the folder where an embeddings (support) pass keeps its
     last-block inputs for the FUNGI pass that follows (see ShardWriter)."""
@@ -237,21 +257,25 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
         )
 
     if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
-        _check_disk_space(out, settings, make_plan(settings, len(dataset), extractor.backbone.num_patches),
-                          extractor, kind)
+        plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
+        _check_disk_space(out, settings, plan, extractor, kind)
+        if warn_capped:
+            warn_if_capped(plan)
+    stored = with_absolute_paths(settings)  # what the records keep
 
     # Rank 0 owns the folder (lock, records, index, manifest); every rank writes the
     # shards s with s % world == rank. torchrun stops all ranks if one fails.
     lock = BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
     with lock:
         if distributed.rank() == 0:
-            _start_or_resume(out, identity, digest, settings, resume)
+            _start_or_resume(out, identity, digest, stored, resume)
         distributed.barrier()
         support = None
         if kind == "fungi":
             hidden_cache = out / HIDDEN_CACHE_DIR if _caches_hidden(settings) else None
             support_dir = build_bank(settings, out / SUPPORT_DIR, resume=True,
-                                     kind="embeddings", progress=progress, hidden_cache=hidden_cache)
+                                     kind="embeddings", progress=progress, hidden_cache=hidden_cache,
+                                     warn_capped=False)  # the FUNGI bank has warned
             support = SupportIndex(support_dir, settings)
         plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
         writer = ShardWriter(out, dataset, extractor, plan, settings, support, hidden_cache)
@@ -271,10 +295,31 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
         del writer, support
         distributed.barrier()
         if distributed.rank() == 0:
-            _finish(out, identity, digest, settings, plan, dataset, time.perf_counter() - started)
+            _finish(out, identity, digest, stored, plan, dataset, time.perf_counter() - started)
             if kind == "fungi":  # finished: the support pass's last-block inputs are not needed
                 shutil.rmtree(out / HIDDEN_CACHE_DIR, ignore_errors=True)
         distributed.barrier()
+    return out
+
+
+def warn_if_capped(plan: BankPlan) -> None:
+    # (S // (N·E) rounding a bank down by fewer than N·E patches is the plan, not a cap.)
+    if plan.bank_size > plan.patches_per_image * plan.num_items:
+        print(f"segfungi: warning: bank.size {plan.bank_size} is more than {plan.num_images} images × "
+              f"{plan.aug_epochs} epoch(s) × {plan.patches_per_image} patches can give; the bank holds "
+              f"{plan.num_patches} patches", file=sys.stderr, flush=True)
+
+
+PATH_KEYS = (("data", "root"), ("data", "subset_file"), ("data", "val_subset_file"), ("backbone", "weights"))
+
+
+def with_absolute_paths(settings: dict) -> dict:
+    """A copy of `settings` whose file and folder paths are absolute (no symlink resolved)."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in settings.items()}
+    for section, key in PATH_KEYS:
+        value = out.get(section, {}).get(key)
+        if value:
+            out[section][key] = os.path.abspath(os.path.expanduser(str(value)))
     return out
 
 

@@ -37,6 +37,17 @@ def open_train_dataset(settings: dict):
     return dataset
 
 
+def open_val_dataset(settings: dict):
+    """The evaluated split, reduced to the ids listed in data.val_subset_file when set."""
+    from segfungi.data import subset
+
+    data = settings["data"]
+    dataset = open_dataset(settings, data["val_split"])
+    if data["val_subset_file"]:
+        dataset = subset(dataset, ids_file=data["val_subset_file"])
+    return dataset
+
+
 def load_backbone_from(settings: dict):
     cfg = settings["backbone"]
     if not (cfg["weights"] or cfg["pretrained"] or cfg["random_init"]):

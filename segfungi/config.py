@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import importlib.resources
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,7 +17,19 @@ import yaml
 
 from segfungi.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_dir() -> Path:
+    """The presets folder. A wheel installs the top-level `configs/` as package data
+    (`segfungi/configs/`, see pyproject.toml); a source checkout or an editable install
+    reads the checkout's own `configs/` next to the package."""
+    packaged = importlib.resources.files("segfungi") / "configs"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = config_dir()
 
 
 def defaults_path() -> Path:
@@ -85,7 +98,7 @@ def _type_ok(default: Any, value: Any) -> bool:
 # Values the types alone do not pin down. Keys whose default is null take these types
 # (a path given as a bare number, e.g. --set data.root=2012, becomes the string "2012").
 _OPTIONAL_TYPES = {
-    "data.root": "path", "data.subset_file": "path", "backbone.weights": "path", "eval.out": "path",
+    "data.root": "path", "data.subset_file": "path", "data.val_subset_file": "path", "backbone.weights": "path", "eval.out": "path",
     "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int,
 }
 _POSITIVE = {

@@ -18,8 +18,8 @@ from segfungi import distributed
 from segfungi.bank import extractor_mismatches
 from segfungi.memory_bank import MemoryBank
 from segfungi.support import SupportIndex
-from segfungi.components import make_extractor, open_dataset
-from segfungi.errors import BankError
+from segfungi.components import make_extractor, open_val_dataset
+from segfungi.errors import BankError, DatasetError
 
 
 class Segmenter:
@@ -91,10 +91,11 @@ def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> di
     from segfungi.metrics import ConfusionMatrix
     from segfungi.transfer import scores_to_mask
 
+    _check_recorded_root(settings, bank_path)
     started = time.perf_counter()
     segmenter = Segmenter(bank_path, settings)
     setup_seconds = time.perf_counter() - started
-    dataset = open_dataset(settings, settings["data"]["val_split"])
+    dataset = open_val_dataset(settings)
     if list(dataset.classes) != list(segmenter.bank.classes):
         raise BankError(f"{bank_path}: bank classes differ from the {settings['data']['dataset']} classes")
     count = len(dataset) if settings["eval"]["max_images"] is None else min(len(dataset), settings["eval"]["max_images"])
@@ -131,6 +132,19 @@ def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> di
         },
         "settings": {"eval": settings["eval"], "index": settings["index"], "data": settings["data"]},
     }
+
+
+def _check_recorded_root(settings: dict, bank_path: str | Path) -> None:
+    """A dataset root that is the one the bank recorded, and is gone, is reported as such:
+    the bank was moved to another machine or built from another working directory."""
+    root = settings["data"]["root"]
+    recorded = MemoryBank(bank_path).settings["data"].get("root")
+    if root and root == recorded and not Path(root).expanduser().is_dir():
+        raise DatasetError(
+            f"{root}: dataset root folder missing; this is data.root as recorded in the bank "
+            f"{Path(bank_path) / 'manifest.json'} when it was built; pass --root DIR "
+            "(or set data.root) to evaluate on the dataset where it is now"
+        )
 
 
 def results_table(results: dict) -> str:

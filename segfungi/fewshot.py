@@ -11,6 +11,19 @@ augmentation and patch sampling (bank.seed), so a trial is fully named by its su
 and seed. Each trial is reported for every feature kind in fewshot.features, and
 trials of the same subset size are summarised as mean ± sample std of the mIoU.
 
+Standard subsets (`fewshot.subsets: standard`, `segfungi fewshot --subsets standard`)
+are the fixed lists the field reports on (open-hummingbird-eval's, shipped in
+segfungi/data/subsets/, MIT): for VOC trainaug and ADE20K training, fractions 1/8,
+1/64 and 1/128, five lists each. Each list file is one trial (the list is the subset;
+the number in its name only names the draw and seeds nothing), every trial uses the
+bank seed `bank.seed`, and the five trials of a fraction give its mean ± std. A folder
+laid out the same way (`<folder>/<dataset>/1_div_<N>/*.txt`) may be given instead.
+
+Requests the data cannot tell apart are run once: on a small split, fractions whose
+subsets hold the same images (1/128 and 1/64 of 32 images are both 1 image) share
+their trials, a warning says so, and the tables label them together with the number
+of images actually used.
+
 One FUNGI bank per trial serves both kinds: its support/ folder is exactly the
 embeddings bank of the same subset and sampling (see segfungi.bank). Banks and
 per-trial results are kept under `out`, so a rerun (or a killed run) skips what is
@@ -20,7 +33,10 @@ done already.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
+import re
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,11 +45,13 @@ from typing import Sequence
 import numpy as np
 
 from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
-from segfungi.errors import ConfigError
+from segfungi.errors import ConfigError, DatasetError
 from segfungi.evaluate import evaluate
 from segfungi.storage import read_json, settings_hash, write_json_atomic
 
 RESULTS_FILE = "fewshot.json"
+# The training split each standard list set was drawn from, and its file-name prefix.
+STANDARD_SPLITS = {"voc": "trainaug", "ade20k": "training"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,7 @@ class Trial:
     seed: int
     fraction: float | None = None  # a seeded random subset of this fraction ...
     subset_file: str | None = None  # ... or the ids listed in this file
+    group: str | None = None  # the summary row it belongs to (default: see summarise)
 
     @property
     def subset(self) -> str:
@@ -62,22 +81,116 @@ def fraction_label(fraction: float) -> str:
 
 
 def plan_trials(settings: dict, subset_files: Sequence[str] = ()) -> list[Trial]:
-    """Subset files (given, or data.subset_file) × seeds; else fewshot.fractions × seeds."""
+    """Subset files (given, or data.subset_file) × seeds; standard lists (one trial per
+    file, fewshot.subsets); else fewshot.fractions × seeds."""
     fewshot = settings["fewshot"]
+    fractions = _fractions(fewshot)
+    files = list(subset_files) or ([settings["data"]["subset_file"]] if settings["data"]["subset_file"] else [])
+    if fewshot["subsets"] != "random":
+        if files:
+            raise ConfigError(f"fewshot.subsets is {fewshot['subsets']!r}: give no subset files as well ({files})")
+        folder = None if fewshot["subsets"] == "standard" else fewshot["subsets"]
+        if folder is None:
+            _check_standard_split(settings["data"])
+        seed = int(settings["bank"]["seed"])
+        return [Trial(seed=seed, subset_file=str(path), group=fraction_label(f))
+                for f in fractions
+                for path in standard_subset_files(settings["data"]["dataset"], [f], folder)]
     seeds = [int(s) for s in fewshot["seeds"]]
     if not seeds:
         raise ConfigError("fewshot.seeds is empty: give at least one seed")
-    files = list(subset_files) or ([settings["data"]["subset_file"]] if settings["data"]["subset_file"] else [])
     if files:
         stems = [Path(f).stem for f in files]
         if len(set(stems)) != len(stems):
             raise ConfigError(f"subset files need distinct names (they name the trial folders): {files}")
         return [Trial(seed=s, subset_file=str(f)) for f in files for s in seeds]
+    return [Trial(seed=s, fraction=f) for f in fractions for s in seeds]
+
+
+def _check_standard_split(data: dict) -> None:
+    """The packaged lists name images of one split: say so before any bank is built."""
+    split = STANDARD_SPLITS.get(data["dataset"])
+    aliases = {"trainaug": ("trainaug", "train_aug"), "training": ("training", "train")}.get(split, ())
+    if split is not None and data["train_split"] not in aliases:
+        raise ConfigError(
+            f"the standard {data['dataset']} subsets are drawn from its {split} split, but data.train_split is "
+            f"{data['train_split']!r}: use a fewshot_{data['dataset']}_* preset or --set data.train_split={split}"
+        )
+
+
+def _fractions(fewshot: dict) -> list[float]:
     fractions = [float(f) for f in fewshot["fractions"]]
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad or not fractions:
         raise ConfigError(f"fewshot.fractions must be numbers in (0, 1], got {fewshot['fractions']!r}")
-    return [Trial(seed=s, fraction=f) for f in fractions for s in seeds]
+    return fractions
+
+
+def standard_subsets_folder() -> Path:
+    """The packaged standard lists (segfungi/data/subsets/, see its README and LICENSE)."""
+    return Path(str(importlib.resources.files("segfungi.data") / "subsets"))
+
+
+def standard_subset_files(dataset: str, fractions: Sequence[float], folder: str | Path | None = None) -> list[Path]:
+    """The list files of each fraction 1/N: `<folder>/<dataset>/1_div_<N>/*.txt`, ordered
+    by the draw number that ends their names. `folder` defaults to the packaged lists."""
+    root = Path(folder) if folder is not None else standard_subsets_folder()
+    if folder is not None and not root.is_dir():
+        raise ConfigError(f"fewshot.subsets: {root} is neither 'random', 'standard' nor a folder of subset lists")
+    if (root / dataset).is_dir():
+        available = sorted(int(m.group(1)) for d in (root / dataset).iterdir()
+                           if (m := re.fullmatch(r"1_div_(\d+)", d.name)) and d.is_dir())
+    else:
+        available = []
+    if not available:
+        sets = ", ".join(sorted(d.name for d in root.iterdir() if d.is_dir())) if root.is_dir() else ""
+        raise ConfigError(f"{root / dataset}: no standard subsets for dataset {dataset!r} "
+                          f"(lists exist for: {sets or 'none'})")
+    files = []
+    for fraction in fractions:
+        n = round(1 / fraction)
+        if n not in available or abs(1 / n - fraction) > 1e-9:
+            raise ConfigError(f"no standard {dataset} subsets for fraction {fraction_label(fraction)} "
+                              f"(available: {', '.join(f'1/{a}' for a in sorted(available))})")
+        found = sorted((root / dataset / f"1_div_{n}").glob("*.txt"), key=_draw_order)
+        if not found:
+            raise ConfigError(f"{root / dataset / f'1_div_{n}'}: no .txt subset lists")
+        files += found
+    return files
+
+
+def _draw_order(path: Path) -> tuple:
+    number = re.search(r"(\d+)$", path.stem)
+    return (int(number.group(1)) if number else -1, path.name)
+
+
+def merge_equal_subsets(settings: dict, trials: list[Trial]) -> list[Trial]:
+    """Fractions whose trials draw the same images are run once.
+
+    On a small split several fractions round to the same image count and so draw the
+    same subset for every seed (1/128 and 1/64 of 32 images are both 1 image): the
+    trials of the first of them run, labelled with all of them ('1/128, 1/64'), and one
+    warning says so. Trials of subset files pass unchanged."""
+    from segfungi.components import open_dataset
+    from segfungi.data import subset
+
+    fractions = list(dict.fromkeys(t.fraction for t in trials if t.fraction is not None))
+    if len(fractions) < 2:
+        return trials
+    dataset = open_dataset(settings, settings["data"]["train_split"])
+    draws: dict[tuple, list[float]] = {}  # the subsets a fraction draws -> fractions drawing them
+    for fraction in fractions:
+        seeds = [t.seed for t in trials if t.fraction == fraction]
+        key = tuple((seed, tuple(subset(dataset, fraction=fraction, seed=seed).ids)) for seed in seeds)
+        draws.setdefault(key, []).append(fraction)
+    label = {group[0]: ", ".join(fraction_label(f) for f in group) for group in draws.values()}
+    merged = [(group, len(key[0][1])) for key, group in draws.items() if len(group) > 1]
+    if merged:
+        said = "; ".join(f"{label[group[0]]} all give {count} image{'s' * (count != 1)}" for group, count in merged)
+        print(f"segfungi: warning: of the {len(dataset)} training images, fractions {said}; "
+              "their trials are run once and labelled together", file=sys.stderr, flush=True)
+    return [t if t.fraction is None else Trial(seed=t.seed, fraction=t.fraction, group=label[t.fraction])
+            for t in trials if t.fraction is None or t.fraction in label]
 
 
 def trial_settings(settings: dict, trial: Trial) -> dict:
@@ -106,7 +219,7 @@ def run_fewshot(settings: dict, out: str | Path | None = None, subset_files: Seq
     out = Path(out or settings["fewshot"]["out"])
     kinds = _feature_kinds(settings)
     rows = []
-    for trial in plan_trials(settings, subset_files):
+    for trial in merge_equal_subsets(settings, plan_trials(settings, subset_files)):
         rows += run_trial(trial_settings(settings, trial), trial, kinds, out, progress)
     summary = summarise(rows)
     report = {"fewshot": settings["fewshot"], "trials": rows, "summary": summary}
@@ -128,13 +241,16 @@ def run_trial(settings: dict, trial: Trial, kinds: list[str], out: Path, progres
     """Build (or reuse) the trial's bank and evaluate it for each feature kind."""
     top_kind = "fungi" if "fungi" in kinds else "embeddings"
     folder = out / "banks" / trial.folder
-    bank_dir = build_bank(settings, folder / top_kind, resume=True, kind=top_kind, progress=progress)
+    # fewshot.bank_size is a cap: a small subset gives every patch of its augmented images.
+    bank_dir = build_bank(settings, folder / top_kind, resume=True, kind=top_kind, progress=progress,
+                          warn_capped=False)
     rows = []
     for kind in kinds:
         path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
         results = _evaluate_once(settings, path, folder / f"results-{kind}.json", progress)
         rows.append(_row(trial, kind, results, MemoryBank(path)))
-        print(f"{trial.subset:>10}  seed {trial.seed:<3} {kind:>10}  "
+        name = trial.group if trial.fraction is not None and trial.group else trial.subset
+        print(f"{name:>10}  seed {trial.seed:<3} {kind:>10}  "
               f"bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
     return rows
 
@@ -157,6 +273,7 @@ def _evaluate_once(settings: dict, bank_path: Path, cache: Path, progress: bool)
 def _row(trial: Trial, kind: str, results: dict, bank: MemoryBank) -> dict:
     return {
         "subset": trial.subset,
+        "group": trial.group,
         "fraction": trial.fraction,
         "subset_file": trial.subset_file,
         "seed": trial.seed,
@@ -174,12 +291,16 @@ def _row(trial: Trial, kind: str, results: dict, bank: MemoryBank) -> dict:
 def summarise(rows: list[dict]) -> list[dict]:
     """mean and sample std (n-1; 0 for one trial) of the mIoU per subset and feature kind.
 
-    Trials are grouped by subset name for fractions; subset files are grouped by the
-    number of images they hold, so several files of one size (e.g. three 1/128 splits)
-    give one mean ± std."""
+    Trials are grouped by their group label where they have one (standard lists: the
+    fraction; merged fractions: '1/128, 1/64'), else by subset name for fractions;
+    other subset files are grouped by the number of images they hold, so several files
+    of one size (e.g. three 1/128 splits) give one mean ± std."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        subset = row["subset"] if row["subset_file"] is None else f"{row['images']} images"
+        if row.get("group"):
+            subset = row["group"]
+        else:
+            subset = row["subset"] if row["subset_file"] is None else f"{row['images']} images"
         groups.setdefault((subset, row["features"]), []).append(row)
     summary = []
     for (subset, kind), members in groups.items():

@@ -1,44 +1,74 @@
 """mIoU against memory-bank size, for plain embeddings and FUNGI features.
 
 A FUNGI bank carries its support index, which is exactly the embeddings bank of the
-same size and sampling, so one build per size serves both feature kinds."""
+same size and sampling, so one build per size serves both feature kinds.
+
+A size the training images cannot fill (more than images × epochs × 1024 patches)
+gives the largest bank they can; sizes that end up as the same bank are built and
+evaluated once, one warning says so, and every row, table and plot carries the size
+actually built (`bank_size`) next to the sizes asked for (`requested_sizes`)."""
 
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import sys
 from pathlib import Path
 
-from segfungi.bank import SUPPORT_DIR, build_bank
+from segfungi.bank import SUPPORT_DIR, build_bank, planned_bank
 from segfungi.evaluate import evaluate
+from segfungi.memory_bank import MemoryBank
 
-COLUMNS = ["features", "bank_size", "miou", "pixel_accuracy", "images", "eval_images_per_second", "bank"]
+COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
+           "eval_images_per_second", "bank"]
+
+
+def resolve_sizes(settings: dict, sizes) -> dict[int, list[int]]:
+    """{bank size actually built: the requested sizes that give it}, in request order;
+    warns once when a size cannot be met."""
+    built: dict[int, list[int]] = {}
+    plan = None
+    for size in sizes:
+        bank_settings = copy.deepcopy(settings)
+        bank_settings["bank"]["size"] = int(size)
+        plan = planned_bank(bank_settings)
+        built.setdefault(plan.num_patches, []).append(int(size))
+    most = plan.patches_per_image * plan.num_items if plan else 0
+    unmet = {actual: asked for actual, asked in built.items() if len(asked) > 1 or asked[0] > most}
+    if unmet:
+        said = "; ".join(f"{', '.join(map(str, asked))} -> {actual}" for actual, asked in unmet.items())
+        print(f"segfungi: warning: the {plan.num_images} training images × {plan.aug_epochs} epoch(s) × "
+              f"{plan.patches_per_image} patches cannot give every bank size asked for ({said}); "
+              "each bank is built once and labelled with the size it holds", file=sys.stderr, flush=True)
+    return built
 
 
 def run_sweep(settings: dict, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     out = Path(out or settings["sweep"]["out"])
     kinds = list(settings["sweep"]["features"])
     rows = []
-    for size in settings["sweep"]["sizes"]:
+    for size, requested in resolve_sizes(settings, settings["sweep"]["sizes"]).items():
         bank_settings = copy.deepcopy(settings)
-        bank_settings["bank"]["size"] = int(size)
+        bank_settings["bank"]["size"] = size  # the bank it resolves to: one build serves all requests
         top_kind = "fungi" if "fungi" in kinds else "embeddings"
         bank_dir = build_bank(bank_settings, out / "banks" / f"{top_kind}-{size}", resume=True,
                               kind=top_kind, progress=progress)
         for kind in kinds:
             path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
             results = evaluate(bank_settings, path, progress=progress)
-            rows.append(_row(kind, size, results))
-            print(f"{kind:>10}  bank {size:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
+            rows.append(_row(kind, requested, results, MemoryBank(path)))
+            print(f"{kind:>10}  bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
     write_table(rows, out)
     return rows
 
 
-def _row(kind: str, size: int, results: dict) -> dict:
+def _row(kind: str, requested: list[int], results: dict, bank: MemoryBank) -> dict:
     return {
         "features": kind,
-        "bank_size": int(size),
+        "bank_size": int(results["bank_size"]),
+        "requested_sizes": " ".join(map(str, requested)),
+        "train_images": bank.manifest["identity"]["dataset"]["num_images"],
         "miou": results["miou"],
         "pixel_accuracy": results["pixel_accuracy"],
         "images": results["images"],

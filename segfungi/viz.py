@@ -196,6 +196,9 @@ def plot_miou_vs_bank_size(rows: list[dict], path: str | Path) -> Path:
         points = sorted((r["bank_size"], 100 * r["miou"]) for r in rows if r["features"] == kind)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=kind)
     ax.set_xscale("log")
+    sizes = sorted({r["bank_size"] for r in rows})  # the sizes actually built, as ticks
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("memory bank size (patches)")
     ax.set_ylabel("mIoU (%)")
     ax.grid(True, alpha=0.3)

@@ -131,7 +131,8 @@ def test_dataset_sample_is_correct_or_a_dataset_error(scratch, image, mask, whic
 # ---------------------------------------------------------------------- config
 DEFAULTS = load_config()
 SECTION_KEYS = [(section, key) for section, values in DEFAULTS.items() for key in values]
-OPTIONAL = {"data.root": str, "data.subset_file": str, "backbone.weights": str, "eval.out": str,
+OPTIONAL = {"data.root": str, "data.subset_file": str, "data.val_subset_file": str,
+            "backbone.weights": str, "eval.out": str,
             "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int}
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**7),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # The same as segfungi.data.demo.LAYOUTS, spelled out so building the parser stays
 # free of the image libraries (every CLI call builds every sub-command's parser).
-LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff")
+LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation")
 
 
 def register(subparsers) -> None:
@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "demo-data",
         help="write a small generated dataset (JPEG images + real label files) in a real layout",
         description="Generated images whose classes differ in colour and texture, written as "
-        "Pascal VOC, ADE20K, a plain folder or COCO-Stuff; splits train and val.",
+        "Pascal VOC (VOCdevkit, or open-hummingbird-eval's VOCSegmentation layout), ADE20K, "
+        "a plain folder or COCO-Stuff; splits train and val.",
     )
     parser.add_argument("out", help="output folder (must be empty or an earlier demo-data folder)")
     parser.add_argument("--layout", choices=LAYOUTS, default="voc")
@@ -24,11 +25,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.data.demo import write_demo_dataset
+    from segfungi.data.demo import DATASET_OF_LAYOUT, write_demo_dataset
 
     root = write_demo_dataset(args.out, layout=args.layout, n_images=args.images, seed=args.seed,
                               n_val=args.val_images)
     n_val = args.val_images if args.val_images is not None else max(1, args.images // 4)
     print(f"wrote {args.images} {args.layout} images ({args.images - n_val} train, {n_val} val) to {root}")
-    print(f"use it with: --dataset {args.layout} --root {root}")
+    print(f"use it with: --dataset {DATASET_OF_LAYOUT.get(args.layout, args.layout)} --root {root}")
     return 0

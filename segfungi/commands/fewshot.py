@@ -20,6 +20,7 @@ FEWSHOT_FLAGS = {
     "bank_size": "fewshot.bank_size",
     "aug_epochs": "fewshot.aug_epochs",
     "out": "fewshot.out",
+    "subsets": "fewshot.subsets",
 }
 
 
@@ -32,7 +33,12 @@ def register(subparsers) -> None:
                         help="training fractions, e.g. 0.0078125 0.015625 (1/128, 1/64)")
     parser.add_argument("--subset-files", nargs="+", metavar="FILE",
                         help="files of training image ids (one per line), used instead of --fractions")
-    parser.add_argument("--seeds", type=int, nargs="+", help="one trial per seed and subset (default 0 1 2)")
+    parser.add_argument("--subsets", metavar="random|standard|DIR",
+                        help="random: seeded draws of each fraction (default); standard: the field's "
+                        "fixed lists (open-hummingbird-eval's, VOC and ADE20K, 1/8 1/64 1/128), one "
+                        "trial per list file, five per fraction; DIR: a folder laid out like them")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="one trial per seed and subset (default 0 1 2; not with --subsets standard)")
     add_bank_build_options(parser, several_features=True,
                            bank_size_help="bank size cap (default 2048x10^4)",
                            aug_epochs_help="augmentation epochs (default 8)")
@@ -43,9 +49,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from segfungi.config import dump_config
+    from segfungi.errors import ConfigError
     from segfungi.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
 
     settings = settings_from_args(args, FEWSHOT_FLAGS)
+    if args.seeds is not None and settings["fewshot"]["subsets"] != "random":
+        raise ConfigError("--seeds: with --subsets standard (or a folder) each list file is one "
+                          "trial and the bank seed is bank.seed (--set bank.seed=N)")
     if args.print_config:
         print(dump_config(settings))
         return 0

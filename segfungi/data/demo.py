@@ -8,6 +8,9 @@ texture (see demo_scenes.py). Each layout keeps its own label space:
           band (≈4 px) along every object outline, like real VOC; SegmentationClassAug
           (train ids, grayscale, no borders); train.txt, val.txt and trainaug.txt (in
           the distributed "/JPEGImages/… /SegmentationClassAug/…" line format).
+  * vocsegmentation: the same data in open-hummingbird-eval's layout,
+          VOCSegmentation/{images, SegmentationClass, SegmentationClassAug, sets}, with
+          bare ids in sets/{train,val,trainaug}.txt (read with dataset voc).
   * ade20k: background = wall, objects = person, car, tree, painting, lamp (on-disk
           1, 13, 21, 5, 23, 37) in the 150-class space; about half of the images get an
           "other" blob (on-disk 0, i.e. ignore). images/ and annotations/ per split.
@@ -36,10 +39,11 @@ from segfungi.data.demo_scenes import NUM_FOREGROUND, STYLES, Scene, render_scen
 from segfungi.data.labels import IGNORE, voc_palette
 from segfungi.errors import DatasetError
 
-LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff")
+LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation")
+DATASET_OF_LAYOUT = {"vocsegmentation": "voc"}  # the dataset name that reads a layout, where it differs
 MARKER = ".segfungi-demo.json"
 # Top-level entries a demo writes; only these are replaced when a demo folder is rewritten.
-_WRITTEN = ("VOCdevkit", "ADEChallengeData2016", "images", "masks", "splits", "annotations",
+_WRITTEN = ("VOCdevkit", "VOCSegmentation", "ADEChallengeData2016", "images", "masks", "splits", "annotations",
             "classes.txt", MARKER)
 
 VOC_IDS = (0, 1, 7, 8, 12, 15)  # background, aeroplane, car, cat, dog, person
@@ -75,22 +79,28 @@ def voc_void_border(labels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- layouts
-def write_voc(out: Path, scenes: list[Scene], splits: dict[str, list[int]]) -> None:
-    voc = out / "VOCdevkit" / "VOC2012"
+def write_voc(out: Path, scenes: list[Scene], splits: dict[str, list[int]], reference: bool = False) -> None:
+    """VOCdevkit layout, or (`reference`) open-hummingbird-eval's VOCSegmentation layout."""
+    if reference:
+        voc = out / "VOCSegmentation"
+        images, lists = voc / "images", voc / "sets"
+    else:
+        voc = out / "VOCdevkit" / "VOC2012"
+        images, lists = voc / "JPEGImages", voc / "ImageSets" / "Segmentation"
     ids = [f"2012_{i:06d}" for i in range(len(scenes))]
     lut = np.asarray(VOC_IDS, dtype=np.uint8)
     for image_id, scene in zip(ids, scenes):
         labels = lut[scene.styles]
-        save_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", scene.image)
+        save_jpeg(images / f"{image_id}.jpg", scene.image)
         official = np.where(voc_void_border(labels), IGNORE, labels).astype(np.uint8)
         save_png(voc / "SegmentationClass" / f"{image_id}.png", official, voc_palette())
     for index in splits["train"]:
         save_png(voc / "SegmentationClassAug" / f"{ids[index]}.png", lut[scenes[index].styles])
-    lists = voc / "ImageSets" / "Segmentation"
     for split, indices in splits.items():
         write_lines(lists / f"{split}.txt", [ids[i] for i in indices])
-    write_lines(lists / "trainaug.txt",
-                [f"/JPEGImages/{ids[i]}.jpg /SegmentationClassAug/{ids[i]}.png" for i in splits["train"]])
+    write_lines(lists / "trainaug.txt", [ids[i] if reference else
+                                         f"/JPEGImages/{ids[i]}.jpg /SegmentationClassAug/{ids[i]}.png"
+                                         for i in splits["train"]])
 
 
 def write_ade20k(out: Path, scenes: list[Scene], splits: dict[str, list[int]], seed: int) -> None:
@@ -188,8 +198,8 @@ def write_demo_dataset(out: str | Path, layout: str = "voc", n_images: int = 50,
               for i in range(n_images)]
     n_train = n_images - n_val
     splits = {"train": list(range(n_train)), "val": list(range(n_train, n_images))}
-    if layout == "voc":
-        write_voc(out, scenes, splits)
+    if layout in ("voc", "vocsegmentation"):
+        write_voc(out, scenes, splits, reference=layout == "vocsegmentation")
     elif layout == "ade20k":
         write_ade20k(out, scenes, splits, seed)
     elif layout == "folder":

@@ -1,4 +1,6 @@
-"""Pascal VOC 2012 (with the optional augmented set).
+"""Pascal VOC 2012 (with the optional augmented set), in either of two layouts.
+
+The VOCdevkit layout (the official archive):
 
     <root>/VOCdevkit/VOC2012/   (root may also be the folder holding VOC2012, or VOC2012 itself)
         JPEGImages/<id>.jpg
@@ -6,16 +8,26 @@
         SegmentationClassAug/<id>.png   augmented set: grayscale class-id PNGs
         ImageSets/Segmentation/{train,val,trainaug}.txt
 
-`trainaug` may also be named `train_aug.txt`; its lines may be bare ids or the
-distributed "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png" pairs (only the id
-is used). Mask folder, per id: trainaug prefers SegmentationClassAug and falls back to
-SegmentationClass (the augmented set omits nothing it needs, but a partial copy
-should still work); every other split prefers the official SegmentationClass (with
-its 255 borders) and falls back to SegmentationClassAug. 21 classes, background = 0.
+The VOCSegmentation layout (open-hummingbird-eval's archives):
+
+    <root>/VOCSegmentation/     (root may also be VOCSegmentation itself)
+        images/<id>.jpg
+        SegmentationClass/<id>.png, SegmentationClassAug/<id>.png   as above
+        sets/{train,val,trainaug}.txt
+
+The layout is detected from the folders present. `trainaug` may also be named
+`train_aug.txt`; its lines may be bare ids or the distributed
+"/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png" pairs (only the id is used).
+Mask folder, per id: in the VOCdevkit layout trainaug prefers SegmentationClassAug and
+every other split the official SegmentationClass (with its 255 borders); in the
+VOCSegmentation layout train and trainaug prefer SegmentationClassAug, as the
+reference implementation reads them. Either way a split falls back to the other
+folder for ids its preferred one lacks. 21 classes, background = 0.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
@@ -25,20 +37,47 @@ from segfungi.errors import DatasetError
 
 OFFICIAL, AUGMENTED = "SegmentationClass", "SegmentationClassAug"
 TRAINAUG_NAMES = ("trainaug", "train_aug")
+REFERENCE_FOLDER = "VOCSegmentation"
 
 
-def find_voc_root(root: Path) -> Path:
+@dataclass(frozen=True)
+class VocLayout:
+    """Where one copy of VOC keeps its images, masks and split files."""
+
+    folder: Path  # holds the mask folders
+    images: Path
+    splits: Path
+    aug_first: tuple[str, ...]  # splits whose masks come from SegmentationClassAug first
+
+
+DEVKIT_AUG_FIRST = TRAINAUG_NAMES
+REFERENCE_AUG_FIRST = TRAINAUG_NAMES + ("train",)
+
+
+def find_voc_root(root: Path) -> VocLayout:
     for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
         if (candidate / "JPEGImages").is_dir():
-            return candidate
+            return VocLayout(candidate, candidate / "JPEGImages", candidate / "ImageSets" / "Segmentation",
+                             DEVKIT_AUG_FIRST)
+    for candidate in (root / REFERENCE_FOLDER, root):
+        if candidate.name == REFERENCE_FOLDER or (candidate / "images").is_dir() or (candidate / "sets").is_dir():
+            missing = [f"{name}/" for name in ("images", "sets") if not (candidate / name).is_dir()]
+            if not missing:
+                return VocLayout(candidate, candidate / "images", candidate / "sets", REFERENCE_AUG_FIRST)
+            if candidate.is_dir():
+                raise DatasetError(
+                    f"{candidate}: incomplete VOCSegmentation layout, missing {' and '.join(missing)} "
+                    "(expected images/, SegmentationClass/ or SegmentationClassAug/, and sets/<split>.txt)"
+                )
     raise DatasetError(
         f"{root}: no Pascal VOC 2012 folder here (looked for VOCdevkit/VOC2012/JPEGImages, "
-        "VOC2012/JPEGImages and JPEGImages)"
+        "VOC2012/JPEGImages and JPEGImages, and for the VOCSegmentation layout: "
+        "VOCSegmentation/images and VOCSegmentation/sets)"
     )
 
 
-def split_file(voc: Path, split: str) -> Path:
-    folder = voc / "ImageSets" / "Segmentation"
+def split_file(layout: VocLayout, split: str) -> Path:
+    folder = layout.splits
     names = TRAINAUG_NAMES if split in TRAINAUG_NAMES else (split,)
     for name in names:
         if (folder / f"{name}.txt").is_file():
@@ -49,11 +88,11 @@ def split_file(voc: Path, split: str) -> Path:
     )
 
 
-def mask_folders(voc: Path, split: str) -> list[Path]:
-    order = (AUGMENTED, OFFICIAL) if split in TRAINAUG_NAMES else (OFFICIAL, AUGMENTED)
-    folders = [voc / name for name in order if (voc / name).is_dir()]
+def mask_folders(layout: VocLayout, split: str) -> list[Path]:
+    order = (AUGMENTED, OFFICIAL) if split in layout.aug_first else (OFFICIAL, AUGMENTED)
+    folders = [layout.folder / name for name in order if (layout.folder / name).is_dir()]
     if not folders:
-        raise DatasetError(f"{voc}: no mask folder ({OFFICIAL}/ or {AUGMENTED}/)")
+        raise DatasetError(f"{layout.folder}: no mask folder ({OFFICIAL}/ or {AUGMENTED}/)")
     return folders
 
 
@@ -66,11 +105,12 @@ def mask_path(folders: list[Path], image_id: str) -> Path:
 
 
 def open_voc(root: Path, split: str, on_bad_sample: str = "error") -> SegDataset:
-    voc = find_voc_root(Path(root))
-    ids_file = split_file(voc, split)
+    layout = find_voc_root(Path(root))
+    voc = layout.folder
+    ids_file = split_file(layout, split)
     ids = read_id_file(ids_file)
-    folders = mask_folders(voc, split)
-    files = [SampleFiles(i, voc / "JPEGImages" / f"{i}.jpg", mask_path(folders, i)) for i in ids]
+    folders = mask_folders(layout, split)
+    files = [SampleFiles(i, layout.images / f"{i}.jpg", mask_path(folders, i)) for i in ids]
     mapping = {k: k for k in range(len(VOC_CLASSES))} | {IGNORE: IGNORE}
     return SegDataset(
         name="voc", root=voc, split=split, classes=VOC_CLASSES, palette=voc_palette(),
