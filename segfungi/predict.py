@@ -38,11 +38,13 @@ def make_segmenter(bank, settings: dict | None = None):
 
 
 def to_rgb(image) -> np.ndarray:
-    """An image file path or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB."""
-    from segfungi.data.imageio import read_image
+    """An image file path, a PIL image or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB."""
+    from segfungi.data.imageio import pil_to_rgb, read_image
 
     if isinstance(image, (str, Path)):
         return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image, f"PIL image (mode {image.mode})")
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise DatasetError(f"image array must be uint8, got {array.dtype}")
