@@ -93,3 +93,36 @@ def test_mismatched_settings_fail_before_any_model_is_loaded(readme_run, monkeyp
     settings = load_config(base=readme_run["bank_settings"], overrides=[change])
     with pytest.raises(BankError, match=f"other feature settings than this query \\(checked before loading(.|\\n)*{re.escape(named)}"):
         segfungi.evaluate.Segmenter(bank, settings)
+
+
+def test_readme_starts_with_the_two_commands():
+    first = re.search(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M).group(1)
+    assert first.splitlines() == [
+        "pip install -e . && segfungi demo            # the whole job end to end on generated VOC-layout data",
+        'pip install -e ".[dev]" && python -m pytest -q  # the whole test suite',
+    ]
+
+
+def test_docs_name_only_files_a_clone_has():
+    root = README.parent
+    for doc in [README, root / "memory_banks" / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        assert "../" not in text, f"{doc} points outside the repository"
+        for name in re.findall(r"`([\w./-]+\.md)`", text):
+            assert (root / name).is_file(), f"{doc} names {name}, which does not exist"
+    assert "docs/method.md" in README.read_text()
+
+
+def test_memory_banks_readme_names_the_files_a_bank_has():
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR
+    from segfungi.shards import HIDDEN_CACHE_DIR
+
+    text = (README.parent / "memory_banks" / "README.md").read_text()
+    for name in (BUILD_RECORD, MANIFEST, SUPPORT_DIR, HIDDEN_CACHE_DIR, "build.lock", "class_frequency.npy"):
+        assert name in text, name
+    assert "partial" not in text
+
+
+def test_built_bank_has_what_memory_banks_readme_lists(readme_run):
+    bank = Path(readme_run["folder"]) / readme_run["bank"]
+    assert sorted(p.name for p in bank.iterdir()) == ["class_frequency.npy", "manifest.json", "shards", "support"]
