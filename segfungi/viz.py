@@ -191,10 +191,15 @@ def weights_label(weights_id: str) -> str:
     return str(weights_id)
 
 
+# Said under every plot of a random-init run, whose FUNGI numbers are no measurement of FUNGI.
+RANDOM_INIT_NOTE = "random-init backbone: a pipeline check; FUNGI's gain needs pretrained weights"
+
+
 def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = None) -> str:
-    """What a plot of these banks' results shows, in two short lines read from the
-    banks' manifests: the backbone and its weights; the dataset, the training images
-    (and whether they are segfungi's generated demo data) and the images evaluated.
+    """What a plot of these banks' results shows, in short lines read from the banks'
+    manifests: the backbone and its weights; the dataset, the training images (and
+    whether they are segfungi's generated demo data) and the images evaluated; for a
+    random-init backbone, that FUNGI's gain needs pretrained weights.
 
     `banks` are bank folders or manifests; `eval_images` the evaluated image count(s)."""
     manifests = [bank if isinstance(bank, Mapping) else _manifest(bank) for bank in banks]
@@ -213,7 +218,10 @@ def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = No
         counts = [eval_images] if isinstance(eval_images, (int, np.integer)) else list(eval_images)
         val_split = _joined(str(d.get("val_split", "val")) for d in data)
         line += f", evaluated on {_joined(str(n) for n in sorted(set(map(int, counts))))} {val_split} images"
-    return f"{backbones}\n{line}"
+    lines = [backbones, line]
+    if any(str(i["extractor"]["backbone"]["weights_id"]).startswith("random-init:") for i in identities):
+        lines.append(RANDOM_INIT_NOTE)
+    return "\n".join(lines)
 
 
 def _manifest(bank) -> dict:

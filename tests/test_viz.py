@@ -201,7 +201,9 @@ def test_describe_banks_names_backbone_weights_data_and_images(tmp_path):
     (tmp_path / MARKER).write_text("{}")
     text = viz.describe_banks([demo_manifest(tmp_path)], eval_images=4)
     assert text == ("vit_tiny_patch16_224, random init (seed 0), no pretrained weights\n"
-                    "voc train: 8 training images (generated demo data), evaluated on 4 val images")
+                    "voc train: 8 training images (generated demo data), evaluated on 4 val images\n"
+                    + viz.RANDOM_INIT_NOTE)
+    assert "FUNGI's gain needs pretrained weights" in viz.RANDOM_INIT_NOTE
     real = viz.describe_banks([demo_manifest(tmp_path / "voc", "timm-hub:timm/vit_small_patch16_224.dino", 4),
                                demo_manifest(tmp_path / "voc", "timm-hub:timm/vit_small_patch16_224.dino", 2)])
     assert real == ("vit_tiny_patch16_224, pretrained weights timm/vit_small_patch16_224.dino\n"
