@@ -81,6 +81,8 @@ def test_predict_takes_pil_grey_and_rgba_like_the_cli(readme_run, segmenter):
     ({"backbone": {"name": "vit_small_patch16_224.dino", "pretrained": True}}, "backbone.name"),
     ({"backbone": {"init_seed": 4}}, "backbone.init_seed"),
     ({"data": {"image_size": 224}}, "data.image_size"),
+    ({"backbone": {"dtype": "bfloat16"}}, "backbone.dtype"),
+    ({"backbone": {"weights": "elsewhere/dino.pth"}}, "weights file elsewhere/dino.pth"),
 ])
 def test_mismatched_settings_fail_before_any_model_is_loaded(readme_run, monkeypatch, change, named):
     import segfungi.evaluate
