@@ -15,10 +15,15 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 REAL_DATA = """
-**Running it on real data.** As written, the notebook generates a small VOC-layout
-dataset and uses a random-init ViT-Tiny, so it runs anywhere in a minute or two (the
-masks are then only as good as random features allow). For real results, set in the
-next cell:
+**What this run is.** As written, the notebook generates a small VOC-layout dataset
+and uses a **random-init ViT-Tiny/16**, so it runs anywhere in a minute or two. That
+checks the pipeline; it does not measure FUNGI: with a backbone that has learned
+nothing, FUNGI features can score *below* plain embeddings. **FUNGI's gain needs
+pretrained weights** (the paper: DINO ViT-S/16 on Pascal VOC, bank 1024×10², mIoU 37.2
+with embeddings, 50.7 with FUNGI). With internet, `segfungi demo --pretrained --backbone
+vit_small_patch16_224.dino` shows it on the demo data, and the settings below on real data.
+
+**Running it on real data.** Set in the next cell:
 
 * `DATA_ROOT` to the dataset root: Pascal VOC 2012 (the folder holding
   `VOCdevkit/VOC2012/` with `JPEGImages/`, `SegmentationClass/`, `ImageSets/Segmentation/`,
@@ -30,7 +35,8 @@ next cell:
   it `None` to let the preset download the hub weights (needs internet),
 * and the sizes: {sizes}.
 
-Everything the notebook writes goes under `WORK`, relative to the working directory.
+Everything the notebook writes goes under `WORK` (`runs/notebooks/<notebook>`, relative
+to the working directory; `runs/` is git-ignored).
 """
 
 SETUP = '''from pathlib import Path
@@ -42,7 +48,7 @@ from segfungi.config import load_config
 DATA_ROOT = None    # dataset root; None = generate a small demo dataset under WORK
 CONFIG = "demo"     # preset in configs/, e.g. {example}
 WEIGHTS = None      # local checkpoint; None = the preset's choice (demo: random init)
-WORK = Path("segfungi_notebooks") / "{name}"
+WORK = Path("runs") / "notebooks" / "{name}"
 {sizes}
 
 
@@ -62,6 +68,13 @@ DEMO_DATA = '''if DATA_ROOT is None:
 else:
     root = Path(DATA_ROOT)
 root'''
+
+
+RUN_NOTE = '''if not (settings["backbone"]["weights"] or settings["backbone"]["pretrained"]):
+    print("Random-init backbone: this checks the pipeline, it does not measure FUNGI (which can score\\n"
+          "below embeddings here). FUNGI's gain needs pretrained weights; with internet:\\n"
+          "  segfungi demo --pretrained --backbone vit_small_patch16_224.dino\\n"
+          "or CONFIG = 'voc_vits16' (DINO ViT-S/16) with DATA_ROOT set to Pascal VOC.")'''
 
 
 def notebook(name: str, title: str, presets: str, sizes_text: str, example: str, sizes_code: str,
@@ -110,29 +123,41 @@ def mask_visualisation() -> nbformat.NotebookNode:
             "The legend lists only the classes that appear in the panels."
         ),
         new_code_cell(
-            "from segfungi.viz import overlay_with_legend, plot_prediction_panels\n\n"
+            "from segfungi.viz import describe_banks, overlay_with_legend, plot_prediction_panels\n\n"
             "bank = segmenters[\"FUNGI\"].bank\n"
+            "context = describe_banks([fungi_bank])   # backbone, weights, dataset, images: from the manifest\n"
+            "print(context)\n"
+            + RUN_NOTE + "\n"
             "panels = plot_prediction_panels(\n"
             "    [s.image for s in samples],\n"
             '    {"ground truth": [s.mask for s in samples], **predictions},\n'
             '    bank.classes, bank.palette, WORK / "panels.png", row_titles=[s.id for s in samples],\n'
+            '    title=f"validation predictions, bank of {bank.num_patches:,} patches", context=context,\n'
             ")\n"
             "display(Image(filename=panels))"
         ),
         new_markdown_cell("One prediction as an overlay with its legend, at the image's own size:"),
         new_code_cell(
             "import PIL.Image\n\n"
-            'picture = overlay_with_legend(samples[0].image, predictions["FUNGI"][0], bank.classes, bank.palette)\n'
+            'picture = overlay_with_legend(samples[0].image, predictions["FUNGI"][0], bank.classes, bank.palette,\n'
+            '                              caption=f"FUNGI prediction of {samples[0].id}\\n{context}")\n'
             'PIL.Image.fromarray(picture).save(WORK / "overlay.png")\n'
             'display(Image(filename=WORK / "overlay.png"))'
         ),
-        new_markdown_cell("## Per-class IoU on the validation images"),
+        new_markdown_cell(
+            "## Per-class IoU on the validation images\n"
+            "A diamond at 0 is a class that was in the ground truth and missed; a grey hatched\n"
+            "band marked *absent* is a class in neither the ground truth nor the predictions."
+        ),
         new_code_cell(
             "from segfungi.evaluate import evaluate, results_table\n"
             "from segfungi.viz import plot_per_class_iou\n\n"
             "results = {kind: evaluate(settings, path, progress=False) for kind, path in banks.items()}\n"
             'print(results_table(results["FUNGI"]))\n'
-            'display(Image(filename=plot_per_class_iou(results, WORK / "per_class_iou.png")))'
+            'picture = plot_per_class_iou(results, WORK / "per_class_iou.png",\n'
+            '                             title=f"per-class IoU, bank of {bank.num_patches:,} patches",\n'
+            '                             context=describe_banks([fungi_bank], results["FUNGI"]["images"]))\n'
+            "display(Image(filename=picture))"
         ),
     ]
     return notebook(
@@ -164,7 +189,23 @@ def bank_size_sweep() -> nbformat.NotebookNode:
             "rows = run_sweep(settings, progress=False)\n"
             "print(sweep_table(rows))"
         ),
-        new_markdown_cell("## mIoU against bank size"),
+        new_markdown_cell(
+            "## What was run\n"
+            "Read from the banks' manifests: the backbone and its weights, the images, and the\n"
+            "bank sizes actually built (a bank holds at most every patch of every training image)."
+        ),
+        new_code_cell(
+            "from segfungi.memory_bank import MemoryBank\n"
+            "from segfungi.viz import describe_banks\n\n"
+            'print(describe_banks([r["bank"] for r in rows], [r["images"] for r in rows]))\n'
+            'built = sorted({MemoryBank(r["bank"], verify="off").num_patches for r in rows})\n'
+            'print("bank sizes built:", ", ".join(f"{size:,}" for size in built))\n'
+            + RUN_NOTE
+        ),
+        new_markdown_cell(
+            "## mIoU against bank size\n"
+            "Ticks sit at the sizes built; the y axis starts at 0."
+        ),
         new_code_cell('display(Image(filename=WORK / "sweep" / "miou_vs_bank_size.png"))'),
         new_markdown_cell("The rows as a table (also in `sweep.csv` / `sweep.json`):"),
         new_code_cell(
@@ -201,6 +242,20 @@ def few_shot() -> nbformat.NotebookNode:
             '                        eval={"max_images": VAL_IMAGES})\n'
             "report = run_fewshot(settings, progress=False)\n"
             'print(fewshot_table(report["summary"]))'
+        ),
+        new_markdown_cell(
+            "## What was run\n"
+            "Read from the trials' banks: the backbone and its weights, the training images of\n"
+            "each subset, and the bank sizes actually built."
+        ),
+        new_code_cell(
+            "from segfungi.memory_bank import MemoryBank\n"
+            "from segfungi.viz import describe_banks\n\n"
+            'trials = report["trials"]\n'
+            'print(describe_banks([t["bank"] for t in trials], [t["eval_images"] for t in trials]))\n'
+            'built = sorted({MemoryBank(t["bank"], verify="off").num_patches for t in trials})\n'
+            'print("bank sizes built:", ", ".join(f"{size:,}" for size in built))\n'
+            + RUN_NOTE
         ),
         new_markdown_cell("## mIoU mean ± std over seeds, per training subset"),
         new_code_cell('display(Image(filename=WORK / "fewshot" / "fewshot.png"))'),

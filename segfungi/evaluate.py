@@ -29,19 +29,50 @@ class Segmenter:
         self.bank = MemoryBank(bank_path)
         self.settings = settings
         kind = self.bank.features_kind
+        # Settings that would load another backbone fail before it is loaded (or downloaded).
+        self._refuse(self._backbone_mismatches(settings), "checked before loading the backbone")
         self.extractor = make_extractor(settings, kind=kind)
-        problems = extractor_mismatches(self.bank.manifest["identity"]["extractor"], self.extractor.identity())
-        if problems:
-            raise BankError(
-                f"{self.bank.path}: the bank was built with other feature settings than this query:\n  "
-                + "\n  ".join(problems)
-            )
+        self._refuse(extractor_mismatches(self.bank.manifest["identity"]["extractor"], self.extractor.identity()))
         self.num_classes = len(self.bank.classes)
         self.index = self.bank.index(settings)
         self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
         self.support = SupportIndex(self.bank.support_path, settings) if kind == "fungi" else None
         self.k = settings["eval"]["k"]
         self.temperature = settings["eval"]["temperature"]
+
+    def _refuse(self, problems: list[str], when: str = "") -> None:
+        if problems:
+            raise BankError(
+                f"{self.bank.path}: the bank was built with other feature settings than this query"
+                f"{f' ({when})' if when else ''}:\n  " + "\n  ".join(problems)
+                + "\nThe bank's own settings: load_config(base=MemoryBank(path).settings)"
+            )
+
+    def _backbone_mismatches(self, settings: dict) -> list[str]:
+        """What the settings' backbone would differ in from the bank's, read without loading it:
+        name, input size, compute dtype and where the weights come from (a file, the hub, a
+        random init and its seed; a checkpoint's content is compared after loading)."""
+        built = self.bank.manifest["identity"]["extractor"]["backbone"]
+        cfg = settings["backbone"]
+        problems = []
+        if cfg["name"] != built["name"]:
+            problems.append(f"backbone.name: bank has {built['name']!r}, query has {cfg['name']!r}")
+        if settings["data"]["image_size"] != built["img_size"]:
+            problems.append(f"data.image_size: bank has {built['img_size']!r}, query has {settings['data']['image_size']!r}")
+        dtype = cfg.get("dtype", "float32")
+        if dtype != built.get("compute_dtype", "float32"):
+            problems.append(f"backbone.dtype: bank has {built.get('compute_dtype', 'float32')!r}, query has {dtype!r}")
+        # The order of segfungi.components.load_backbone_from: a file, else the hub, else random.
+        wanted = ("file:" if cfg["weights"] else "timm-hub:" if cfg["pretrained"]
+                  else f"random-init:seed={int(cfg['init_seed'])}:" if cfg["random_init"] else None)
+        has = built["weights_id"]
+        if wanted is not None and not has.startswith(wanted.split(":")[0] + ":"):
+            asked = {"file:": f"weights file {cfg['weights']}", "timm-hub:": "hub weights (pretrained)"}.get(
+                wanted, "a random init")
+            problems.append(f"backbone weights: bank has {has!r}, query asks for {asked}")
+        elif wanted is not None and wanted.startswith("random-init:") and not has.startswith(wanted):
+            problems.append(f"backbone.init_seed: bank has {has!r}, query has init_seed {int(cfg['init_seed'])}")
+        return problems
 
     @property
     def image_size(self) -> int:
@@ -73,12 +104,17 @@ class Segmenter:
         gh, gw = self.extractor.backbone.grid
         return scores.reshape(batch, gh, gw, self.num_classes)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """One H×W×3 uint8 image of any size -> H×W uint8 class-id mask."""
+    def predict(self, image) -> np.ndarray:
+        """One image of any size -> H×W uint8 class-id mask.
+
+        `image`: an H×W×3 uint8 array, a greyscale (H×W) or RGBA (H×W×4) array, a PIL
+        image or a file path, normalised as `segfungi predict` does (segfungi.predict.to_rgb)."""
         import cv2
 
+        from segfungi.predict import to_rgb
         from segfungi.transfer import scores_to_mask
 
+        image = to_rgb(image)
         height, width = image.shape[:2]
         resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
         scores = self.predict_scores(resized[None])

@@ -214,7 +214,7 @@ def run_fewshot(settings: dict, out: str | Path | None = None, subset_files: Seq
                 progress: bool = True) -> dict:
     """Every trial for every feature kind; writes `out/fewshot.json` (+ a plot) and returns
     {"trials": one row per trial and kind, "summary": mean ± std per subset and kind}."""
-    from segfungi.viz import plot_fewshot
+    from segfungi.viz import describe_banks, plot_fewshot
 
     out = Path(out or settings["fewshot"]["out"])
     kinds = _feature_kinds(settings)
@@ -225,7 +225,8 @@ def run_fewshot(settings: dict, out: str | Path | None = None, subset_files: Seq
     report = {"fewshot": settings["fewshot"], "trials": rows, "summary": summary}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / RESULTS_FILE, report)
-    plot_fewshot(summary, out / "fewshot.png")
+    plot_fewshot(summary, out / "fewshot.png",
+                 context=describe_banks([r["bank"] for r in rows], [r["eval_images"] for r in rows]))
     return report
 
 

@@ -38,11 +38,13 @@ def make_segmenter(bank, settings: dict | None = None):
 
 
 def to_rgb(image) -> np.ndarray:
-    """An image file path or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB."""
-    from segfungi.data.imageio import read_image
+    """An image file path, a PIL image or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB."""
+    from segfungi.data.imageio import pil_to_rgb, read_image
 
     if isinstance(image, (str, Path)):
         return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image, f"PIL image (mode {image.mode})")
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise DatasetError(f"image array must be uint8, got {array.dtype}")
@@ -100,11 +102,14 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
     Returns one record per image: its path, size, mask and overlay files."""
     from tqdm.auto import tqdm
 
-    from segfungi.viz import overlay_with_legend
+    from segfungi.viz import describe_banks, overlay_with_legend
 
     paths = list_images(inputs)
     segmenter = make_segmenter(bank, settings)
     classes, palette = segmenter.bank.classes, segmenter.bank.palette
+    # Under each overlay: which bank (features, size, backbone, weights, data) drew it.
+    about = (f"{segmenter.bank.features_kind} bank of {segmenter.bank.num_patches:,} patches\n"
+             + describe_banks([segmenter.bank.manifest]))
     out = Path(out)
     records = []
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
@@ -113,7 +118,7 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
         record = {"image": str(path), "height": mask.shape[0], "width": mask.shape[1],
                   "mask": str(save_mask(mask, palette, out / "masks" / f"{path.stem}.png"))}
         if overlays:
-            picture = overlay_with_legend(image, mask, classes, palette, alpha)
+            picture = overlay_with_legend(image, mask, classes, palette, alpha, caption=f"{path.name}: {about}")
             overlay_path = out / "overlays" / f"{path.stem}.png"
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(picture).save(overlay_path)

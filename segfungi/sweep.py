@@ -78,7 +78,7 @@ def _row(kind: str, requested: list[int], results: dict, bank: MemoryBank) -> di
 
 
 def write_table(rows: list[dict], out: Path) -> None:
-    from segfungi.viz import plot_miou_vs_bank_size
+    from segfungi.viz import describe_banks, plot_miou_vs_bank_size
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as f:
@@ -86,7 +86,8 @@ def write_table(rows: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
-    plot_miou_vs_bank_size(rows, out / "miou_vs_bank_size.png")
+    plot_miou_vs_bank_size(rows, out / "miou_vs_bank_size.png",
+                           context=describe_banks([r["bank"] for r in rows], [r["images"] for r in rows]))
 
 
 def sweep_table(rows: list[dict]) -> str:

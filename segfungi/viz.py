@@ -1,8 +1,14 @@
 """Pictures of masks and plots of results, saved to files (matplotlib with Agg, PIL).
 
 Masks are H×W uint8 class ids with 255 = ignore; a palette is a P×3 uint8 array (P is
-the number of classes, or 256 like VOC's). Every plotting function writes one PNG and
-returns its path."""
+the number of classes, or 256 like VOC's). Every `plot_*` function writes one PNG and
+returns its path; the matching `*_figure` function returns the matplotlib figure.
+
+Every plot says what was run: a title, and a `context` below it (`describe_banks` reads
+the backbone, its weights, the dataset and the image counts from the banks' manifests).
+Axes of mIoU start at 0; bank-size ticks sit at the sizes actually built; in per-class
+IoU bars a measured 0 (a diamond at 0) differs from a class that is absent (a grey
+hatched band)."""
 
 from __future__ import annotations
 
@@ -85,12 +91,20 @@ def plot_prediction_panels(
     palette,
     path: str | Path,
     row_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    context: str | None = None,
 ) -> Path:
     """One row per image: the image, then one panel per entry of `masks`, side by side.
 
     `masks` maps a column title to one mask per image, e.g. {"ground truth": [...],
     "embeddings": [...], "FUNGI": [...]}; a None mask leaves its panel empty. One legend
-    below the grid names only the classes that appear somewhere in it."""
+    below the grid names only the classes that appear somewhere in it. `title` and
+    `context` (e.g. from describe_banks) go above the grid."""
+    return _save(prediction_panels_figure(images, masks, classes, palette, row_titles, title, context), path)
+
+
+def prediction_panels_figure(images, masks, classes, palette, row_titles=None, title=None, context=None):
+    """The figure of plot_prediction_panels."""
     columns = list(masks)
     num_rows = len(images)
     # Rows as tall as the images' mean aspect, so landscape photos leave no white bands.
@@ -101,12 +115,12 @@ def plot_prediction_panels(
         axes[row, 0].imshow(image)
         if row_titles is not None:
             axes[row, 0].set_ylabel(row_titles[row], fontsize=8)
-        for col, title in enumerate(columns, start=1):
-            mask = masks[title][row]
+        for col, column in enumerate(columns, start=1):
+            mask = masks[column][row]
             if mask is not None:
                 axes[row, col].imshow(colorize(mask, palette), interpolation="nearest")
-    for col, title in enumerate(["image", *columns]):
-        axes[0, col].set_title(title, fontsize=10)
+    for col, column in enumerate(["image", *columns]):
+        axes[0, col].set_title(column, fontsize=10)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -119,15 +133,18 @@ def plot_prediction_panels(
         rows = -(-len(handles) // 6)
         fig.legend(handles=handles, loc="outside lower center", ncol=-(-len(handles) // rows),
                    fontsize=8, frameon=False)
-    return _save(fig, path)
+    if title or context:
+        _titled(fig, title or "predictions", context)
+    return fig
 
 
 def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[str], palette,
-                        alpha: float = 0.5) -> np.ndarray:
-    """The overlay at the image's own pixel size, with a legend strip on its right.
+                        alpha: float = 0.5, caption: str | None = None) -> np.ndarray:
+    """The overlay at the image's own pixel size, with a legend strip on its right and,
+    when `caption` is given (e.g. from describe_banks), its lines below.
 
     Drawn with PIL rather than matplotlib so the image pixels are never resampled: the
-    overlay lines up exactly with the image and its mask."""
+    overlay keeps the top-left corner and lines up exactly with the image and its mask."""
     blended = overlay(image, mask, palette, alpha)
     height, width = mask.shape
     table = full_palette(palette)
@@ -139,7 +156,13 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_width = max([measure.textbbox((0, 0), name, font=font)[2] for name, _ in entries] + [0])
     legend_width = 3 * pad + swatch + text_width if entries else 0
-    canvas = Image.new("RGB", (width + legend_width, max(height, pad + row_height * len(entries))), "white")
+    caption_lines = caption.splitlines() if caption else []
+    caption_font = ImageFont.load_default(size=max(10, font_size * 3 // 4))
+    caption_width = max([measure.textbbox((0, 0), line, font=caption_font)[2] for line in caption_lines] + [0])
+    body_height = max(height, pad + row_height * len(entries))
+    caption_height = (pad + len(caption_lines) * int(caption_font.size * 1.4)) if caption_lines else 0
+    canvas = Image.new("RGB", (max(width + legend_width, caption_width + 2 * pad), body_height + caption_height),
+                       "white")
     canvas.paste(Image.fromarray(blended), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for row, (name, colour) in enumerate(entries):
@@ -148,84 +171,224 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
         draw.rectangle([left, top, left + swatch, top + swatch], fill=tuple(int(v) for v in colour),
                        outline=(80, 80, 80))
         draw.text((left + swatch + pad, top + swatch / 2), name, fill="black", font=font, anchor="lm")
+    for number, line in enumerate(caption_lines):
+        draw.text((pad, body_height + pad + number * int(caption_font.size * 1.4)), line, fill="black",
+                  font=caption_font)
     return np.asarray(canvas)
 
 
-# --------------------------------------------------------------------------- plots
-def plot_per_class_iou(results: Mapping, path: str | Path, title: str | None = None) -> Path:
-    """Horizontal bars of per-class IoU (%), one series per result.
+# ------------------------------------------------------------------ what was run
+def weights_label(weights_id: str) -> str:
+    """A backbone's weights id (see segfungi.backbones) in words."""
+    kind, _, rest = str(weights_id).partition(":")
+    if kind == "random-init":
+        seed = rest.split(":")[0].removeprefix("seed=")
+        return f"random init (seed {seed}), no pretrained weights"
+    if kind == "timm-hub":
+        return f"pretrained weights {rest}"
+    if kind == "file":
+        return f"weights {rest.split(':')[0]}"
+    return str(weights_id)
 
-    `results` is one evaluation results dict (with 'per_class_iou' and 'miou'), or a
-    mapping label -> results dict to compare runs (e.g. embeddings vs FUNGI). Classes
-    absent from both ground truth and predictions (IoU n/a) get no bar. A dashed
-    line marks each series' mIoU."""
+
+# Said under every plot of a random-init run, whose FUNGI numbers are no measurement of FUNGI.
+RANDOM_INIT_NOTE = "random-init backbone: a pipeline check; FUNGI's gain needs pretrained weights"
+
+
+def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = None) -> str:
+    """What a plot of these banks' results shows, in short lines read from the banks'
+    manifests: the backbone and its weights; the dataset, the training images (and
+    whether they are segfungi's generated demo data) and the images evaluated; for a
+    random-init backbone, that FUNGI's gain needs pretrained weights.
+
+    `banks` are bank folders or manifests; `eval_images` the evaluated image count(s)."""
+    manifests = [bank if isinstance(bank, Mapping) else _manifest(bank) for bank in banks]
+    if not manifests:
+        return ""
+    identities = [m["identity"] for m in manifests]
+    backbones = _joined(f"{i['extractor']['backbone']['name']}, {weights_label(i['extractor']['backbone']['weights_id'])}"
+                        for i in identities)
+    data = [m.get("settings", {}).get("data", {}) for m in manifests]
+    datasets = _joined(f"{i['dataset']['name']} {i['dataset']['split']}" for i in identities)
+    train = _joined(str(n) for n in sorted({int(i["dataset"]["num_images"]) for i in identities}))
+    line = f"{datasets}: {train} training images"
+    if any(_is_demo_data(d.get("root")) for d in data):
+        line += " (generated demo data)"
+    if eval_images is not None:
+        counts = [eval_images] if isinstance(eval_images, (int, np.integer)) else list(eval_images)
+        val_split = _joined(str(d.get("val_split", "val")) for d in data)
+        line += f", evaluated on {_joined(str(n) for n in sorted(set(map(int, counts))))} {val_split} images"
+    lines = [backbones, line]
+    if any(str(i["extractor"]["backbone"]["weights_id"]).startswith("random-init:") for i in identities):
+        lines.append(RANDOM_INIT_NOTE)
+    return "\n".join(lines)
+
+
+def _manifest(bank) -> dict:
+    from segfungi.memory_bank import MemoryBank
+
+    return MemoryBank(bank, verify="off").manifest
+
+
+def _joined(values) -> str:
+    return " / ".join(dict.fromkeys(values))
+
+
+def _is_demo_data(root) -> bool:
+    from segfungi.data.demo import MARKER
+
+    return bool(root) and (Path(root) / MARKER).is_file()
+
+
+def _titled(fig, title: str, context: str | None) -> None:
+    """The title, with the context (what was run) on the lines below it."""
+    fig.suptitle(title if not context else f"{title}\n{context}", fontsize=9)
+
+
+def _y_from_zero(ax, highest: float) -> None:
+    """mIoU axes start at 0 and end at the next multiple of 10 above the data (100 at most)."""
+    ax.set_ylim(0, min(100.0, 10 * np.ceil((max(highest, 0.0) + 5) / 10)))
+
+
+def size_label(size: int) -> str:
+    """Bank sizes as tick labels: 20480 -> '20,480'."""
+    return f"{int(size):,}"
+
+
+# --------------------------------------------------------------------------- plots
+def per_class_iou_figure(results: Mapping, title: str | None = None, context: str | None = None):
+    """Horizontal bars of per-class IoU (%), one series per result (see plot_per_class_iou)."""
+    from matplotlib.lines import Line2D
+
     series = {"": results} if "per_class_iou" in results else dict(results)
     classes = list(next(iter(series.values()))["per_class_iou"])
     bar_height = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(classes) * max(1, len(series) / 2)),
+    fig, ax = plt.subplots(figsize=(6.5, 1.8 + 0.22 * len(classes) * max(1, len(series) / 2)),
                            layout="constrained")
     positions = np.arange(len(classes))
+    absent = [all(np.isnan(_percent(r["per_class_iou"].get(c))) for r in series.values()) for c in classes]
+    extra_handles = {}
+    for position, is_absent in zip(positions, absent):
+        if is_absent:  # a grey hatched band across the row: no IoU exists, unlike a bar of 0
+            band = ax.barh(position, 100, height=0.8, color="none", hatch="////", edgecolor="0.7", linewidth=0)
+            band.patches[0].set_gid("absent")
+            ax.text(2, position, "absent", va="center", fontsize=7, color="0.35", style="italic")
+            extra_handles["absent"] = Patch(facecolor="none", hatch="////", edgecolor="0.7",
+                                            label="absent: in neither ground truth nor prediction")
     for i, (label, result) in enumerate(series.items()):
-        ious = [_percent(result["per_class_iou"].get(c)) for c in classes]
+        ious = np.array([_percent(result["per_class_iou"].get(c)) for c in classes])
         offset = (i - (len(series) - 1) / 2) * bar_height
         bars = ax.barh(positions + offset, np.nan_to_num(ious), height=bar_height, label=label or None)
-        ax.axvline(100 * result["miou"], color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1,
+        colour = bars.patches[0].get_facecolor()
+        ax.axvline(100 * result["miou"], color=colour, linestyle="--", linewidth=1,
                    label=f"{label + ' ' if label else ''}mIoU {100 * result['miou']:.1f}")
-    for position, name in zip(positions, classes):
-        if all(np.isnan(_percent(r["per_class_iou"].get(name))) for r in series.values()):
-            ax.text(1, position, "n/a", va="center", fontsize=7, color="0.4")
+        # A bar of width 0 is invisible: mark a measured IoU of 0 with a diamond at 0.
+        zero = (ious == 0) & ~np.array(absent)
+        if zero.any():
+            marks, = ax.plot(np.zeros(zero.sum()), positions[zero] + offset, linestyle="none", marker="D",
+                             markersize=5, color=colour, markeredgecolor="black", clip_on=False)
+            marks.set_gid("zero")
+            extra_handles["zero"] = Line2D([], [], linestyle="none", marker="D", markersize=5, color="0.6",
+                                           markeredgecolor="black", label="IoU 0 (class missed)")
     ax.set_yticks(positions, classes, fontsize=8)
     ax.invert_yaxis()  # first class on top, as in the results table
     ax.set_xlim(0, 100)
     ax.set_xlabel("IoU (%)")
     ax.grid(True, axis="x", alpha=0.3)
-    fig.legend(loc="outside upper center", ncol=2, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    handles, _ = ax.get_legend_handles_labels()
+    fig.legend(handles=handles + list(extra_handles.values()), loc="outside lower center", ncol=2,
+               fontsize=8, frameon=False)
+    _titled(fig, title or "per-class IoU", context)
+    return fig
+
+
+def plot_per_class_iou(results: Mapping, path: str | Path, title: str | None = None,
+                       context: str | None = None) -> Path:
+    """Horizontal bars of per-class IoU (%), one series per result; writes `path`.
+
+    `results` is one evaluation results dict (with 'per_class_iou' and 'miou'), or a
+    mapping label -> results dict to compare runs (e.g. embeddings vs FUNGI). A class
+    with IoU 0 gets a diamond at 0; a class absent from ground truth and predictions
+    (IoU n/a) gets a grey hatched band marked "absent". A dashed line marks each
+    series' mIoU. `context` (e.g. from describe_banks) goes under the title."""
+    return _save(per_class_iou_figure(results, title, context), path)
 
 
 def _percent(iou) -> float:
     return float("nan") if iou is None else 100 * float(iou)
 
 
-def plot_miou_vs_bank_size(rows: list[dict], path: str | Path) -> Path:
-    """One line per feature kind: mIoU (%) against bank size (log scale)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+def bank_size_figure(rows: list[dict], title: str | None = None, context: str | None = None):
+    """mIoU (%) against bank size (see plot_miou_vs_bank_size)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
     for kind in dict.fromkeys(r["features"] for r in rows):
-        points = sorted((r["bank_size"], 100 * r["miou"]) for r in rows if r["features"] == kind)
+        points = sorted((int(r["bank_size"]), 100 * r["miou"]) for r in rows if r["features"] == kind)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=kind)
+    sizes = sorted({int(r["bank_size"]) for r in rows})
     ax.set_xscale("log")
-    sizes = sorted({r["bank_size"] for r in rows})  # the sizes actually built, as ticks
-    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("memory bank size (patches)")
+    # Ticks exactly at the sizes built, no others: log axes would add minor labels that collide.
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(sizes, [size_label(s) for s in sizes], rotation=30, ha="right", fontsize=8)
+    ax.set_xmargin(0.1)
+    _y_from_zero(ax, max(100 * r["miou"] for r in rows))
+    ax.set_xlabel("memory bank size (patches, log scale)")
     ax.set_ylabel("mIoU (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
+    ax.legend(fontsize=8)
+    _titled(fig, title or "mIoU against memory-bank size", context)
+    return fig
 
 
-def plot_fewshot(summary: list[dict], path: str | Path) -> Path:
-    """mIoU (%) mean ± std over seeds against the training subset, one line per feature kind.
+def plot_miou_vs_bank_size(rows: list[dict], path: str | Path, context: str | None = None,
+                           title: str | None = None) -> Path:
+    """One line per feature kind: mIoU (%) against bank size (log scale); writes `path`.
 
-    `summary` rows come from `segfungi.fewshot.summarise` (keys subset, images,
-    features, miou_mean, miou_std); subsets are placed in the order of their image count."""
+    `rows` have features, bank_size (the size of the bank actually built) and miou; the
+    x ticks are exactly those sizes. `context` (e.g. from describe_banks) goes under
+    the title."""
+    return _save(bank_size_figure(rows, title, context), path)
+
+
+def fewshot_figure(summary: list[dict], title: str | None = None, context: str | None = None):
+    """mIoU (%) mean ± std against the training subset (see plot_fewshot)."""
     subsets = sorted(dict.fromkeys(r["subset"] for r in summary),
                      key=lambda s: min(r["images"] for r in summary if r["subset"] == s))
-    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
+    highest = 0.0
     for kind in dict.fromkeys(r["features"] for r in summary):
         cells = {r["subset"]: r for r in summary if r["features"] == kind}
         xs = [i for i, s in enumerate(subsets) if s in cells]
-        ax.errorbar(xs, [100 * cells[subsets[i]]["miou_mean"] for i in xs],
-                    yerr=[100 * cells[subsets[i]]["miou_std"] for i in xs],
-                    marker="o", capsize=4, label=kind)
-    images = {r["subset"]: r["images"] for r in summary}
-    ax.set_xticks(range(len(subsets)), [s if s.endswith("images") else f"{s}\n({images[s]} images)" for s in subsets])
+        means = [100 * cells[subsets[i]]["miou_mean"] for i in xs]
+        stds = [100 * cells[subsets[i]]["miou_std"] for i in xs]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=kind)
+        highest = max([highest, *(m + s for m, s in zip(means, stds))])
+    ax.set_xticks(range(len(subsets)), [_subset_label(s, summary) for s in subsets], fontsize=8)
     ax.set_xmargin(0.15)
+    _y_from_zero(ax, highest)
     ax.set_xlabel("training subset")
-    ax.set_ylabel("mIoU (%)")
+    ax.set_ylabel("mIoU (%), mean ± std over seeds")
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    ax.legend(fontsize=8)
+    _titled(fig, title or "few-shot mIoU", context)
+    return fig
+
+
+def _subset_label(subset: str, summary: list[dict]) -> str:
+    """'1/128\\n83 images\\nbank 84,992': the images and bank size actually used."""
+    row = next(r for r in summary if r["subset"] == subset)
+    lines = [subset] if subset.endswith("images") else [subset, f"{row['images']} images"]
+    if "bank_size" in row:
+        lines.append(f"bank {size_label(row['bank_size'])}")
+    return "\n".join(lines)
+
+
+def plot_fewshot(summary: list[dict], path: str | Path, context: str | None = None,
+                 title: str | None = None) -> Path:
+    """mIoU (%) mean ± std over seeds against the training subset, one line per feature
+    kind; writes `path`.
+
+    `summary` rows come from `segfungi.fewshot.summarise` (keys subset, images,
+    features, miou_mean, miou_std, bank_size); subsets are placed in the order of their
+    image count and labelled with the images and bank size used. `context` (e.g. from
+    describe_banks) goes under the title."""
+    return _save(fewshot_figure(summary, title, context), path)

@@ -41,9 +41,16 @@ def test_notebook_runs(name, tmp_path):
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    work = tmp_path / "segfungi_notebooks" / name
+    work = tmp_path / "runs" / "notebooks" / name  # runs/ is git-ignored
+    assert not (tmp_path / "segfungi_notebooks").exists()
     for relative in EXPECTED[name]:
         assert (work / relative).stat().st_size > 0, relative
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert images, "the notebook shows no picture"
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "IProgress not found" not in printed and "TqdmWarning" not in printed
+    # Each notebook says what it ran and, for a random-init run, how to see FUNGI's gain.
+    assert "vit_tiny_patch16_224, random init (seed 0), no pretrained weights" in printed
+    assert "FUNGI's gain needs pretrained weights" in printed

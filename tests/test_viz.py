@@ -90,3 +90,122 @@ def test_bank_size_and_fewshot_plots(tmp_path):
     summary = [{"subset": s, "images": n, "features": k, "miou_mean": m, "miou_std": 0.01}
                for s, n in [("1/64", 165), ("1/128", 83)] for k, m in [("embeddings", 0.26), ("fungi", 0.29)]]
     assert_png(viz.plot_fewshot(summary, tmp_path / "fewshot.png"))
+
+
+# ------------------------------------------------------- plots say what was run
+CONTEXT = "vit_tiny_patch16_224, random init (seed 0), no pretrained weights\nvoc train: 8 training images"
+
+
+def tick_texts(axis) -> list[str]:
+    return [label.get_text() for label in axis.get_ticklabels()]
+
+
+def assert_no_overlap(fig, labels):
+    fig.canvas.draw()
+    boxes = [label.get_window_extent() for label in labels if label.get_text()]
+    for i, first in enumerate(boxes):
+        for second in boxes[i + 1:]:
+            assert not first.overlaps(second), "tick labels overlap"
+
+
+@pytest.mark.parametrize("sizes", [[512, 2048, 8192], [4096, 20480], [102400, 1024000, 10240000], [32768]])
+def test_bank_size_plot_ticks_at_the_sizes_built_from_zero(sizes):
+    rows = [{"features": k, "bank_size": s, "miou": base + 0.01 * i}
+            for k, base in [("embeddings", 0.4), ("fungi", 0.3)] for i, s in enumerate(sizes)]
+    fig = viz.bank_size_figure(rows, context=CONTEXT)
+    ax = fig.axes[0]
+    assert fig.get_suptitle() == "mIoU against memory-bank size\n" + CONTEXT
+    assert list(ax.get_xticks()) == sizes
+    assert tick_texts(ax.xaxis) == [f"{s:,}" for s in sizes]
+    assert not ax.xaxis.get_minorticklocs().size  # no extra log-scale labels between them
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 100 * max(r["miou"] for r in rows)
+    assert_no_overlap(fig, ax.xaxis.get_ticklabels())
+    viz.plt.close(fig)
+
+
+def test_plot_functions_pass_title_and_context_to_the_file(tmp_path):
+    rows = [{"features": "fungi", "bank_size": 1024, "miou": 0.2}]
+    path = viz.plot_miou_vs_bank_size(rows, tmp_path / "sweep.png", context=CONTEXT, title="demo")
+    assert_png(path)
+    assert viz.bank_size_figure(rows, "demo", CONTEXT).get_suptitle().startswith("demo\nvit_tiny")
+    viz.plt.close("all")
+
+
+def test_fewshot_plot_labels_images_and_bank_sizes():
+    summary = [{"subset": s, "images": n, "bank_size": b, "features": k, "miou_mean": m, "miou_std": 0.01}
+               for s, n, b in [("1/64", 165, 168960), ("1/128", 83, 84992)]
+               for k, m in [("embeddings", 0.26), ("fungi", 0.29)]]
+    fig = viz.fewshot_figure(summary, context=CONTEXT)
+    ax = fig.axes[0]
+    assert fig.get_suptitle() == "few-shot mIoU\n" + CONTEXT
+    assert tick_texts(ax.xaxis) == ["1/128\n83 images\nbank 84,992", "1/64\n165 images\nbank 168,960"]
+    assert ax.get_ylim()[0] == 0
+    assert_no_overlap(fig, ax.xaxis.get_ticklabels())
+    viz.plt.close(fig)
+
+
+def test_per_class_iou_tells_zero_from_absent():
+    first = {"miou": 0.4, "per_class_iou": {"background": 0.9, "cat": 0.0, "dog": None, "person": 0.1}}
+    second = {"miou": 0.5, "per_class_iou": {"background": 0.8, "cat": 0.5, "dog": float("nan"), "person": 0.0}}
+    fig = viz.per_class_iou_figure({"embeddings": first, "FUNGI": second}, title="val", context=CONTEXT)
+    ax = fig.axes[0]
+    assert fig.get_suptitle() == "val\n" + CONTEXT
+    assert tick_texts(ax.yaxis) == CLASSES
+    assert ax.get_xlim() == (0, 100)
+    absent = fig.findobj(lambda a: a.get_gid() == "absent")
+    assert [round(p.get_y() + p.get_height() / 2) for p in absent] == [CLASSES.index("dog")]
+    assert absent[0].get_hatch() and absent[0].get_facecolor()[3] == 0  # hatched, not a filled bar
+    assert "absent" in [t.get_text() for t in ax.texts]
+    zero_rows = sorted(round(y) for line in fig.findobj(lambda a: a.get_gid() == "zero") for y in line.get_ydata())
+    assert zero_rows == [CLASSES.index("cat"), CLASSES.index("person")]  # one marker per measured 0
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("absent") for t in legend) and any(t.startswith("IoU 0") for t in legend)
+    viz.plt.close(fig)
+
+
+def test_per_class_iou_without_zero_or_absent_has_no_such_marks():
+    only = {"miou": 0.5, "per_class_iou": {"background": 0.9, "cat": 0.3, "dog": 0.4, "person": 0.1}}
+    fig = viz.per_class_iou_figure(only)
+    assert fig.get_suptitle() == "per-class IoU"
+    assert not fig.findobj(lambda a: a.get_gid() in ("absent", "zero"))
+    viz.plt.close(fig)
+
+
+def test_prediction_panels_title():
+    fig = viz.prediction_panels_figure([image()], {"ground truth": [quadrant_mask()]}, CLASSES, PALETTE,
+                                       title="val predictions", context=CONTEXT)
+    assert fig.get_suptitle() == "val predictions\n" + CONTEXT
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["image", "ground truth"]
+    viz.plt.close(fig)
+
+
+def test_overlay_caption_goes_below_and_keeps_the_pixels():
+    picture, mask = image(120, 200), quadrant_mask(120, 200)
+    plain = viz.overlay_with_legend(picture, mask, CLASSES, PALETTE)
+    captioned = viz.overlay_with_legend(picture, mask, CLASSES, PALETTE, caption=CONTEXT)
+    assert captioned.shape[0] > plain.shape[0] and captioned.shape[1] >= plain.shape[1]
+    assert (captioned[:120, :200] == viz.overlay(picture, mask, PALETTE)).all()
+    below = captioned[plain.shape[0]:]
+    assert (below < 128).any()  # dark text was drawn there
+
+
+def demo_manifest(root, weights_id="random-init:seed=0:timm=1.0", images=8):
+    return {"identity": {"extractor": {"backbone": {"name": "vit_tiny_patch16_224", "weights_id": weights_id}},
+                         "dataset": {"name": "voc", "split": "train", "num_images": images}},
+            "settings": {"data": {"root": str(root), "val_split": "val"}}}
+
+
+def test_describe_banks_names_backbone_weights_data_and_images(tmp_path):
+    from segfungi.data.demo import MARKER
+
+    (tmp_path / MARKER).write_text("{}")
+    text = viz.describe_banks([demo_manifest(tmp_path)], eval_images=4)
+    assert text == ("vit_tiny_patch16_224, random init (seed 0), no pretrained weights\n"
+                    "voc train: 8 training images (generated demo data), evaluated on 4 val images\n"
+                    + viz.RANDOM_INIT_NOTE)
+    assert "FUNGI's gain needs pretrained weights" in viz.RANDOM_INIT_NOTE
+    real = viz.describe_banks([demo_manifest(tmp_path / "voc", "timm-hub:timm/vit_small_patch16_224.dino", 4),
+                               demo_manifest(tmp_path / "voc", "timm-hub:timm/vit_small_patch16_224.dino", 2)])
+    assert real == ("vit_tiny_patch16_224, pretrained weights timm/vit_small_patch16_224.dino\n"
+                    "voc train: 2 / 4 training images")
+    assert viz.weights_label("file:dino.pth:sha256:0123") == "weights dino.pth"

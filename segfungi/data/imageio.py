@@ -66,17 +66,23 @@ def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 H×W×3 (see the module docstring for the conversions)."""
     path = Path(path)
     with _open_decoded(path, "image") as image:
-        if image.mode == "RGB":
-            return np.asarray(image, dtype=np.uint8).copy()
-        if image.mode in _CONVERTIBLE_TO_RGB:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-        if image.mode in _SIXTEEN_BIT:
-            gray = _sixteen_bit_to_uint8(np.asarray(image), path)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        raise DatasetError(
-            f"{path}: unsupported image mode {image.mode} (expected 8-bit RGB/grayscale/RGBA/CMYK "
-            "or 16-bit grayscale)"
-        )
+        return pil_to_rgb(image, path)
+
+
+def pil_to_rgb(image: Image.Image, where: str | Path = "image") -> np.ndarray:
+    """An opened PIL image -> RGB uint8 H×W×3, converted as read_image does; `where`
+    (the file, or a description) starts the error message."""
+    if image.mode == "RGB":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if image.mode in _CONVERTIBLE_TO_RGB:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if image.mode in _SIXTEEN_BIT:
+        gray = _sixteen_bit_to_uint8(np.asarray(image), where)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    raise DatasetError(
+        f"{where}: unsupported image mode {image.mode} (expected 8-bit RGB/grayscale/RGBA/CMYK "
+        "or 16-bit grayscale)"
+    )
 
 
 def read_class_mask(path: str | Path) -> np.ndarray:
