@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np

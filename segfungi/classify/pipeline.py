@@ -12,7 +12,7 @@ import torch
 from segfungi.classify import datasets as D
 from segfungi.classify.features import FeatureCache
 from segfungi.classify.knn import few_shot_indices, knn_evaluate
-from segfungi.classify.losses import loss_names
+from segfungi.classify.losses import get_loss, loss_names
 from segfungi.classify.modalities import get_modality
 from segfungi.classify.pca import PCA
 from segfungi.errors import ConfigError
@@ -66,8 +66,9 @@ def compute_features(extractor, train, test, s: dict, log=print) -> dict:
     if cache and not missing:
         log(f"features: all from cache {cache.directory}")
     progress, interval = bool(run.get("progress")), float(run["progress_interval"])
-    if missing:
-        extractor.setup(train, progress=progress, interval=interval, losses=sorted({l for m in missing.values() for l in m}))
+    need_negatives = sorted({l for m in missing.values() for l in m if l != "embedding" and get_loss(l).negatives})
+    if need_negatives:
+        extractor.setup(train, progress=progress, interval=interval, losses=need_negatives)
     for split, ds in (("train", train), ("test", test)):
         if split not in missing:
             continue
