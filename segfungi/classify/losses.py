@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segfungi.classify.registry import Registry
 from segfungi.errors import ConfigError
 from segfungi.gradients import l2_normalize
 from segfungi.seg_loss import make_head, seg_simclr_loss
@@ -183,25 +184,11 @@ class ClassifyLoss:
     check: Callable[[dict, str], None] | None = None
 
 
-_REGISTRY: dict[str, ClassifyLoss] = {}
-
-
-def register_loss(loss: ClassifyLoss) -> ClassifyLoss:
-    if loss.name in _REGISTRY or loss.name == "embedding":
-        raise ValueError(f"a classify loss named '{loss.name}' is already registered")
-    _REGISTRY[loss.name] = loss
-    return loss
-
-
-def get_loss(name: str) -> ClassifyLoss:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown classify loss '{name}' (choose from {', '.join(_REGISTRY)})")
-    return _REGISTRY[name]
-
-
-def loss_names() -> tuple[str, ...]:
-    """Registered losses, in registration order."""
-    return tuple(_REGISTRY)
+_LOSSES: Registry[ClassifyLoss] = Registry("classify loss", reserved=("embedding",))
+register_loss = _LOSSES.register  # register_loss(ClassifyLoss(...))
+unregister_loss = _LOSSES.unregister
+get_loss = _LOSSES.get
+loss_names = _LOSSES.names  # registered losses, in registration order
 
 
 def _kl_value(heads, cfg, emb, negatives):
@@ -236,6 +223,7 @@ register_loss(ClassifyLoss("simclr", view="simclr", heads=(("simclr", 3),), valu
 __all__ = [
     "ClassifyLoss",
     "register_loss",
+    "unregister_loss",
     "get_loss",
     "loss_names",
     "make_head",

@@ -12,10 +12,11 @@ happen only when a modality is used.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from segfungi.errors import ConfigError
+from segfungi.classify.registry import Registry
 
 __all__ = ["Modality", "register_modality", "get_modality", "modality_names"]
 
@@ -24,38 +25,22 @@ __all__ = ["Modality", "register_modality", "get_modality", "modality_names"]
 class Modality:
     name: str
     help: str
-    extractor: Callable[[], type]  # the FungiExtractor subclass, imported on demand
+    extractor: str  # "module:Class" of its FungiExtractor subclass, imported on demand
     load_splits: Callable[[dict], tuple]  # the `data` settings -> (train, test)
     build: Callable[[dict, str], object]  # all settings, device -> extractor
 
-
-_REGISTRY: dict[str, Modality] = {}
-
-
-def register_modality(modality: Modality) -> Modality:
-    if modality.name in _REGISTRY:
-        raise ValueError(f"a classify modality named '{modality.name}' is already registered")
-    _REGISTRY[modality.name] = modality
-    return modality
+    def extractor_class(self) -> type:
+        module, _, cls = self.extractor.partition(":")
+        return getattr(importlib.import_module(module), cls)
 
 
-def get_modality(name: str) -> Modality:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown classify modality '{name}' (choose from {', '.join(_REGISTRY)})")
-    return _REGISTRY[name]
-
-
-def modality_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+_MODALITIES: Registry[Modality] = Registry("classify modality")
+register_modality = _MODALITIES.register
+get_modality = _MODALITIES.get
+modality_names = _MODALITIES.names
 
 
 # ------------------------------------------------------------------------ image
-
-
-def _image_class():
-    from segfungi.classify.image import ImageFungi
-
-    return ImageFungi
 
 
 def _image_splits(data: dict):
@@ -73,12 +58,6 @@ def _image_build(s: dict, device: str):
 # ------------------------------------------------------------------------- text
 
 
-def _text_class():
-    from segfungi.classify.text import TextFungi
-
-    return TextFungi
-
-
 def _text_splits(data: dict):
     from segfungi.classify import datasets as D
 
@@ -94,12 +73,6 @@ def _text_build(s: dict, device: str):
 
 
 # ------------------------------------------------------------------------ audio
-
-
-def _audio_class():
-    from segfungi.classify.audio import AudioFungi
-
-    return AudioFungi
 
 
 def _audio_splits(data: dict):
@@ -120,6 +93,6 @@ def _audio_build(s: dict, device: str):
     return AudioFungi(enc, front, s["fungi"], device=device)
 
 
-register_modality(Modality("image", "images: ImageFolder layout, torchvision datasets, digits", _image_class, _image_splits, _image_build))
-register_modality(Modality("text", "texts: CSV/JSONL with text and label columns, class folders, bbc_news", _text_class, _text_splits, _text_build))
-register_modality(Modality("audio", "audio: WAV class folders, ESC-50, SpeechCommands", _audio_class, _audio_splits, _audio_build))
+register_modality(Modality("image", "images: ImageFolder layout, torchvision datasets, digits", "segfungi.classify.image:ImageFungi", _image_splits, _image_build))
+register_modality(Modality("text", "texts: CSV/JSONL with text and label columns, class folders, bbc_news", "segfungi.classify.text:TextFungi", _text_splits, _text_build))
+register_modality(Modality("audio", "audio: WAV class folders, ESC-50, SpeechCommands", "segfungi.classify.audio:AudioFungi", _audio_splits, _audio_build))

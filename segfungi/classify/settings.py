@@ -61,7 +61,7 @@ def validate(modality: str, s: dict) -> None:
     from segfungi.classify.losses import get_loss, loss_names
     from segfungi.gradients import make_projection
 
-    allowed = get_modality(modality).extractor().supported_losses()
+    allowed = get_modality(modality).extractor_class().supported_losses()
     losses = s["fungi"]["losses"]
     for loss in losses:
         if loss not in allowed:

@@ -44,19 +44,16 @@ class TimmViT(Backbone):
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        grid = model.patch_embed.img_size
         self.img_size = grid[0] if isinstance(grid, (tuple, list)) else grid
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.model_kwargs = {}
         self._extra = dict(extra_identity or {})
 
     def identity(self) -> dict:
-        return {
-            "name": self.name,
-            "weights_id": self.weights_id,
-            "img_size": self.img_size,
-            "embed_dim": self.embed_dim,
-            "grad_layer": "blocks[-1].attn.proj",
-            **self._extra,
-        }
+        return {**super().identity(), **self._extra}
 
 
 def as_split_vit(obj, device="cpu") -> Backbone:
