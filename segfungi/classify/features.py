@@ -71,6 +71,24 @@ def _per_sample(tg, n_samples: int):
     return type(tg)(delta, inputs, tg.bias)
 
 
+def ordered_losses(names: Iterable[str]) -> list[str]:
+    """``names`` in registration order."""
+    wanted = set(names)
+    return [n for n in loss_names() if n in wanted]
+
+
+def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
+    """The ``fungi.projection`` kind (dense | structured, see
+    :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
+    kind = fungi.get("projection", "dense")
+    options = {"terms": int(fungi.get("structured_terms", 16))} if kind == "structured" else {}
+    try:
+        return make_projection(kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
+                               seed=int(fungi.get("proj_seed", 0)), bias=layer.bias is not None, **options)
+    except ValueError as err:
+        raise ConfigError(f"fungi.projection: {err}") from None
+
+
 class FungiExtractor:
     """Modality-independent engine around an ``encoder`` that exposes ``embed_dim``,
     ``grad_layer`` (the ``nn.Linear`` whose gradients are projected) and
@@ -105,36 +123,18 @@ class FungiExtractor:
         self.row_chunk = int(fungi.get("row_chunk", 64))
         self.heads: dict[str, torch.nn.Linear] = {}
         self.projections = {}
-        for loss in self._ordered(self.losses):
+        by_dim: dict[int, object] = {}  # losses projected to the same size share one matrix (same seed)
+        for loss in ordered_losses(self.losses):
             cfg = fungi[loss]
             for head, offset in get_loss(loss).heads:
                 self.heads[head] = make_head(self.embed_dim, int(cfg["head_dim"]), self.head_seed * 1000 + offset).to(self.device)
-            self.projections[loss] = self._projection(int(cfg.get("proj_dim") or self.embed_dim))
+            dim = int(cfg.get("proj_dim") or self.embed_dim)
+            if dim not in by_dim:
+                by_dim[dim] = gradient_projection(fungi, self.grad_layer, dim)
+            self.projections[loss] = by_dim[dim]
         self._negatives: dict[str, torch.Tensor] = {}
         self._negatives_plans: dict[str, dict] = {}
         self.stats = {s: {"seconds": 0.0, "samples": 0} for s in feature_names()}
-
-    @staticmethod
-    def _ordered(names: Iterable[str]) -> list[str]:
-        wanted = set(names)
-        return [n for n in loss_names() if n in wanted]
-
-    def _projection(self, dim: int):
-        """``fungi.projection`` (dense | structured) of the gradient layer to ``dim``;
-        losses projected to the same size share one (same seed, same matrix)."""
-        same = next((p for p in self.projections.values() if p.dim == dim), None)
-        if same is not None:
-            return same
-        kind = self.fungi.get("projection", "dense")
-        layer = self.grad_layer
-        options = {"terms": int(self.fungi.get("structured_terms", 16))} if kind == "structured" else {}
-        try:
-            return make_projection(
-                kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
-                seed=self.proj_seed, bias=layer.bias is not None, **options,
-            )
-        except ValueError as err:
-            raise ConfigError(f"fungi.projection: {err}") from None
 
     # ------------------------------------------------------------------ encoder
     @property
@@ -223,7 +223,7 @@ class FungiExtractor:
     def setup(self, train, progress: bool = False, interval: float = 30.0, losses: Iterable[str] | None = None) -> None:
         """Encode the fixed negatives batch of every loss (of ``losses``, default all)
         that uses one, drawn once from ``train``."""
-        for loss in self.losses if losses is None else self._ordered(losses):
+        for loss in self.losses if losses is None else ordered_losses(losses):
             if get_loss(loss).negatives:
                 self._negatives[loss] = self._encode_negatives(loss, train, progress, interval)
 
@@ -310,7 +310,7 @@ class FungiExtractor:
         n = len(prepared)
         out: dict[str, torch.Tensor] = {}
         eval_rows = None
-        for loss in self._ordered(sources):
+        for loss in ordered_losses(sources):
             t0 = time.perf_counter()
             on_eval_view = get_loss(loss).view == "eval"
             if on_eval_view:
@@ -352,7 +352,7 @@ class FungiExtractor:
         sources = [s for s in feature_names() if s in wanted]
         if not sources:
             return {}
-        for loss in sources[1:] if sources[0] == "embedding" else sources:
+        for loss in ordered_losses(sources):
             if get_loss(loss).negatives and loss not in self._negatives:
                 raise SegfungiError(f"{loss} negatives are not set up: call setup(train) first")
         group = max(1, int(self.fungi.get("projection_batch") or 1))
