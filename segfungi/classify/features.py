@@ -38,10 +38,10 @@ from segfungi.classify import augment
 from segfungi.classify.losses import get_loss, loss_names
 from segfungi.classify.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
-from segfungi.errors import ConfigError, SegfungiError
+from segfungi.errors import BankError, ConfigError, SegfungiError
 from segfungi.gradients import capture_token_gradients, l2_normalize, make_projection
 from segfungi.seg_loss import make_head
-from segfungi.storage import settings_hash, write_array_atomic, write_json_atomic
+from segfungi.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
 
 CACHE_VERSION = 1
 
@@ -451,8 +451,8 @@ class FeatureCache:
             return None
         path = d / entry["file"]
         try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+            arr = load_array(path)
+        except BankError:  # missing, truncated or not a plain .npy: recompute
             return None
         if arr.shape[0] != len(dataset):
             return None
