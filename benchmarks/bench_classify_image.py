@@ -14,8 +14,8 @@ how gradients of random networks compare with their embeddings. Loss settings ar
 the paper's (Table 22: KL T=15 head 768; DINO 2 global + 10 local crops, heads 2048,
 teacher 0.07 / student 0.1; SimCLR 49 overlapping half-size views, stride 1/6,
 head 256, τ 0.07, negatives --negatives images × 49 views), projections to the
-embedding size (--projection: dense Achlioptas as in the paper, or structured), kNN k=20 cosine majority vote, full training set and 5-shot (mean
-over --shot-seeds).
+embedding size (--projection: dense Achlioptas as in the paper, or structured), kNN
+k=20 cosine majority vote, full training set and 5-shot (mean over --shot-seeds).
 
 Throughput: for each backbone in --tp-backbones at --tp-img-size (224 = the paper's
 resolution), samples/s of each source measured alone on --tp-samples random images
