@@ -22,6 +22,7 @@ from segfungi.classify.text import TextFungi
 from segfungi.cli import main
 from segfungi.errors import CheckpointError, ConfigError
 from segfungi.seg_loss import seg_simclr_loss
+from test_classify_gradients import _images, _List, _reference, _vit_full_embed  # the per-sample autograd reference
 
 TINY = dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)
 
@@ -38,39 +39,6 @@ def _backbone():
     return load_backbone("vit_tiny_patch16_224", img_size=32, model_kwargs=TINY)
 
 
-def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (36 + 4 * i, 40, 3), dtype=np.uint8) for i in range(n)]
-
-
-class _List(list):
-    def __init__(self, items):
-        super().__init__(items)
-        self.labels = np.zeros(len(items), np.int64)
-
-    def identity(self):
-        return {"kind": "test", "n": len(self)}
-
-
-def _autograd_feature(ex, loss, rows):
-    """d loss / d [W|b] of ONE sample by autograd through the model's own full forward,
-    projected with the projection's dense matrix, L2-normalised."""
-    model, layer = ex.vit.model, ex.grad_layer
-    params = [layer.weight, layer.bias]
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            x = (rows - ex._mean) / ex._std
-            emb = model.forward_head(model.forward_features(x), pre_logits=True).reshape(1, -1, ex.embed_dim)
-            grads = torch.autograd.grad(ex._loss_value(loss, emb).sum(), params)
-    finally:
-        for p in params:
-            p.requires_grad_(False)
-    g = torch.cat([grads[0], grads[1][:, None]], dim=1).reshape(-1).double()
-    return F.normalize(ex.projections[loss].dense_matrix(torch.float64) @ g, dim=0).float()
-
-
 def _check_against_autograd(ex, imgs, loss, split="train"):
     from segfungi.classify import augment
 
@@ -79,7 +47,7 @@ def _check_against_autograd(ex, imgs, loss, split="train"):
         p = ex._prepare(img)
         gen = augment.sample_generator(ex.view_seed, f"{loss}:{split}", i)
         rows = ex._loss_rows(loss, p, gen)
-        torch.testing.assert_close(out[loss][i], _autograd_feature(ex, loss, rows), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(out[loss][i], _reference(ex, loss, rows, _vit_full_embed(ex)), atol=2e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------- losses
