@@ -14,8 +14,8 @@ how gradients of random networks compare with their embeddings. Loss settings ar
 the paper's (Table 22: KL T=15 head 768; DINO 2 global + 10 local crops, heads 2048,
 teacher 0.07 / student 0.1; SimCLR 49 overlapping half-size views, stride 1/6,
 head 256, τ 0.07, negatives --negatives images × 49 views), projections to the
-embedding size, kNN k=20 cosine majority vote, full training set and 5-shot (mean
-over --shot-seeds).
+embedding size (--projection: dense Achlioptas as in the paper, or structured), kNN
+k=20 cosine majority vote, full training set and 5-shot (mean over --shot-seeds).
 
 Throughput: for each backbone in --tp-backbones at --tp-img-size (224 = the paper's
 resolution), samples/s of each source measured alone on --tp-samples random images
@@ -46,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--digits-size", type=int, default=64)
     p.add_argument("--losses", default="kl,dino,simclr")
     p.add_argument("--negatives", type=int, default=256)
+    p.add_argument("--projection", default="dense", help="fungi.projection: dense (paper) | structured")
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--shot-seeds", default="0,1,2")
@@ -69,7 +70,8 @@ def accuracy(args) -> dict:
     s = load_settings("image", None, [
         {"data": {"dataset": "digits", "digits_size": args.digits_size, "test_fraction": 0.3, "split_seed": 0}},
         {"backbone": {"name": args.backbone, "img_size": args.img_size, "init_seed": 0}},
-        {"fungi": {"losses": [x for x in args.losses.split(",") if x], "simclr": {"negatives": args.negatives}}},
+        {"fungi": {"losses": [x for x in args.losses.split(",") if x], "simclr": {"negatives": args.negatives},
+                   "projection": args.projection}},
         {"knn": {"shot_seeds": [int(x) for x in args.shot_seeds.split(",")], "pca_dim": args.pca_dim,
                  "combinations": args.combinations.split(",") if args.combinations else None}},
         {"run": {"batch_size": args.batch_size, "cache_dir": args.cache_dir, "progress": args.progress,
@@ -95,7 +97,7 @@ def throughput(args) -> dict:
 
     data = Images(images)
     for name in [x for x in args.tp_backbones.split(",") if x]:
-        s = load_settings("image", None, [{"backbone": {"name": name, "img_size": args.tp_img_size}}, {"fungi": {"simclr": {"negatives": 2}}}])
+        s = load_settings("image", None, [{"backbone": {"name": name, "img_size": args.tp_img_size}}, {"fungi": {"simclr": {"negatives": 2}, "projection": args.projection}}])
         ex = ImageFungi(load_image_backbone(s["backbone"]), s["fungi"], views=s["views"])
         ex.setup(data)
         ex.extract(Images(images[: args.tp_batch_size]), ["embedding", "kl", "dino", "simclr"], batch_size=args.tp_batch_size)  # warm-up

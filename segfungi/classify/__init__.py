@@ -10,7 +10,12 @@ Public API (text needs the ``text`` extra, imported lazily)::
         knn_predict, knn_evaluate, accuracy_metrics, few_shot_indices,
         PCA, FeatureCache,
         kl_uniform_loss, dino_loss, simclr_loss, make_head,
+        ClassifyLoss, register_loss, Modality, register_modality,   # registries
     )
+
+A new loss is one ``register_loss(ClassifyLoss(...))`` (see
+:mod:`segfungi.classify.losses`); a new modality one ``register_modality`` (see
+:mod:`segfungi.classify.modalities`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,15 @@ _EXPORTS = {
     "dino_loss": "segfungi.classify.losses",
     "simclr_loss": "segfungi.classify.losses",
     "make_head": "segfungi.classify.losses",
+    "ClassifyLoss": "segfungi.classify.losses",
+    "register_loss": "segfungi.classify.losses",
+    "get_loss": "segfungi.classify.losses",
+    "loss_names": "segfungi.classify.losses",
+    "Modality": "segfungi.classify.modalities",
+    "register_modality": "segfungi.classify.modalities",
+    "get_modality": "segfungi.classify.modalities",
+    "modality_names": "segfungi.classify.modalities",
+    "ProgressLines": "segfungi.classify.progress",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,7 +16,8 @@
 * :class:`AudioFrontEnd`: wave -> fbank -> pad/cut to ``target_length`` frames ->
   ``(fbank - mean) / (2 * std)`` (AST normalisation, AudioSet statistics by default).
 * :class:`SpectrogramViT`: a timm ViT over the single-channel ``n_mels × frames``
-  image (``in_chans=1``), random-init or weights from a local checkpoint.
+  image (``in_chans=1``), random-init or weights from a local checkpoint (the image
+  side's checkpoint loader and ViT split).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from segfungi.classify.augment import audio_noise_views
 from segfungi.classify.features import SplitViTFungi
+from segfungi.backbones import load_checkpoint
 from segfungi.classify.vit import TimmViT
 from segfungi.errors import CheckpointError, DatasetError
 
@@ -243,37 +245,13 @@ class AudioFrontEnd:
 # -------------------------------------------------------------------- the encoder
 
 
-def _load_state_dict(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure is the checkpoint's
-        raise CheckpointError(f"{path}: cannot load checkpoint safely ({err})") from None
-    for key in ("model", "state_dict", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict")
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "v.", "model.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        out[k] = v
-    return out
-
-
 class SpectrogramViT(TimmViT):
     """A timm ViT over single-channel filter banks: input ``B×n_mels×frames``
     (a ``B×1×n_mels×frames`` image to timm, ``in_chans=1``), random-init (seeded) or
-    weights from a local checkpoint (timm layout; ``module.`` / ``v.`` prefixes of
-    AST-style checkpoints are stripped, position embeddings resampled)."""
+    weights from a local checkpoint, read by :func:`segfungi.backbones.load_checkpoint`
+    (the image side's loader: timm layout, DINO / DDP wrappers, safetensors, nothing
+    unpickled; position embeddings resampled to the filter-bank grid; a checkpoint that
+    does not fit is refused naming the keys)."""
 
     def __init__(self, name: str = "vit_base_patch16_224", num_mel_bins: int = 128, target_length: int = 512, weights: str | Path | None = None, init_seed: int = 0, global_pool: str | None = None, device: str = "cpu", **model_kwargs):
         import timm
@@ -282,39 +260,21 @@ class SpectrogramViT(TimmViT):
         if global_pool is not None:
             kwargs["global_pool"] = global_pool
         kwargs.update(model_kwargs)
-        torch.manual_seed(int(init_seed))  # timm initialises from the global generator
-        try:
-            model = timm.create_model(name, pretrained=False, **kwargs)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"cannot build timm model '{name}' for audio: {err}") from None
-        self.name = name
-        if weights is not None:
-            self._load(model, Path(weights))
+        # timm initialises from the global generator: seed it in a fork, leaving the caller's state alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(init_seed))
+            try:
+                model = timm.create_model(name, pretrained=False, **kwargs)
+            except Exception as err:  # noqa: BLE001
+                raise CheckpointError(f"cannot build timm model '{name}' for audio: {err}") from None
+        weights_id = "random-init" if weights is None else load_checkpoint(model, Path(weights), name=f"{name} (in_chans=1)")
         ident = {
             "init_seed": int(init_seed),
             "input_shape": [int(num_mel_bins), int(target_length)],
             "model_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model_kwargs.items()},
         }
-        super().__init__(model, name=name, weights_id="random-init" if weights is None else str(Path(weights).resolve()), extra_identity=ident, device=device)
+        super().__init__(model, name=name, weights_id=weights_id, extra_identity=ident, device=device)
         self.input_shape = (int(num_mel_bins), int(target_length))
-
-    def _load(self, model, path: Path) -> None:
-        from timm.layers import resample_abs_pos_embed
-
-        sd = _load_state_dict(path)
-        own = model.state_dict()
-        if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
-            npt = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-            sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(model.patch_embed.grid_size), num_prefix_tokens=npt)
-        bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-        missing = [k for k in own if k not in sd]
-        if bad or missing:
-            detail = "; ".join(filter(None, [
-                f"shape mismatch: {', '.join(bad[:5])}" if bad else "",
-                f"missing: {', '.join(missing[:5])}" if missing else "",
-            ]))
-            raise CheckpointError(f"{path}: does not fit timm '{self.name}' with in_chans=1 ({detail})")
-        model.load_state_dict({k: sd[k] for k in own}, strict=True)
 
     def forward_until_last_block(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward_until_last_block(x[:, None] if x.ndim == 3 else x)
@@ -329,7 +289,7 @@ class AudioFungi(SplitViTFungi):
     against a fixed negatives batch (64 clips × 2 noise views in the paper)."""
 
     modality = "audio"
-    supported_losses = ("kl", "simclr")
+    view_recipes = ("simclr",)
 
     def __init__(self, encoder: SpectrogramViT, frontend: AudioFrontEnd, fungi: dict, device="cpu"):
         self.frontend = frontend
@@ -339,9 +299,8 @@ class AudioFungi(SplitViTFungi):
         # the filter-bank settings shape the encoder's input, so cached features depend on them
         return {**super().encoder_identity(), "frontend": self.frontend.identity()}
 
-    def view_identity(self, loss: str) -> dict:
-        if loss == "simclr":
-            cfg = self.fungi["simclr"]
+    def _view_identity(self, recipe: str, cfg: dict) -> dict:
+        if recipe == "simclr":
             return {"simclr": {"views": cfg["views"], "max_shift": cfg["max_shift"], "negative_views": cfg.get("negative_views")}}
         return {}
 
@@ -351,7 +310,6 @@ class AudioFungi(SplitViTFungi):
     def _eval_rows(self, prepared):
         return torch.stack(list(prepared))
 
-    def _loss_rows(self, loss, prepared, gen, negative=False):
-        cfg = self.fungi[loss]
+    def _simclr_views(self, prepared, cfg, gen, negative=False):
         n = int(cfg.get("negative_views") or cfg["views"]) if negative else int(cfg["views"])
         return audio_noise_views(prepared, n, gen, int(cfg["max_shift"]))

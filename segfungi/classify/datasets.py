@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from segfungi.data.imageio import read_image
 from segfungi.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -136,16 +137,6 @@ def _scan_class_folders(root: Path, extensions: tuple[str, ...], what: str, skip
 # ------------------------------------------------------------------------ images
 
 
-def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(f"{path}: cannot read image ({err})") from None
-
-
 def image_folder(root: str | Path) -> ClassifyDataset:
     """torchvision ImageFolder layout: ``root/<class>/<image>``."""
     classes, files, labels = _scan_class_folders(Path(root), IMAGE_EXTENSIONS, "image")
@@ -153,7 +144,7 @@ def image_folder(root: str | Path) -> ClassifyDataset:
         classes,
         labels,
         files,
-        _load_image,
+        read_image,
         {"layout": "folder", "root": str(Path(root).resolve()), "items_hash": _hash_strings([str(f.relative_to(root)) for f in files])},
     )
     ds.kind = "image"

@@ -12,21 +12,21 @@ batch of B samples and one loss it
 3. one ``loss.sum().backward()`` for the whole batch; since each sample's loss only
    depends on its own views, the sum over that sample's views and tokens of the
    per-token rank-1 gradients is exactly that sample's gradient. The token
-   gradients are reshaped to ``B × (views·tokens) × D`` and projected by
-   :class:`segfungi.gradients.AchlioptasProjection` with ``reduce="sum"`` (by
-   linearity equal to summing the per-view projections);
+   gradients are reshaped to ``B × (views·tokens) × D`` and projected by the
+   ``fungi.projection`` kind of :func:`segfungi.gradients.make_projection` (dense
+   Achlioptas by default, or structured) with ``reduce="sum"`` (by linearity equal
+   to summing the per-view projections);
 4. L2-normalises each projected gradient (and the embedding).
 
-No second gradient core: capturing, projection and normalisation all come from
-:mod:`segfungi.gradients`.
+No second core: capturing, projection and normalisation come from
+:mod:`segfungi.gradients`, the heads and the SimCLR closed form from
+:mod:`segfungi.seg_loss`, the ViT split from :mod:`segfungi.backbones`, hashes and
+atomic writes from :mod:`segfungi.storage`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,99 +35,106 @@ import numpy as np
 import torch
 
 from segfungi.classify import augment
-from segfungi.classify.losses import dino_loss, kl_uniform_loss, make_head, simclr_loss
-from segfungi.errors import ConfigError, SegfungiError
+from segfungi.classify.losses import get_loss, loss_names
+from segfungi.classify.progress import progress_bar
+from segfungi.classify.vit import pool, vit_identity
+from segfungi.errors import BankError, ConfigError, SegfungiError
+from segfungi.gradients import capture_token_gradients, l2_normalize, make_projection
+from segfungi.seg_loss import make_head
+from segfungi.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
 
-LOSSES = ("kl", "dino", "simclr")
-SOURCES = ("embedding",) + LOSSES
 CACHE_VERSION = 1
 
 
-def _gradients_module():
-    try:
-        from segfungi import gradients
-    except ImportError as err:  # pragma: no cover - the core ships with segfungi
-        raise SegfungiError(f"segfungi.gradients is not available: {err}") from None
-    return gradients
-
-
-def settings_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def feature_names() -> tuple[str, ...]:
+    """Feature names: the embedding, then every registered loss."""
+    return ("embedding",) + loss_names()
 
 
 def project_per_sample(projection, tg, n_samples: int) -> torch.Tensor:
     """Project the token gradients of ``n_samples`` samples whose rows (views) are
     contiguous: ``(n·V)×T×D`` -> ``n × (V·T) × D`` -> ``n × dim`` (sum over the
     sample's views and tokens = the sample's gradient, by linearity)."""
-    delta, inputs = tg.delta, tg.inputs
-    delta = delta.reshape(n_samples, -1, delta.shape[-1])
-    inputs = inputs.reshape(n_samples, -1, inputs.shape[-1])
-    if dataclasses.is_dataclass(tg):
-        tg = dataclasses.replace(tg, delta=delta, inputs=inputs)
-    elif hasattr(tg, "_replace"):
-        tg = tg._replace(delta=delta, inputs=inputs)
-    else:  # pragma: no cover - contract: TokenGradients(delta, inputs, bias)
-        tg = type(tg)(delta=delta, inputs=inputs, bias=tg.bias)
-    return projection.project(tg, reduce="sum")
+    return projection.project(_per_sample(tg, n_samples), reduce="sum")
 
 
 def summed_per_sample(tg, n_samples: int) -> torch.Tensor:
     """Whole-sample gradients ``n × Dout × (Din+1)`` (Σ over the sample's views and
     tokens of ``δ_t [a_t; 1]ᵀ``), via ``TokenGradients.summed``."""
+    return _per_sample(tg, n_samples).summed()
+
+
+def _per_sample(tg, n_samples: int):
+    """The same token gradients regrouped as ``n × (V·T) × D``, one row per sample."""
     delta = tg.delta.reshape(n_samples, -1, tg.delta.shape[-1])
     inputs = tg.inputs.reshape(n_samples, -1, tg.inputs.shape[-1])
-    return type(tg)(delta, inputs, tg.bias).summed()
+    return type(tg)(delta, inputs, tg.bias)
+
+
+def ordered_losses(names: Iterable[str]) -> list[str]:
+    """``names`` in registration order."""
+    wanted = set(names)
+    return [n for n in loss_names() if n in wanted]
+
+
+def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
+    """The ``fungi.projection`` kind (dense | structured, see
+    :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
+    kind = fungi.get("projection", "dense")
+    options = {"terms": int(fungi.get("structured_terms", 16))} if kind == "structured" else {}
+    try:
+        return make_projection(kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
+                               seed=int(fungi.get("proj_seed", 0)), bias=layer.bias is not None, **options)
+    except ValueError as err:
+        raise ConfigError(f"fungi.projection: {err}") from None
 
 
 class FungiExtractor:
     """Modality-independent engine around an ``encoder`` that exposes ``embed_dim``,
     ``grad_layer`` (the ``nn.Linear`` whose gradients are projected) and
-    ``identity()``. Subclasses implement ``_eval_rows``, ``_loss_rows``, ``_frozen``
-    and ``_last``, and override ``_prepare``, ``_num_rows``, ``_cat_rows``,
-    ``view_identity`` and ``encoder_identity`` where their modality differs."""
+    ``identity()``. Subclasses implement ``_eval_rows``, ``_frozen`` and ``_last``,
+    one ``_<recipe>_views(prepared, cfg, gen, negative)`` per view recipe they list in
+    ``view_recipes`` (with its ``_view_identity``), and override ``_prepare``,
+    ``_num_rows``, ``_cat_rows`` and ``encoder_identity`` where their modality differs.
+
+    The losses come from the registry (:mod:`segfungi.classify.losses`): a modality
+    offers every registered loss computed on the evaluation view or on a view recipe
+    it provides."""
 
     modality = "base"
-    supported_losses: tuple[str, ...] = LOSSES
+    view_recipes: tuple[str, ...] = ()
+
+    @classmethod
+    def supported_losses(cls) -> tuple[str, ...]:
+        return tuple(n for n in loss_names() if get_loss(n).view in ("eval",) + tuple(cls.view_recipes))
 
     def __init__(self, encoder, fungi: dict, device: str | torch.device = "cpu"):
         self.encoder = encoder
         self.fungi = fungi
         self.device = torch.device(device)
         self.losses = list(fungi.get("losses", []))
+        supported = self.supported_losses()
         for loss in self.losses:
-            if loss not in self.supported_losses:
-                raise ConfigError(
-                    f"loss '{loss}' is not available for {self.modality} (choose from {', '.join(self.supported_losses)})"
-                )
+            if loss not in supported:
+                raise ConfigError(f"loss '{loss}' is not available for {self.modality} (choose from {', '.join(supported)})")
         self.proj_seed = int(fungi.get("proj_seed", 0))
         self.head_seed = int(fungi.get("head_seed", 0))
         self.view_seed = int(fungi.get("view_seed", 0))
         self.row_chunk = int(fungi.get("row_chunk", 64))
-        g = _gradients_module()
-        self._capture = g.capture_token_gradients
-        self._normalize = g.l2_normalize
-        d = self.embed_dim
-        layer = self.grad_layer
         self.heads: dict[str, torch.nn.Linear] = {}
         self.projections = {}
-        for offset, loss in enumerate(LOSSES):
-            if loss not in self.losses:
-                continue
+        by_dim: dict[int, object] = {}  # losses projected to the same size share one matrix (same seed)
+        for loss in ordered_losses(self.losses):
             cfg = fungi[loss]
-            if loss == "dino":
-                self.heads["dino_student"] = make_head(d, int(cfg["head_dim"]), self.head_seed * 1000 + 11).to(self.device)
-                self.heads["dino_teacher"] = make_head(d, int(cfg["head_dim"]), self.head_seed * 1000 + 12).to(self.device)
-            else:
-                self.heads[loss] = make_head(d, int(cfg["head_dim"]), self.head_seed * 1000 + offset + 1).to(self.device)
-            dim = int(cfg.get("proj_dim") or d)
-            # one matrix per size: losses projected to the same size share it (same seed)
-            same = next((p for p in self.projections.values() if p.dim == dim), None)
-            self.projections[loss] = same or g.AchlioptasProjection(
-                layer.in_features, layer.out_features, dim, self.proj_seed, bias=layer.bias is not None
-            )
-        self.negatives: torch.Tensor | None = None
-        self._negatives_identity: dict | None = None
-        self.stats = {s: {"seconds": 0.0, "samples": 0} for s in SOURCES}
+            for head, offset in get_loss(loss).heads:
+                self.heads[head] = make_head(self.embed_dim, int(cfg["head_dim"]), self.head_seed * 1000 + offset).to(self.device)
+            dim = int(cfg.get("proj_dim") or self.embed_dim)
+            if dim not in by_dim:
+                by_dim[dim] = gradient_projection(fungi, self.grad_layer, dim)
+            self.projections[loss] = by_dim[dim]
+        self._negatives: dict[str, torch.Tensor] = {}
+        self._negatives_plans: dict[str, dict] = {}
+        self.stats = {s: {"seconds": 0.0, "samples": 0} for s in feature_names()}
 
     # ------------------------------------------------------------------ encoder
     @property
@@ -149,8 +156,12 @@ class FungiExtractor:
     def _eval_rows(self, prepared: Sequence):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _loss_rows(self, loss: str, prepared, gen: torch.Generator, negative: bool = False):  # pragma: no cover
-        raise NotImplementedError
+    def _loss_rows(self, loss: str, prepared, gen: torch.Generator, negative: bool = False):
+        """One sample's views for ``loss``: its view recipe, with the loss's settings."""
+        recipe = get_loss(loss).view
+        if recipe == "eval":
+            return self._eval_rows([prepared])
+        return getattr(self, f"_{recipe}_views")(prepared, self.fungi[loss], gen, negative)
 
     def _cat_rows(self, rows_list: list):
         return torch.cat(rows_list, dim=0)
@@ -164,8 +175,13 @@ class FungiExtractor:
     def _last(self, frozen) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def view_identity(self, loss: str) -> dict:
+    def _view_identity(self, recipe: str, cfg: dict) -> dict:
         return {}
+
+    def view_identity(self, loss: str) -> dict:
+        if loss in ("eval", "embedding"):
+            return self._view_identity("eval", {})
+        return self._view_identity(get_loss(loss).view, self.fungi[loss])
 
     # ------------------------------------------------------------------ identity
     def source_identity(self, source: str) -> dict:
@@ -173,41 +189,50 @@ class FungiExtractor:
         out = {"modality": self.modality, "encoder": self.encoder_identity(), "source": source, "views": self.view_identity("eval")}
         if source == "embedding":
             return out
-        layer = self.grad_layer
-        cfg = dict(self.fungi[source])
         out.update(
             {
-                "loss": cfg,
+                "loss": dict(self.fungi[source]),
                 "views": self.view_identity(source),
                 "head_seed": self.head_seed,
                 "view_seed": self.view_seed,
-                "projection": {
-                    "kind": "achlioptas",
-                    "seed": self.proj_seed,
-                    "dim": int(cfg.get("proj_dim") or self.embed_dim),
-                    "layer": [layer.out_features, layer.in_features, layer.bias is not None],
-                },
+                "projection": self.projections[source].identity(),
             }
         )
-        if source == "simclr":
-            out["negatives"] = self._negatives_identity
+        if get_loss(source).negatives:
+            out["negatives"] = self._negatives_plans.get(source)
         return out
 
     # ----------------------------------------------------------------- negatives
-    def negatives_plan(self, train) -> dict:
-        cfg = self.fungi["simclr"]
+    @property
+    def negatives(self) -> torch.Tensor | None:
+        """The encoded negatives batch of the (first) loss that uses one."""
+        return next(iter(self._negatives.values()), None)
+
+    def negatives_plan(self, train, loss: str = "simclr") -> dict:
+        cfg = self.fungi[loss]
         n = int(min(int(cfg["negatives"]), len(train)))
         return {"train": train.identity(), "count": n, "seed": int(cfg.get("negatives_seed", 0)), "views": cfg.get("negative_views")}
 
-    def setup(self, train, progress: bool = False) -> None:
-        """Encode the fixed SimCLR negatives batch, drawn once from ``train``."""
-        if "simclr" not in self.losses:
-            return
-        plan = self.negatives_plan(train)
+    def plan_negatives(self, train) -> None:
+        """Record which training samples form each negatives batch (for the source
+        identities), without encoding them: enough to look features up in a cache."""
+        for loss in self.losses:
+            if get_loss(loss).negatives:
+                self._negatives_plans[loss] = self.negatives_plan(train, loss)
+
+    def setup(self, train, progress: bool = False, interval: float = 30.0, losses: Iterable[str] | None = None) -> None:
+        """Encode the fixed negatives batch of every loss (of ``losses``, default all)
+        that uses one, drawn once from ``train``."""
+        for loss in self.losses if losses is None else ordered_losses(losses):
+            if get_loss(loss).negatives:
+                self._negatives[loss] = self._encode_negatives(loss, train, progress, interval)
+
+    def _encode_negatives(self, loss: str, train, progress: bool, interval: float) -> torch.Tensor:
+        plan = self.negatives_plan(train, loss)
         if plan["count"] < 1:
-            raise SegfungiError("SimCLR needs at least one training sample for its negatives batch")
+            raise SegfungiError(f"{loss} needs at least one training sample for its negatives batch")
         order = np.random.default_rng(plan["seed"]).permutation(len(train))[: plan["count"]]
-        head = self.heads["simclr"]
+        head = self.heads[get_loss(loss).heads[0][0]]
         out, pending = [], []
 
         def encode(rows_list):
@@ -216,12 +241,12 @@ class FungiExtractor:
                 chunk = rows[start : start + self.row_chunk]
                 out.append(head(self._last(self._frozen(chunk))).float())
 
-        bar = _progress(len(order), "simclr negatives", progress)
+        bar = progress_bar(len(order), f"{loss} negatives", progress, interval)
         with torch.no_grad():
             for i in order:
                 prepared = self._prepare(train[int(i)])
-                gen = augment.sample_generator(self.view_seed, "simclr-negative", int(i))
-                pending.append(self._loss_rows("simclr", prepared, gen, negative=True))
+                gen = augment.sample_generator(self.view_seed, f"{loss}-negative", int(i))
+                pending.append(self._loss_rows(loss, prepared, gen, negative=True))
                 if sum(self._num_rows(r) for r in pending) >= self.row_chunk:
                     encode(pending)
                     pending = []
@@ -229,29 +254,18 @@ class FungiExtractor:
             if pending:
                 encode(pending)
         bar.close()
-        self.negatives = torch.cat(out, dim=0)
-        self._negatives_identity = plan
+        self._negatives_plans[loss] = plan
+        return torch.cat(out, dim=0)
 
     # ---------------------------------------------------------------- gradients
     def _loss_value(self, loss: str, emb: torch.Tensor) -> torch.Tensor:
-        cfg = self.fungi[loss]
-        if loss == "kl":
-            z = self.heads["kl"](self._normalize(emb[:, 0], dim=-1))
-            return kl_uniform_loss(z, float(cfg["temperature"]))
-        if loss == "dino":
-            e = self._normalize(emb, dim=-1)
-            g = int(cfg["global_crops"])
-            student = self.heads["dino_student"](e)
-            with torch.no_grad():
-                teacher = self.heads["dino_teacher"](e[:, :g].detach())
-            return dino_loss(
-                student, teacher, float(cfg["student_temp"]), float(cfg["teacher_temp"]), bool(cfg.get("exclude_same_view", False))
-            )
-        if loss == "simclr":
-            if self.negatives is None:
-                raise SegfungiError("SimCLR negatives are not set up: call setup(train) first")
-            return simclr_loss(self.heads["simclr"](emb), self.negatives, float(cfg["tau"]))
-        raise ConfigError(f"unknown loss '{loss}'")
+        spec = get_loss(loss)
+        negatives = None
+        if spec.negatives:
+            negatives = self._negatives.get(loss)
+            if negatives is None:
+                raise SegfungiError(f"{loss} negatives are not set up: call setup(train) first")
+        return spec.value(self.heads, self.fungi[loss], emb, negatives)
 
     def _frozen_chunked(self, rows):
         n = self._num_rows(rows)
@@ -270,7 +284,7 @@ class FungiExtractor:
         layer = self.grad_layer
         # The model is frozen; the capture turns the layer output into a leaf, so the
         # backward runs from the loss down to this layer only and stops there.
-        with torch.enable_grad(), self._capture(layer) as rec:
+        with torch.enable_grad(), capture_token_gradients(layer) as rec:
             emb = self._last(frozen)
             emb = emb.reshape(n_samples, -1, emb.shape[-1])
             value = self._loss_value(loss, emb)
@@ -278,7 +292,7 @@ class FungiExtractor:
                 raise SegfungiError(f"{loss} loss is not finite for this batch")
             value.sum().backward()
         tg = rec.result()
-        if project or not hasattr(self.projections[loss], "project_gradients"):
+        if project:
             return project_per_sample(self.projections[loss], tg, n_samples), emb.detach()
         return summed_per_sample(tg, n_samples), emb.detach()
 
@@ -296,11 +310,10 @@ class FungiExtractor:
         n = len(prepared)
         out: dict[str, torch.Tensor] = {}
         eval_rows = None
-        for loss in LOSSES:
-            if loss not in sources:
-                continue
+        for loss in ordered_losses(sources):
             t0 = time.perf_counter()
-            if loss == "kl":
+            on_eval_view = get_loss(loss).view == "eval"
+            if on_eval_view:
                 eval_rows = self._eval_rows(prepared) if eval_rows is None else eval_rows
                 rows = eval_rows
             else:
@@ -311,9 +324,9 @@ class FungiExtractor:
                     ]
                 )
             grads, emb = self.loss_gradients(loss, rows, n, project=project)
-            out[loss] = self._normalize(grads.float(), dim=-1) if project or grads.ndim == 2 else grads
-            if loss == "kl" and "embedding" in sources:
-                out["embedding"] = self._normalize(emb[:, 0].float(), dim=-1)
+            out[loss] = l2_normalize(grads.float(), dim=-1) if project else grads
+            if on_eval_view and "embedding" in sources and "embedding" not in out:
+                out["embedding"] = l2_normalize(emb[:, 0].float(), dim=-1)
             self.stats[loss]["seconds"] += time.perf_counter() - t0
             self.stats[loss]["samples"] += n
         if "embedding" in sources and "embedding" not in out:
@@ -321,23 +334,27 @@ class FungiExtractor:
             eval_rows = self._eval_rows(prepared) if eval_rows is None else eval_rows
             with torch.no_grad():
                 emb = self._last(self._frozen_chunked(eval_rows))
-            out["embedding"] = self._normalize(emb.float(), dim=-1)
+            out["embedding"] = l2_normalize(emb.float(), dim=-1)
             self.stats["embedding"]["seconds"] += time.perf_counter() - t0
             self.stats["embedding"]["samples"] += n
         # unprojected gradient sums stay on the device for the grouped projection
         return {k: (v.detach().cpu() if v.ndim == 2 else v.detach()) for k, v in out.items()}
 
-    def extract(self, dataset, sources: Iterable[str], split: str = "", batch_size: int = 8, progress: bool = False) -> dict:
+    def extract(self, dataset, sources: Iterable[str], split: str = "", batch_size: int = 8, progress: bool = False,
+                interval: float = 30.0) -> dict:
         """``{source: N × d float32 numpy}`` for every sample of ``dataset``.
 
         Whole-sample gradients are projected in groups of ``fungi.projection_batch``
         samples rather than per backward batch: one projection call re-expands the
-        ±1 matrix once, so grouping amortises it over many samples."""
-        sources = [s for s in SOURCES if s in set(sources)]
+        ±1 matrix once, so grouping amortises it over many samples. ``progress``: a bar
+        on a terminal, else a line every ``interval`` seconds."""
+        wanted = set(sources)
+        sources = [s for s in feature_names() if s in wanted]
         if not sources:
             return {}
-        if "simclr" in sources and self.negatives is None:
-            raise SegfungiError("SimCLR negatives are not set up: call setup(train) first")
+        for loss in ordered_losses(sources):
+            if get_loss(loss).negatives and loss not in self._negatives:
+                raise SegfungiError(f"{loss} negatives are not set up: call setup(train) first")
         group = max(1, int(self.fungi.get("projection_batch") or 1))
         parts: dict[str, list] = {s: [] for s in sources}
         pending: dict[str, list] = {s: [] for s in sources if s != "embedding"}
@@ -347,11 +364,11 @@ class FungiExtractor:
                 return
             t0 = time.perf_counter()
             summed = torch.cat(pending[loss])
-            parts[loss].append(self._normalize(self.project_summed(loss, summed).float(), dim=-1).cpu())
+            parts[loss].append(l2_normalize(self.project_summed(loss, summed).float(), dim=-1).cpu())
             pending[loss].clear()
             self.stats[loss]["seconds"] += time.perf_counter() - t0
 
-        bar = _progress(len(dataset), f"{self.modality} {split} [{'+'.join(sources)}]", progress)
+        bar = progress_bar(len(dataset), f"{self.modality} {split} [{'+'.join(sources)}]", progress, interval)
         for start in range(0, len(dataset), batch_size):
             idx = list(range(start, min(start + batch_size, len(dataset))))
             feats = self.extract_batch([dataset[i] for i in idx], idx, sources, split, project=group <= 1)
@@ -381,26 +398,23 @@ class FungiExtractor:
 
 
 class SplitViTFungi(FungiExtractor):
-    """The image and audio extractors: the encoder is a split ViT
-    (:mod:`segfungi.classify.vit`), run up to its last block without autograd, then
-    through the last block and its pooling."""
+    """The image and audio extractors: the encoder is a :class:`segfungi.backbones.Backbone`
+    (or :class:`segfungi.classify.vit.TimmViT`, which shares its split), run up to its last
+    block without autograd, then through the last block and the model's own pooling."""
 
     @property
     def vit(self):
         # the name image/audio code uses for the encoder
         return self.encoder
 
+    def encoder_identity(self) -> dict:
+        return vit_identity(self.vit)
+
     def _frozen(self, rows):
-        return self.vit.forward_until_last_block(rows)
+        return self.vit.forward_until_last_block(rows.to(self.vit.device))
 
     def _last(self, frozen):
-        return self.vit.pool(self.vit.forward_last_block(frozen))
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+        return pool(self.vit.model, self.vit.forward_last_block(frozen))
 
 
 # ---------------------------------------------------------------------- cache
@@ -437,8 +451,8 @@ class FeatureCache:
             return None
         path = d / entry["file"]
         try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+            arr = load_array(path)
+        except BankError:  # missing, truncated or not a plain .npy: recompute
             return None
         if arr.shape[0] != len(dataset):
             return None
@@ -449,9 +463,9 @@ class FeatureCache:
         d.mkdir(parents=True, exist_ok=True)
         key = settings_hash(identity)
         fname = f"{identity['source']}-{key}.npy"
-        _atomic_save(d / fname, np.asarray(features, np.float16))
+        write_array_atomic(d / fname, np.asarray(features, np.float16))
         if not (d / "labels.npy").is_file():
-            _atomic_save(d / "labels.npy", np.asarray(dataset.labels, np.int64))
+            write_array_atomic(d / "labels.npy", np.asarray(dataset.labels, np.int64))
         manifest = self._manifest(d) or {"version": CACHE_VERSION, "dataset": dataset.identity(), "labels": "labels.npy", "entries": {}}
         manifest["entries"][key] = {
             "file": fname,
@@ -461,21 +475,8 @@ class FeatureCache:
             "identity": identity,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        _atomic_write_text(d / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        write_json_atomic(d / "manifest.json", manifest)
         return d / fname
 
     def directory_for(self, dataset) -> Path:
         return self._dir(dataset)
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -28,7 +28,7 @@ from segfungi.classify.vit import as_split_vit
 
 class ImageFungi(SplitViTFungi):
     modality = "image"
-    supported_losses = ("kl", "dino", "simclr")
+    view_recipes = ("dino", "simclr")
 
     def __init__(self, backbone, fungi: dict, views: dict | None = None, device="cpu"):
         vit = as_split_vit(backbone, device=device)
@@ -38,15 +38,12 @@ class ImageFungi(SplitViTFungi):
         self._std = torch.tensor(vit.std, dtype=torch.float32).view(1, 3, 1, 1)
         super().__init__(vit, fungi, device=device)
 
-    def view_identity(self, loss: str) -> dict:
-        if loss in ("eval", "kl", "embedding"):
+    def _view_identity(self, recipe: str, cfg: dict) -> dict:
+        if recipe == "eval":
             return {"eval": {"size": self.size, "crop_ratio": float(self.views.get("crop_ratio", 0.875))}}
-        cfg = self.fungi[loss]
-        if loss == "dino":
-            keys = ("global_crops", "global_scale", "local_crops", "local_scale")
-            return {"dino": {"size": self.size, **{k: cfg[k] for k in keys}}}
-        keys = ("view_fraction", "stride_divisor", "view_input_size")
-        return {"simclr": {"size": self.size, **{k: cfg.get(k) for k in keys}}}
+        keys = {"dino": ("global_crops", "global_scale", "local_crops", "local_scale"),
+                "simclr": ("view_fraction", "stride_divisor", "view_input_size")}[recipe]
+        return {recipe: {"size": self.size, **{k: cfg.get(k) for k in keys}}}
 
     def _prepare(self, sample):
         return augment.to_float_image(sample)
@@ -55,33 +52,31 @@ class ImageFungi(SplitViTFungi):
         ratio = float(self.views.get("crop_ratio", 0.875))
         return torch.stack([augment.eval_view(p, self.size, ratio) for p in prepared])
 
-    def _loss_rows(self, loss, prepared, gen, negative=False):
-        cfg = self.fungi[loss]
-        if loss == "dino":
-            return augment.dino_views(
-                prepared,
-                self.size,
-                gen,
-                global_crops=int(cfg["global_crops"]),
-                global_scale=tuple(cfg["global_scale"]),
-                local_crops=int(cfg["local_crops"]),
-                local_scale=tuple(cfg["local_scale"]),
-            )
-        if loss == "simclr":
-            views = augment.simclr_views(
-                prepared,
-                self.size,
-                float(cfg["view_fraction"]),
-                int(cfg["stride_divisor"]),
-                cfg.get("view_input_size") or self.size,
-            )
-            nv = cfg.get("negative_views")
-            if negative and nv:
-                # a seeded subset of the (deterministic) patch views
-                keep = torch.randperm(views.shape[0], generator=gen)[: int(nv)]
-                views = views[keep.sort().values]
-            return views
-        raise ValueError(loss)
+    def _dino_views(self, prepared, cfg, gen, negative=False):
+        return augment.dino_views(
+            prepared,
+            self.size,
+            gen,
+            global_crops=int(cfg["global_crops"]),
+            global_scale=tuple(cfg["global_scale"]),
+            local_crops=int(cfg["local_crops"]),
+            local_scale=tuple(cfg["local_scale"]),
+        )
+
+    def _simclr_views(self, prepared, cfg, gen, negative=False):
+        views = augment.simclr_views(
+            prepared,
+            self.size,
+            float(cfg["view_fraction"]),
+            int(cfg["stride_divisor"]),
+            cfg.get("view_input_size") or self.size,
+        )
+        nv = cfg.get("negative_views")
+        if negative and nv:
+            # a seeded subset of the (deterministic) patch views
+            keep = torch.randperm(views.shape[0], generator=gen)[: int(nv)]
+            views = views[keep.sort().values]
+        return views
 
     def _frozen(self, rows):
         # the views are [0, 1] images; the backbone expects its own mean/std

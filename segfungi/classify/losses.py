@@ -24,29 +24,37 @@ Choices the paper leaves open, fixed here after the authors' released code
   ``exclude_same_view=True`` gives the original DINO pairing. No centering.
 * SimCLR: the head sees the raw embedding; head outputs are L2-normalised; Eq. 5
   with the temperature applied to every similarity, averaged over the ordered
-  pairs ``i != j`` of positives, computed in closed form in O(V·(V+M)).
+  pairs ``i != j`` of positives, computed in closed form in O(V·(V+M)) by the
+  segmentation side's :func:`segfungi.seg_loss.seg_simclr_loss` (one closed form for
+  both; here every sample shares the same fixed negatives).
+
+The heads are :func:`segfungi.seg_loss.make_head` (the segmentation side's head).
+
+**Registry.** Each loss is one :class:`ClassifyLoss` registered with
+:func:`register_loss`: its name (the ``fungi.<name>`` settings section and the
+feature name), the view recipe it is computed on (``"eval"``: the evaluation view
+every modality has; otherwise a recipe a modality provides, see
+:class:`segfungi.classify.features.FungiExtractor`), its heads and their seed
+offsets, whether it uses the fixed negatives batch, and its per-sample value.
+Registration order is the order of features and default combinations. Adding a loss
+is one ``register_loss`` call (plus its ``fungi.<name>`` section in the modality's
+YAML); every modality that provides its view recipe then offers it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def make_head(in_features: int, out_features: int, seed: int, bias: bool = True) -> nn.Linear:
-    """A fixed random linear head (never trained), seeded: same seed, same head."""
-    gen = torch.Generator().manual_seed(int(seed))
-    head = nn.Linear(in_features, out_features, bias=bias)
-    bound = 1.0 / math.sqrt(in_features)
-    with torch.no_grad():
-        head.weight.copy_(torch.rand(out_features, in_features, generator=gen) * 2 * bound - bound)
-        if bias:
-            head.bias.copy_(torch.rand(out_features, generator=gen) * 2 * bound - bound)
-    head.requires_grad_(False)
-    return head
+from segfungi.classify.registry import Registry
+from segfungi.errors import ConfigError
+from segfungi.gradients import l2_normalize
+from segfungi.seg_loss import make_head, seg_simclr_loss
 
 
 # --------------------------------------------------------------------------- KL
@@ -123,22 +131,13 @@ def simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float = 0.07) -> 
     ``M×K`` fixed negatives (shared by all samples, detached). Both are
     L2-normalised here. For each ordered pair ``i != j`` of positives,
     ``ℓ_ij = -s_ij/τ + log Σ_{k ≠ i} exp(s_ik/τ)`` with k over positives and
-    negatives; the loss is the mean over the ``V(V-1)`` pairs. Since the
-    log-sum-exp does not depend on j, the mean is
-    ``mean_i [ LSE_i - (1/(V-1)) Σ_{j≠i} s_ij/τ ]``.
+    negatives; the loss is the mean over the ``V(V-1)`` pairs, which is
+    :func:`segfungi.seg_loss.seg_simclr_loss` with every sample given the same
+    negatives (a broadcast view, not a copy).
     """
-    v = z_pos.shape[1]
-    if v < 2:
-        raise ValueError("simclr_loss needs at least 2 positive views per sample")
     p = F.normalize(z_pos, dim=-1)
     n = F.normalize(z_neg.detach(), dim=-1)
-    s_pp = torch.einsum("bik,bjk->bij", p, p) / tau  # B×V×V
-    s_pn = torch.einsum("bik,mk->bim", p, n) / tau  # B×V×M
-    eye = torch.eye(v, dtype=torch.bool, device=p.device)
-    s_pp_masked = s_pp.masked_fill(eye, float("-inf"))
-    lse = torch.logsumexp(torch.cat([s_pp_masked, s_pn], dim=-1), dim=-1)  # B×V
-    pos = s_pp_masked.masked_fill(eye, 0.0).sum(dim=-1) / (v - 1)  # B×V
-    return (lse - pos).mean(dim=-1)
+    return seg_simclr_loss(p, n.expand(p.shape[0], -1, -1), tau)
 
 
 def naive_simclr_loss(z_pos, z_neg, tau=0.07):
@@ -163,7 +162,70 @@ def naive_simclr_loss(z_pos, z_neg, tau=0.07):
     return torch.stack(out)
 
 
+# ---------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ClassifyLoss:
+    """One classify loss: see the module docstring.
+
+    ``value(heads, cfg, emb, negatives)`` gets the extractor's heads by name, the
+    ``fungi.<name>`` settings, the pooled embeddings ``B×V×D`` of each sample's views
+    and (when ``negatives``) the encoded negatives batch, and returns ``B`` losses.
+    ``heads`` are ``(head name, seed offset)``: head seed ``fungi.head_seed·1000 +
+    offset``, output size ``fungi.<name>.head_dim``; with ``negatives``, the first head
+    encodes the negatives batch. ``check(cfg, where)`` refuses bad settings values."""
+
+    name: str
+    view: str
+    heads: tuple[tuple[str, int], ...]
+    value: Callable[[Mapping[str, nn.Linear], dict, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+    negatives: bool = False
+    check: Callable[[dict, str], None] | None = None
+
+
+_LOSSES: Registry[ClassifyLoss] = Registry("classify loss", reserved=("embedding",))
+register_loss = _LOSSES.register  # register_loss(ClassifyLoss(...))
+unregister_loss = _LOSSES.unregister
+get_loss = _LOSSES.get
+loss_names = _LOSSES.names  # registered losses, in registration order
+
+
+def _kl_value(heads, cfg, emb, negatives):
+    return kl_uniform_loss(heads["kl"](l2_normalize(emb[:, 0], dim=-1)), float(cfg["temperature"]))
+
+
+def _dino_value(heads, cfg, emb, negatives):
+    e = l2_normalize(emb, dim=-1)
+    student = heads["dino_student"](e)
+    with torch.no_grad():
+        teacher = heads["dino_teacher"](e[:, : int(cfg["global_crops"])].detach())
+    return dino_loss(student, teacher, float(cfg["student_temp"]), float(cfg["teacher_temp"]), bool(cfg.get("exclude_same_view", False)))
+
+
+def _dino_check(cfg: dict, where: str) -> None:
+    for key in ("global_scale", "local_scale"):
+        val = cfg[key]
+        if len(val) != 2 or not 0 < float(val[0]) <= float(val[1]) <= 1:
+            raise ConfigError(f"{where}.{key} must be [low, high] with 0 < low <= high <= 1, got {val}")
+
+
+def _simclr_value(heads, cfg, emb, negatives):
+    return simclr_loss(heads["simclr"](emb), negatives, float(cfg["tau"]))
+
+
+# the seed offsets keep the heads of earlier releases (kl 1, dino 11/12, simclr 3)
+register_loss(ClassifyLoss("kl", view="eval", heads=(("kl", 1),), value=_kl_value))
+register_loss(ClassifyLoss("dino", view="dino", heads=(("dino_student", 11), ("dino_teacher", 12)), value=_dino_value, check=_dino_check))
+register_loss(ClassifyLoss("simclr", view="simclr", heads=(("simclr", 3),), value=_simclr_value, negatives=True))
+
+
 __all__ = [
+    "ClassifyLoss",
+    "register_loss",
+    "unregister_loss",
+    "get_loss",
+    "loss_names",
     "make_head",
     "kl_uniform_loss",
     "naive_kl_uniform_loss",

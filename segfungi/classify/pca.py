@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segfungi.storage import load_array, write_array_atomic
+
 
 class PCA:
     def __init__(self, mean: np.ndarray, components: np.ndarray):
@@ -51,14 +53,14 @@ class PCA:
     def save(self, directory: Path, prefix: str) -> dict:
         directory = Path(directory)
         files = {"mean": f"{prefix}_pca_mean.npy", "components": f"{prefix}_pca_components.npy"}
-        np.save(directory / files["mean"], self.mean, allow_pickle=False)
-        np.save(directory / files["components"], self.components, allow_pickle=False)
+        write_array_atomic(directory / files["mean"], self.mean)
+        write_array_atomic(directory / files["components"], self.components)
         return files
 
     @classmethod
     def load(cls, directory: Path, files: dict) -> "PCA":
         directory = Path(directory)
         return cls(
-            np.load(directory / files["mean"], allow_pickle=False),
-            np.load(directory / files["components"], allow_pickle=False),
+            load_array(directory / files["mean"]),
+            load_array(directory / files["components"]),
         )

@@ -3,7 +3,6 @@ full training set and k-shot -> results dict / JSON / table."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,25 +10,20 @@ import numpy as np
 import torch
 
 from segfungi.classify import datasets as D
-from segfungi.classify.features import LOSSES, FeatureCache, settings_hash
+from segfungi.classify.features import FeatureCache
 from segfungi.classify.knn import few_shot_indices, knn_evaluate
+from segfungi.classify.losses import get_loss, loss_names
+from segfungi.classify.modalities import get_modality
 from segfungi.classify.pca import PCA
 from segfungi.errors import ConfigError
+from segfungi.storage import settings_hash, write_json_atomic
 
 
 # ------------------------------------------------------------------- building
 
 
 def load_splits(modality: str, s: dict):
-    data = s["data"]
-    if modality == "image":
-        train, test = D.load_image_split(data, "train"), D.load_image_split(data, "test")
-    elif modality == "text":
-        train, test = D.load_text_splits(data)
-    elif modality == "audio":
-        train, test = D.load_audio_split(data, "train"), D.load_audio_split(data, "test")
-    else:
-        raise ConfigError(f"unknown modality '{modality}'")
+    train, test = get_modality(modality).load_splits(s["data"])
     run = s["run"]
     if run.get("max_train"):
         train = limit(train, int(run["max_train"]), int(run.get("subset_seed", 0)))
@@ -47,28 +41,7 @@ def limit(dataset, n: int, seed: int):
 
 
 def build_extractor(modality: str, s: dict):
-    device = s["run"].get("device", "cpu")
-    if modality == "image":
-        from segfungi.classify.image import ImageFungi, load_image_backbone
-
-        return ImageFungi(load_image_backbone(s["backbone"], device=device), s["fungi"], views=s["views"], device=device)
-    if modality == "text":
-        from segfungi.classify.text import TextEncoder, TextFungi
-
-        m = s["model"]
-        enc = TextEncoder(m["name"], max_length=int(m["max_length"]), pooling=m["pooling"], grad_layer=m["grad_layer"], device=device)
-        return TextFungi(enc, s["fungi"], device=device)
-    if modality == "audio":
-        from segfungi.classify.audio import AudioFrontEnd, AudioFungi, SpectrogramViT
-
-        f, m = s["frontend"], s["model"]
-        front = AudioFrontEnd(f["sample_rate"], f["num_mel_bins"], f["target_length"], f["norm_mean"], f["norm_std"])
-        enc = SpectrogramViT(
-            m["name"], f["num_mel_bins"], f["target_length"], weights=m.get("weights"), init_seed=int(m.get("init_seed") or 0),
-            global_pool=m.get("global_pool"), device=device, **dict(m.get("model_kwargs") or {}),
-        )
-        return AudioFungi(enc, front, s["fungi"], device=device)
-    raise ConfigError(f"unknown modality '{modality}'")
+    return get_modality(modality).build(s, s["run"].get("device", "cpu"))
 
 
 # ------------------------------------------------------------------- features
@@ -78,10 +51,9 @@ def compute_features(extractor, train, test, s: dict, log=print) -> dict:
     """``{"train": {source: N×d}, "test": {...}}`` for the embedding and every loss,
     from the cache when possible."""
     run = s["run"]
-    sources = ["embedding"] + [l for l in LOSSES if l in extractor.losses]
+    sources = ["embedding"] + [l for l in loss_names() if l in extractor.losses]
     cache = FeatureCache(run["cache_dir"]) if run.get("cache") else None
-    if "simclr" in sources:
-        extractor._negatives_identity = extractor.negatives_plan(train)
+    extractor.plan_negatives(train)  # the negatives' identity is part of their features' cache key
     feats: dict = {"train": {}, "test": {}}
     missing: dict = {}
     for split, ds in (("train", train), ("test", test)):
@@ -93,12 +65,14 @@ def compute_features(extractor, train, test, s: dict, log=print) -> dict:
                 missing.setdefault(split, []).append(src)
     if cache and not missing:
         log(f"features: all from cache {cache.directory}")
-    if any("simclr" in m for m in missing.values()):
-        extractor.setup(train, progress=bool(run.get("progress")))
+    progress, interval = bool(run.get("progress")), float(run["progress_interval"])
+    need_negatives = sorted({l for m in missing.values() for l in m if l != "embedding" and get_loss(l).negatives})
+    if need_negatives:
+        extractor.setup(train, progress=progress, interval=interval, losses=need_negatives)
     for split, ds in (("train", train), ("test", test)):
         if split not in missing:
             continue
-        out = extractor.extract(ds, missing[split], split=split, batch_size=int(run["batch_size"]), progress=bool(run.get("progress")))
+        out = extractor.extract(ds, missing[split], split=split, batch_size=int(run["batch_size"]), progress=progress, interval=interval)
         for src, arr in out.items():
             feats[split][src] = arr
             if cache:
@@ -110,7 +84,7 @@ def compute_features(extractor, train, test, s: dict, log=print) -> dict:
 
 
 def default_combinations(losses) -> list[str]:
-    order = [l for l in LOSSES if l in losses]
+    order = [l for l in loss_names() if l in losses]
     combos = ["embedding"] + [f"embedding+{l}" for l in order]
     for n in range(2, len(order) + 1):
         combos.append("embedding+" + "+".join(order[:n]))
@@ -160,7 +134,7 @@ def evaluate_features(feats: dict, train_labels, test_labels, knn: dict, losses,
                     pca_info = pca.dim
                     if pca_dir is not None:
                         pca_dir.mkdir(parents=True, exist_ok=True)
-                        pca.save(pca_dir, f"{name}-{combo}-{settings_hash(idx.tolist())}")
+                        pca.save(pca_dir, f"{name}-{combo}-{settings_hash({'rows': idx.tolist()})}")
                 m = knn_evaluate(xtr, np.asarray(train_labels)[idx], xte, test_labels, k=k, num_classes=num_classes)
                 m["dim"] = int(xtr.shape[1])
                 if pca_info is not None:
@@ -244,5 +218,5 @@ def format_table(report: dict) -> str:
 def write_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
+    write_json_atomic(path, report)
     return path

@@ -18,21 +18,20 @@ from pathlib import Path
 from typing import Iterable
 
 from segfungi import config as _config
+from segfungi.classify.modalities import get_modality, modality_names
 from segfungi.config import CONFIG_DIR
 from segfungi.errors import ConfigError
 
-MODALITIES = ("image", "text", "audio")
 SECTION = "classify"
 # keys that take null besides a value (null: no few-shot run / no report written)
 _NULLABLE = ("knn.shots", "run.out")
 
-__all__ = ["CONFIG_DIR", "MODALITIES", "default_config_path", "defaults", "load_settings", "parse_override", "validate"]
+__all__ = ["CONFIG_DIR", "default_config_path", "defaults", "load_settings", "parse_override", "validate"]
 
 
 def default_config_path(modality: str) -> Path:
     """``configs/classify_<modality>.yaml``: the modality's complete defaults."""
-    if modality not in MODALITIES:
-        raise ConfigError(f"unknown classify modality '{modality}' (choose from {', '.join(MODALITIES)})")
+    get_modality(modality)  # refuses an unknown name, listing the registered ones
     return CONFIG_DIR / f"classify_{modality}.yaml"
 
 
@@ -58,9 +57,11 @@ def load_settings(modality: str, config: str | Path | None = None, overrides: It
 
 def validate(modality: str, s: dict) -> None:
     """Cross-key checks that a per-key type check cannot do."""
-    from segfungi.classify.features import LOSSES
+    from segfungi.classify.features import feature_names
+    from segfungi.classify.losses import get_loss, loss_names
+    from segfungi.gradients import make_projection
 
-    allowed = {"image": LOSSES, "text": ("kl", "simclr"), "audio": ("kl", "simclr")}[modality]
+    allowed = get_modality(modality).extractor_class().supported_losses()
     losses = s["fungi"]["losses"]
     for loss in losses:
         if loss not in allowed:
@@ -71,18 +72,25 @@ def validate(modality: str, s: dict) -> None:
         raise ConfigError("knn.k must be at least 1")
     if int(s["run"]["batch_size"]) < 1:
         raise ConfigError("run.batch_size must be at least 1")
-    for key in ("global_scale", "local_scale"):
-        if modality == "image":
-            val = s["fungi"]["dino"][key]
-            if len(val) != 2 or not 0 < float(val[0]) <= float(val[1]) <= 1:
-                raise ConfigError(f"fungi.dino.{key} must be [low, high] with 0 < low <= high <= 1, got {val}")
+    if float(s["run"]["progress_interval"]) < 0:
+        raise ConfigError("run.progress_interval must be at least 0 seconds")
+    for name in loss_names():
+        check = get_loss(name).check
+        if check is not None and name in s["fungi"]:
+            check(s["fungi"][name], f"fungi.{name}")
+    kind = s["fungi"]["projection"]
+    try:  # a 1×1 projection of that kind: the list of kinds stays segfungi.gradients'
+        make_projection(kind, in_features=1, out_features=1, dim=1, seed=0)
+    except ValueError as err:
+        raise ConfigError(f"fungi.projection: {err}") from None
+    if int(s["fungi"]["structured_terms"]) < 1:
+        raise ConfigError("fungi.structured_terms must be at least 1")
     combos = s["knn"]["combinations"]
     if combos is not None:
-        from segfungi.classify.features import SOURCES
-
+        names = feature_names()
         for combo in combos:
             for part in str(combo).split("+"):
-                if part not in SOURCES:
-                    raise ConfigError(f"knn.combinations: unknown feature '{part}' in '{combo}' (use {', '.join(SOURCES)})")
+                if part not in names:
+                    raise ConfigError(f"knn.combinations: unknown feature '{part}' in '{combo}' (use {', '.join(names)})")
                 if part != "embedding" and part not in losses:
                     raise ConfigError(f"knn.combinations: '{combo}' needs loss '{part}', which is not in fungi.losses")

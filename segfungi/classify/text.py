@@ -159,19 +159,17 @@ class TextFungi(FungiExtractor):
     """KL and SimCLR gradients of a :class:`TextEncoder`: ``TextFungi(encoder, fungi, device)``."""
 
     modality = "text"
-    supported_losses = ("kl", "simclr")
+    view_recipes = ("simclr",)
 
-    def view_identity(self, loss: str) -> dict:
-        if loss == "simclr":
-            cfg = self.fungi["simclr"]
+    def _view_identity(self, recipe: str, cfg: dict) -> dict:
+        if recipe == "simclr":
             return {"simclr": {"views": cfg["views"], "deletion_p": cfg["deletion_p"], "negative_views": cfg.get("negative_views")}}
         return {}
 
     def _eval_rows(self, prepared):
         return list(prepared)
 
-    def _loss_rows(self, loss, prepared, gen, negative=False):
-        cfg = self.fungi[loss]
+    def _simclr_views(self, prepared, cfg, gen, negative=False):
         n = int(cfg.get("negative_views") or cfg["views"]) if negative else int(cfg["views"])
         return [augment.word_deletion(prepared, float(cfg["deletion_p"]), gen) for _ in range(n)]
 
