@@ -283,9 +283,13 @@ def existing_ancestor(path: Path) -> Path:
 
 
 def ensure_writable_dir(folder: Path) -> None:
-    """Create `folder` and prove a file can be written and renamed there, or raise
-    BankError naming it (a path under a regular file, a read-only mount, no permission)."""
+    """Prove `folder` can be created and a file written and renamed there, or raise
+    BankError naming it (a path under a regular file, a read-only mount, no permission).
+
+    The folders made for the probe are removed again: a command that fails later (a
+    missing checkpoint, a bad dataset) leaves no empty output folder behind."""
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test.tmp-{os.getpid()}"
@@ -299,6 +303,19 @@ def ensure_writable_dir(folder: Path) -> None:
         if isinstance(err, (NotADirectoryError, FileExistsError)):
             reason = f"{existing_ancestor(folder)} is a file, not a folder"
         raise BankError(f"{folder}: output folder is not writable ({reason}); choose another --out") from None
+    finally:
+        remove_created_folders(created)
+
+
+def remove_created_folders(created: list[Path]) -> None:
+    """Remove the folders in `created` (deepest first) that are empty; never anything else.
+
+    For undoing a failed start: pass only folders this process made (did not exist before)."""
+    for path in sorted((Path(p) for p in created), key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()  # fails, harmlessly, on a folder that holds anything
+        except OSError:
+            pass
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:

@@ -21,23 +21,37 @@ SHARED_FLAGS = {
 }
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
+def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, transfer: bool = True,
+                       max_images: bool | None = None) -> None:
+    """The flags of the pipeline commands; each command shows only those it uses.
+
+    data: --dataset, --root, --on-bad-sample (predict reads image files, not a dataset);
+    transfer: --k, --temperature (label transfer; build-bank does none);
+    max_images: --max-images (evaluation on a split; default: the same as `transfer`).
+    --config, --set, the backbone flags, --device, --index and --quiet are always there.
+    """
     parser.add_argument("--config", help="YAML preset: a name in configs/ or a path")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set bank.shard_images=32 (repeatable)")
-    parser.add_argument("--dataset", choices=["voc", "ade20k", "coco-stuff", "folder"])
-    parser.add_argument("--root", help="dataset root folder")
+    if data:
+        parser.add_argument("--dataset", choices=["voc", "ade20k", "coco-stuff", "folder"],
+                            help="dataset layout under --root")
+        parser.add_argument("--root", help="dataset root folder")
     parser.add_argument("--backbone", help="timm model name, e.g. vit_small_patch16_224.dino")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", help="local checkpoint (timm, DINO layout or safetensors)")
     weights.add_argument("--random-init", action="store_true", help="random-init backbone (tests, demos)")
     weights.add_argument("--pretrained", action="store_true", help="download hub weights (needs internet)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--on-bad-sample", choices=["error", "skip"])
-    parser.add_argument("--k", type=int, help="neighbours per query patch")
-    parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
+    if data:
+        parser.add_argument("--on-bad-sample", choices=["error", "skip"],
+                            help="an unreadable image or mask: stop (error, default) or leave it out and report it (skip)")
+    if transfer:
+        parser.add_argument("--k", type=int, help="neighbours per query patch")
+        parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
     parser.add_argument("--index", choices=["auto", "scann", "exact"], help="search index kind")
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    if transfer if max_images is None else max_images:
+        parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,9 +64,12 @@ def add_bank_build_options(parser: argparse.ArgumentParser, *, several_features:
     Each command maps the flags onto its own config section.
     """
     parser.add_argument("--features", nargs="+" if several_features else None,
-                        choices=["embeddings", "fungi"])
+                        choices=["embeddings", "fungi"],
+                        help="feature kinds, one bank each" if several_features else
+                        "bank features: embeddings (patch tokens) or fungi (tokens + SimCLR gradients)")
     parser.add_argument("--bank-size", type=int, help=bank_size_help)
-    parser.add_argument("--aug-epochs", type=int, help=aug_epochs_help)
+    parser.add_argument("--aug-epochs", type=int,
+                        help=aug_epochs_help or "passes over the training images, each with new augmentations")
 
 
 def add_print_config_option(parser: argparse.ArgumentParser) -> None:

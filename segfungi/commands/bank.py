@@ -46,7 +46,7 @@ def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
         if not (path / BUILD_RECORD).exists():
             raise BankError(f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})")
         done = sorted(done_shards(path))
-        total = _incomplete_state(path).get("shards_total")
+        total = incomplete_state(path).get("shards_total")
         problems.append(f"{path}: incomplete build ({len(done)} of {total or '?'} shards done); "
                         "resume it with build-bank --resume")
         for shard in done:
@@ -82,7 +82,7 @@ def run_verify(args) -> int:
 
 
 # ------------------------------------------------------------------------- info
-def _incomplete_state(path: Path) -> dict:
+def incomplete_state(path: Path) -> dict:
     """What build.json and the finished shard folders say about an interrupted build."""
     from segfungi.bank import done_shards
     from segfungi.memory_bank import BUILD_RECORD
@@ -126,7 +126,7 @@ def bank_info(path: Path) -> dict:
             skipped_samples=len(manifest.get("skipped_samples") or []),
         )
     elif (path / BUILD_RECORD).exists():
-        state = _incomplete_state(path)
+        state = incomplete_state(path)
         identity, settings = state["identity"], state["settings"] or {}
         info.update(status="incomplete (resumable with build-bank --resume)",
                     shards_done=state["shards_done"], shards_total=state["shards_total"])

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder (masks/ and overlays/ go there)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours (default 0.5)")
     parser.add_argument("--no-overlay", action="store_true", help="write the class-id masks only")
-    add_config_options(parser)
+    add_config_options(parser, data=False, max_images=False)  # images come from the arguments
     parser.set_defaults(func=run)
 
 
