@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from segfungi.config import load_config, set_key
+from segfungi.config import load_config, parse_override, set_key
+from segfungi.errors import ConfigError
 
 # flag -> dotted config key; a flag left out keeps the config's value.
 SHARED_FLAGS = {
@@ -93,3 +95,47 @@ def collect_overrides(args: argparse.Namespace, extra: dict[str, str] | None = N
 def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = None,
                        base: dict | None = None) -> dict:
     return load_config(args.config, collect_overrides(args, extra), base=base)
+
+
+# Settings fixed when a bank is built; eval and predict take them from the bank and ignore them.
+BUILD_TIME_KEYS = ("bank.", "data.train_split", "data.subset_file", "data.subset_fraction", "data.subset_seed")
+
+
+def warn_ignored_build_keys(args: argparse.Namespace, command: str, bank_settings: dict) -> list[str]:
+    """Warn (stderr) about each --set of a build-time key; return the warnings."""
+    warnings = []
+    for text in args.set:
+        try:
+            nested = parse_override(text)
+        except ConfigError:
+            continue  # load_config reports it
+        for dotted in _dotted_keys(nested):
+            if not any(dotted == key or (key.endswith(".") and dotted.startswith(key)) for key in BUILD_TIME_KEYS):
+                continue
+            built = _lookup(bank_settings, dotted)
+            warnings.append(
+                f"segfungi {command}: warning: --set {text} is ignored: {dotted} is fixed when a bank is "
+                f"built (this bank: {dotted}={built!r}); build another bank with segfungi build-bank to change it"
+            )
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return warnings
+
+
+def _dotted_keys(nested: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _lookup(settings: dict, dotted: str):
+    value = settings
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
     """(problems, files checked) of the bank at `path` and of its support bank."""
     from segfungi.bank import done_shards
-    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank, not_a_bank
     from segfungi.errors import BankError
     from segfungi.storage import verify_folder
 
@@ -44,7 +44,7 @@ def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
     checked = 0
     if not (path / MANIFEST).exists():
         if not (path / BUILD_RECORD).exists():
-            raise BankError(f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})")
+            raise BankError(not_a_bank(path))
         done = sorted(done_shards(path))
         total = incomplete_state(path).get("shards_total")
         problems.append(f"{path}: incomplete build ({len(done)} of {total or '?'} shards done); "
@@ -102,7 +102,7 @@ def incomplete_state(path: Path) -> dict:
 
 def bank_info(path: Path) -> dict:
     """A plain dict describing the bank (or interrupted build) at `path`."""
-    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank, not_a_bank
     from segfungi.errors import BankError
     from segfungi.storage import folder_size
 
@@ -131,7 +131,7 @@ def bank_info(path: Path) -> dict:
         info.update(status="incomplete (resumable with build-bank --resume)",
                     shards_done=state["shards_done"], shards_total=state["shards_total"])
     else:
-        raise BankError(f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})")
+        raise BankError(not_a_bank(path))
     extractor = identity.get("extractor") or {}
     backbone = extractor.get("backbone") or {}
     dataset = identity.get("dataset") or {}
