@@ -56,7 +56,7 @@ def settings_differences(old, new, prefix: str = "") -> list[str]:
             found += settings_differences(old.get(key, missing), new.get(key, missing), f"{prefix}{key}.")
         return found
     if json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str):
-        return []  # equal as the hash sees them (a tuple and a list, 1 and 1.0 in JSON)
+        return []  # equal as the hash sees them (e.g. a tuple and a list)
     return [f"{prefix.rstrip('.')}: {_short(old)} there, {_short(new)} now"]
 
 

@@ -82,7 +82,8 @@ def resume_command(argv: list[str] | None) -> str:
     argv = list(argv if argv is not None else sys.argv[1:])
     if "--resume" not in argv:
         argv.append("--resume")
-    program = ["python", "-m", "segfungi"] if Path(sys.argv[0]).name == "__main__.py" else ["segfungi"]
+    started_as_module = Path(sys.argv[0]).parts[-2:] == ("segfungi", "__main__.py")  # python -m segfungi
+    program = ["python", "-m", "segfungi"] if started_as_module else ["segfungi"]
     return shlex.join([*program, *argv])
 
 
