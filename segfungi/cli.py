@@ -18,6 +18,17 @@ from segfungi.errors import SegfungiError
 VERBOSE_HELP = f"show third-party start-up logs (ScaNN/absl) too; same as {logging_setup.ENV_VAR}=1"
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: it (and any parser nested in it) also takes --verbose.
+
+    SUPPRESS: a sub-parser's default would overwrite the value `segfungi --verbose CMD`
+    set on the main parser."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segfungi",
@@ -25,16 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"segfungi {__version__}")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue  # shared helpers, not commands
         module = importlib.import_module(f"segfungi.commands.{info.name}")
         module.register(subparsers)
-    for sub in subparsers.choices.values():
-        # Accepted after the command name too; SUPPRESS keeps `segfungi --verbose CMD` working
-        # (a sub-parser default would overwrite the value the main parser set).
-        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 

@@ -401,10 +401,12 @@ def test_no_warning_for_query_keys(capsys):
     (["build-bank", "--print-config"], False),
     (["build-bank", "--print-config", "--verbose"], True),
     (["--verbose", "build-bank", "--print-config"], True),
+    (["bank", "info", "{bank}", "--verbose"], True),  # nested sub-commands take it too
+    (["bank", "info", "{bank}"], False),
 ])
-def test_verbose_flag_is_stored(argv, expected, monkeypatch, capsys):
+def test_verbose_flag_is_stored(argv, expected, bank, monkeypatch, capsys):
     monkeypatch.delenv(logging_setup.ENV_VAR, raising=False)
-    assert main(argv) == 0
+    assert main([arg.format(bank=bank) for arg in argv]) == 0
     assert logging_setup.verbose() is expected
     assert os.environ.get(logging_setup.ENV_VAR) == ("1" if expected else None)
 
