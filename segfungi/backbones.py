@@ -29,6 +29,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from segfungi import checkpoint_files
 from segfungi.errors import CheckpointError, ConfigError
 
 DEFAULT_GRID = 32
@@ -260,19 +261,39 @@ def _read_checkpoint(path: Path) -> Any:
             return safetensors.torch.load_file(str(path), device="cpu")
         except Exception as err:
             raise CheckpointError(f"{path}: unreadable safetensors file: {err}") from err
+    head = checkpoint_files.read_head(path)
+    kind = checkpoint_files.format_of(head)
+    save_hint = "save only the weights: torch.save(model.state_dict(), path), or a .safetensors file"
+    if kind == "pickle":  # torch would have to unpickle it to find out it is not a checkpoint
+        raise CheckpointError(
+            f"{path}: refused: a plain Python pickle, not a torch checkpoint; segfungi never "
+            f"unpickles files ({save_hint})"
+        )
+    if kind == "other":
+        raise CheckpointError(
+            f"{path}: not a checkpoint: it is {checkpoint_files.describe(head, path.stat().st_size)}; "
+            "--weights takes a torch checkpoint of tensors (.pth, .pt) or a .safetensors file"
+        )
     try:
         # argparse.Namespace is allowed because DINO/timm training checkpoints store their
         # args in one; it only carries plain attributes.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's message advises loading unsafely (and has colour codes): name the objects only.
+        found = checkpoint_files.refused_globals(str(err))
+        what = f" ({', '.join(found[:3])})" if found else ""
         raise CheckpointError(
-            f"{path}: refused: the checkpoint contains pickled Python objects, not just tensors "
-            f"(torch.load weights_only=True): {first_line}"
+            f"{path}: refused: the checkpoint contains pickled Python objects, not just tensors{what}; "
+            f"segfungi loads tensors only and never unpickles objects. A whole model saved with "
+            f"torch.save(model)? Then {save_hint}"
         ) from err
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable torch or safetensors checkpoint: {err}") from err
+        format_name = "zip archive" if kind == "torch-zip" else "legacy-format torch file"
+        raise CheckpointError(
+            f"{path}: a {format_name} but not a readable torch checkpoint: "
+            f"{checkpoint_files.first_line(str(err)) or type(err).__name__}"
+        ) from err
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -45,6 +45,7 @@ from segfungi.shards import HIDDEN_CACHE_DIR, ShardWriter
 from segfungi.storage import (
     BuildLock,
     check_free_space,
+    describe_differences,
     ensure_writable_dir,
     read_json,
     remove_temporaries,
@@ -252,8 +253,8 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
         if manifest.get("hash") == digest:
             return out  # the same bank exists already
         raise BankError(
-            f"{out}: holds a different bank (hash {manifest.get('hash')} vs {digest}); "
-            "choose another --out or remove it"
+            f"{out}: holds a different bank (hash {manifest.get('hash')} vs {digest}; "
+            f"{describe_differences(manifest.get('identity'), identity)}); choose another --out or remove it"
         )
 
     if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
@@ -338,7 +339,8 @@ def _start_or_resume(out: Path, identity: dict, digest: str, settings: dict, res
         if not isinstance(record, dict) or record.get("hash") != digest:
             raise BankError(
                 f"{out}: the incomplete build there used other settings "
-                f"(hash {record.get('hash') if isinstance(record, dict) else None} vs {digest}); "
+                f"(hash {record.get('hash') if isinstance(record, dict) else None} vs {digest}; "
+                f"{describe_differences(record.get('identity') if isinstance(record, dict) else None, identity)}); "
                 "cannot resume it with these"
             )
         _drop_damaged_shards(out)

@@ -1,4 +1,8 @@
-"""The `segfungi` command line: one sub-command per module in `segfungi.commands`."""
+"""The `segfungi` command line: one sub-command per module in `segfungi.commands`.
+
+Exit status: 0 success, 2 an error the user can fix (one line, no traceback), 130
+interrupted (Ctrl-C); a command may define others (`bank verify` exits 1 on problems).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,22 @@ import importlib
 import pkgutil
 import sys
 
-from segfungi import __version__, commands, distributed
+from segfungi import __version__, commands, distributed, logging_setup
 from segfungi.errors import SegfungiError
+
+
+VERBOSE_HELP = f"show third-party start-up logs (ScaNN/absl) too; same as {logging_setup.ENV_VAR}=1"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: it (and any parser nested in it) also takes --verbose.
+
+    SUPPRESS: a sub-parser's default would overwrite the value `segfungi --verbose CMD`
+    set on the main parser."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="In-context semantic segmentation with FUNGI features of frozen ViTs.",
     )
     parser.add_argument("--version", action="version", version=f"segfungi {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue  # shared helpers, not commands
@@ -28,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, for messages such as the resume command
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -37,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         # instead of ending the command with a UnicodeEncodeError.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    logging_setup.set_verbose(bool(getattr(args, "verbose", False)))
     distributed.init_from_env()  # a no-op unless launched by torchrun
     try:
         return int(args.func(args) or 0)
@@ -44,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         # Errors a user can fix get one clear line, not a traceback.
         print(f"segfungi {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is a request, not a crash: no traceback. (build-bank says itself what it kept.)
+        print(f"segfungi {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -50,6 +50,51 @@ _SHARD_NAME = re.compile(r"^\d{5}$")
 _HEX = re.compile(r"^[0-9a-f]{16,128}$")
 
 
+def not_a_bank(path: Path) -> str:
+    """Why `path` (which has no manifest.json) cannot be opened as a bank, for a BankError."""
+    path = Path(path)
+    if not path.exists():
+        near = banks_inside(path.parent, depth=1) if path.parent.is_dir() else []
+        return f"{path}: the folder does not exist" + (f"; banks in {path.parent}: {_listing(near)}" if near else "")
+    if not path.is_dir():
+        return f"{path}: a file, not a bank folder"
+    if (path / BUILD_RECORD).exists():
+        return (f"{path}: no {MANIFEST}; the bank is incomplete (an interrupted build): resume it "
+                f"with segfungi build-bank --resume --out {path} and the settings it was started with")
+    inside = banks_inside(path)
+    if inside:
+        example = next((name for name in inside if not name.endswith(" (incomplete)")), inside[0])
+        return (f"{path}: not a bank but a folder of {len(inside)} bank(s): {_listing(inside)}; "
+                f"pass one of them, e.g. {path / example.split(' ')[0]}")
+    if not any(path.iterdir()):
+        return f"{path}: an empty folder, not a bank (no {MANIFEST}); build one with segfungi build-bank --out {path}"
+    return f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})"
+
+
+def banks_inside(folder: Path, depth: int = 2) -> list[str]:
+    """Relative paths of the banks (complete or being built) in `folder`, `depth` levels down.
+
+    A bank's own sub-folders (its support bank) are not listed."""
+    found: list[str] = []
+    try:
+        children = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for child in children:
+        if (child / MANIFEST).exists():
+            found.append(child.name)
+        elif (child / BUILD_RECORD).exists():
+            found.append(f"{child.name} (incomplete)")
+        elif depth > 1:
+            found += [f"{child.name}/{name}" for name in banks_inside(child, depth - 1)]
+    return found
+
+
+def _listing(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 class MemoryBank:
     """A complete bank folder: features and labels read shard by shard, never unpickled.
 
@@ -76,8 +121,7 @@ class MemoryBank:
         if shards_override is not None:
             self.manifest = {"shards": shards_override}
         elif not (self.path / MANIFEST).exists():
-            state = "incomplete (resume it with --resume)" if (self.path / BUILD_RECORD).exists() else "not a bank"
-            raise BankError(f"{self.path}: no {MANIFEST}; the bank is {state}")
+            raise BankError(not_a_bank(self.path))
         else:
             self.manifest = read_json(self.path / MANIFEST)
             _check_manifest(self.manifest, self.path / MANIFEST)

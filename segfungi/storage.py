@@ -47,6 +47,32 @@ def settings_hash(settings: Mapping) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def settings_differences(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys where two settings (or identity) dicts differ: "key: X there, Y now"."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            missing = "(absent)"
+            found += settings_differences(old.get(key, missing), new.get(key, missing), f"{prefix}{key}.")
+        return found
+    if json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str):
+        return []  # equal as the hash sees them (e.g. a tuple and a list)
+    return [f"{prefix.rstrip('.')}: {_short(old)} there, {_short(new)} now"]
+
+
+def _short(value, most: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def describe_differences(old, new, most: int = 6) -> str:
+    """The first `most` differences as one clause, for an error message."""
+    found = settings_differences(old, new)
+    if not found:
+        return "no setting differs (a bank from another segfungi version?)"
+    return "; ".join(found[:most]) + (f"; and {len(found) - most} more" if len(found) > most else "")
+
+
 def temporary_name(path: Path) -> Path:
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -283,9 +309,13 @@ def existing_ancestor(path: Path) -> Path:
 
 
 def ensure_writable_dir(folder: Path) -> None:
-    """Create `folder` and prove a file can be written and renamed there, or raise
-    BankError naming it (a path under a regular file, a read-only mount, no permission)."""
+    """Prove `folder` can be created and a file written and renamed there, or raise
+    BankError naming it (a path under a regular file, a read-only mount, no permission).
+
+    The folders made for the probe are removed again: a command that fails later (a
+    missing checkpoint, a bad dataset) leaves no empty output folder behind."""
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test.tmp-{os.getpid()}"
@@ -299,6 +329,19 @@ def ensure_writable_dir(folder: Path) -> None:
         if isinstance(err, (NotADirectoryError, FileExistsError)):
             reason = f"{existing_ancestor(folder)} is a file, not a folder"
         raise BankError(f"{folder}: output folder is not writable ({reason}); choose another --out") from None
+    finally:
+        remove_created_folders(created)
+
+
+def remove_created_folders(created: list[Path]) -> None:
+    """Remove the folders in `created` (deepest first) that are empty; never anything else.
+
+    For undoing a failed start: pass only folders this process made (did not exist before)."""
+    for path in sorted((Path(p) for p in created), key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()  # fails, harmlessly, on a folder that holds anything
+        except OSError:
+            pass
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from segfungi.config import load_config, set_key
+from segfungi.config import load_config, parse_override, set_key
+from segfungi.errors import ConfigError
 
 # flag -> dotted config key; a flag left out keeps the config's value.
 SHARED_FLAGS = {
@@ -21,23 +23,37 @@ SHARED_FLAGS = {
 }
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
+def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, transfer: bool = True,
+                       max_images: bool | None = None) -> None:
+    """The flags of the pipeline commands; each command shows only those it uses.
+
+    data: --dataset, --root, --on-bad-sample (predict reads image files, not a dataset);
+    transfer: --k, --temperature (label transfer; build-bank does none);
+    max_images: --max-images (evaluation on a split; default: the same as `transfer`).
+    --config, --set, the backbone flags, --device, --index and --quiet are always there.
+    """
     parser.add_argument("--config", help="YAML preset: a name in configs/ or a path")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set bank.shard_images=32 (repeatable)")
-    parser.add_argument("--dataset", choices=["voc", "ade20k", "coco-stuff", "folder"])
-    parser.add_argument("--root", help="dataset root folder")
+    if data:
+        parser.add_argument("--dataset", choices=["voc", "ade20k", "coco-stuff", "folder"],
+                            help="dataset layout under --root")
+        parser.add_argument("--root", help="dataset root folder")
     parser.add_argument("--backbone", help="timm model name, e.g. vit_small_patch16_224.dino")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", help="local checkpoint (timm, DINO layout or safetensors)")
     weights.add_argument("--random-init", action="store_true", help="random-init backbone (tests, demos)")
     weights.add_argument("--pretrained", action="store_true", help="download hub weights (needs internet)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--on-bad-sample", choices=["error", "skip"])
-    parser.add_argument("--k", type=int, help="neighbours per query patch")
-    parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
+    if data:
+        parser.add_argument("--on-bad-sample", choices=["error", "skip"],
+                            help="an unreadable image or mask: stop (error, default) or leave it out and report it (skip)")
+    if transfer:
+        parser.add_argument("--k", type=int, help="neighbours per query patch")
+        parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
     parser.add_argument("--index", choices=["auto", "scann", "exact"], help="search index kind")
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    if transfer if max_images is None else max_images:
+        parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,9 +66,12 @@ def add_bank_build_options(parser: argparse.ArgumentParser, *, several_features:
     Each command maps the flags onto its own config section.
     """
     parser.add_argument("--features", nargs="+" if several_features else None,
-                        choices=["embeddings", "fungi"])
+                        choices=["embeddings", "fungi"],
+                        help="feature kinds, one bank each" if several_features else
+                        "bank features: embeddings (patch tokens) or fungi (tokens + SimCLR gradients)")
     parser.add_argument("--bank-size", type=int, help=bank_size_help)
-    parser.add_argument("--aug-epochs", type=int, help=aug_epochs_help)
+    parser.add_argument("--aug-epochs", type=int,
+                        help=aug_epochs_help or "passes over the training images, each with new augmentations")
 
 
 def add_print_config_option(parser: argparse.ArgumentParser) -> None:
@@ -76,3 +95,47 @@ def collect_overrides(args: argparse.Namespace, extra: dict[str, str] | None = N
 def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = None,
                        base: dict | None = None) -> dict:
     return load_config(args.config, collect_overrides(args, extra), base=base)
+
+
+# Settings fixed when a bank is built; eval and predict take them from the bank and ignore them.
+BUILD_TIME_KEYS = ("bank.", "data.train_split", "data.subset_file", "data.subset_fraction", "data.subset_seed")
+
+
+def warn_ignored_build_keys(args: argparse.Namespace, command: str, bank_settings: dict) -> list[str]:
+    """Warn (stderr) about each --set of a build-time key; return the warnings."""
+    warnings = []
+    for text in args.set:
+        try:
+            nested = parse_override(text)
+        except ConfigError:
+            continue  # load_config reports it
+        for dotted in _dotted_keys(nested):
+            if not any(dotted == key or (key.endswith(".") and dotted.startswith(key)) for key in BUILD_TIME_KEYS):
+                continue
+            built = _lookup(bank_settings, dotted)
+            warnings.append(
+                f"segfungi {command}: warning: --set {text} is ignored: {dotted} is fixed when a bank is "
+                f"built (this bank: {dotted}={built!r}); build another bank with segfungi build-bank to change it"
+            )
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return warnings
+
+
+def _dotted_keys(nested: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _lookup(settings: dict, dotted: str):
+    value = settings
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value

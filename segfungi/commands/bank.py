@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
     """(problems, files checked) of the bank at `path` and of its support bank."""
     from segfungi.bank import done_shards
-    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank, not_a_bank
     from segfungi.errors import BankError
     from segfungi.storage import verify_folder
 
@@ -44,9 +44,9 @@ def verify_problems(path: Path, full: bool = True) -> tuple[list[str], int]:
     checked = 0
     if not (path / MANIFEST).exists():
         if not (path / BUILD_RECORD).exists():
-            raise BankError(f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})")
+            raise BankError(not_a_bank(path))
         done = sorted(done_shards(path))
-        total = _incomplete_state(path).get("shards_total")
+        total = incomplete_state(path).get("shards_total")
         problems.append(f"{path}: incomplete build ({len(done)} of {total or '?'} shards done); "
                         "resume it with build-bank --resume")
         for shard in done:
@@ -82,7 +82,7 @@ def run_verify(args) -> int:
 
 
 # ------------------------------------------------------------------------- info
-def _incomplete_state(path: Path) -> dict:
+def incomplete_state(path: Path) -> dict:
     """What build.json and the finished shard folders say about an interrupted build."""
     from segfungi.bank import done_shards
     from segfungi.memory_bank import BUILD_RECORD
@@ -102,7 +102,7 @@ def _incomplete_state(path: Path) -> dict:
 
 def bank_info(path: Path) -> dict:
     """A plain dict describing the bank (or interrupted build) at `path`."""
-    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, MemoryBank, not_a_bank
     from segfungi.errors import BankError
     from segfungi.storage import folder_size
 
@@ -126,12 +126,12 @@ def bank_info(path: Path) -> dict:
             skipped_samples=len(manifest.get("skipped_samples") or []),
         )
     elif (path / BUILD_RECORD).exists():
-        state = _incomplete_state(path)
+        state = incomplete_state(path)
         identity, settings = state["identity"], state["settings"] or {}
         info.update(status="incomplete (resumable with build-bank --resume)",
                     shards_done=state["shards_done"], shards_total=state["shards_total"])
     else:
-        raise BankError(f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})")
+        raise BankError(not_a_bank(path))
     extractor = identity.get("extractor") or {}
     backbone = extractor.get("backbone") or {}
     dataset = identity.get("dataset") or {}

@@ -1,8 +1,16 @@
-"""`segfungi build-bank`: build (or resume) a memory bank from a training split."""
+"""`segfungi build-bank`: build (or resume) a memory bank from a training split.
+
+Ctrl-C stops the build with one line saying which shards were kept and the command that
+resumes it (exit 130). A build that fails or is interrupted before it has started
+removes the output folders it created; a started build (build.json written) is kept,
+since `--resume` continues it.
+"""
 
 from __future__ import annotations
 
+import shlex
 import sys
+from pathlib import Path
 
 from segfungi.commands._options import (
     add_bank_build_options,
@@ -24,11 +32,11 @@ BUILD_FLAGS = {
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build-bank", help="build a memory bank (embeddings or FUNGI features)")
-    add_config_options(parser)
+    add_config_options(parser, transfer=False)  # k, temperature, max-images are eval settings
     parser.add_argument("--split", help="training split, e.g. train or trainaug")
     add_bank_build_options(parser, several_features=False,
                            bank_size_help="patches in the bank, e.g. 102400")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="seed of the augmentations and of the patches kept (default 0)")
     parser.add_argument("--out", help="bank folder (default memory_banks/bank)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted build")
     add_print_config_option(parser)
@@ -36,14 +44,27 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from segfungi import distributed
     from segfungi.bank import build_bank
     from segfungi.memory_bank import MemoryBank
+    from segfungi.storage import remove_created_folders
 
     settings = settings_from_args(args, BUILD_FLAGS)
     if args.print_config:
         print(dump_config(settings))
         return 0
-    path = build_bank(settings, resume=args.resume, progress=not args.quiet)
+    out = Path(settings["bank"]["out"])
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        path = build_bank(settings, resume=args.resume, progress=not args.quiet)
+    except BaseException as err:
+        if distributed.rank() == 0:
+            remove_created_folders(created)  # only empty ones: a started build is kept
+            if isinstance(err, KeyboardInterrupt):
+                print(f"segfungi build-bank: interrupted; {interrupted_summary(out, getattr(args, 'argv', None))}",
+                      file=sys.stderr)
+                return 130
+        raise
     bank = MemoryBank(path)
     skipped = bank.manifest.get("skipped_samples") or []
     if skipped:  # --on-bad-sample skip: say what was left out, one line each
@@ -54,3 +75,33 @@ def run(args) -> int:
           f"dim {bank.feature_dim}, hash {bank.manifest['hash']})"
           + (f", {len(skipped)} bad samples skipped" if skipped else ""))
     return 0
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line as typed, with --resume added (what continues the build)."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    started_as_module = Path(sys.argv[0]).parts[-2:] == ("segfungi", "__main__.py")  # python -m segfungi
+    program = ["python", "-m", "segfungi"] if started_as_module else ["segfungi"]
+    return shlex.join([*program, *argv])
+
+
+def interrupted_summary(out: Path, argv: list[str] | None) -> str:
+    """What an interrupted build left in `out`, and how to continue it."""
+    from segfungi.commands.bank import incomplete_state
+    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR
+
+    if (out / MANIFEST).exists():
+        return f"the bank in {out} was already complete"
+    if not (out / BUILD_RECORD).exists():
+        return f"stopped before the build started; nothing was kept in {out}"
+    kept = []
+    for folder, support in ((out / SUPPORT_DIR, True), (out, False)):
+        if (folder / MANIFEST).exists():
+            kept.append("the complete support (embeddings) bank" if support else "the complete bank")
+        elif (folder / BUILD_RECORD).exists():
+            state = incomplete_state(folder)
+            label = "support (embeddings)" if support else state["identity"].get("features", "")
+            kept.append(f"{state['shards_done']} of {state['shards_total'] or '?'} shards of the {label} bank")
+    return f"kept {' and '.join(kept)} in {out}; resume with: {resume_command(argv)}"

@@ -13,9 +13,9 @@ def register(subparsers) -> None:
     )
     add_config_options(parser)
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--train-images", type=int, default=32)
-    parser.add_argument("--val-images", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-images", type=int, default=32, help="generated training images (default 32)")
+    parser.add_argument("--val-images", type=int, default=12, help="generated validation images (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
     parser.set_defaults(func=run, config="demo")
 
 

@@ -16,11 +16,11 @@ def register(subparsers) -> None:
         "a plain folder or COCO-Stuff; splits train and val.",
     )
     parser.add_argument("out", help="output folder (must be empty or an earlier demo-data folder)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="voc")
+    parser.add_argument("--layout", choices=LAYOUTS, default="voc", help="folder layout and label format (default voc)")
     parser.add_argument("--images", type=int, default=50, help="number of images (default 50)")
     parser.add_argument("--val-images", type=int, default=None,
                         help="how many of them go to val (default a quarter)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
     parser.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.commands._options import add_config_options, settings_from_args, warn_ignored_build_keys
 
 EVAL_FLAGS = {"split": "data.val_split", "out": "eval.out"}
 
@@ -26,6 +26,7 @@ def run(args) -> int:
     # Start from the settings the bank was built with, so only what differs is typed.
     base = MemoryBank(args.bank).settings
     settings = settings_from_args(args, EVAL_FLAGS, base=base)
+    warn_ignored_build_keys(args, "eval", base)
     results = evaluate(settings, args.bank, progress=not args.quiet)
     print(results_table(results))
     if settings["eval"]["out"]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.commands._options import add_config_options, settings_from_args, warn_ignored_build_keys
 
 
 def register(subparsers) -> None:
@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder (masks/ and overlays/ go there)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours (default 0.5)")
     parser.add_argument("--no-overlay", action="store_true", help="write the class-id masks only")
-    add_config_options(parser)
+    add_config_options(parser, data=False, max_images=False)  # images come from the arguments
     parser.set_defaults(func=run)
 
 
@@ -21,7 +21,9 @@ def run(args) -> int:
     from segfungi.predict import predict_to_folder
 
     # Start from the settings the bank was built with: the query must match them anyway.
-    settings = settings_from_args(args, base=MemoryBank(args.bank).settings)
+    base = MemoryBank(args.bank).settings
+    settings = settings_from_args(args, base=base)
+    warn_ignored_build_keys(args, "predict", base)
     records = predict_to_folder(args.bank, args.inputs, args.out, settings=settings, alpha=args.alpha,
                                 overlays=not args.no_overlay, progress=not args.quiet)
     print(f"{len(records)} masks written to {args.out}/masks"

@@ -9,8 +9,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="mIoU against bank size for embeddings and FUNGI")
     add_config_options(parser)
     parser.add_argument("--sizes", type=int, nargs="+", help="bank sizes (default 1024x10^2, 10^3, 10^4)")
-    parser.add_argument("--features", nargs="+", choices=["embeddings", "fungi"])
-    parser.add_argument("--aug-epochs", type=int)
+    parser.add_argument("--features", nargs="+", choices=["embeddings", "fungi"], help="feature kinds to sweep (default both)")
+    parser.add_argument("--aug-epochs", type=int, help="passes over the training images, each with new augmentations")
     parser.add_argument("--out", help="output folder for banks, table and plot")
     parser.set_defaults(func=run)
 
