@@ -50,7 +50,7 @@ import torch
 
 from segfungi.backbones import load_backbone
 from segfungi.features import FeatureExtractor
-from segfungi.gradients import TokenGradients, capture_token_gradients, l2_normalize
+from segfungi.gradients import TokenGradients, capture_token_gradients, cpu_has_fast_bfloat16, l2_normalize
 from segfungi.seg_loss import seg_simclr_loss
 
 
@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kept", type=int, default=10, help="patches per image in the bank-build case (b')")
     p.add_argument("--ref-tokens", type=int, default=128, help="tokens timed for the reference projection (c)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds; the best is reported")
+    p.add_argument("--projection-dtypes", nargs="*", default=[], choices=["bfloat16"],
+                   help="also time and compare the projection's GEMMs in these dtypes")
     p.add_argument("--dtypes", nargs="*", default=[], choices=["bfloat16", "float16"],
                    help="also time and check the frozen blocks under autocast in these dtypes")
     return p.parse_args()
@@ -178,6 +180,16 @@ def main() -> None:
         cases[f"{dt}/research_grad"] = (lambda x, n, t=torch_dt: research_gradient_pass(research, x, n, t), batches)
         low_matrix = matrix.to(torch_dt)
         cases[f"{dt}/ref_proj"] = (lambda d, a, m=low_matrix: reference_projection(d, a, m), ref_pairs)
+    grad_pairs = [(grads.delta.reshape(-1, grads.delta.shape[-1]), grads.inputs.reshape(-1, grads.inputs.shape[-1]))]
+    cases["proj"] = (lambda d, a: dense.projection.project_tokens(d, a), grad_pairs)
+    low_proj = {}
+    for dt in args.projection_dtypes:
+        for label, kind in (("dense", "dense"), ("structured", "structured")):
+            fe = FeatureExtractor(bb, kind="fungi", projection=kind)
+            fe.projection.compute_dtype = dt  # the same projection, GEMMs at another precision
+            low_proj[f"{dt}/{label}"] = fe
+            cases[f"proj-{dt}/{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
+        cases[f"proj-{dt}"] = (lambda d, a, fe=low_proj[f"{dt}/dense"]: fe.projection.project_tokens(d, a), grad_pairs)
     best = time_cases(cases, args.repeats)
     per_image = {name: [t / args.images for t in times] for name, times in best.items()}
     add = lambda a, b: [x + y for x, y in zip(per_image[a], per_image[b])]
@@ -240,6 +252,24 @@ def main() -> None:
         print(f"    FUNGI feature cosine to float32: mean {errors['cosine'][0]:.5f}, min {errors['cosine'][1]:.5f}")
         print(f"    recall@30 of the float32 features' neighbours (patches of the other images): "
               f"{errors['recall']:.4f}")
+    if low_proj:
+        print(f"\nprojection GEMMs in low precision (cpu_has_fast_bfloat16: {cpu_has_fast_bfloat16()}, "
+              f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}):")
+        row(f"     projection alone, float32, {len(grad_pairs[0][0])} tokens", "proj")
+    for dt in args.projection_dtypes:
+        row(f"     projection alone, {dt}", f"proj-{dt}")
+        for label in ("dense", "structured"):
+            row(f"(b)  FUNGI {label}, projection in {dt}", f"proj-{dt}/{label}/all")
+        print(f"  ratios {dt} / float32 (wall / CPU): projection {ratio(f'proj-{dt}', 'proj')}   "
+              f"b dense {ratio(f'proj-{dt}/dense/all', 'dense/all')}   "
+              f"b structured {ratio(f'proj-{dt}/structured/all', 'structured/all')};   "
+              f"b/a dense {ratio(f'proj-{dt}/dense/all', 'embed')}")
+        for label, ref_fe in (("dense", dense), ("structured", structured)):
+            errors = feature_errors(ref_fe, low_proj[f"{dt}/{label}"], batches)
+            e = errors["gradient"]
+            print(f"  {label}: gradient half vs float32 over {errors['patches']} patches (relative L2, mean / 99% / max) "
+                  f"{e[0]:.2e} / {e[1]:.2e} / {e[2]:.2e}; FUNGI cosine min {errors['cosine'][1]:.5f}; "
+                  f"recall@30 of float32's neighbours {errors['recall']:.4f}")
     print(f"\n  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
           f"load average after: {os.getloadavg()[0]:.1f}")
 
