@@ -631,11 +631,14 @@ def _check_asset_paths(folder: Path, assets_text: str) -> None:
 
 
 def make_index(
-    features: Any, settings: IndexSettings | dict | None = None, **overrides: Any
+    features: Any, settings: IndexSettings | dict | None = None, *, device: str | torch.device = "cpu",
+    **overrides: Any,
 ) -> ExactIndex | ScannIndex:
     """Builds the index `kind` asks for; `auto` = exact below `exact_below` rows.
 
     `make_index(features, **config["index"])` works: every config key is a setting.
+    `device` (e.g. `backbone.device`) is where an exact index keeps the bank and runs
+    its matmul + top-k; ScaNN always runs on the CPU.
     """
     if isinstance(settings, dict):
         settings = IndexSettings.from_dict(settings)
@@ -645,7 +648,7 @@ def make_index(
     if kind == "auto":
         kind = "exact" if features.shape[0] < settings.exact_below else "scann"
     if kind == "exact":
-        return ExactIndex().build(features)
+        return ExactIndex(device).build(features)
     return ScannIndex(settings).build(features)
 
 

@@ -288,3 +288,17 @@ def test_compute_dtype_resolution_records_what_runs(monkeypatch):
     assert resolve_compute_dtype("auto", "cpu") == "float32"
     with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
         resolve_compute_dtype("float16")
+
+
+def test_dense_projection_on_a_non_cpu_device_keeps_its_chunks_resident():
+    # The meta device runs the accelerator code path (shapes only) on any machine; the
+    # values of that path are the CPU path's: the same chunks of the same ±1 matrix.
+    proj = AchlioptasProjection(DIN, DOUT, dim=10, seed=0, chunk_rows=3)
+    delta, inputs = torch.randn(7, DOUT, device="meta"), torch.randn(7, DIN, device="meta")
+    assert proj.project_tokens(delta, inputs).shape == (7, 10)
+    first = proj._device_cache
+    assert [len(rows) for rows, _ in first] == [3, 3, 3, 1] and first[0][1].device.type == "meta"
+    proj.project_tokens(delta, inputs)
+    assert proj._device_cache is first  # not rebuilt per call
+    cpu_chunks = [chunk for _, chunk in proj._chunks(torch.float32, torch.device("cpu"))]
+    assert [c.shape for c in cpu_chunks] == [c.shape for _, c in first]

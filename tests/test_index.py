@@ -264,3 +264,10 @@ def test_training_threads_setting_is_checked():
     assert IndexSettings().training_threads == 1
     with pytest.raises(ConfigError, match="training_threads"):
         IndexSettings.from_dict({"training_threads": -1})
+
+
+def test_make_index_puts_an_exact_index_on_the_given_device(bank):
+    index = make_index(bank[:500], kind="exact", device="cpu")
+    assert isinstance(index, ExactIndex) and index.bank.device.type == "cpu"
+    meta = make_index(bank[:500], kind="exact", device="meta")
+    assert meta.bank.device.type == "meta" and meta.num_vectors == 500
