@@ -32,7 +32,9 @@ low-precision mode (its whole pass under autocast, gradients and R cast to that 
 for the projection); the features are compared with float32's
 on the same images and negatives (relative L2 error per patch of each normalised half,
 and the cosine of whole FUNGI features), which is what decides whether a low-precision
-default would "keep results".  Peak RSS of the whole run is printed at the end.
+default would "keep results".  --device cuda: every backbone (and so the projection, on its device) runs there; timings
+synchronise the device, and CPU seconds then count only the host's share.
+Peak RSS of the whole run is printed at the end.
 Cases are timed in --repeats interleaved rounds and the best round is reported, as
 wall-clock and as process CPU time (shared machines).
 Weights are random-init: speed does not depend on them.  Negatives are raw tokens of
@@ -50,7 +52,7 @@ import torch
 
 from segfungi.backbones import load_backbone
 from segfungi.features import FeatureExtractor
-from segfungi.gradients import TokenGradients, capture_token_gradients, l2_normalize
+from segfungi.gradients import TokenGradients, capture_token_gradients, cpu_has_fast_bfloat16, l2_normalize
 from segfungi.seg_loss import seg_simclr_loss
 
 
@@ -64,9 +66,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kept", type=int, default=10, help="patches per image in the bank-build case (b')")
     p.add_argument("--ref-tokens", type=int, default=128, help="tokens timed for the reference projection (c)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds; the best is reported")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (where the backbones run)")
+    p.add_argument("--projection-dtypes", nargs="*", default=[], choices=["bfloat16"],
+                   help="also time and compare the projection's GEMMs in these dtypes")
     p.add_argument("--dtypes", nargs="*", default=[], choices=["bfloat16", "float16"],
                    help="also time and check the frozen blocks under autocast in these dtypes")
     return p.parse_args()
+
+
+def synchronize() -> None:
+    """Waits for queued accelerator work, so wall-clock times include it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def time_cases(cases: dict, rounds: int) -> dict:
@@ -80,9 +91,11 @@ def time_cases(cases: dict, rounds: int) -> dict:
         fn(*batches[0])
     for _ in range(rounds):
         for name, (fn, batches) in cases.items():
+            synchronize()
             wall, cpu = time.perf_counter(), time.process_time()
             for batch in batches:
                 fn(*batch)
+            synchronize()
             best[name][0] = min(best[name][0], time.perf_counter() - wall)
             best[name][1] = min(best[name][1], time.process_time() - cpu)
     return best
@@ -121,7 +134,7 @@ def research_gradient_pass(fe: FeatureExtractor, x: torch.Tensor, negatives: tor
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    bb = load_backbone(args.backbone, img_size=args.img_size)
+    bb = load_backbone(args.backbone, img_size=args.img_size, device=args.device)
     dense = FeatureExtractor(bb, kind="fungi")
     structured = FeatureExtractor(bb, kind="fungi", projection="structured")
     num_patches, dim = bb.num_patches, bb.embed_dim
@@ -147,9 +160,9 @@ def main() -> None:
 
     # (c) reference: its own copy of the same weights with every parameter requiring grad;
     # the dense matrix is held whole, as the research code does
-    research = FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size), kind="fungi")
+    research = FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, device=args.device), kind="fungi")
     research.backbone.model.requires_grad_(True)
-    matrix = dense.projection.dense_matrix(torch.float32)
+    matrix = dense.projection.dense_matrix(torch.float32).to(args.device)
     grads, _, _ = dense.patch_gradients(dense.last_block_input(xs[0]), negatives[0])
     ref_tokens = min(args.ref_tokens, num_patches)
     ref_pairs = [(grads.delta[0, :ref_tokens], grads.inputs[0, :ref_tokens])]
@@ -167,7 +180,7 @@ def main() -> None:
         cases[f"{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
         cases[f"{label}/kept"] = (lambda x, n, k, fe=fe: fe.fungi(x, n, patch_index=k), kept_batches)
         cases[f"{label}/cached"] = (lambda h, n, k, fe=fe: fe.fungi_from_hidden(h, n, patch_index=k), cached_kept)
-    low = {dt: FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, dtype=dt), kind="fungi")
+    low = {dt: FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, device=args.device, dtype=dt), kind="fungi")
            for dt in args.dtypes}
     for dt, fe in low.items():
         fs = FeatureExtractor(fe.backbone, kind="fungi", projection="structured")
@@ -178,6 +191,16 @@ def main() -> None:
         cases[f"{dt}/research_grad"] = (lambda x, n, t=torch_dt: research_gradient_pass(research, x, n, t), batches)
         low_matrix = matrix.to(torch_dt)
         cases[f"{dt}/ref_proj"] = (lambda d, a, m=low_matrix: reference_projection(d, a, m), ref_pairs)
+    grad_pairs = [(grads.delta.reshape(-1, grads.delta.shape[-1]), grads.inputs.reshape(-1, grads.inputs.shape[-1]))]
+    cases["proj"] = (lambda d, a: dense.projection.project_tokens(d, a), grad_pairs)
+    low_proj = {}
+    for dt in args.projection_dtypes:
+        for label, kind in (("dense", "dense"), ("structured", "structured")):
+            fe = FeatureExtractor(bb, kind="fungi", projection=kind)
+            fe.projection.compute_dtype = dt  # the same projection, GEMMs at another precision
+            low_proj[f"{dt}/{label}"] = fe
+            cases[f"proj-{dt}/{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
+        cases[f"proj-{dt}"] = (lambda d, a, fe=low_proj[f"{dt}/dense"]: fe.projection.project_tokens(d, a), grad_pairs)
     best = time_cases(cases, args.repeats)
     per_image = {name: [t / args.images for t in times] for name, times in best.items()}
     add = lambda a, b: [x + y for x, y in zip(per_image[a], per_image[b])]
@@ -240,6 +263,24 @@ def main() -> None:
         print(f"    FUNGI feature cosine to float32: mean {errors['cosine'][0]:.5f}, min {errors['cosine'][1]:.5f}")
         print(f"    recall@30 of the float32 features' neighbours (patches of the other images): "
               f"{errors['recall']:.4f}")
+    if low_proj:
+        print(f"\nprojection GEMMs in low precision (cpu_has_fast_bfloat16: {cpu_has_fast_bfloat16()}, "
+              f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}):")
+        row(f"     projection alone, float32, {len(grad_pairs[0][0])} tokens", "proj")
+    for dt in args.projection_dtypes:
+        row(f"     projection alone, {dt}", f"proj-{dt}")
+        for label in ("dense", "structured"):
+            row(f"(b)  FUNGI {label}, projection in {dt}", f"proj-{dt}/{label}/all")
+        print(f"  ratios {dt} / float32 (wall / CPU): projection {ratio(f'proj-{dt}', 'proj')}   "
+              f"b dense {ratio(f'proj-{dt}/dense/all', 'dense/all')}   "
+              f"b structured {ratio(f'proj-{dt}/structured/all', 'structured/all')};   "
+              f"b/a dense {ratio(f'proj-{dt}/dense/all', 'embed')}")
+        for label, ref_fe in (("dense", dense), ("structured", structured)):
+            errors = feature_errors(ref_fe, low_proj[f"{dt}/{label}"], batches)
+            e = errors["gradient"]
+            print(f"  {label}: gradient half vs float32 over {errors['patches']} patches (relative L2, mean / 99% / max) "
+                  f"{e[0]:.2e} / {e[1]:.2e} / {e[2]:.2e}; FUNGI cosine min {errors['cosine'][1]:.5f}; "
+                  f"recall@30 of float32's neighbours {errors['recall']:.4f}")
     print(f"\n  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
           f"load average after: {os.getloadavg()[0]:.1f}")
 
@@ -252,8 +293,8 @@ def feature_errors(reference: FeatureExtractor, other: FeatureExtractor, batches
     cosines, ref_rows, other_rows = [], [], []
     half = reference.projection.dim
     for x, n in batches:
-        a = torch.cat(reference.fungi(x, n).features)
-        b = torch.cat(other.fungi(x, n).features)
+        a = torch.cat(reference.fungi(x, n).features).cpu()
+        b = torch.cat(other.fungi(x, n).features).cpu()
         for part, cols in (("gradient", slice(0, half)), ("embedding", slice(half, None))):
             rel[part].append((b[:, cols] - a[:, cols]).norm(dim=1) / a[:, cols].norm(dim=1))
         cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=1))

@@ -14,6 +14,13 @@ several numbers of reordering candidates and of leaves searched on one ScaNN bui
 are search-time settings), e.g. the support index's 2-NN search:
 `--dim 384 --k 2 --leaves 32 16 8 4`.
 
+`--query-batch 1025 4100` times ScaNN searches whose queries arrive in calls of that many
+rows (1025 = one image's CLS + patch tokens, as the support search sends them; 4100 =
+four images batched into one call); 0 (default) = all queries in one call. Results do
+not depend on the batching (every query is searched on its own), only the cost does.
+`--device cuda` runs the exact index (build and search, a torch matmul + top-k) on that
+device; ScaNN stays on the CPU.
+
 `--shard-rows R` stores the bank as shard files of R rows (as a memory bank does) and
 builds from them through `segfungi.index.ConcatRows`, one shard open at a time — the
 way `MemoryBank.build_index` does; `--reorder-dtype int8` is the `index.reorder_dtype`
@@ -111,11 +118,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_searches(index, queries: np.ndarray, k: int, **search_args) -> tuple[float, np.ndarray]:
-    """Seconds for one search of all queries (after a warm-up on 64 of them), and its ids."""
+def time_searches(index, queries: np.ndarray, k: int, batch: int = 0, **search_args) -> tuple[float, np.ndarray]:
+    """Seconds for one search of all queries (after a warm-up on 64 of them), and its ids;
+    `batch` > 0 sends the queries in calls of that many rows."""
     index.search(queries[:64], k, **search_args)  # thread pools, first-touch pages
+    batch = batch or len(queries)
     start = time.perf_counter()
-    _, ids = index.search(queries, k, **search_args)
+    ids = np.concatenate([index.search(queries[i : i + batch], k, **search_args)[1]
+                          for i in range(0, len(queries), batch)])
     return time.perf_counter() - start, ids
 
 
@@ -136,7 +146,7 @@ def worker(args) -> None:
     data = Path(args.data)
     queries = np.load(args.queries_file, allow_pickle=False).astype(np.float32)
     start, start_cpu = time.perf_counter(), cpu_seconds()
-    index = ExactIndex() if args.worker == "exact" else ScannIndex(IndexSettings(reorder_dtype=args.reorder_dtype))
+    index = ExactIndex(args.device) if args.worker == "exact" else ScannIndex(IndexSettings(reorder_dtype=args.reorder_dtype))
     index.build(open_bank(data))
     result = {
         "kind": args.worker,
@@ -157,12 +167,24 @@ def worker(args) -> None:
                 for leaves in args.leaves for reorder in args.reorders}
     result["recall"] = {name: recall_at_k(index.search(queries, args.k, **how)[1], exact_ids)
                         for name, how in searches.items()}
-    exact = ExactIndex().build(open_bank(data))
+    # Batching changes the cost only (checked: the ids are the same); b0 = one call.
+    batched = {}
+    for name, how in searches.items():
+        for batch in args.query_batch:
+            key = name if batch == 0 else f"{name}b{batch}"
+            batched[key] = {**how, "batch": batch}
+            result["recall"][key] = result["recall"][name]
+    searches = batched
+    exact = ExactIndex(args.device).build(open_bank(data))
     best = {name: float("inf") for name in ["exact", *searches]}
     for _ in range(args.rounds):
         best["exact"] = min(best["exact"], time_searches(exact, queries, args.k)[0])
         for name, how in searches.items():
-            best[name] = min(best[name], time_searches(index, queries, args.k, **how)[0])
+            seconds, ids = time_searches(index, queries, args.k, **how)
+            if how["batch"] and not np.array_equal(ids, index.search(queries, args.k, **{
+                    key: value for key, value in how.items() if key != "batch"})[1]):
+                raise SystemExit(f"{name}: batched queries found other neighbours than one call")
+            best[name] = min(best[name], seconds)
     result["exact_queries_per_s"] = len(queries) / best["exact"]
     result["queries_per_s"] = {name: len(queries) / best[name] for name in searches}
     print(json.dumps(result), flush=True)
@@ -172,7 +194,8 @@ def run_worker(kind: str, data: Path, queries: Path, ids: Path, args) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--data", str(data),
                "--queries-file", str(queries), "--ids-file", str(ids), "--k", str(args.k),
                "--reorder-dtype", args.reorder_dtype, "--rounds", str(args.rounds),
-               "--reorders", *map(str, args.reorders), "--leaves", *map(str, args.leaves)]
+               "--reorders", *map(str, args.reorders), "--leaves", *map(str, args.leaves),
+               "--query-batch", *map(str, args.query_batch), "--device", args.device]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
@@ -194,6 +217,9 @@ def main() -> None:
                         help="ScaNN reordering candidates to measure (search-time; 120 = paper)")
     parser.add_argument("--leaves", type=int, nargs="+", default=[32],
                         help="ScaNN leaves searched to measure (search-time; 32 = paper)")
+    parser.add_argument("--query-batch", type=int, nargs="+", default=[0],
+                        help="ScaNN queries per search call to time (0 = all in one call; 1025 = one image)")
+    parser.add_argument("--device", default="cpu", help="device of the exact index (e.g. cuda); ScaNN runs on the CPU")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds, exact vs ScaNN")
     parser.add_argument("--skip-exact", action="store_true", help="reuse exact results from an earlier run")
     parser.add_argument("--worker", choices=["exact", "scann"], help=argparse.SUPPRESS)
@@ -209,7 +235,7 @@ def main() -> None:
     queries = workdir / f"queries_{args.queries}x{args.dim}.npy"
     np.save(queries, next(synthetic_features(args.queries, args.dim, seed=1)), allow_pickle=False)
 
-    header = (f"{'rows':>9} {'dim':>4} {'index':>19} {'build s':>8} {'build CPU s':>11} {'queries/s':>10} "
+    header = (f"{'rows':>9} {'dim':>4} {'index':>24} {'build s':>8} {'build CPU s':>11} {'queries/s':>10} "
               f"{'× exact':>8} {'recall@' + str(args.k):>9} {'peak RSS GiB':>12}")
     print(header)
     print("-" * len(header))
@@ -223,13 +249,13 @@ def main() -> None:
         ids = workdir / f"exact_ids_{size}x{args.dim}_k{args.k}.npy"
         if not (args.skip_exact and ids.exists()):
             r = run_worker("exact", data, queries, ids, args)
-            print(f"{size:>9} {args.dim:>4} {'exact':>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
+            print(f"{size:>9} {args.dim:>4} {'exact ' + args.device:>24} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
                   f"{r['queries_per_s']:>10.0f} {'':>8} {'1 (ref)':>9} {r['peak_rss_gib']:>12.2f}", flush=True)
         r = run_worker("scann", data, queries, ids, args)
         for name in r["queries_per_s"]:
             qps = r["queries_per_s"][name]
             label = f"scann {args.reorder_dtype} {name}"
-            print(f"{size:>9} {args.dim:>4} {label:>19} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
+            print(f"{size:>9} {args.dim:>4} {label:>24} {r['build_s']:>8.1f} {r['build_cpu_s']:>11.1f} "
                   f"{qps:>10.0f} {qps / r['exact_queries_per_s']:>8.1f} {r['recall'][name]:>9.4f} "
                   f"{r['peak_rss_gib']:>12.2f}", flush=True)
         print(f"{'':>19} (× exact: against exact search at {r['exact_queries_per_s']:.0f} queries/s in the same "

@@ -109,7 +109,7 @@ _POSITIVE = {
     "index.ah_training_sample", "index.min_leaf_size", "fewshot.bank_size", "fewshot.aug_epochs",
     "fewshot.k", "fewshot.temperature", "fewshot.num_leaves_to_search", "sweep.sizes",
 }
-_NON_NEGATIVE = {"data.num_workers", "index.reorder", "index.exact_below", "fewshot.reorder", "fewshot.seeds"}
+_NON_NEGATIVE = {"data.num_workers", "index.reorder", "index.exact_below", "index.training_threads", "fewshot.reorder", "fewshot.seeds"}
 _CHOICES = {
     "data.on_bad_sample": ("error", "skip"),
     "bank.features": ("embeddings", "fungi"),

@@ -18,11 +18,23 @@ least-significant first, and bit 1 → +1, bit 0 → −1.  Raw bit-generator ou
 covered by NumPy's stream-compatibility guarantee, so the matrix is the same for every
 chunk size, process, machine and NumPy version.  Entries stay ±1 (no 1/sqrt(dim)
 scaling): features are L2-normalised afterwards, which removes any global scale.
+
+Precision (``compute_dtype``): the projection's GEMMs may run in bfloat16. R's ±1
+entries are exact in bfloat16, so only ã_t (and, for whole gradients, G) is rounded
+(relative 2⁻⁹); the products are accumulated in float32 by the GEMM kernels and the
+δ-contraction runs in float32, so a projected value moves by about one bfloat16
+rounding. This is the same projection at a lower precision, not another projection:
+``identity()`` names the dtype only when it is not float32, so float32 banks keep
+their hashes. ``resolve_compute_dtype("auto", device)`` picks bfloat16 only where the
+hardware has bfloat16 GEMM instructions (CPU flags amx_bf16 / avx512_bf16, or a CUDA
+device that supports bfloat16); elsewhere bfloat16 GEMMs are emulated and several
+times slower (measured 6.5× on an AVX2-only CPU: benchmarks/README.md).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -33,6 +45,8 @@ from torch import nn
 RNG_SCHEME = "numpy-philox-raw-le-bits-v1"
 _STRUCTURED_ROW_OFFSET = 2**63  # keeps structured rows on other Philox keys than dense rows
 _MAX_SEED = 2**63
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 # --------------------------------------------------------------------------- capture
@@ -181,6 +195,49 @@ def _bits_to_signs(bits: np.ndarray) -> np.ndarray:
     return signs
 
 
+def cpu_has_fast_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 GEMM instructions (AMX-BF16 or AVX-512-BF16).
+
+    Read from the Linux /proc/cpuinfo flags (or the given text); False when they cannot
+    be read, so an unknown machine keeps the float32 path."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(flag in flags for flag in _FAST_BF16_CPU_FLAGS)
+
+
+def resolve_compute_dtype(setting: str, device: str | torch.device = "cpu") -> str:
+    """The projection dtype to use (and to record): ``float32``, ``bfloat16``, or
+    ``auto`` = bfloat16 where ``device`` has fast bfloat16 GEMMs, else float32.
+
+    Only the resolved name may enter an identity: "auto" means different things on
+    different machines."""
+    if setting in COMPUTE_DTYPES:
+        return setting
+    if setting != "auto":
+        raise ValueError(f"projection dtype must be auto, float32 or bfloat16, got {setting!r}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        return "bfloat16" if cpu_has_fast_bfloat16() else "float32"
+    return "float32"
+
+
+def _check_compute_dtype(name: str) -> str:
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} (resolve 'auto' first), got {name!r}"
+        )
+    return name
+
+
 def _select_tokens(tg: TokenGradients, token_index: torch.Tensor | None):
     delta, inputs = tg.delta, tg.inputs
     if token_index is not None:
@@ -245,8 +302,10 @@ class _Projection:
     def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    compute_dtype: str = "float32"
+
     def identity(self) -> dict:
-        return {
+        ident = {
             "kind": self.kind,
             "rng": RNG_SCHEME,
             "seed": self.seed,
@@ -255,6 +314,16 @@ class _Projection:
             "bias": self.bias,
             "dim": self.dim,
         }
+        if self.compute_dtype != "float32":  # float32 banks keep the hashes they had
+            ident["compute_dtype"] = self.compute_dtype
+        return ident
+
+    def _gemm_dtype(self, like: torch.Tensor) -> torch.dtype:
+        """The GEMM operands' dtype: the inputs' own, or bfloat16 for float32 inputs
+        when compute_dtype asks for it (float64 references stay float64)."""
+        if self.compute_dtype == "bfloat16" and like.dtype == torch.float32:
+            return torch.bfloat16
+        return like.dtype
 
 
 # --------------------------------------------------------------------------- dense
@@ -290,9 +359,11 @@ class AchlioptasProjection(_Projection):
         chunk_rows: int | None = None,
         max_cache_bytes: int = 128 * 2**20,
         token_block: int = 2048,
+        compute_dtype: str = "float32",
     ):
         self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
         self.seed, self.bias = _check_seed(seed), bool(bias)
+        self.compute_dtype = _check_compute_dtype(compute_dtype)
         # ~2M entries (8 MB float32) per chunk keeps the GEMM large and the buffers in cache.
         self.chunk_rows = int(chunk_rows) if chunk_rows else max(1, min(self.dim, 2**21 // self.num_entries))
         self.token_block = int(token_block)
@@ -304,6 +375,8 @@ class AchlioptasProjection(_Projection):
         else:
             self.cache = "none"
         self._cached: np.ndarray | None = None  # int8 dim×m ±1, or uint8 dim×⌈m/8⌉ bits
+        self._device_cache: list | None = None  # widened chunks on a non-CPU device
+        self._device_cache_key: tuple | None = None
 
     # ---- the matrix
 
@@ -332,6 +405,9 @@ class AchlioptasProjection(_Projection):
 
         The int8 → float widening runs in (single-threaded) NumPy: torch's elementwise ops
         on a shared, busy CPU are slowed down by OpenMP barriers (measured 20-40×)."""
+        if device.type != "cpu":
+            yield from self._device_chunks(dtype, device)
+            return
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         buffer = None
         for start in range(0, self.dim, self.chunk_rows):
@@ -339,7 +415,23 @@ class AchlioptasProjection(_Projection):
             if buffer is None or buffer.shape[0] != len(rows):
                 buffer = np.empty((len(rows), self.num_entries), dtype=np_dtype)
             np.copyto(buffer, self._row_signs(rows), casting="unsafe")
+            # ±1 is exact in every float dtype; bfloat16 has no NumPy type, so torch casts.
             yield rows, torch.from_numpy(buffer).to(device=device, dtype=dtype)
+
+    def _device_chunks(self, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[range, torch.Tensor]]:
+        """On an accelerator the widened chunks stay resident (ViT-S: 228 MB float32,
+        ViT-B: 1.8 GB; half that in bfloat16) instead of crossing the bus every call;
+        one dtype/device at a time."""
+        key = (dtype, device)
+        if self._device_cache_key != key:
+            self._device_cache = None  # drop the old copy before making the new one
+            chunks = []
+            for start in range(0, self.dim, self.chunk_rows):
+                rows = range(start, min(start + self.chunk_rows, self.dim))
+                signs = torch.from_numpy(np.ascontiguousarray(self._row_signs(rows)))
+                chunks.append((rows, signs.to(device=device).to(dtype)))
+            self._device_cache, self._device_cache_key = chunks, key
+        yield from self._device_cache
 
     def dense_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The whole R (dim×m). For tests and small shapes."""
@@ -350,16 +442,18 @@ class AchlioptasProjection(_Projection):
     def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Per-token projections: N×Dout deltas, N×Din inputs → N×dim."""
         self._check_shapes(delta, inputs)
-        augmented = _augment(inputs, self.bias)
+        gemm_dtype = self._gemm_dtype(delta)
+        augmented = _augment(inputs, self.bias).to(gemm_dtype)
         out = delta.new_empty(delta.shape[0], self.dim)
         if delta.shape[0] == 0:
             return out
-        for rows, chunk in self._chunks(delta.dtype, delta.device):
+        for rows, chunk in self._chunks(gemm_dtype, delta.device):
             # (K·Dout)×(Din+1): row-major reshape of each R_k to Dout×(Din+1).
             r_rows = chunk.view(len(rows) * self.out_features, self.width)
             for t0 in range(0, delta.shape[0], self.token_block):
                 a_blk, d_blk = augmented[t0 : t0 + self.token_block], delta[t0 : t0 + self.token_block]
-                partial = (a_blk @ r_rows.T).view(-1, len(rows), self.out_features)  # N×K×Dout: R_k ã_t
+                # N×K×Dout: R_k ã_t, widened back so the δ-contraction runs in δ's dtype.
+                partial = (a_blk @ r_rows.T).to(delta.dtype).view(-1, len(rows), self.out_features)
                 out[t0 : t0 + len(d_blk), rows.start : rows.stop] = torch.bmm(partial, d_blk.unsqueeze(-1)).squeeze(-1)
         return out
 
@@ -367,8 +461,10 @@ class AchlioptasProjection(_Projection):
         """Projections of whole gradients: S×Dout×(Din+1) → S×dim."""
         flat = grads.reshape(grads.shape[0], self.num_entries)
         out = flat.new_empty(flat.shape[0], self.dim)
-        for rows, chunk in self._chunks(flat.dtype, flat.device):
-            out[:, rows.start : rows.stop] = flat @ chunk.T
+        gemm_dtype = self._gemm_dtype(flat)
+        operand = flat.to(gemm_dtype)
+        for rows, chunk in self._chunks(gemm_dtype, flat.device):
+            out[:, rows.start : rows.stop] = (operand @ chunk.T).to(flat.dtype)
         return out
 
 
@@ -407,12 +503,14 @@ class OuterProductProjection(_Projection):
         chunk_rows: int | None = None,
         max_cache_bytes: int | None = None,
         terms: int = 1,
+        compute_dtype: str = "float32",
     ):
         # chunk_rows / max_cache_bytes are accepted for interface parity with the dense
         # projection and ignored: the factors are only dim×terms×(Dout+Din+1) values.
         self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
         self.seed, self.bias = _check_seed(seed), bool(bias)
         self.terms = int(terms)
+        self.compute_dtype = _check_compute_dtype(compute_dtype)
         self.token_block = 1024
         if self.terms < 1:
             raise ValueError(f"structured projection needs terms >= 1, got {terms}")
@@ -444,19 +542,24 @@ class OuterProductProjection(_Projection):
 
     def project_tokens(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         self._check_shapes(delta, inputs)
-        u, v = self._factors(delta)
+        gemm_dtype = self._gemm_dtype(delta)
+        u, v = self._factors(delta.to(gemm_dtype))
         out = delta.new_empty(delta.shape[0], self.dim)
         # Blocks of tokens bound the N×(dim·terms) intermediates (1024 tokens, ViT-S, 16
         # terms: 25 MB each) whatever the batch.
         for t0 in range(0, delta.shape[0], self.token_block):
-            d_blk, a_blk = delta[t0 : t0 + self.token_block], inputs[t0 : t0 + self.token_block]
-            out[t0 : t0 + len(d_blk)] = self._sum_terms((d_blk @ u.T) * (_augment(a_blk, self.bias) @ v.T))
+            d_blk = delta[t0 : t0 + self.token_block].to(gemm_dtype)
+            a_blk = _augment(inputs[t0 : t0 + self.token_block], self.bias).to(gemm_dtype)
+            per_term = (d_blk @ u.T).to(delta.dtype) * (a_blk @ v.T).to(delta.dtype)
+            out[t0 : t0 + len(d_blk)] = self._sum_terms(per_term)
         return out
 
     def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:
         """Σ_j u_kjᵀ G v_kj for every row k: S×Dout×(Din+1) → S×dim."""
-        u, v = self._factors(grads)
-        return self._sum_terms(torch.einsum("sok,ko->sk", grads @ v.T, u))
+        gemm_dtype = self._gemm_dtype(grads)
+        u, v = self._factors(grads.to(gemm_dtype))
+        g_v = (grads.to(gemm_dtype) @ v.T).to(grads.dtype)
+        return self._sum_terms(torch.einsum("sok,ko->sk", g_v, u.to(grads.dtype)))
 
     def identity(self) -> dict:
         return {**super().identity(), "terms": self.terms}

@@ -16,6 +16,16 @@ them weight 0.
   The quantiser is trained on at most `training_sample` rows drawn with `seed`; a
   bigger bank is then added in chunks with ScaNN's `upsert`, so no second float32
   copy of the whole bank is ever made on our side.
+* Deterministic builds: the same rows and settings give byte-identical index files
+  in any process on any machine. ScaNN's random k-means initialisation is not (the
+  centres come out in a per-process order: the same leaves under other numbers), so
+  the tree is initialised with k-means++ (ScaNN's own, seeded, default), and training
+  runs on `training_threads` threads (1 by default, so no reduction order can depend
+  on the machine's core count).
+* ScaNN's C++ start-up and training log lines (absl) are kept off the terminal unless
+  `set_verbose(True)` (the CLI's --verbose): the file descriptor 2 is pointed at a
+  temporary file while ScaNN trains, adds or loads, and the captured text is shown if
+  the call fails.
 
 Saved indexes are folders with `segfungi_index.json` (written last, so a folder
 without it is an interrupted save) and `.npy`/`.pb` files; nothing is pickled.
@@ -23,9 +33,13 @@ without it is an interrupted save) and `.npy`/`.pb` files; nothing is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +91,9 @@ class IndexSettings:
     ah_training_sample: int = 100000  # of those, rows the hashing codebooks see (ScaNN default)
     min_leaf_size: int = 100
     seed: int = 0  # draws the training sample
+    # Threads ScaNN trains with; 0 = all cores (faster, but the files may then depend
+    # on the machine). Not part of what the index computes, only of how.
+    training_threads: int = 1
 
     def few_shot(self) -> "IndexSettings":
         """The paper's few-shot search: 256 leaves searched, reorder 1800."""
@@ -97,6 +114,10 @@ def _with_overrides(settings: IndexSettings, overrides: dict[str, Any]) -> Index
     settings = dataclasses.replace(settings, **overrides)
     if settings.kind not in ("auto", "scann", "exact"):
         raise ConfigError(f"index.kind must be auto, scann or exact, got {settings.kind!r}")
+    if not isinstance(settings.training_threads, int) or settings.training_threads < 0:
+        raise ConfigError(
+            f"index.training_threads must be an integer >= 0 (0 = all cores), got {settings.training_threads!r}"
+        )
     if settings.reorder_dtype not in REORDER_DTYPES:
         raise ConfigError(
             f"index.reorder_dtype must be one of {', '.join(REORDER_DTYPES)}, "
@@ -340,6 +361,48 @@ class ExactIndex:
 # ---------------------------------------------------------------------------- ScaNN
 
 
+_VERBOSE = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show (True) or hide (False, the default) ScaNN's own C++ log lines."""
+    global _VERBOSE
+    _VERBOSE = bool(verbose)
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Points file descriptor 2 (where absl logs) at a temporary file for the block.
+
+    Python-level sys.stderr is flushed first so nothing of ours is lost or reordered;
+    if the block raises, the captured lines are written out, since they may explain
+    the failure. A no-op when verbose or when stderr has no file descriptor."""
+    if _VERBOSE:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            captured = sink.read().decode("utf-8", errors="replace")
+            if captured.strip():
+                sys.stderr.write(captured)
+                sys.stderr.flush()
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _scann_module():
     # Imported lazily: exact-only users (and the CLI's --help) need not load ScaNN.
     from scann.scann_ops.py import scann_ops_pybind
@@ -383,7 +446,8 @@ class ScannIndex:
         del sample_rows
         self.num_vectors, self.dim = num_rows, features.shape[1]
         self.num_leaves = clamped_num_leaves(num_rows, self.settings)
-        self.searcher = self._builder(sample).build()
+        with quiet_native_logs():
+            self.searcher = self._builder(sample).build()
         del sample
         if not in_sample.all():
             self._add_remaining_rows(features, in_sample)
@@ -402,11 +466,15 @@ class ScannIndex:
     def _builder(self, sample: np.ndarray):
         settings = self.settings
         builder = _scann_module().builder(sample, 10, "dot_product")
+        builder.set_n_training_threads(settings.training_threads)
         if self.num_leaves >= 2:
             builder = builder.tree(
                 num_leaves=self.num_leaves,
                 num_leaves_to_search=min(settings.num_leaves_to_search, self.num_leaves),
                 training_sample_size=sample.shape[0],
+                # k-means++ (seeded by ScaNN's clustering_seed): random initialisation
+                # numbers the leaves differently in every process (see module docstring).
+                random_init=False,
             )
         builder = builder.score_ah(
             settings.dims_per_block,
@@ -433,7 +501,8 @@ class ScannIndex:
             if not keep.any():
                 continue
             rows = _normalized_float32(features[start:stop][keep])
-            self.searcher.searcher.upsert([None] * rows.shape[0], rows, SCANN_QUERY_BATCH)
+            with quiet_native_logs():
+                self.searcher.searcher.upsert([None] * rows.shape[0], rows, SCANN_QUERY_BATCH)
             added.append(start + np.flatnonzero(keep))
         self.row_ids = np.concatenate(added).astype(np.int64)
         if self.searcher.size() != self.num_vectors:
@@ -490,7 +559,8 @@ class ScannIndex:
         (folder / META_FILE).unlink(missing_ok=True)  # an interrupted overwrite stays invalid
         # relative_path: the asset list names files relative to the folder, so a bank
         # folder can be moved or copied to another machine.
-        self.searcher.serialize(str(folder), relative_path=True)
+        with quiet_native_logs():
+            self.searcher.serialize(str(folder), relative_path=True)
         if self.row_ids is not None:
             np.save(folder / ROW_IDS_FILE, self.row_ids, allow_pickle=False)
         _write_meta(folder, self._meta())
@@ -513,7 +583,8 @@ class ScannIndex:
         _check_asset_paths(folder, assets_text)
         index = cls(IndexSettings.from_dict(meta["settings"]))
         module = _scann_module()
-        native = module.scann_pybind.ScannNumpy(str(folder), assets_text)
+        with quiet_native_logs():
+            native = module.scann_pybind.ScannNumpy(str(folder), assets_text)
         index.searcher = module.ScannSearcher(native)
         index.num_vectors, index.dim, index.num_leaves = (
             meta["num_vectors"], meta["dim"], meta["num_leaves"],
@@ -560,11 +631,14 @@ def _check_asset_paths(folder: Path, assets_text: str) -> None:
 
 
 def make_index(
-    features: Any, settings: IndexSettings | dict | None = None, **overrides: Any
+    features: Any, settings: IndexSettings | dict | None = None, *, device: str | torch.device = "cpu",
+    **overrides: Any,
 ) -> ExactIndex | ScannIndex:
     """Builds the index `kind` asks for; `auto` = exact below `exact_below` rows.
 
     `make_index(features, **config["index"])` works: every config key is a setting.
+    `device` (e.g. `backbone.device`) is where an exact index keeps the bank and runs
+    its matmul + top-k; ScaNN always runs on the CPU.
     """
     if isinstance(settings, dict):
         settings = IndexSettings.from_dict(settings)
@@ -574,7 +648,7 @@ def make_index(
     if kind == "auto":
         kind = "exact" if features.shape[0] < settings.exact_below else "scann"
     if kind == "exact":
-        return ExactIndex().build(features)
+        return ExactIndex(device).build(features)
     return ScannIndex(settings).build(features)
 
 

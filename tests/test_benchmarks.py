@@ -55,3 +55,12 @@ def test_bench_bank_memory_phases_see_the_whole_bank(tmp_path):
     assert re.search(r"int8\s+index .*index_bytes_on_disk \d+", out), out
     assert re.search(r"int8\s+support .*negatives_s_per_image", out), out
     assert "rows 30000, label_rows 30000" in out, out
+
+
+def test_bench_index_batched_support_queries_find_the_same_neighbours(tmp_path):
+    # The worker exits non-zero if a batched search finds other ids than one call.
+    out = run_benchmark("bench_index.py", "--sizes", "3000", "--dim", "32", "--queries", "120", "--k", "2",
+                        "--leaves", "8", "--query-batch", "0", "50", "--rounds", "1", "--workdir", str(tmp_path))
+    rows = re.findall(r"scann float32 (l8r120\S*) .* (\d\.\d{4}) +\d+\.\d+$", out, re.MULTILINE)
+    assert [name for name, _ in rows] == ["l8r120", "l8r120b50"], out
+    assert rows[0][1] == rows[1][1]

@@ -12,9 +12,11 @@ from segfungi.gradients import (
     OuterProductProjection,
     TokenGradients,
     capture_token_gradients,
+    cpu_has_fast_bfloat16,
     fungi_concat,
     l2_normalize,
     make_projection,
+    resolve_compute_dtype,
 )
 
 DIN, DOUT, TOKENS, BATCH = 5, 4, 7, 3
@@ -246,3 +248,57 @@ def test_l2_normalize_and_fungi_concat():
     torch.testing.assert_close(out[:, 8:], emb / emb.norm(dim=-1, keepdim=True))
     torch.testing.assert_close(out.norm(dim=-1), torch.full((4,), 3.0).sqrt())
     assert torch.equal(l2_normalize(torch.zeros(2, 3)), torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("kind", ["dense", "structured"])
+def test_bfloat16_projection_within_1e2_of_float64_and_named_in_identity(kind):
+    # ViT-sized rows would be slow here; 48→40 with 2000 tokens keeps many GEMM terms.
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(2000, 40, generator=gen, dtype=torch.float64)
+    inputs = torch.randn(2000, 48, generator=gen, dtype=torch.float64) * 3
+    options = {"terms": 4} if kind == "structured" else {"chunk_rows": 5}
+    exact = make_projection(kind, in_features=48, out_features=40, dim=24, seed=3, **options)
+    low = make_projection(kind, in_features=48, out_features=40, dim=24, seed=3, compute_dtype="bfloat16", **options)
+    reference = exact.project_tokens(delta, inputs)  # float64 operands stay float64
+    fast = low.project_tokens(delta.float(), inputs.float())
+    assert fast.dtype == torch.float32
+    relative = (fast.double() - reference).norm(dim=1) / reference.norm(dim=1)
+    assert relative.max() < 1e-2
+    assert relative.mean() > 1e-5, "bfloat16 path did not run in bfloat16"
+    grads = torch.randn(6, 40, 49, generator=gen, dtype=torch.float64)
+    whole = low.project_gradients(grads.float()).double()
+    whole_ref = exact.project_gradients(grads)
+    assert ((whole - whole_ref).norm(dim=1) / whole_ref.norm(dim=1)).max() < 1e-2
+    # Same projection at another precision: float32 identity unchanged (bank hashes kept).
+    assert "compute_dtype" not in exact.identity()
+    assert low.identity() == {**exact.identity(), "compute_dtype": "bfloat16"}
+    with pytest.raises(ValueError, match="compute_dtype"):
+        make_projection(kind, in_features=48, out_features=40, dim=24, seed=3, compute_dtype="auto")
+
+
+def test_compute_dtype_resolution_records_what_runs(monkeypatch):
+    assert cpu_has_fast_bfloat16("processor: 0\nflags\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert cpu_has_fast_bfloat16("flags : avx512f avx512_bf16\n")
+    assert not cpu_has_fast_bfloat16("flags : avx2 f16c fma\nbugs : avx512_bf16_fake\n")
+    assert resolve_compute_dtype("float32") == "float32"
+    assert resolve_compute_dtype("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: True)
+    assert resolve_compute_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: False)
+    assert resolve_compute_dtype("auto", "cpu") == "float32"
+    with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
+        resolve_compute_dtype("float16")
+
+
+def test_dense_projection_on_a_non_cpu_device_keeps_its_chunks_resident():
+    # The meta device runs the accelerator code path (shapes only) on any machine; the
+    # values of that path are the CPU path's: the same chunks of the same ±1 matrix.
+    proj = AchlioptasProjection(DIN, DOUT, dim=10, seed=0, chunk_rows=3)
+    delta, inputs = torch.randn(7, DOUT, device="meta"), torch.randn(7, DIN, device="meta")
+    assert proj.project_tokens(delta, inputs).shape == (7, 10)
+    first = proj._device_cache
+    assert [len(rows) for rows, _ in first] == [3, 3, 3, 1] and first[0][1].device.type == "meta"
+    proj.project_tokens(delta, inputs)
+    assert proj._device_cache is first  # not rebuilt per call
+    cpu_chunks = [chunk for _, chunk in proj._chunks(torch.float32, torch.device("cpu"))]
+    assert [c.shape for c in cpu_chunks] == [c.shape for _, c in first]
