@@ -23,7 +23,7 @@ them weight 0.
   runs on `training_threads` threads (1 by default, so no reduction order can depend
   on the machine's core count).
 * ScaNN's C++ start-up and training log lines (absl) are kept off the terminal unless
-  `set_verbose(True)` (the CLI's --verbose): the file descriptor 2 is pointed at a
+  verbose output is asked for (`segfungi --verbose`, `segfungi.logging_setup.set_verbose`): the file descriptor 2 is pointed at a
   temporary file while ScaNN trains, adds or loads, and the captured text is shown if
   the call fails.
 
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segfungi import logging_setup
 from segfungi.errors import BankError, ConfigError
 
 INDEX_FORMAT_VERSION = 1
@@ -361,15 +362,6 @@ class ExactIndex:
 # ---------------------------------------------------------------------------- ScaNN
 
 
-_VERBOSE = False
-
-
-def set_verbose(verbose: bool) -> None:
-    """Show (True) or hide (False, the default) ScaNN's own C++ log lines."""
-    global _VERBOSE
-    _VERBOSE = bool(verbose)
-
-
 @contextlib.contextmanager
 def quiet_native_logs():
     """Points file descriptor 2 (where absl logs) at a temporary file for the block.
@@ -377,7 +369,7 @@ def quiet_native_logs():
     Python-level sys.stderr is flushed first so nothing of ours is lost or reordered;
     if the block raises, the captured lines are written out, since they may explain
     the failure. A no-op when verbose or when stderr has no file descriptor."""
-    if _VERBOSE:
+    if logging_setup.verbose():
         yield
         return
     try:

@@ -190,9 +190,9 @@ BUILD_SCRIPT = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from segfungi import index as ix
+from segfungi import index as ix, logging_setup
 out, verbose = sys.argv[2], sys.argv[3] == "1"
-ix.set_verbose(verbose)
+logging_setup.set_verbose(verbose)
 rng = np.random.default_rng(0)
 centres = rng.standard_normal((100, 64))
 rows = centres[rng.integers(0, 100, 20480)] + 0.7 * rng.standard_normal((20480, 64))
