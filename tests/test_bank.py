@@ -59,6 +59,8 @@ def test_existing_bank_is_reused_and_another_is_refused(fungi_bank, demo_voc_roo
     ({"fungi": {"head_seed": 5}}, "head_seed"),
     ({"backbone": {"init_seed": 3}}, "backbone"),
     ({"backbone": {"name": "vit_small_patch16_224"}}, "backbone"),
+    ({"fungi": {"negatives": "raw"}}, "negatives"),
+    ({"fungi": {"variant": "research-code"}}, "variant"),
 ])
 def test_query_with_other_feature_settings_is_refused(fungi_bank, demo_voc_root, change, expected):
     settings = tiny_settings(demo_voc_root, **change)
@@ -103,11 +105,11 @@ def test_support_never_returns_the_images_own_patches(fungi_bank, demo_voc_root)
     image = 3
     own = np.flatnonzero(source == image)
     tokens = support.tokens[own[:50]].float()[None]  # the image's own patches as queries
-    kept = support.negatives_for([image])(tokens)[0]
+    kept = support.negatives_for([image])(tokens)[0].flatten(0, 1)  # all K neighbours of each token
     own_tokens = support.tokens[own].float()
-    # No kept negative equals one of the image's own stored tokens.
+    # No neighbour equals one of the image's own stored tokens.
     distances = torch.cdist(kept, own_tokens).min(dim=1).values
     assert (distances > 1e-3).all()
     # Without exclusion the nearest neighbour of a stored patch is itself.
-    kept_any = support.negatives_for(None)(tokens)[0]
+    kept_any = support.negatives_for(None)(tokens)[0].flatten(0, 1)
     assert (torch.cdist(kept_any, own_tokens).min(dim=1).values < 1e-3).any()
