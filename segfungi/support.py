@@ -163,11 +163,12 @@ class SupportIndex:
         missing = self.k - picked.shape[1]
         return torch.cat([picked, picked.new_full((len(picked), missing), -1)], dim=1) if missing else picked
 
-    def exact_foreign_ids(self, queries: np.ndarray, owner: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    def exact_foreign_ids(self, queries: np.ndarray, owner: torch.Tensor) -> torch.Tensor:
         """Q×K ids of the exact top-K cosine neighbours among rows not from `owner` (per query),
-        streamed over the shard files."""
+        streamed over the shard files (one Q×chunk block of similarities at a time, ≤ 64 MB)."""
         rows = self.bank.feature_rows()
         q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=-1)
+        chunk = max(1024, (1 << 24) // max(1, len(q)))
         best_sims = torch.full((len(q), 0), -torch.inf)
         best_ids = torch.zeros((len(q), 0), dtype=torch.int64)
         for start in range(0, len(rows), chunk):
