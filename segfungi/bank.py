@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segfungi import __version__, distributed
-from segfungi.components import make_extractor, open_train_dataset
+from segfungi.components import make_extractor, open_train_dataset, support_neighbours
 from segfungi.errors import BankError
 from segfungi.memory_bank import (
     BUILD_RECORD,
@@ -183,7 +183,7 @@ def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
             "size": bank["size"],
             "aug_epochs": bank["aug_epochs"],
             "seed": bank["seed"],
-            "image_size": data["image_size"],
+            "image_size": extractor.backbone.img_size,  # data.image_size, resolved when null
             "label_topk": bank["label_topk"],
             "shard_images": bank["shard_images"],
             # The rules themselves, so a bank built by an older rule is never taken for this one.
@@ -195,7 +195,7 @@ def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
         },
         "support": (
             {
-                "neighbours": settings["fungi"]["support_neighbours"],
+                "neighbours": support_neighbours(settings),
                 "exclude_self": settings["fungi"]["exclude_self"],
                 # The FUNGI pass starts from float16 last-block inputs when they are cached.
                 "last_block_input": "float16" if _caches_hidden(settings) else "float32",

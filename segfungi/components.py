@@ -97,4 +97,17 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
         structured_terms=fungi.get("structured_terms", 16),
+        negatives=fungi.get("negatives", "normalised"),
+        variant=fungi.get("variant", "paper"),
+        research_code_neighbours=fungi.get("research_code_neighbours", 5),
+        research_code_kept=fungi.get("research_code_kept", 5),
+        research_code_keep_fraction=fungi.get("research_code_keep_fraction", 0.5),
     )
+
+
+def support_neighbours(settings: dict) -> int:
+    """K, the neighbours the support index retrieves per loss token, for the FUNGI variant."""
+    fungi = settings["fungi"]
+    if fungi.get("variant", "paper") == "research-code":
+        return int(fungi.get("research_code_neighbours", 5))
+    return int(fungi["support_neighbours"])

@@ -100,11 +100,13 @@ def _type_ok(default: Any, value: Any) -> bool:
 _OPTIONAL_TYPES = {
     "data.root": "path", "data.subset_file": "path", "data.val_subset_file": "path", "backbone.weights": "path", "eval.out": "path",
     "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int,
+    "data.image_size": int,
 }
 _POSITIVE = {
     "data.image_size", "bank.size", "bank.aug_epochs", "bank.shard_images", "bank.batch_size",
     "bank.label_topk", "eval.k", "eval.batch_size", "eval.max_images", "fungi.head_dim", "fungi.proj_dim",
-    "fungi.support_neighbours", "fungi.temperature", "fungi.structured_terms", "eval.temperature", "index.num_leaves",
+    "fungi.support_neighbours", "fungi.temperature", "fungi.structured_terms", "fungi.research_code_neighbours",
+    "fungi.research_code_kept", "eval.temperature", "index.num_leaves",
     "index.num_leaves_to_search", "index.dims_per_block", "index.training_sample",
     "index.ah_training_sample", "index.min_leaf_size", "fewshot.bank_size", "fewshot.aug_epochs",
     "fewshot.k", "fewshot.temperature", "fewshot.num_leaves_to_search", "sweep.sizes",
@@ -114,6 +116,8 @@ _CHOICES = {
     "data.on_bad_sample": ("error", "skip"),
     "bank.features": ("embeddings", "fungi"),
     "bank.void_label": ("background", "ignore"),
+    "fungi.negatives": ("raw", "normalised"),
+    "fungi.variant": ("paper", "research-code"),
     "index.kind": ("auto", "scann", "exact"),
     "index.reorder_dtype": ("float32", "bfloat16", "int8"),
     "backbone.dtype": ("float32", "bfloat16", "float16"),
@@ -151,7 +155,7 @@ def _check_value(dotted: str, default: Any, value: Any, origin: str) -> Any:
             fail("0 or more")
         if dotted in _CHOICES and item not in _CHOICES[dotted]:
             fail("one of " + ", ".join(_CHOICES[dotted]))
-    if dotted == "data.subset_fraction" and not 0 < value <= 1:
+    if dotted in ("data.subset_fraction", "fungi.research_code_keep_fraction") and not 0 < value <= 1:
         fail("in (0, 1]")
     if dotted == "fewshot.fractions" and not all(0 < f <= 1 for f in items):
         fail("fractions in (0, 1]")

@@ -84,7 +84,7 @@ class Segmenter:
         if self.support is None:
             with torch.no_grad():
                 return torch.nn.functional.normalize(self.extractor.embeddings(x), dim=-1)
-        out = self.extractor.fungi(x, self.support.negatives_for(None))
+        out = self.extractor.fungi(x, self.support.negatives_for(None), generator=query_generators(images))
         return torch.stack(list(out.features))
 
     def predict_scores(self, images: np.ndarray) -> torch.Tensor:
@@ -119,6 +119,17 @@ class Segmenter:
         resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
         scores = self.predict_scores(resized[None])
         return scores_to_mask(scores, out_size=(height, width))[0]
+
+
+def query_generators(images: np.ndarray) -> list[torch.Generator]:
+    """One generator per query image, seeded from its network input (the S×S uint8 pixels).
+
+    The kept negatives are then a function of the image alone: the same in `eval` at any
+    eval.batch_size or world size, and in `predict` (which resizes the same way). A
+    dataset id would do for `eval` but `predict` has none, so the pixels it is."""
+    from segfungi.seeding import QUERY_NEGATIVES, pixels_seed, torch_generator
+
+    return [torch_generator(pixels_seed(image), QUERY_NEGATIVES) for image in np.asarray(images)]
 
 
 def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> dict:

@@ -4,20 +4,24 @@ The FUNGI pass per batch of images (paper App. C.2, Table 23):
 
 1. run the backbone up to the last block without autograd;
 2. run the last block with the gradient capture on ``blocks[-1].attn.proj``;
-3. the positive set is CLS + patch tokens (registers are left out of the loss), the
-   negatives are one of the two retrieved neighbours per token (picked with the caller's
-   ``generator``); both go through the same fixed head and are L2-normalised;
-4. the per-image SimCLR losses are summed and backwarded once — each image's gradient
-   only depends on its own loss, so batching does not mix images;
+3. the positive set is CLS + patch tokens (register tokens are left out of the loss:
+   they are neither image patches nor the image summary, and the authors' code, written
+   for DINO v1, never saw them); the negatives come from the K retrieved neighbours of
+   each token as ``fungi.variant`` says (``segfungi.negatives``: ``paper`` keeps one of
+   K=2 at random, ``research-code`` the authors' scrambled gather with row dropout);
+   both go through the same fixed head and are L2-normalised;
+4. the per-image SimCLR losses (``segfungi.seg_loss``; research-code: no τ in the
+   denominator) are summed and backwarded once — each image's gradient only depends on
+   its own loss, so batching does not mix images;
 5. only the requested patches' gradients are projected, then concatenated with the
    patch embedding (each part L2-normalised).
 
 Embedding spaces: ``embeddings()`` and ``FungiOutput.embeddings`` are L2-normalised (what
-banks and indexes store).  Negatives must be *raw* final-normed tokens — the same space
-as the positives before the head, as in the paper, where the head sees un-normalised
-embeddings — i.e. what ``embeddings(x, normalize=False)`` returns.  Passing L2-normalised
-negatives would shrink them ~√D times relative to the positives before the head's bias,
-so it is refused.
+banks and indexes store).  Which space the neighbours enter the head in is the setting
+``fungi.negatives``: ``normalised`` (default; the authors' code feeds the L2-normalised
+rows of its support memory, so this is what produced the published numbers) or ``raw``
+(final-normed tokens, the positives' own space, ``embeddings(x, normalize=False)``).
+The paper does not say.  Neighbours visibly in the other space are refused.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from segfungi.gradients import (
     l2_normalize,
     make_projection,
 )
+from segfungi.errors import ConfigError
+from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
 Negatives = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -67,11 +73,20 @@ class FeatureExtractor:
         head_seed: int = 0,
         projection: str = "dense",
         structured_terms: int = 16,
+        negatives: str = "normalised",
+        variant: str = "paper",
+        research_code_neighbours: int = 5,
+        research_code_kept: int = 5,
+        research_code_keep_fraction: float = 0.5,
     ):
         if kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {kind!r}")
+        _check_variant(negatives, variant, research_code_neighbours, research_code_kept, research_code_keep_fraction)
         self.backbone = backbone
         self.kind = kind
+        self.negatives, self.variant = negatives, variant
+        self.rc_neighbours, self.rc_kept = int(research_code_neighbours), int(research_code_kept)
+        self.rc_keep_fraction = float(research_code_keep_fraction)
         self.head_dim, self.tau, self.head_seed = int(head_dim), float(tau), int(head_seed)
         self.head = make_head(backbone.embed_dim, self.head_dim, self.head_seed).to(backbone.device)
         layer = backbone.grad_layer
@@ -120,16 +135,19 @@ class FeatureExtractor:
         x: np.ndarray | torch.Tensor,
         negatives: Negatives,
         patch_index: Sequence[torch.Tensor] | None = None,
-        generator: torch.Generator | None = None,
+        generator=None,
     ) -> FungiOutput:
         """FUNGI features of a batch.
 
-        ``negatives``: raw neighbour embeddings B×M×K×D (K retrieved per token, one kept at
-        random; K=2 in the paper) or B×M×D (already one per token), or a callable given the
-        raw loss tokens B×n×D (CLS + patches, n = 1 + gh·gw, no grad) returning such a
-        tensor.  ``patch_index``: per image, a LongTensor of patch indices (0..gh·gw−1) to
-        project; None = all patches.  ``generator`` picks the kept neighbours; None means a
-        fixed seed 0, so pass one seeded per image/epoch when building banks.
+        ``negatives``: neighbour embeddings (in the space ``fungi.negatives`` names)
+        B×M×K×D (K retrieved per token, M = n loss tokens; paper: one of K kept at random,
+        K=2; research-code: K=``research_code_neighbours``, scrambled as in
+        ``segfungi.negatives``) or B×M×D (paper only: already one per token), or a
+        callable given the raw loss tokens B×n×D (CLS + patches, n = 1 + gh·gw, no grad)
+        returning such a tensor.  ``patch_index``: per image, a LongTensor of patch
+        indices (0..gh·gw−1) to project; None = all patches.  ``generator``: one
+        ``torch.Generator`` for the batch, or one per image (then an image's features do
+        not depend on its batch); None means a fixed seed 0.
         """
         return self.fungi_from_hidden(self.last_block_input(x), negatives, patch_index, generator)
 
@@ -138,7 +156,7 @@ class FeatureExtractor:
         hidden: torch.Tensor,
         negatives: Negatives,
         patch_index: Sequence[torch.Tensor] | None = None,
-        generator: torch.Generator | None = None,
+        generator=None,
     ) -> FungiOutput:
         """:meth:`fungi` from :meth:`last_block_input`'s output (e.g. kept as float16 on disk)."""
         grads, patch_tokens, losses = self.patch_gradients(hidden, negatives, generator)
@@ -149,7 +167,7 @@ class FeatureExtractor:
         return FungiOutput(features=features, embeddings=embeddings, losses=losses)
 
     def patch_gradients(
-        self, hidden: torch.Tensor, negatives: Negatives, generator: torch.Generator | None = None
+        self, hidden: torch.Tensor, negatives: Negatives, generator=None
     ) -> tuple[TokenGradients, torch.Tensor, torch.Tensor]:
         """The loss forward/backward from the last block's input, before any projection.
 
@@ -163,8 +181,9 @@ class FeatureExtractor:
         with capture_token_gradients(bb.grad_layer) as recorder, torch.enable_grad():
             tokens = bb.forward_last_block(hidden)
             loss_tokens = self._loss_tokens(tokens)
-            kept = self._pick_negatives(negatives, loss_tokens.detach(), generator)
-            losses = seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau)
+            kept, mask = self._pick_negatives(negatives, loss_tokens.detach(), generator)
+            losses = seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau,
+                                     neg_mask=mask, tau_in_denominator=self.variant == "paper")
             losses.sum().backward()
         grads = recorder.result()
         patches = slice(bb.num_prefix_tokens, None)
@@ -182,6 +201,17 @@ class FeatureExtractor:
                 loss="seg-simclr(cls+patches vs 1-of-K neighbours)",
                 projection=self.projection.identity(),
             )
+            # Paper variant with raw negatives (the only FUNGI pass before these settings)
+            # names neither, so banks built then keep their hash.
+            if (self.variant, self.negatives) != ("paper", "raw"):
+                ident.update(variant=self.variant, negatives=self.negatives)
+            if self.variant == "research-code":
+                ident.update(
+                    loss="seg-simclr-research-code(cls+patches vs scrambled K-neighbour rows, no tau in logsumexp)",
+                    research_code_neighbours=self.rc_neighbours,
+                    research_code_kept=self.rc_kept,
+                    research_code_keep_fraction=self.rc_keep_fraction,
+                )
         return ident
 
     # ---- pieces of the FUNGI pass
@@ -194,25 +224,25 @@ class FeatureExtractor:
         return torch.cat([tokens[:, :1], patches], dim=1)
 
     def _pick_negatives(
-        self, negatives: Negatives, loss_tokens: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """B×M×D negatives: keep one of the K neighbours of each row, uniformly at random."""
+        self, negatives: Negatives, loss_tokens: torch.Tensor, generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B×m×D negatives, B×m mask of the rows used or None = all) as the variant says."""
         with torch.no_grad():
             candidates = negatives(loss_tokens) if callable(negatives) else negatives
             candidates = torch.as_tensor(candidates).to(device=loss_tokens.device, dtype=loss_tokens.dtype)
         batch, _, dim = loss_tokens.shape
-        if candidates.ndim == 3:
+        if candidates.ndim == 3 and self.variant == "paper":
             candidates = candidates.unsqueeze(2)
         if candidates.ndim != 4 or candidates.shape[0] != batch or candidates.shape[-1] != dim:
-            raise ValueError(
-                f"negatives must be B×M×K×D or B×M×D with B={batch}, D={dim}; got {tuple(candidates.shape)}"
-            )
-        _refuse_normalised(candidates, loss_tokens)
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        choice = torch.randint(candidates.shape[2], candidates.shape[:2], generator=generator, device=generator.device)
-        choice = choice.to(candidates.device)
-        return candidates.gather(2, choice[:, :, None, None].expand(-1, -1, 1, dim)).squeeze(2)
+            form = "B×M×K×D or B×M×D" if self.variant == "paper" else f"B×M×K×D (K={self.rc_neighbours})"
+            raise ValueError(f"negatives must be {form} with B={batch}, D={dim}; got {tuple(candidates.shape)}")
+        check_space(candidates, loss_tokens, self.negatives)
+        if self.variant == "paper":
+            return keep_one(candidates, generator), None
+        if candidates.shape[2] != self.rc_neighbours:
+            raise ValueError(f"research-code negatives need K={self.rc_neighbours} neighbours per token "
+                             f"(fungi.research_code_neighbours), got {candidates.shape[2]}")
+        return research_code_negatives(candidates, self.rc_kept, self.rc_keep_fraction, generator)
 
     def _patch_index(self, patch_index: Sequence[torch.Tensor] | None, batch: int) -> list[torch.Tensor]:
         num_patches, device = self.backbone.num_patches, self.backbone.device
@@ -236,15 +266,18 @@ class FeatureExtractor:
         return list(projected.split([len(idx) for idx in index]))
 
 
-def _refuse_normalised(candidates: torch.Tensor, loss_tokens: torch.Tensor) -> None:
-    """Catch the easy integration bug of passing L2-normalised neighbours as negatives."""
-    if candidates.numel() == 0:
+def _check_variant(negatives: str, variant: str, neighbours: int, kept: int, keep_fraction: float) -> None:
+    if negatives not in SPACES:
+        raise ConfigError(f"fungi.negatives must be one of {', '.join(SPACES)}, got {negatives!r}")
+    if variant not in VARIANTS:
+        raise ConfigError(f"fungi.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant != "research-code":
         return
-    neg_norms = candidates.norm(dim=-1)
-    tok_norms = loss_tokens.norm(dim=-1)
-    unit = torch.ones((), dtype=neg_norms.dtype, device=neg_norms.device)
-    if torch.allclose(neg_norms, unit, atol=1e-3) and not torch.allclose(tok_norms, unit, atol=1e-2):
-        raise ValueError(
-            "negatives look L2-normalised but the tokens are not: pass raw neighbour embeddings "
-            "(FeatureExtractor.embeddings(x, normalize=False) / the support store's raw vectors)"
-        )
+    if negatives != "normalised":
+        raise ConfigError("fungi.variant=research-code feeds normalised negatives, as the authors' code does; "
+                          f"fungi.negatives={negatives} contradicts it")
+    if not 0 < int(kept) <= int(neighbours):
+        raise ConfigError(f"fungi.research_code_kept ({kept}) must be in 1..fungi.research_code_neighbours "
+                          f"({neighbours})")
+    if not 0 < float(keep_fraction) <= 1:
+        raise ConfigError(f"fungi.research_code_keep_fraction must be in (0, 1], got {keep_fraction}")

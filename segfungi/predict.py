@@ -9,6 +9,10 @@ colours blended over the image, with a legend of the classes present).
 Images are read as the datasets read them (segfungi.data.imageio.read_image):
 grayscale, palette, RGBA (alpha dropped) and 16-bit inputs become RGB, and EXIF
 orientation is ignored, so a mask lines up with the stored pixels.
+
+With a FUNGI bank, an image's kept negatives are seeded from its own (resized) pixels
+(`segfungi.evaluate.query_generators`), so a mask is the one `eval` computes for the
+same image, whatever else is segmented with it.
 """
 
 from __future__ import annotations

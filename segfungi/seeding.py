@@ -4,6 +4,8 @@ or multi-process build equals an uninterrupted single-process one."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -20,5 +22,13 @@ def torch_generator(*keys: int) -> torch.Generator:
     return gen
 
 
+def pixels_seed(image: np.ndarray) -> int:
+    """A 63-bit seed that depends only on an image's pixels (shape, dtype and bytes)."""
+    array = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(f"{array.shape}{array.dtype}".encode(), digest_size=8)
+    digest.update(array.tobytes())
+    return int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1)
+
+
 # Purposes keep the streams of one work item independent of each other.
-AUGMENT, SAMPLE, NEGATIVES = 1, 2, 3
+AUGMENT, SAMPLE, NEGATIVES, QUERY_NEGATIVES = 1, 2, 3, 4

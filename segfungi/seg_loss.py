@@ -10,6 +10,14 @@ and the loss is the mean over the n(n−1) pairs.  The denominator depends only 
     L = 1/(n(n−1)) Σ_i [ −(1/τ) Σ_{j≠i} s_ij + (n−1) · log den_i ],
 
 which costs O(n·(n+m)·h) instead of O(n²·(n+m)).
+
+The authors' segmentation code (``fungi.variant: research-code``) leaves τ out of the
+denominator:
+
+    L_rc = (1/n) Σ_i [ −(1/τ)(1/(n−1)) Σ_{j≠i} s_ij + log Σ_{k ∈ pos ∪ neg, k≠i} exp(s_ik) ]
+
+(``tau_in_denominator=False``); with τ there it is L above.  Its negatives are a
+variable subset of rows per image: ``neg_mask`` (B×m, True = used) marks them.
 """
 from __future__ import annotations
 
@@ -35,10 +43,13 @@ def make_head(embed_dim: int, out_dim: int = 96, seed: int = 0) -> nn.Linear:
     return head.eval()
 
 
-def seg_simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+def seg_simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float = 0.07,
+                    neg_mask: torch.Tensor | None = None, tau_in_denominator: bool = True) -> torch.Tensor:
     """Per-image loss (B,) for positives ``z_pos`` (B×n×h) and negatives ``z_neg`` (B×m×h).
 
-    Inputs must already be L2-normalised (dot product = cosine similarity).  m may be 0.
+    Inputs must already be L2-normalised (dot product = cosine similarity).  m may be 0;
+    ``neg_mask`` (B×m bool) leaves the False rows out; ``tau_in_denominator=False`` is
+    the research code's denominator (module docstring).
     """
     n = z_pos.shape[1]
     if n < 2:
@@ -46,8 +57,12 @@ def seg_simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float = 0.07)
     sim_pos = z_pos @ z_pos.transpose(1, 2)  # B×n×n
     sim_neg = z_pos @ z_neg.transpose(1, 2)  # B×n×m
     self_mask = torch.eye(n, dtype=torch.bool, device=z_pos.device)
-    logits_pos = (sim_pos / tau).masked_fill(self_mask, float("-inf"))  # k≠i
-    log_den = torch.logaddexp(logits_pos.logsumexp(-1), (sim_neg / tau).logsumexp(-1))  # B×n
+    scale = tau if tau_in_denominator else 1.0
+    logits_pos = (sim_pos / scale).masked_fill(self_mask, float("-inf"))  # k≠i
+    logits_neg = sim_neg / scale
+    if neg_mask is not None:
+        logits_neg = logits_neg.masked_fill(~neg_mask[:, None, :], float("-inf"))
+    log_den = torch.logaddexp(logits_pos.logsumexp(-1), logits_neg.logsumexp(-1))  # B×n
     pair_sims = (sim_pos.sum(-1) - sim_pos.diagonal(dim1=1, dim2=2)) / tau  # Σ_{j≠i} s_ij/τ
     per_anchor = -pair_sims + (n - 1) * log_den
     return per_anchor.sum(-1) / (n * (n - 1))
@@ -68,4 +83,26 @@ def naive_seg_simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float =
                 if j != i:
                     total = total - (sims[j] - log_den)
         losses.append(total / (n * (n - 1)))
+    return torch.stack(losses)
+
+
+def naive_research_code_loss(z_pos: torch.Tensor, negatives: list[torch.Tensor], tau: float = 0.07) -> torch.Tensor:
+    """Reference for the research-code loss: per image, its own list of negative rows
+    (any number, 0 included), explicit loops, cosine similarities, no τ in the log."""
+    losses = []
+    for pos, neg in zip(z_pos, negatives):
+        n = pos.shape[0]
+        total = pos.new_zeros(())
+        for i in range(n):
+            pair_term = pos.new_zeros(())
+            den = pos.new_zeros(())
+            for j in range(n):
+                if j != i:
+                    s = torch.cosine_similarity(pos[i], pos[j], dim=0)
+                    pair_term = pair_term + s / tau
+                    den = den + torch.exp(s)
+            for row in neg:
+                den = den + torch.exp(torch.cosine_similarity(pos[i], row, dim=0))
+            total = total - pair_term / (n - 1) + torch.log(den)
+        losses.append(total / n)
     return torch.stack(losses)

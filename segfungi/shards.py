@@ -110,7 +110,8 @@ class ShardWriter:
         self.support = support
         # Where the support pass writes / the FUNGI pass reads last-block inputs; None: off.
         self.hidden_cache = Path(hidden_cache) if hidden_cache else None
-        self.preparer = _ItemPreparer(dataset, settings["data"]["image_size"], self.seed, plan.keep_per_item,
+        # The backbone's size: data.image_size, or 32 × its patch size when that is null.
+        self.preparer = _ItemPreparer(dataset, extractor.backbone.img_size, self.seed, plan.keep_per_item,
                                       self.topk, extractor.backbone.patch_size,
                                       void_class(settings["bank"]["void_label"], dataset.classes))
         self.augment = self.preparer.augment
@@ -226,8 +227,8 @@ class ShardWriter:
         from segfungi.gradients import l2_normalize
 
         generators = [torch_generator(self.seed, epoch, image, NEGATIVES) for epoch, image in items]
-        negatives = self.support.negatives_for([image for _, image in items], generators)
-        grads, tokens, _ = self.extractor.patch_gradients(hidden, negatives)
+        negatives = self.support.negatives_for([image for _, image in items])
+        grads, tokens, _ = self.extractor.patch_gradients(hidden, negatives, generators)
         embeddings = l2_normalize(tokens)
         return (torch.cat([d[k] for d, k in zip(grads.delta, keeps)]),
                 torch.cat([a[k] for a, k in zip(grads.inputs, keeps)]),

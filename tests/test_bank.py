@@ -59,6 +59,8 @@ def test_existing_bank_is_reused_and_another_is_refused(fungi_bank, demo_voc_roo
     ({"fungi": {"head_seed": 5}}, "head_seed"),
     ({"backbone": {"init_seed": 3}}, "backbone"),
     ({"backbone": {"name": "vit_small_patch16_224"}}, "backbone"),
+    ({"fungi": {"negatives": "raw"}}, "negatives"),
+    ({"fungi": {"variant": "research-code"}}, "variant"),
 ])
 def test_query_with_other_feature_settings_is_refused(fungi_bank, demo_voc_root, change, expected):
     settings = tiny_settings(demo_voc_root, **change)
@@ -115,9 +117,12 @@ def test_support_never_returns_the_images_own_patches(fungi_bank, demo_voc_root)
             fetched.append(np.asarray(ids).reshape(-1))
             return self.tokens[ids]
 
+        def __len__(self):
+            return len(self.tokens)
+
     support.tokens = RecordingTokens(support.tokens)
-    kept = support.negatives_for([image])(tokens)[0]
-    assert kept.shape == tokens[0].shape and len(fetched) == 1
+    kept = support.negatives_for([image])(tokens)[0]  # all K neighbours of each token
+    assert kept.shape == (tokens.shape[1], support.k, tokens.shape[2]) and len(fetched) == 1
     # No kept negative is one of the image's own stored patches.
     assert (source[fetched[0]] != image).all()
     # Without exclusion the nearest neighbour of a stored patch is itself.

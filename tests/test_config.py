@@ -48,3 +48,19 @@ def test_parse_override_requires_equals():
     assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
     with pytest.raises(ConfigError):
         parse_override("bank.size")
+
+
+def test_fungi_variant_negatives_and_image_size_settings():
+    settings = load_config()
+    assert settings["fungi"]["negatives"] == "normalised" and settings["fungi"]["variant"] == "paper"
+    assert settings["data"]["image_size"] is None  # 32 × the backbone's patch size
+    assert load_config(overrides=["data.image_size=448"])["data"]["image_size"] == 448
+    research = load_config(overrides=["fungi.variant=research-code", "fungi.research_code_kept=2"])
+    assert research["fungi"]["variant"] == "research-code" and research["fungi"]["research_code_kept"] == 2
+    for bad in ["fungi.negatives=unit", "fungi.variant=authors", "fungi.research_code_kept=0",
+                "fungi.research_code_keep_fraction=1.5", "data.image_size=-14", "data.image_size=big"]:
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(overrides=[bad])
+    for name in ["voc_vits14_dinov2", "voc_vits14_reg4_dinov2", "voc_vitb14_dinov2", "voc_vitb14_reg4_dinov2"]:
+        preset = load_config(name)
+        assert "dinov2" in preset["backbone"]["name"] and preset["data"]["image_size"] is None

@@ -35,7 +35,7 @@ def _raw_negatives(extractor, x, neighbours=2, seed=0):
 
 def test_fungi_shapes_vit_tiny_at_512():
     bb = load_backbone("vit_tiny_patch16_224")  # the real ViT-Ti/16 at 512²
-    fe = FeatureExtractor(bb, kind="fungi")
+    fe = FeatureExtractor(bb, kind="fungi", negatives="raw")
     x = bb.prepare(_images(bb, 1))
     out = fe.fungi(x, _raw_negatives(fe, x))
     assert fe.feature_dim == 384
@@ -49,7 +49,7 @@ def test_fungi_shapes_vit_tiny_at_512():
 
 
 def test_fungi_patch14_registers_subset_batching_and_determinism(reg14):
-    fe = FeatureExtractor(reg14, kind="fungi", proj_seed=3)
+    fe = FeatureExtractor(reg14, kind="fungi", proj_seed=3, negatives="raw")
     x = reg14.prepare(_images(reg14, 2))
     negatives = _raw_negatives(fe, x)
     seen = {}
@@ -103,7 +103,7 @@ class PerTokenLinear(nn.Module):
 def test_fungi_features_equal_brute_force_per_token_gradients():
     # registers on, tiny grid: 1 CLS + 4 registers + 16 patches = 21 tokens
     bb = load_backbone("vit_small_patch14_reg4_dinov2", model_kwargs=TINY, img_size=56)
-    fe = FeatureExtractor(bb, kind="fungi", proj_seed=1, head_seed=2)
+    fe = FeatureExtractor(bb, kind="fungi", proj_seed=1, head_seed=2, negatives="raw")
     x = bb.prepare(_images(bb, 1, seed=3))
     negatives = _raw_negatives(fe, x)[:, :, 0]  # one per token: nothing left to chance
     out = fe.fungi(x, negatives)
@@ -128,7 +128,7 @@ def test_fungi_features_equal_brute_force_per_token_gradients():
 
 
 def test_cached_last_block_input_gives_the_same_features(reg14):
-    fe = FeatureExtractor(reg14, kind="fungi", proj_dim=8)
+    fe = FeatureExtractor(reg14, kind="fungi", proj_dim=8, negatives="raw")
     x = reg14.prepare(_images(reg14, 1))
     negatives = _raw_negatives(fe, x)
     hidden = fe.last_block_input(x)
@@ -163,7 +163,7 @@ def test_embeddings_and_input_forms(reg14):
 
 
 def test_fungi_input_checks(reg14):
-    fe = FeatureExtractor(reg14, kind="fungi", proj_dim=8, projection="structured")
+    fe = FeatureExtractor(reg14, kind="fungi", proj_dim=8, projection="structured", negatives="raw")
     x = reg14.prepare(_images(reg14, 1))
     negatives = _raw_negatives(fe, x)
     out = fe.fungi(x, negatives, patch_index=[torch.tensor([1, 2])])

@@ -133,7 +133,8 @@ DEFAULTS = load_config()
 SECTION_KEYS = [(section, key) for section, values in DEFAULTS.items() for key in values]
 OPTIONAL = {"data.root": str, "data.subset_file": str, "data.val_subset_file": str,
             "backbone.weights": str, "eval.out": str,
-            "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int}
+            "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int,
+            "data.image_size": int}
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**7),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
@@ -169,7 +170,9 @@ def assert_valid_settings(result: dict) -> None:
     bank, index = result["bank"], result["index"]
     assert min(bank["size"], bank["shard_images"], bank["batch_size"], bank["aug_epochs"], bank["label_topk"]) > 0
     assert bank["seed"] >= 0 and result["eval"]["k"] > 0 and result["eval"]["temperature"] > 0
-    assert result["data"]["image_size"] > 0 and result["data"]["on_bad_sample"] in ("error", "skip")
+    # data.image_size null: 32 × the backbone's patch size
+    assert result["data"]["image_size"] is None or result["data"]["image_size"] > 0
+    assert result["data"]["on_bad_sample"] in ("error", "skip")
     assert index["kind"] in ("auto", "scann", "exact") and index["reorder"] >= 0
     json.dumps(result)  # hashable into a manifest
 

@@ -75,13 +75,17 @@ def test_fungi_pass_used_the_cache(tmp_path, demo_voc_root, monkeypatch):
 
 
 def test_support_tokens_are_read_from_the_shards(fungi_bank, demo_voc_root):
-    support = SupportIndex(fungi_bank / SUPPORT_DIR, tiny_settings(demo_voc_root))
+    support = SupportIndex(fungi_bank / SUPPORT_DIR, tiny_settings(demo_voc_root, fungi={"negatives": "raw"}))
     bank = support.bank
     expected = (bank.load_features() * bank.load("embedding_norm", dtype=np.float32)[:, None]).astype(np.float16)
     ids = torch.tensor([[5, 0, len(expected) - 1], [17, 5, 4000]])
     np.testing.assert_array_equal(support.tokens[ids].numpy(), expected[ids.numpy()])
     np.testing.assert_array_equal(support.tokens[np.arange(len(expected))].numpy(), expected)
     assert support.tokens[torch.tensor([-1])].numpy().tolist() == expected[[-1]].tolist()
+    # fungi.negatives=normalised (the default): the stored normalised rows themselves.
+    normalised = SupportIndex(fungi_bank / SUPPORT_DIR, tiny_settings(demo_voc_root))
+    stored = bank.load("features")
+    np.testing.assert_array_equal(normalised.tokens[ids].numpy(), stored[ids.numpy()])
 
 
 def test_concat_rows_reads_like_the_concatenated_array():
@@ -141,6 +145,7 @@ def _tiny_fungi(**options):
     from segfungi.features import FeatureExtractor
 
     bb = load_backbone("vit_tiny_patch16_224", img_size=128, model_kwargs=TINY, dtype=options.pop("dtype", "float32"))
+    options.setdefault("negatives", "raw")  # _negatives hands over raw tokens
     return FeatureExtractor(bb, kind="fungi", **options)
 
 
