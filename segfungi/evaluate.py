@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segfungi import distributed
+from segfungi.backbones import DEFAULT_GRID
 from segfungi.bank import extractor_mismatches
 from segfungi.memory_bank import MemoryBank
 from segfungi.support import SupportIndex
@@ -57,8 +58,10 @@ class Segmenter:
         problems = []
         if cfg["name"] != built["name"]:
             problems.append(f"backbone.name: bank has {built['name']!r}, query has {cfg['name']!r}")
-        if settings["data"]["image_size"] != built["img_size"]:
-            problems.append(f"data.image_size: bank has {built['img_size']!r}, query has {settings['data']['image_size']!r}")
+        # null = 32 × the patch size, which the same backbone name pins down.
+        size = settings["data"]["image_size"] or DEFAULT_GRID * built["patch_size"]
+        if size != built["img_size"]:
+            problems.append(f"data.image_size: bank has {built['img_size']!r}, query has {size!r}")
         dtype = cfg.get("dtype", "float32")
         if dtype != built.get("compute_dtype", "float32"):
             problems.append(f"backbone.dtype: bank has {built.get('compute_dtype', 'float32')!r}, query has {dtype!r}")
