@@ -137,7 +137,7 @@ def phase(args) -> None:
         t0 = time.perf_counter()
         negatives = retrieve(tokens)
         result["negatives_s_per_image"] = (time.perf_counter() - t0) / 8
-        assert negatives.shape == tokens.shape
+        assert negatives.shape == (*tokens.shape[:2], support.k, tokens.shape[2])  # all K neighbours per token
     else:  # eval: what Segmenter loads
         bank = MemoryBank(folder)
         index = bank.index(settings_for(reorder_dtype))

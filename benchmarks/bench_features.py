@@ -37,7 +37,7 @@ synchronise the device, and CPU seconds then count only the host's share.
 Peak RSS of the whole run is printed at the end.
 Cases are timed in --repeats interleaved rounds and the best round is reported, as
 wall-clock and as process CPU time (shared machines).
-Weights are random-init: speed does not depend on them.  Negatives are raw tokens of
+Weights are random-init: speed does not depend on them.  Negatives are normalised tokens of
 another image, as a support index would return them; retrieval itself is not timed.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ def research_gradient_pass(fe: FeatureExtractor, x: torch.Tensor, negatives: tor
             torch.autocast(x.device.type, dtype=dtype, enabled=low):
         tokens = m.norm(m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))))
         loss_tokens = fe._loss_tokens(tokens)
-        kept = fe._pick_negatives(negatives, loss_tokens.detach(), None)
+        kept, _ = fe._pick_negatives(negatives, loss_tokens.detach(), None)  # paper variant: no row mask
         losses = seg_simclr_loss(l2_normalize(fe.head(loss_tokens)), l2_normalize(fe.head(kept)), fe.tau)
         losses.sum().backward()
     m.zero_grad(set_to_none=True)
@@ -142,11 +142,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, bb.img_size, bb.img_size, 3), dtype=np.uint8)
     xs = [bb.prepare(images[i : i + args.batch_size]) for i in range(0, args.images, args.batch_size)]
-    # negatives: raw tokens of the next batch, two per token (CLS + patches)
-    raw = [dense.embeddings(x, normalize=False) for x in xs]
+    # negatives: the next batch's tokens, two per token (CLS + patches), L2-normalised as
+    # a support index hands them over by default (fungi.negatives: normalised)
+    support_rows = [torch.nn.functional.normalize(dense.embeddings(x, normalize=False), dim=-1) for x in xs]
     negatives = []
     for i, x in enumerate(xs):
-        other = raw[(i + 1) % len(raw)][: len(x)]
+        other = support_rows[(i + 1) % len(support_rows)][: len(x)]
         pool = torch.cat([other[:, :1], other], dim=1)  # n = 1 + patches rows
         negatives.append(torch.stack([pool, pool.roll(1, dims=1)], dim=2))
     batches = list(zip(xs, negatives))

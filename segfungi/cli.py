@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         # instead of ending the command with a UnicodeEncodeError.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    logging_setup.set_verbose(bool(getattr(args, "verbose", False)))
     distributed.init_from_env()  # a no-op unless launched by torchrun
     try:
-        return int(args.func(args) or 0)
+        with logging_setup.verbose_while(bool(getattr(args, "verbose", False))):
+            return int(args.func(args) or 0)
     except SegfungiError as err:
         # Errors a user can fix get one clear line, not a traceback.
         print(f"segfungi {args.command}: error: {err}", file=sys.stderr)

@@ -406,9 +406,14 @@ def test_no_warning_for_query_keys(capsys):
 ])
 def test_verbose_flag_is_stored(argv, expected, bank, monkeypatch, capsys):
     monkeypatch.delenv(logging_setup.ENV_VAR, raising=False)
+    seen = []  # verbose() as the command itself sees it
+    real_set = logging_setup.set_verbose
+    monkeypatch.setattr(logging_setup, "set_verbose",
+                        lambda on: (real_set(on), seen.append(logging_setup.verbose())))
     assert main([arg.format(bank=bank) for arg in argv]) == 0
-    assert logging_setup.verbose() is expected
-    assert os.environ.get(logging_setup.ENV_VAR) == ("1" if expected else None)
+    assert seen == [expected]
+    # Scoped to the command: a Python session (tests, notebooks) is left as it was.
+    assert os.environ.get(logging_setup.ENV_VAR) is None and not logging_setup.verbose()
 
 
 def test_verbose_environment_variable(monkeypatch):

@@ -245,7 +245,7 @@ def test_scann_builds_are_byte_identical_across_processes_and_quiet(tmp_path):
     assert "partitioner" in loud, loud
 
 
-def testquiet_native_logs_replays_captured_output_on_failure(capfd):
+def test_quiet_native_logs_replays_captured_output_on_failure(capfd):
     import os
 
     from segfungi import index as ix

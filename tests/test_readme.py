@@ -120,11 +120,12 @@ def test_memory_banks_readme_names_the_files_a_bank_has():
     from segfungi.shards import HIDDEN_CACHE_DIR
 
     text = (README.parent / "memory_banks" / "README.md").read_text()
-    for name in (BUILD_RECORD, MANIFEST, SUPPORT_DIR, HIDDEN_CACHE_DIR, "build.lock", "class_frequency.npy"):
+    for name in (BUILD_RECORD, MANIFEST, SUPPORT_DIR, HIDDEN_CACHE_DIR, "build.lock"):
         assert name in text, name
-    assert "partial" not in text
+    # Files no code writes any more (the sampler counts classes per view since issue 13).
+    assert "partial" not in text and "class_frequency" not in text
 
 
 def test_built_bank_has_what_memory_banks_readme_lists(readme_run):
     bank = Path(readme_run["folder"]) / readme_run["bank"]
-    assert sorted(p.name for p in bank.iterdir()) == ["class_frequency.npy", "manifest.json", "shards", "support"]
+    assert sorted(p.name for p in bank.iterdir()) == ["manifest.json", "shards", "support"]

@@ -207,7 +207,7 @@ class StripedImage:
 def test_void_setting_reaches_the_bank_labels(tmp_path, void_label):
     settings = tiny_settings(tmp_path, bank={"void_label": void_label}, data={"image_size": 32})
     plan = SimpleNamespace(keep_per_item=4)
-    extractor = SimpleNamespace(backbone=SimpleNamespace(patch_size=16))
+    extractor = SimpleNamespace(backbone=SimpleNamespace(patch_size=16, img_size=32))
     writer = ShardWriter(tmp_path, StripedImage(), extractor, plan, settings, support=None)
     try:
         _, keep, ids, weights, _ = writer.preparer(0, 0)
