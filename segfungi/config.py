@@ -1,8 +1,8 @@
 """Settings as data: a schema names every key (segfungi.settings_schema for
 segmentation, written out as `configs/defaults.yaml`; `configs/classify_<modality>.yaml`
 for `segfungi classify`); presets and the command line override them. Unknown keys and
-wrong types are refused with the allowed keys. A key whose default is `{}` holds a free-form mapping (replaced whole,
-not checked key by key)."""
+wrong types are refused with the allowed keys. A key whose default is `{}` holds a
+free-form mapping (replaced whole, not checked key by key)."""
 
 from __future__ import annotations
 
