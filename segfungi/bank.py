@@ -207,7 +207,7 @@ def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
 
 
 def _caches_hidden(settings: dict) -> bool:
-    return bool(settings["bank"].get("cache_last_block_input", False))
+    return bool(settings["bank"]["cache_last_block_input"])
 
 
 def extractor_mismatches(bank_extractor: dict, query_extractor: dict, prefix="") -> list[str]:

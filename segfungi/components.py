@@ -63,7 +63,7 @@ def load_backbone_from(settings: dict):
         cfg["init_seed"],
         cfg["device"],
         _modified_time(cfg["weights"]),
-        cfg.get("dtype", "float32"),
+        cfg["dtype"],
     )
 
 
@@ -96,18 +96,18 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_dim=fungi["proj_dim"],
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
-        structured_terms=fungi.get("structured_terms", 16),
-        negatives=fungi.get("negatives", "normalised"),
-        variant=fungi.get("variant", "paper"),
-        research_code_neighbours=fungi.get("research_code_neighbours", 5),
-        research_code_kept=fungi.get("research_code_kept", 5),
-        research_code_keep_fraction=fungi.get("research_code_keep_fraction", 0.5),
+        structured_terms=fungi["structured_terms"],
+        negatives=fungi["negatives"],
+        variant=fungi["variant"],
+        research_code_neighbours=fungi["research_code_neighbours"],
+        research_code_kept=fungi["research_code_kept"],
+        research_code_keep_fraction=fungi["research_code_keep_fraction"],
     )
 
 
 def support_neighbours(settings: dict) -> int:
     """K, the neighbours the support index retrieves per loss token, for the FUNGI variant."""
     fungi = settings["fungi"]
-    if fungi.get("variant", "paper") == "research-code":
-        return int(fungi.get("research_code_neighbours", 5))
+    if fungi["variant"] == "research-code":
+        return int(fungi["research_code_neighbours"])
     return int(fungi["support_neighbours"])

@@ -1,8 +1,8 @@
-"""Settings as data: a defaults file names every key (`configs/defaults.yaml` for
-segmentation, `configs/classify_<modality>.yaml` for `segfungi classify`); presets and
-the command line override them. Unknown keys and wrong types are refused with the
-allowed keys. A key whose default is `{}` holds a free-form mapping (replaced whole,
-not checked key by key)."""
+"""Settings as data: a schema names every key (segfungi.settings_schema for
+segmentation, written out as `configs/defaults.yaml`; `configs/classify_<modality>.yaml`
+for `segfungi classify`); presets and the command line override them. Unknown keys and
+wrong types are refused with the allowed keys. A key whose default is `{}` holds a
+free-form mapping (replaced whole, not checked key by key)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from segfungi import settings_schema
 from segfungi.errors import ConfigError
 
 
@@ -95,45 +96,24 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-# Values the types alone do not pin down. Keys whose default is null take these types
-# (a path given as a bare number, e.g. --set data.root=2012, becomes the string "2012").
-_OPTIONAL_TYPES = {
-    "data.root": "path", "data.subset_file": "path", "data.val_subset_file": "path", "backbone.weights": "path", "eval.out": "path",
-    "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int,
-    "data.image_size": int,
-}
-_POSITIVE = {
-    "data.image_size", "bank.size", "bank.aug_epochs", "bank.shard_images", "bank.batch_size",
-    "bank.label_topk", "eval.k", "eval.batch_size", "eval.max_images", "fungi.head_dim", "fungi.proj_dim",
-    "fungi.support_neighbours", "fungi.temperature", "fungi.structured_terms", "fungi.research_code_neighbours",
-    "fungi.research_code_kept", "eval.temperature", "index.num_leaves",
-    "index.num_leaves_to_search", "index.dims_per_block", "index.training_sample",
-    "index.ah_training_sample", "index.min_leaf_size", "fewshot.bank_size", "fewshot.aug_epochs",
-    "fewshot.k", "fewshot.temperature", "fewshot.num_leaves_to_search", "sweep.sizes",
-}
-_NON_NEGATIVE = {"data.num_workers", "index.reorder", "index.exact_below", "index.training_threads", "fewshot.reorder", "fewshot.seeds"}
-_CHOICES = {
-    "data.on_bad_sample": ("error", "skip"),
-    "bank.features": ("embeddings", "fungi"),
-    "bank.void_label": ("background", "ignore"),
-    "fungi.negatives": ("raw", "normalised"),
-    "fungi.variant": ("paper", "research-code"),
-    "index.kind": ("auto", "scann", "exact"),
-    "index.reorder_dtype": ("float32", "bfloat16", "int8"),
-    "backbone.dtype": ("float32", "bfloat16", "float16"),
-    "sweep.features": ("embeddings", "fungi"),
-    "fewshot.features": ("embeddings", "fungi"),
-}
+# Values the types alone do not pin down, from the schema (segfungi.settings_schema).
+# Keys whose default is null take the types in "optional_types" (a path given as a bare
+# number, e.g. --set data.root=2012, becomes the string "2012").
+_CHECKS = settings_schema.checks()
+# `segfungi classify` shares the path, range and seed rules of the keys it names alike
+# (data.root, backbone.weights, fungi.structured_terms, ...); its kinds (losses,
+# projection) are checked against its own registries (segfungi.classify.settings).
+_SHARED_CHECKS = {**_CHECKS, "choices": {}}
 
 
-def _check_value(dotted: str, default: Any, value: Any, origin: str) -> Any:
+def _check_value(dotted: str, default: Any, value: Any, origin: str, checks: dict = _CHECKS) -> Any:
     """Range, choice and element checks beyond the type; returns the value to store."""
     def fail(what: str) -> None:
         raise ConfigError(f"{origin}: '{dotted}' must be {what}, got {value!r}")
 
     if value is None:
         return value
-    kind = _OPTIONAL_TYPES.get(dotted)
+    kind = checks["optional_types"].get(dotted)
     if kind == "path":
         if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
             fail("a str (a path)")
@@ -149,15 +129,15 @@ def _check_value(dotted: str, default: Any, value: Any, origin: str) -> Any:
         number = isinstance(item, (int, float)) and not isinstance(item, bool)
         if number and isinstance(item, float) and not math.isfinite(item):
             fail("a finite number")
-        if number and dotted in _POSITIVE and item <= 0:
+        if number and dotted in checks["positive"] and item <= 0:
             fail("positive")
-        if number and (dotted in _NON_NEGATIVE or dotted.endswith("seed") or dotted.endswith("seeds")) and item < 0:
+        if number and (dotted in checks["non_negative"] or dotted.endswith("seed") or dotted.endswith("seeds")) and item < 0:
             fail("0 or more")
-        if dotted in _CHOICES and item not in _CHOICES[dotted]:
-            fail("one of " + ", ".join(_CHOICES[dotted]))
-    if dotted in ("data.subset_fraction", "fungi.research_code_keep_fraction") and not 0 < value <= 1:
+        if dotted in checks["choices"] and item not in checks["choices"][dotted]:
+            fail("one of " + ", ".join(checks["choices"][dotted]))
+    if dotted in checks["fraction"] and not 0 < value <= 1:
         fail("in (0, 1]")
-    if dotted == "fewshot.fractions" and not all(0 < f <= 1 for f in items):
+    if dotted in checks["fractions"] and not all(0 < f <= 1 for f in items):
         fail("fractions in (0, 1]")
     return value
 
@@ -173,17 +153,20 @@ def _free_form_keys(defaults: dict, prefix: str = "") -> set[str]:
 
 def _merge(
     base: dict, update: dict, origin: str, prefix: str = "",
-    free_form: frozenset | set = frozenset(), nullable: frozenset | set = frozenset(),
+    free_form: frozenset | set = frozenset(), nullable: frozenset | set = frozenset(), checks: dict = _CHECKS,
 ) -> None:
     """Merge `update` into `base` in place, refusing unknown keys and wrong types.
-    `free_form` keys take any mapping (null: `{}`); `nullable` keys also take null."""
+    `free_form` keys take any mapping (null: `{}`); `nullable` keys also take null;
+    `checks` are the range and choice rules (_check_value)."""
     if not isinstance(update, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {update!r}")
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
             allowed = ", ".join(sorted(base))
-            raise ConfigError(f"{origin}: unknown key '{dotted}' (allowed here: {allowed})")
+            moved = settings_schema.RETIRED.get(dotted)
+            hint = f"; it was removed: set {moved} instead" if moved else ""
+            raise ConfigError(f"{origin}: unknown key '{dotted}' (allowed here: {allowed}){hint}")
         if dotted in free_form:
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{origin}: '{dotted}' must be a mapping, got {value!r}")
@@ -192,7 +175,7 @@ def _merge(
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: '{dotted}' must be a mapping, got {value!r}")
-            _merge(base[key], value, origin, f"{dotted}.", free_form, nullable)
+            _merge(base[key], value, origin, f"{dotted}.", free_form, nullable, checks)
             continue
         if value is None and dotted in nullable:
             base[key] = None
@@ -204,7 +187,7 @@ def _merge(
             )
         if isinstance(base[key], float) and isinstance(value, int):
             value = float(value)
-        base[key] = _check_value(dotted, base[key], value, origin)
+        base[key] = _check_value(dotted, base[key], value, origin, checks)
 
 
 def parse_override(text: str, section: str | None = None) -> dict:
@@ -239,12 +222,16 @@ def load_config(
     """Defaults, then `base` (e.g. the settings a bank was built with), then the preset
     file, then each override (a dict or `section.key=value`).
 
-    `defaults` is the file naming every key (default `configs/defaults.yaml`). With
+    `defaults` is the file naming every key (default: the segmentation schema,
+    segfungi.settings_schema, which `configs/defaults.yaml` is generated from). With
     `section` (e.g. "classify") every file holds one top-level `section:` mapping and
     the settings are its contents. `nullable` names dotted keys that also accept null."""
-    defaults_file = Path(defaults) if defaults is not None else defaults_path()
-    settings = copy.deepcopy(_read_yaml(defaults_file, section))
-    rules = {"free_form": _free_form_keys(settings), "nullable": frozenset(nullable)}
+    if defaults is None and section is None:
+        settings = settings_schema.defaults()  # what configs/defaults.yaml says (generated from it)
+    else:
+        settings = copy.deepcopy(_read_yaml(Path(defaults) if defaults is not None else defaults_path(), section))
+    rules = {"free_form": _free_form_keys(settings), "nullable": frozenset(nullable),
+             "checks": _CHECKS if section is None else _SHARED_CHECKS}
     if base is not None:
         _merge(settings, base, "bank settings", **rules)
     if config is not None:

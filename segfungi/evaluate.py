@@ -62,7 +62,7 @@ class Segmenter:
         size = settings["data"]["image_size"] or DEFAULT_GRID * built["patch_size"]
         if size != built["img_size"]:
             problems.append(f"data.image_size: bank has {built['img_size']!r}, query has {size!r}")
-        dtype = cfg.get("dtype", "float32")
+        dtype = cfg["dtype"]
         if dtype != built.get("compute_dtype", "float32"):
             problems.append(f"backbone.dtype: bank has {built.get('compute_dtype', 'float32')!r}, query has {dtype!r}")
         # The order of segfungi.components.load_backbone_from: a file, else the hub, else random.
@@ -188,7 +188,7 @@ def _check_recorded_root(settings: dict, bank_path: str | Path) -> None:
     """A dataset root that is the one the bank recorded, and is gone, is reported as such:
     the bank was moved to another machine or built from another working directory."""
     root = settings["data"]["root"]
-    recorded = MemoryBank(bank_path).settings["data"].get("root")
+    recorded = MemoryBank(bank_path).settings["data"]["root"]
     if root and root == recorded and not Path(root).expanduser().is_dir():
         raise DatasetError(
             f"{root}: dataset root folder missing; this is data.root as recorded in the bank "

@@ -3,7 +3,8 @@
 The training split is cut down to a small subset (a fraction such as 1/128 drawn with
 a seed, or a file of image ids), a bank is built from it with the few-shot settings
 (8 augmentation epochs, 2048×10^4 patches at most, k = 90, T = 0.1, ScaNN searching
-256 leaves and reordering 1800) and evaluated on the full validation split.
+256 leaves and reordering 1800: bank.*, eval.* and index.* of the fewshot_* presets)
+and evaluated on the full validation split.
 
 A *trial* is one (subset, seed) pair. With a fraction, the seed draws the subset;
 with a subset file the file is the subset. Either way the seed also seeds the bank's
@@ -194,8 +195,9 @@ def merge_equal_subsets(settings: dict, trials: list[Trial]) -> list[Trial]:
 
 
 def trial_settings(settings: dict, trial: Trial) -> dict:
-    """The settings of one trial: the fewshot section mapped onto data/bank/eval/index."""
-    fewshot = settings["fewshot"]
+    """The settings of one trial: its subset and seed set in data and bank. The bank,
+    evaluation and index settings are bank.*, eval.* and index.* as given (the fewshot_*
+    presets hold the few-shot values there, so build-bank and eval reproduce a trial)."""
     out = copy.deepcopy(settings)
     out["data"].update(
         subset_file=trial.subset_file,
@@ -203,10 +205,8 @@ def trial_settings(settings: dict, trial: Trial) -> dict:
         subset_seed=trial.seed if trial.fraction is not None else settings["data"]["subset_seed"],
     )
     # The bank plan keeps S // (N·E) patches per augmented image, at most all 1024 of
-    # them, so a tiny subset simply yields a smaller bank than fewshot.bank_size.
-    out["bank"].update(size=fewshot["bank_size"], aug_epochs=fewshot["aug_epochs"], seed=trial.seed)
-    out["eval"].update(k=fewshot["k"], temperature=fewshot["temperature"])
-    out["index"].update(num_leaves_to_search=fewshot["num_leaves_to_search"], reorder=fewshot["reorder"])
+    # them, so a tiny subset simply yields a smaller bank than bank.size (a cap here).
+    out["bank"]["seed"] = trial.seed
     return out
 
 
@@ -242,7 +242,7 @@ def run_trial(settings: dict, trial: Trial, kinds: list[str], out: Path, progres
     """Build (or reuse) the trial's bank and evaluate it for each feature kind."""
     top_kind = "fungi" if "fungi" in kinds else "embeddings"
     folder = out / "banks" / trial.folder
-    # fewshot.bank_size is a cap: a small subset gives every patch of its augmented images.
+    # bank.size is a cap: a small subset gives every patch of its augmented images.
     bank_dir = build_bank(settings, folder / top_kind, resume=True, kind=top_kind, progress=progress,
                           warn_capped=False)
     rows = []

@@ -156,7 +156,11 @@ class MemoryBank:
 
     @property
     def settings(self) -> dict:
-        return self.manifest["settings"]
+        """The settings the bank was built with; keys added to segfungi since take their
+        defaults and retired keys are dropped (segfungi.settings_schema.stored_settings)."""
+        from segfungi.settings_schema import stored_settings
+
+        return stored_settings(self.manifest["settings"])
 
     @property
     def support_path(self) -> Path:

@@ -115,7 +115,7 @@ class ShardWriter:
                                       self.topk, extractor.backbone.patch_size,
                                       void_class(settings["bank"]["void_label"], dataset.classes))
         self.augment = self.preparer.augment
-        self.num_workers = int(settings["data"].get("num_workers") or 0)
+        self.num_workers = int(settings["data"]["num_workers"])
         self._loader = None
         self._batches = _BatchList()
         self._cv2_threads: int | None = None

@@ -101,7 +101,7 @@ class SupportIndex:
         self.exclude_self = settings["fungi"]["exclude_self"]
         self.index = self.bank.index(settings)
         # fungi.negatives: raw tokens (normalised feature × stored norm) or the normalised rows.
-        self.tokens = _RawTokens(self.bank, raw=settings["fungi"].get("negatives", "normalised") == "raw")
+        self.tokens = _RawTokens(self.bank, raw=settings["fungi"]["negatives"] == "raw")
         self.source_image = torch.from_numpy(
             np.concatenate([np.asarray(p[:, 0], dtype=np.int32) for p in self.bank.iter_shards("provenance")]))
         self.own_count = torch.bincount(self.source_image.long()) if len(self.source_image) else torch.zeros(1)

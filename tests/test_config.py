@@ -64,3 +64,96 @@ def test_fungi_variant_negatives_and_image_size_settings():
     for name in ["voc_vits14_dinov2", "voc_vits14_reg4_dinov2", "voc_vitb14_dinov2", "voc_vitb14_reg4_dinov2"]:
         preset = load_config(name)
         assert "dinov2" in preset["backbone"]["name"] and preset["data"]["image_size"] is None
+
+
+# ------------------------------------------------------------------ the schema
+def test_defaults_yaml_is_the_schema_written_out():
+    # configs/defaults.yaml is generated (python -m segfungi.settings_schema --write):
+    # the committed file is exactly that text, and reading it gives the schema's defaults.
+    import yaml
+
+    from segfungi import settings_schema
+    from segfungi.config import defaults_path
+
+    text = defaults_path().read_text(encoding="utf-8")
+    assert text == settings_schema.defaults_yaml()
+    assert yaml.safe_load(text) == settings_schema.defaults() == load_config()
+    assert load_config(defaults=defaults_path()) == load_config()
+    lines = text.splitlines()
+    for dotted, key in settings_schema.keys().items():
+        section, name = dotted.split(".")
+        assert key.doc.strip(), dotted
+        start = lines.index(f"{section}:")
+        line = next(line for line in lines[start:] if line.startswith(f"  {name}:"))
+        assert line.endswith(f"# {key.doc}"), dotted
+
+
+def test_every_schema_default_passes_its_own_checks():
+    from segfungi import settings_schema
+
+    for dotted, key in settings_schema.keys().items():
+        section, name = dotted.split(".")
+        assert load_config(overrides=[{section: {name: key.default}}])[section][name] == key.default
+        for value in key.default if isinstance(key.default, list) else [key.default]:
+            assert not key.choices or value in key.choices, dotted
+
+
+def test_projection_kind_is_refused_at_load_time_with_the_allowed_values(tmp_path):
+    message = r"'fungi\.projection' must be one of dense, structured, got 'bogus'"
+    with pytest.raises(ConfigError, match=r"--set fungi\.projection=bogus: " + message):
+        load_config(overrides=["fungi.projection=bogus"])
+    preset = tmp_path / "p.yaml"
+    preset.write_text("fungi:\n  projection: bogus\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset)
+    assert load_config(overrides=["fungi.projection=structured"])["fungi"]["projection"] == "structured"
+
+
+def test_index_settings_defaults_agree_with_the_schema():
+    import dataclasses
+
+    from segfungi import settings_schema
+    from segfungi.index import IndexSettings
+
+    assert dataclasses.asdict(IndexSettings()) == settings_schema.defaults()["index"]
+
+
+def test_stored_bank_settings_are_completed_in_one_place():
+    # A manifest written before a key existed lacks it, and one written before the
+    # few-shot keys moved still has them: MemoryBank.settings (stored_settings) fills
+    # the first from the defaults and drops the second, so load_config(base=...) works.
+    from segfungi.settings_schema import stored_settings
+
+    old = load_config()
+    del old["bank"]["cache_last_block_input"], old["fungi"]["negatives"], old["fungi"]["variant"]
+    old["fewshot"].update(bank_size=20480000, aug_epochs=8, k=90, temperature=0.1,
+                          num_leaves_to_search=256, reorder=1800)
+    old["eval"]["k"] = 7
+    completed = stored_settings(old)
+    assert completed["bank"]["cache_last_block_input"] is True
+    assert (completed["fungi"]["negatives"], completed["fungi"]["variant"]) == ("normalised", "paper")
+    assert "k" not in completed["fewshot"] and completed["eval"]["k"] == 7
+    assert load_config(base=completed) == load_config(overrides=["eval.k=7"])
+    assert "k" in old["fewshot"]  # the stored dict is not modified
+    with pytest.raises(ConfigError, match=r"unknown key 'fewshot\.bank_size'.*set bank\.size instead"):
+        load_config(base=old)
+    from segfungi.memory_bank import MemoryBank
+
+    bank = MemoryBank("unused", shards_override=[], verify="off")
+    bank.manifest["settings"] = old
+    assert bank.settings == completed  # the one place bank settings are read through
+
+
+def test_no_get_fallbacks_on_settings_sections():
+    # Every key is present after load_config (and in MemoryBank.settings), so a default
+    # at a call site could only disagree with the schema's.
+    import re
+    from pathlib import Path
+
+    import segfungi
+
+    pattern = re.compile(r"""(settings\[["'][a-z_]+["']\]|\bfungi)\.get\(""")
+    found = [f"{path}:{number}" for path in Path(segfungi.__file__).parent.glob("*.py")
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if pattern.search(line)]
+    assert found == []

@@ -57,11 +57,52 @@ def test_trials_draw_disjoint_reproducible_subsets(demo_voc_root):
 # ------------------------------------------------------------- planning, tables
 def test_presets_load_with_paper_fewshot_settings():
     for name in FEWSHOT_PRESETS:
-        fewshot = load_config(name)["fewshot"]
-        assert fewshot["bank_size"] == 2048 * 10**4 and fewshot["aug_epochs"] == 8
-        assert (fewshot["k"], fewshot["temperature"]) == (90, 0.1)
-        assert (fewshot["num_leaves_to_search"], fewshot["reorder"]) == (256, 1800)
-        assert fewshot["fractions"] == [1 / 128, 1 / 64]
+        settings = load_config(name)
+        assert settings["bank"]["size"] == 2048 * 10**4 and settings["bank"]["aug_epochs"] == 8
+        assert (settings["eval"]["k"], settings["eval"]["temperature"]) == (90, 0.1)
+        assert (settings["index"]["num_leaves_to_search"], settings["index"]["reorder"]) == (256, 1800)
+        assert settings["fewshot"]["fractions"] == [1 / 128, 1 / 64]
+
+
+# settings_hash of each preset's trial settings (less the fewshot section, and with the
+# packaged standard list paths cut to segfungi/data/...), computed with the code before
+# the few-shot values moved from fewshot.* to bank/eval/index (commit ba36f84).
+TRIALS_BEFORE = {
+    "fewshot_voc_vits16": ("9fb90083ad95e8e0", "069b8cc276dd2437"),
+    "fewshot_voc_vitb16": ("c262c8c0a8b17f92", "44631418af39f53f"),
+    "fewshot_ade20k_vits16": ("ade8655192bdfdf4", "20377e432b003320"),
+    "fewshot_ade20k_vitb16": ("f42bcd081aa200e6", "fe2cfb9f443bccbf"),
+}
+
+
+@pytest.mark.parametrize("name", FEWSHOT_PRESETS)
+def test_preset_trials_resolve_to_the_settings_they_had_before(name):
+    from segfungi.storage import settings_hash
+
+    def resolved(overrides):
+        settings = load_config(name, overrides)
+        trials = [trial_settings(settings, t) for t in plan_trials(settings)]
+        for one in trials:
+            one.pop("fewshot")
+            if one["data"]["subset_file"]:
+                one["data"]["subset_file"] = one["data"]["subset_file"].split("segfungi/data/")[1]
+        return trials
+
+    random, standard = resolved([]), resolved(["fewshot.subsets=standard"])
+    assert (len(random), len(standard)) == (6, 10)
+    assert (settings_hash(random), settings_hash(standard)) == TRIALS_BEFORE[name]
+    for one in random + standard:
+        assert (one["bank"]["size"], one["bank"]["aug_epochs"]) == (20480000, 8)
+        assert (one["eval"]["k"], one["eval"]["temperature"]) == (90, 0.1)
+        assert (one["index"]["num_leaves_to_search"], one["index"]["reorder"]) == (256, 1800)
+
+
+def test_retired_fewshot_keys_say_where_their_value_lives():
+    for old, new in [("bank_size", "bank.size"), ("aug_epochs", "bank.aug_epochs"), ("k", "eval.k"),
+                     ("temperature", "eval.temperature"), ("reorder", "index.reorder"),
+                     ("num_leaves_to_search", "index.num_leaves_to_search")]:
+        with pytest.raises(ConfigError, match=rf"unknown key 'fewshot.{old}' .*set {new} instead"):
+            load_config(overrides=[f"fewshot.{old}=1"])
 
 
 def test_fraction_label():
@@ -83,15 +124,17 @@ def test_plan_trials_fractions_files_and_seeds():
         plan_trials(load_config(overrides=["fewshot.fractions=[0, 0.5]"]))
 
 
-def test_trial_settings_map_the_fewshot_section():
-    settings = load_config("fewshot_voc_vits16", overrides=["eval.k=30", "fewshot.aug_epochs=2"])
+def test_trial_settings_set_the_subset_and_seed_and_keep_bank_eval_index():
+    # The few-shot values live in bank/eval/index (the fewshot_* presets): an override of
+    # them is what every trial uses.
+    settings = load_config("fewshot_voc_vits16", overrides=["eval.k=30", "bank.aug_epochs=2"])
     one = trial_settings(settings, Trial(seed=5, fraction=1 / 64))
     assert one["data"]["subset_fraction"] == 1 / 64 and one["data"]["subset_seed"] == 5
     assert one["data"]["subset_file"] is None
     assert (one["bank"]["size"], one["bank"]["aug_epochs"], one["bank"]["seed"]) == (20480000, 2, 5)
-    assert (one["eval"]["k"], one["eval"]["temperature"]) == (90, 0.1)
+    assert (one["eval"]["k"], one["eval"]["temperature"]) == (30, 0.1)
     assert (one["index"]["num_leaves_to_search"], one["index"]["reorder"]) == (256, 1800)
-    assert settings["eval"]["k"] == 30  # the input is not modified
+    assert settings["bank"]["seed"] == 0  # the input is not modified
     listed = trial_settings(settings, Trial(seed=1, subset_file="ids.txt"))
     assert listed["data"]["subset_file"] == "ids.txt" and listed["data"]["subset_fraction"] is None
 
@@ -120,9 +163,8 @@ def test_fewshot_end_to_end(demo_voc_root, tmp_path, capsys):
     # The 32×32 grid at 512² stays; a random-init ViT-Tiny, 2 training images per trial,
     # one augmentation epoch and 2 evaluated images keep it fast.
     out = tmp_path / "fewshot"
-    settings = tiny_settings(demo_voc_root, eval={"max_images": 2},
-                             fewshot={"fractions": [1 / 6], "seeds": [0, 1], "aug_epochs": 1,
-                                      "bank_size": 2048, "out": str(out)})
+    settings = tiny_settings(demo_voc_root, eval={"max_images": 2}, bank={"aug_epochs": 1, "size": 2048},
+                             fewshot={"fractions": [1 / 6], "seeds": [0, 1], "out": str(out)})
     report = run_fewshot(settings, progress=False)
     assert len(report["trials"]) == 4  # 2 seeds × (embeddings, FUNGI)
     for trial in report["trials"]:

@@ -87,8 +87,9 @@ def test_fewshot_with_standard_format_lists(demo_voc_root, tmp_path, capsys):
     chosen = write_list_set(tmp_path / "lists", train_ids)
     out = tmp_path / "fewshot"
     settings = tiny_settings(demo_voc_root, eval={"max_images": 2},
-                             fewshot={"fractions": [1 / 6], "subsets": str(tmp_path / "lists"), "aug_epochs": 1,
-                                      "bank_size": 2048, "features": ["embeddings"], "out": str(out)})
+                             bank={"aug_epochs": 1, "size": 2048},
+                             fewshot={"fractions": [1 / 6], "subsets": str(tmp_path / "lists"),
+                                      "features": ["embeddings"], "out": str(out)})
     report = run_fewshot(settings, progress=False)
     trials = report["trials"]
     assert [t["subset"] for t in trials] == [f"trainaug_6_{d}" for d in DRAWS]  # one trial per file
@@ -117,8 +118,9 @@ def test_fewshot_with_standard_format_lists(demo_voc_root, tmp_path, capsys):
 def test_fractions_giving_the_same_images_run_once(demo_voc_root, tmp_path, capsys):
     # 12 training images: 1/128 and 1/64 are both 1 image, 1/6 is 2.
     settings = tiny_settings(demo_voc_root, eval={"max_images": 1},
-                             fewshot={"fractions": [1 / 128, 1 / 64, 1 / 6], "seeds": [0, 1], "aug_epochs": 1,
-                                      "bank_size": 1024, "features": ["embeddings"], "out": str(tmp_path / "fs")})
+                             bank={"aug_epochs": 1, "size": 1024},
+                             fewshot={"fractions": [1 / 128, 1 / 64, 1 / 6], "seeds": [0, 1],
+                                      "features": ["embeddings"], "out": str(tmp_path / "fs")})
     trials = merge_equal_subsets(settings, plan_trials(settings))
     assert [(t.fraction, t.seed, t.group) for t in trials] == [
         (1 / 128, 0, "1/128, 1/64"), (1 / 128, 1, "1/128, 1/64"), (1 / 6, 0, "1/6"), (1 / 6, 1, "1/6")]

@@ -9,16 +9,15 @@ from segfungi.commands._options import (
     settings_from_args,
 )
 
-# The few-shot k and temperature live in the fewshot section, so the shared --k and
-# --temperature flags are pointed there instead of at eval.*.
+# --k, --temperature, --bank-size and --aug-epochs set eval.* and bank.* as for the
+# other commands: a trial's bank and evaluation use those (the fewshot_* presets hold
+# the few-shot values there).
 FEWSHOT_FLAGS = {
-    "k": "fewshot.k",
-    "temperature": "fewshot.temperature",
     "fractions": "fewshot.fractions",
     "seeds": "fewshot.seeds",
     "features": "fewshot.features",
-    "bank_size": "fewshot.bank_size",
-    "aug_epochs": "fewshot.aug_epochs",
+    "bank_size": "bank.size",
+    "aug_epochs": "bank.aug_epochs",
     "out": "fewshot.out",
     "subsets": "fewshot.subsets",
 }
@@ -40,8 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="one trial per seed and subset (default 0 1 2; not with --subsets standard)")
     add_bank_build_options(parser, several_features=True,
-                           bank_size_help="bank size cap (default 2048x10^4)",
-                           aug_epochs_help="augmentation epochs (default 8)")
+                           bank_size_help="bank size cap (bank.size; 2048x10^4 in the fewshot_* presets)",
+                           aug_epochs_help="augmentation epochs (bank.aug_epochs; 8 in the fewshot_* presets)")
     parser.add_argument("--out", help="folder for banks, results JSON and plot (default runs/fewshot)")
     add_print_config_option(parser)
     parser.set_defaults(func=run)
