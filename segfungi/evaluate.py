@@ -76,7 +76,12 @@ class Segmenter:
         problems = []
         if cfg["name"] != built["name"]:
             problems.append(f"backbone.name: bank has {built['name']!r}, query has {cfg['name']!r}")
-        if settings["data"]["image_size"] != built["img_size"]:
+        size = settings["data"]["image_size"]
+        if size is None:  # null: 32 × the patch size, as load_backbone resolves it
+            from segfungi.backbones import DEFAULT_GRID
+
+            size = DEFAULT_GRID * int(built["patch_size"])
+        if size != built["img_size"]:
             problems.append(f"data.image_size: bank has {built['img_size']!r}, query has {settings['data']['image_size']!r}")
         dtype = cfg.get("dtype", "float32")
         if dtype != built.get("compute_dtype", "float32"):
