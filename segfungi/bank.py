@@ -169,7 +169,7 @@ def bank_identity(settings: dict, extractor, dataset, kind: str, given_dataset: 
     data section, so the data is named by the dataset object itself."""
     data, bank = settings["data"], settings["bank"]
     source = ({"name": data["dataset"], "split": data["train_split"]} if not given_dataset
-              else {"name": dataset.name, "given": True})
+              else {"name": dataset.name, "split": "given"})  # `segfungi bank info`: "<name> given"
     return {
         "format": FORMAT_VERSION,
         "features": kind,
