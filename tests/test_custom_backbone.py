@@ -246,3 +246,20 @@ def test_the_example_runs_on_generated_voc_data(tmp_path):
     results = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(results) == {"embeddings", "fungi"} and all(0 <= v <= 1 for v in results.values())
     assert (tmp_path / "banks" / "fungi" / "support" / "manifest.json").is_file()
+
+
+def test_a_whole_model_fungi_bank_equals_the_split_one(custom_banks, tmp_path):
+    """No split: no last-block cache (nothing to cache), and the bank's features are the
+    split bank's when that one is built without the float16 cache too."""
+    model, train = custom_banks["model"], custom_banks["train"]
+    banks = {}
+    for split, cache in ((False, True), (True, False)):
+        settings = segfungi.load_config(overrides=[{"bank": {"features": "fungi", "size": 96, "shard_images": 4,
+                                                             "cache_last_block_input": cache}}])
+        banks[split] = segfungi.MemoryBank(segfungi.build_bank(settings, tmp_path / f"split-{split}",
+                                                               backbone=wrap(model, split), dataset=train,
+                                                               progress=False))
+    assert banks[False].manifest["identity"]["support"]["last_block_input"] == "float32"
+    np.testing.assert_array_equal(banks[False].load("provenance"), banks[True].load("provenance"))
+    np.testing.assert_allclose(banks[False].load_features().astype(np.float32),
+                               banks[True].load_features().astype(np.float32), atol=2e-3)
