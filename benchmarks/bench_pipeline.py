@@ -86,7 +86,7 @@ def worker(args) -> None:
         build_bank(settings, out, progress=False)
         result = {"seconds": time.perf_counter() - started}
     else:
-        res = evaluate(settings, out, progress=False)
+        res = evaluate(out, settings, progress=False)
         result = {"seconds": res["timings"]["eval_seconds"], "setup_seconds": res["timings"]["setup_seconds"],
                   "miou": res["miou"]}
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

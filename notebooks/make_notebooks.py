@@ -152,7 +152,7 @@ def mask_visualisation() -> nbformat.NotebookNode:
         new_code_cell(
             "from segfungi.evaluate import evaluate, results_table\n"
             "from segfungi.viz import plot_per_class_iou\n\n"
-            "results = {kind: evaluate(settings, path, progress=False) for kind, path in banks.items()}\n"
+            "results = {kind: evaluate(path, settings, progress=False) for kind, path in banks.items()}\n"
             'print(results_table(results["FUNGI"]))\n'
             'picture = plot_per_class_iou(results, WORK / "per_class_iou.png",\n'
             '                             title=f"per-class IoU, bank of {bank.num_patches:,} patches",\n'

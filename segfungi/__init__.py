@@ -1,3 +1,87 @@
-"""segfungi: in-context semantic segmentation with FUNGI features of frozen ViTs."""
+"""segfungi: in-context semantic segmentation with FUNGI features of frozen ViTs.
+
+The public API, imported when first used (``import segfungi`` itself loads neither torch
+nor timm)::
+
+    import segfungi
+
+    settings = segfungi.load_config("demo", ["data.root=runs/demo/data"])
+    bank = segfungi.build_bank(settings, "memory_banks/demo-fungi")
+    print(segfungi.evaluate(bank)["miou"])          # settings default to the bank's own
+
+Calls that take a bank take it first and settings last, optional: the bank's manifest
+records the settings it was built with. Your own model and data: ``CustomBackbone``,
+``from_pairs`` / ``as_dataset`` (README, "Evaluate your own model").
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    # settings
+    "load_config": "segfungi.config",
+    # banks and evaluation
+    "build_bank": "segfungi.bank",
+    "MemoryBank": "segfungi.memory_bank",
+    "evaluate": "segfungi.evaluate",
+    "Segmenter": "segfungi.evaluate",
+    "bank_settings": "segfungi.evaluate",
+    "results_table": "segfungi.evaluate",
+    "predict_images": "segfungi.predict",
+    "predict_to_folder": "segfungi.predict",
+    "run_sweep": "segfungi.sweep",
+    "run_fewshot": "segfungi.fewshot",
+    # models and features
+    "load_backbone": "segfungi.backbones",
+    "Backbone": "segfungi.backbones",
+    "CustomBackbone": "segfungi.custom",
+    "FeatureExtractor": "segfungi.features",
+    "capture_token_gradients": "segfungi.gradients",
+    "make_projection": "segfungi.gradients",
+    # indexes
+    "make_index": "segfungi.index",
+    "load_index": "segfungi.index",
+    # data
+    "build_dataset": "segfungi.data",
+    "subset": "segfungi.data",
+    "Sample": "segfungi.data",
+    "as_dataset": "segfungi.data.pairs",
+    "from_pairs": "segfungi.data.pairs",
+    "write_demo_dataset": "segfungi.data.demo",
+    # metrics and plots
+    "ConfusionMatrix": "segfungi.metrics",
+    "describe_banks": "segfungi.viz",
+    "plot_prediction_panels": "segfungi.viz",
+    "plot_per_class_iou": "segfungi.viz",
+    "plot_miou_vs_bank_size": "segfungi.viz",
+    "plot_fewshot": "segfungi.viz",
+    # errors
+    "SegfungiError": "segfungi.errors",
+    "ConfigError": "segfungi.errors",
+    "DatasetError": "segfungi.errors",
+    "CheckpointError": "segfungi.errors",
+    "BankError": "segfungi.errors",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segfungi' has no attribute {name!r}")
+    if module == f"{__name__}.{name}":
+        # `evaluate` is also the name of its module, which importing it binds here; the
+        # module is callable (segfungi.evaluate(bank) calls segfungi.evaluate.evaluate).
+        return importlib.import_module(module)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -151,7 +151,7 @@ def _check_disk_space(out: Path, settings: dict, plan: BankPlan, extractor, kind
         todo = plan.num_shards - len(done_shards(folder) & set(range(plan.num_shards)))
         needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
         parts.append(f"{bank_kind} bank of {estimate['patches']} patches × {dim} dims")
-        if folder.name == SUPPORT_DIR and _caches_hidden(settings):
+        if folder.name == SUPPORT_DIR and _caches_hidden(settings, extractor):
             # The support pass keeps every image's last-block input (T×D float16) until
             # the FUNGI pass has used it.
             backbone = extractor.backbone
@@ -162,22 +162,28 @@ def _check_disk_space(out: Path, settings: dict, plan: BankPlan, extractor, kind
 
 
 # ----------------------------------------------------------------------- identity
-def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
-    """Everything that decides the bank's content; its hash names the bank."""
+def bank_identity(settings: dict, extractor, dataset, kind: str, given_dataset: bool = False) -> dict:
+    """Everything that decides the bank's content; its hash names the bank.
+
+    `given_dataset`: the images came as `build_bank(dataset=)`, not from the settings'
+    data section, so the data is named by the dataset object itself."""
     data, bank = settings["data"], settings["bank"]
+    source = ({"name": data["dataset"], "split": data["train_split"]} if not given_dataset
+              else {"name": dataset.name, "split": "given"})  # `segfungi bank info`: "<name> given"
     return {
         "format": FORMAT_VERSION,
         "features": kind,
         "extractor": extractor.identity(),
         "dataset": {
-            "name": data["dataset"],
-            "split": data["train_split"],
+            **source,
             "num_images": len(dataset),
             "ids_hash": settings_hash({"ids": list(dataset.ids)}),
             "classes": list(dataset.classes),
-            "subset_file": data["subset_file"],
-            "subset_fraction": data["subset_fraction"],
-            "subset_seed": data["subset_seed"],
+            **({} if given_dataset else {
+                "subset_file": data["subset_file"],
+                "subset_fraction": data["subset_fraction"],
+                "subset_seed": data["subset_seed"],
+            }),
         },
         "sampling": {
             "size": bank["size"],
@@ -198,7 +204,7 @@ def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
                 "neighbours": support_neighbours(settings),
                 "exclude_self": settings["fungi"]["exclude_self"],
                 # The FUNGI pass starts from float16 last-block inputs when they are cached.
-                "last_block_input": "float16" if _caches_hidden(settings) else "float32",
+                "last_block_input": "float16" if _caches_hidden(settings, extractor) else "float32",
             }
             if kind == "fungi"
             else None
@@ -206,7 +212,10 @@ def bank_identity(settings: dict, extractor, dataset, kind: str) -> dict:
     }
 
 
-def _caches_hidden(settings: dict) -> bool:
+def _caches_hidden(settings: dict, extractor=None) -> bool:
+    # A backbone without a last-block split (segfungi.CustomBackbone) has nothing to cache.
+    if extractor is not None and not getattr(extractor.backbone, "splits", True):
+        return False
     return bool(settings["bank"]["cache_last_block_input"])
 
 
@@ -225,7 +234,7 @@ def extractor_mismatches(bank_extractor: dict, query_extractor: dict, prefix="")
 # -------------------------------------------------------------------------- build
 def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
                kind: str | None = None, progress: bool = True, hidden_cache: Path | None = None,
-               warn_capped: bool = True) -> Path:
+               warn_capped: bool = True, *, backbone=None, dataset=None) -> Path:
     """Build (or resume, or reuse) the bank that `settings` describe; returns its folder.
 
     A bank.size the images cannot fill (more than images × epochs × patches) gives the
@@ -233,6 +242,11 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     banks are capped by design). The manifest records the paths of the settings
     (dataset root, subset file, weights) as absolute paths, so the bank can be
     evaluated from any working directory.
+
+    `backbone`: a model not built from the settings (a `segfungi.CustomBackbone`; the
+    settings' backbone section is then unused). `dataset`: the training images instead of
+    the settings' data section (anything `segfungi.as_dataset` takes: (image, mask) pairs
+    with a class list). The other settings (bank, fungi, index) apply as usual.
 
     `hidden_cache` (internal): the folder where an embeddings (support) pass keeps its
     last-block inputs for the FUNGI pass that follows (see ShardWriter)."""
@@ -243,9 +257,15 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     if not (out / MANIFEST).exists() and distributed.rank() == 0:
         ensure_writable_dir(out)  # before any slow work: a bad --out fails now,
         BuildLock(out).check_free()  # and so does a folder another build is writing
-    dataset = open_train_dataset(settings)
-    extractor = make_extractor(settings, kind=kind)
-    identity = bank_identity(settings, extractor, dataset, kind)
+    given_dataset = dataset is not None
+    if given_dataset:
+        from segfungi.data.pairs import as_dataset
+
+        dataset = as_dataset(dataset)
+    else:
+        dataset = open_train_dataset(settings)
+    extractor = make_extractor(settings, kind=kind, backbone=backbone)
+    identity = bank_identity(settings, extractor, dataset, kind, given_dataset)
     digest = settings_hash(identity)
 
     if (out / MANIFEST).exists():
@@ -273,10 +293,12 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
         distributed.barrier()
         support = None
         if kind == "fungi":
-            hidden_cache = out / HIDDEN_CACHE_DIR if _caches_hidden(settings) else None
+            hidden_cache = out / HIDDEN_CACHE_DIR if _caches_hidden(settings, extractor) else None
             support_dir = build_bank(settings, out / SUPPORT_DIR, resume=True,
                                      kind="embeddings", progress=progress, hidden_cache=hidden_cache,
-                                     warn_capped=False)  # the FUNGI bank has warned
+                                     warn_capped=False,  # the FUNGI bank has warned
+                                     backbone=extractor.backbone if backbone is not None else None,
+                                     dataset=dataset if given_dataset else None)
             support = SupportIndex(support_dir, settings)
         plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
         writer = ShardWriter(out, dataset, extractor, plan, settings, support, hidden_cache)

@@ -7,7 +7,10 @@ transfer); the 32×32 class scores are upsampled bilinearly and the argmax is th
 
 from __future__ import annotations
 
+import inspect
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +26,29 @@ from segfungi.components import make_extractor, open_val_dataset
 from segfungi.errors import BankError, DatasetError
 
 
-class Segmenter:
-    """Segments images with a bank; the query features are checked against the bank's."""
+def bank_settings(bank) -> dict:
+    """The settings a bank was built with (its manifest), completed by today's defaults."""
+    from segfungi.config import load_config
 
-    def __init__(self, bank_path: str | Path, settings: dict):
-        self.bank = MemoryBank(bank_path)
+    bank = bank if isinstance(bank, MemoryBank) else MemoryBank(bank)
+    return load_config(base=bank.settings)
+
+
+class Segmenter:
+    """Segments images with a bank; the query features are checked against the bank's.
+
+    `settings` default to the bank's own (`bank_settings`). `backbone`: a model that is
+    not built from the settings (`segfungi.CustomBackbone`); it must be the bank's."""
+
+    def __init__(self, bank: str | Path, settings: dict | None = None, *, backbone=None):
+        self.bank = MemoryBank(bank)
+        settings = bank_settings(self.bank) if settings is None else settings
         self.settings = settings
         kind = self.bank.features_kind
-        # Settings that would load another backbone fail before it is loaded (or downloaded).
-        self._refuse(self._backbone_mismatches(settings), "checked before loading the backbone")
-        self.extractor = make_extractor(settings, kind=kind)
+        if backbone is None:
+            # Settings that would load another backbone fail before it is loaded (or downloaded).
+            self._refuse(self._backbone_mismatches(settings), "checked before loading the backbone")
+        self.extractor = make_extractor(settings, kind=kind, backbone=backbone)
         self._refuse(extractor_mismatches(self.bank.manifest["identity"]["extractor"], self.extractor.identity()))
         self.num_classes = len(self.bank.classes)
         self.index = self.bank.index(settings)
@@ -55,6 +71,9 @@ class Segmenter:
         random init and its seed; a checkpoint's content is compared after loading)."""
         built = self.bank.manifest["identity"]["extractor"]["backbone"]
         cfg = settings["backbone"]
+        if "custom" in built:
+            return [f"backbone: the bank was built with the custom model {built['custom']!r}; pass it as "
+                    "backbone= (a segfungi.CustomBackbone), the settings cannot load it"]
         problems = []
         if cfg["name"] != built["name"]:
             problems.append(f"backbone.name: bank has {built['name']!r}, query has {cfg['name']!r}")
@@ -135,19 +154,34 @@ def query_generators(images: np.ndarray) -> list[torch.Generator]:
     return [torch_generator(pixels_seed(image), QUERY_NEGATIVES) for image in np.asarray(images)]
 
 
-def evaluate(settings: dict, bank_path: str | Path, progress: bool = True) -> dict:
-    """mIoU of the bank's predictions on `data.val_split`; returns the results dict."""
+def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = True, *,
+             backbone=None, dataset=None) -> dict:
+    """mIoU of the bank's predictions on `data.val_split`; returns the results dict.
+
+    `settings` default to the bank's own (`bank_settings`). `backbone`: the bank's model
+    when it is not built from settings (`segfungi.CustomBackbone`); `dataset`: the labelled
+    images to evaluate on instead of `data.val_split` (anything `segfungi.as_dataset` takes)."""
     from segfungi.data.augment import eval_transform
     from segfungi.metrics import ConfusionMatrix
     from segfungi.transfer import scores_to_mask
 
-    _check_recorded_root(settings, bank_path)
+    bank_path = bank
+    settings = bank_settings(bank_path) if settings is None else settings
+    if dataset is None:
+        _check_recorded_root(settings, bank_path)
     started = time.perf_counter()
-    segmenter = Segmenter(bank_path, settings)
+    segmenter = Segmenter(bank_path, settings, backbone=backbone)
     setup_seconds = time.perf_counter() - started
-    dataset = open_val_dataset(settings)
+    if dataset is None:
+        dataset = open_val_dataset(settings)
+        name = settings["data"]["dataset"]
+    else:
+        from segfungi.data.pairs import as_dataset
+
+        dataset = as_dataset(dataset)
+        name = dataset.name
     if list(dataset.classes) != list(segmenter.bank.classes):
-        raise BankError(f"{bank_path}: bank classes differ from the {settings['data']['dataset']} classes")
+        raise BankError(f"{bank_path}: bank classes differ from the {name} classes")
     count = len(dataset) if settings["eval"]["max_images"] is None else min(len(dataset), settings["eval"]["max_images"])
     confusion = ConfusionMatrix(segmenter.num_classes)
     size = segmenter.image_size
@@ -207,3 +241,18 @@ def results_table(results: dict) -> str:
         lines.append(f"{name:<{width}}  {shown}")
     lines.append(f"{'mIoU':<{width}}  {100 * results['miou']:5.1f}")
     return "\n".join(lines)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `evaluate`: `segfungi.evaluate` names both the module
+    (bound on the package by any `import segfungi.evaluate`) and the public function."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+    @property
+    def __signature__(self):
+        return inspect.signature(evaluate)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -90,7 +90,9 @@ class FeatureExtractor:
         self.head_dim, self.tau, self.head_seed = int(head_dim), float(tau), int(head_seed)
         self.head = make_head(backbone.embed_dim, self.head_dim, self.head_seed).to(backbone.device)
         layer = backbone.grad_layer
-        self.projection = make_projection(
+        if layer is None and kind == "fungi":  # a segfungi.CustomBackbone given no grad_layer
+            raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
+        self.projection = None if layer is None else make_projection(
             projection,
             in_features=layer.in_features,
             out_features=layer.out_features,

@@ -266,7 +266,7 @@ def _evaluate_once(settings: dict, bank_path: Path, cache: Path, progress: bool)
         cached = read_json(cache)
         if cached.get("cache_key") == key:
             return cached
-    results = {**evaluate(settings, bank_path, progress=progress), "cache_key": key}
+    results = {**evaluate(bank_path, settings, progress=progress), "cache_key": key}
     write_json_atomic(cache, results)
     return results
 

@@ -30,14 +30,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 def make_segmenter(bank, settings: dict | None = None):
     """A Segmenter for `bank` (a folder or a Segmenter); settings default to the bank's own."""
-    from segfungi.memory_bank import MemoryBank
-    from segfungi.config import load_config
     from segfungi.evaluate import Segmenter
 
     if isinstance(bank, Segmenter):
         return bank
-    if settings is None:
-        settings = load_config(base=MemoryBank(bank).settings)
     return Segmenter(bank, settings)
 
 

@@ -56,7 +56,7 @@ def run_sweep(settings: dict, out: str | Path | None = None, progress: bool = Tr
                               kind=top_kind, progress=progress)
         for kind in kinds:
             path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
-            results = evaluate(bank_settings, path, progress=progress)
+            results = evaluate(path, bank_settings, progress=progress)
             rows.append(_row(kind, requested, results, MemoryBank(path)))
             print(f"{kind:>10}  bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
     write_table(rows, out)

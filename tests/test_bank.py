@@ -38,7 +38,7 @@ def test_bank_layout_and_manifest(fungi_bank, demo_voc_root):
 def test_both_feature_kinds_well_above_chance(fungi_bank, demo_voc_root):
     settings = tiny_settings(demo_voc_root)
     for path in [fungi_bank, fungi_bank / SUPPORT_DIR]:
-        results = evaluate(settings, path, progress=False)
+        results = evaluate(path, settings, progress=False)
         # Predicting the majority class everywhere scores ~0.13 mIoU on this data.
         assert results["miou"] > 0.35, (path, results["miou"])
         assert results["images"] == 6 and results["bank_hash"] == MemoryBank(path).manifest["hash"]

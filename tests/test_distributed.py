@@ -63,7 +63,7 @@ def test_two_process_eval_sums_the_confusion_matrices(two_process_bank, fungi_ba
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("mIoU") == 1
     two = json.loads(result_file.read_text())
-    one = evaluate(tiny_settings(demo_voc_root), fungi_bank, progress=False)
+    one = evaluate(fungi_bank, tiny_settings(demo_voc_root), progress=False)
     assert two["images"] == one["images"] == 6
     assert abs(two["miou"] - one["miou"]) < 0.01
     assert abs(two["pixel_accuracy"] - one["pixel_accuracy"]) < 0.01

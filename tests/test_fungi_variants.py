@@ -196,7 +196,7 @@ def test_eval_features_do_not_depend_on_batch_size_and_predict_agrees(fungi_bank
             _record(m, Segmenter, "patch_features", feats)
             _record(m, Segmenter, "predict_scores", scores)
             settings = tiny_settings(demo_voc_root, eval={"batch_size": batch_size, "max_images": 3})
-            results = evaluate(settings, fungi_bank, progress=False)
+            results = evaluate(fungi_bank, settings, progress=False)
         runs[batch_size] = (torch.cat(feats), torch.cat(scores), results["miou"])
     assert torch.equal(runs[1][0], runs[3][0])  # bit-identical FUNGI features
     assert torch.equal(runs[1][1], runs[3][1]) and runs[1][2] == runs[3][2]

@@ -260,7 +260,7 @@ def test_bit_flip_in_features_is_named_when_they_are_read(bank):
 def test_damaged_bank_never_gives_an_miou(bank, root):
     flip_bit(bank / "shards" / "00000" / "label_ids.npy", offset=-20)
     with pytest.raises(BankError, match="label_ids.npy: checksum mismatch"):
-        evaluate(settings(root), bank, progress=False)
+        evaluate(bank, settings(root), progress=False)
 
 
 def test_bit_flip_in_the_scann_index_is_named(bank, root):

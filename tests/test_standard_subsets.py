@@ -145,7 +145,7 @@ def test_eval_on_a_validation_subset(demo_voc_root, fungi_bank, tmp_path):
     listed.write_text(f"{val_ids[4]}\n{val_ids[1]}\n")
     settings = tiny_settings(demo_voc_root, data={"val_subset_file": str(listed)})
     assert list(open_val_dataset(settings).ids) == [val_ids[4], val_ids[1]]
-    results = evaluate(load_config(base=settings), fungi_bank / "support", progress=False)
+    results = evaluate(fungi_bank / "support", load_config(base=settings), progress=False)
     assert results["images"] == 2
     listed.write_text("2012_999999\n")
     with pytest.raises(DatasetError, match=r"val_subset.txt: 1 ids are not in voc val"):

@@ -27,7 +27,7 @@ def run(args) -> int:
     base = MemoryBank(args.bank).settings
     settings = settings_from_args(args, EVAL_FLAGS, base=base)
     warn_ignored_build_keys(args, "eval", base)
-    results = evaluate(settings, args.bank, progress=not args.quiet)
+    results = evaluate(args.bank, settings, progress=not args.quiet)
     print(results_table(results))
     if settings["eval"]["out"]:
         out = Path(settings["eval"]["out"])

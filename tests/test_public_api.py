@@ -1,0 +1,71 @@
+"""`import segfungi` is the public API: cheap to import, lazy, and the bank-first order."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import segfungi
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_segfungi_loads_neither_torch_nor_timm():
+    code = ("import sys, segfungi; names = dir(segfungi); "
+            "print(sorted(m for m in ('torch', 'timm', 'numpy', 'cv2', 'scann') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_using_a_name_imports_its_module_only_then():
+    code = "import sys, segfungi; segfungi.load_config; print('torch' in sys.modules); segfungi.FeatureExtractor; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+
+
+def test_every_public_name_resolves_and_is_listed():
+    for name in ["load_config", "build_bank", "MemoryBank", "evaluate", "Segmenter", "load_backbone",
+                 "FeatureExtractor", "capture_token_gradients", "make_projection", "make_index", "load_index",
+                 "build_dataset", "write_demo_dataset", "CustomBackbone", "from_pairs", "as_dataset",
+                 "plot_miou_vs_bank_size", "SegfungiError"]:
+        assert name in segfungi.__all__ and name in dir(segfungi)
+    for name in segfungi.__all__:
+        assert getattr(segfungi, name) is not None, name
+    from segfungi.gradients import make_projection
+
+    assert segfungi.make_projection is make_projection
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        segfungi.nonsense  # noqa: B018
+
+
+def test_evaluate_is_the_function_and_its_module():
+    import inspect
+
+    import segfungi.evaluate as module
+
+    assert segfungi.evaluate is module and callable(segfungi.evaluate)
+    assert segfungi.evaluate.Segmenter is segfungi.Segmenter
+    assert list(inspect.signature(segfungi.evaluate).parameters)[:2] == ["bank", "settings"]
+    assert list(inspect.signature(segfungi.Segmenter).parameters)[:2] == ["bank", "settings"]
+
+
+def test_evaluate_without_settings_uses_the_banks(fungi_bank):
+    support = fungi_bank / "support"
+    recorded = segfungi.load_config(base=segfungi.MemoryBank(support).settings)
+    given = segfungi.evaluate(support, recorded, progress=False)
+    default = segfungi.evaluate(support, progress=False)
+    assert default["miou"] == given["miou"] and default["per_class_iou"] == given["per_class_iou"]
+    assert default["settings"] == given["settings"]
+
+
+def test_segmenter_without_settings_uses_the_banks(fungi_bank, demo_voc_root):
+    image = segfungi.build_dataset("voc", demo_voc_root, "val")[0].image
+    recorded = segfungi.load_config(base=segfungi.MemoryBank(fungi_bank).settings)
+    np.testing.assert_array_equal(segfungi.Segmenter(fungi_bank).predict(image),
+                                  segfungi.Segmenter(fungi_bank, recorded).predict(image))
