@@ -25,7 +25,7 @@ class IndexSettings:
     (asymmetric hashing over every point).
     """
 
-    kind: str = "auto"  # auto | scann | exact
+    kind: str = "auto"  # auto | a registered kind (exact, scann: segfungi.index.index_kinds())
     exact_below: int = 20000  # auto: exact search below this many bank rows
     num_leaves: int = 512
     num_leaves_to_search: int = 32
