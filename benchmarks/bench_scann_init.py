@@ -3,7 +3,7 @@
     python benchmarks/bench_scann_init.py --rows 50000 --dim 384 --leaves 500
 
 segfungi initialises ScaNN's k-means tree with k-means++ because the random
-initialisation numbers the leaves differently in every process (segfungi/index.py);
+initialisation numbers the leaves differently in every process (segfungi/index/_scann.py);
 this prints the build CPU seconds of both, on one and on all training threads, on the
 synthetic clustered rows of bench_index.py. The index settings are otherwise the
 paper's (AH with 4 dims per block, threshold 0.2, reorder 120).

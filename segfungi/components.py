@@ -84,6 +84,7 @@ def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, wei
 
 def make_extractor(settings: dict, kind: str | None = None, backbone=None):
     from segfungi.features import FeatureExtractor
+    from segfungi.gradients import projection_options
 
     fungi = settings["fungi"]
     backbone = backbone or load_backbone_from(settings)
@@ -97,6 +98,8 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
         structured_terms=fungi["structured_terms"],
+        projection_options=projection_options(fungi["projection"], fungi),
+        projection_dtype=fungi["projection_dtype"],
         negatives=fungi["negatives"],
         variant=fungi["variant"],
         research_code_neighbours=fungi["research_code_neighbours"],

@@ -43,19 +43,35 @@ class Segmenter:
     def __init__(self, bank: str | Path, settings: dict | None = None, *, backbone=None):
         self.bank = MemoryBank(bank)
         settings = bank_settings(self.bank) if settings is None else settings
-        self.settings = settings
         kind = self.bank.features_kind
         if backbone is None:
             # Settings that would load another backbone fail before it is loaded (or downloaded).
             self._refuse(self._backbone_mismatches(settings), "checked before loading the backbone")
+        settings = self._bank_projection_dtype(settings)
         self.extractor = make_extractor(settings, kind=kind, backbone=backbone)
         self._refuse(extractor_mismatches(self.bank.manifest["identity"]["extractor"], self.extractor.identity()))
+        self.settings = settings
         self.num_classes = len(self.bank.classes)
         self.index = self.bank.index(settings)
         self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
         self.support = SupportIndex(self.bank.support_path, settings) if kind == "fungi" else None
         self.k = settings["eval"]["k"]
         self.temperature = settings["eval"]["temperature"]
+
+    def _bank_projection_dtype(self, settings: dict) -> dict:
+        """Settings whose fungi.projection_dtype is the one the bank's projection recorded:
+        "auto" takes the bank's (resolving it afresh could pick another dtype on another
+        machine); an explicit other dtype is refused, naming the setting."""
+        projection = self.bank.manifest["identity"]["extractor"].get("projection")
+        if not isinstance(projection, dict):  # an embeddings bank: no projection runs
+            return settings
+        built = projection.get("compute_dtype", "float32")  # float32 identities name no dtype
+        asked = settings["fungi"]["projection_dtype"]
+        if asked == "auto":
+            return {**settings, "fungi": {**settings["fungi"], "projection_dtype": built}}
+        if asked != built:
+            self._refuse([f"fungi.projection_dtype: bank has {built!r}, query has {asked!r}"])
+        return settings
 
     def _refuse(self, problems: list[str], when: str = "") -> None:
         if problems:

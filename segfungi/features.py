@@ -38,6 +38,8 @@ from segfungi.gradients import (
     fungi_concat,
     l2_normalize,
     make_projection,
+    projection_options as kind_options,
+    resolve_compute_dtype,
 )
 from segfungi.errors import ConfigError
 from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
@@ -73,6 +75,8 @@ class FeatureExtractor:
         head_seed: int = 0,
         projection: str = "dense",
         structured_terms: int = 16,
+        projection_options: dict | None = None,
+        projection_dtype: str = "float32",
         negatives: str = "normalised",
         variant: str = "paper",
         research_code_neighbours: int = 5,
@@ -92,6 +96,11 @@ class FeatureExtractor:
         layer = backbone.grad_layer
         if layer is None and kind == "fungi":  # a segfungi.CustomBackbone given no grad_layer
             raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
+        if projection_options is None:  # the kind's own options, read from these arguments
+            projection_options = kind_options(projection, {"structured_terms": structured_terms})
+        # Resolved here, once: the projection (and so the bank identity) records float32 or
+        # bfloat16, never "auto", which means different things on different machines.
+        self.projection_dtype = resolve_compute_dtype(projection_dtype, backbone.device)
         self.projection = None if layer is None else make_projection(
             projection,
             in_features=layer.in_features,
@@ -99,7 +108,8 @@ class FeatureExtractor:
             dim=int(proj_dim or backbone.embed_dim),
             seed=proj_seed,
             bias=layer.bias is not None,
-            **({"terms": structured_terms} if projection == "structured" else {}),
+            compute_dtype=self.projection_dtype,
+            **projection_options,
         )
 
     @property

@@ -565,18 +565,66 @@ class OuterProductProjection(_Projection):
         return {**super().identity(), "terms": self.terms}
 
 
-# --------------------------------------------------------------------------- factory
+# --------------------------------------------------------------------------- registry
 
-_KINDS: dict[str, Callable[..., _Projection]] = {
-    "dense": AchlioptasProjection,
-    "structured": OuterProductProjection,
-}
+
+@dataclass(frozen=True)
+class ProjectionKind:
+    """A projection kind: ``factory(in_features, out_features, dim, seed, bias=…,
+    compute_dtype=…, **options)`` builds one; ``options_from_settings(fungi)`` reads its own options from the ``fungi``
+    settings section (e.g. ``terms`` from ``fungi.structured_terms``)."""
+
+    name: str
+    factory: Callable[..., _Projection]
+    options_from_settings: Callable[[dict], dict]
+
+
+_KINDS: dict[str, ProjectionKind] = {}
+
+
+def register_projection_kind(
+    name: str, factory: Callable[..., _Projection], *, options_from_settings: Callable[[dict], dict] | None = None
+) -> ProjectionKind:
+    """Makes ``name`` usable as ``fungi.projection`` / ``make_projection(name, …)``: a new kind
+    is this one call."""
+    if not name:
+        raise ValueError("a projection kind needs a name")
+    if name in _KINDS:
+        raise ValueError(f"projection kind {name!r} is already registered")
+    _KINDS[name] = ProjectionKind(name, factory, options_from_settings or (lambda fungi: {}))
+    return _KINDS[name]
+
+
+def unregister_projection_kind(name: str) -> None:
+    """Removes a kind registered with :func:`register_projection_kind` (e.g. a test's toy)."""
+    _KINDS.pop(name, None)
+
+
+def projection_kinds() -> tuple[str, ...]:
+    """The registered kinds, in registration order."""
+    return tuple(_KINDS)
+
+
+def _projection_kind(kind: str) -> ProjectionKind:
+    if kind not in _KINDS:
+        raise ValueError(f"unknown projection kind {kind!r}; choose one of {sorted(_KINDS)}")
+    return _KINDS[kind]
+
+
+def projection_options(kind: str, fungi: dict) -> dict:
+    """The options ``kind`` takes from the ``fungi`` settings section (``{}`` for dense)."""
+    return _projection_kind(kind).options_from_settings(fungi)
+
+
+register_projection_kind("dense", AchlioptasProjection)
+register_projection_kind(
+    "structured", OuterProductProjection, options_from_settings=lambda fungi: {"terms": int(fungi["structured_terms"])}
+)
 
 
 def make_projection(
     kind: str = "dense", *, in_features: int, out_features: int, dim: int, seed: int, bias: bool = True, **options
-) -> AchlioptasProjection | OuterProductProjection:
-    """Build a projection by name: ``"dense"`` (default, the paper's) or ``"structured"``."""
-    if kind not in _KINDS:
-        raise ValueError(f"unknown projection kind {kind!r}; choose one of {sorted(_KINDS)}")
-    return _KINDS[kind](in_features, out_features, dim, seed, bias=bias, **options)
+) -> _Projection:
+    """Build a projection by registered name: ``"dense"`` (default, the paper's) or
+    ``"structured"`` (see :func:`register_projection_kind`)."""
+    return _projection_kind(kind).factory(in_features, out_features, dim, seed, bias=bias, **options)

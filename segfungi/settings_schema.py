@@ -81,6 +81,10 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("proj_seed", 0, "seed of the gradient projection", check="non_negative"),
         Key("projection", "dense", "dense (Achlioptas) | structured (outer-product rows)",
             choices=("dense", "structured")),
+        Key("projection_dtype", "float32", "float32 | bfloat16 | auto: precision of the projection's GEMMs",
+            choices=("auto", "float32", "bfloat16"), more=(
+                "(auto: bfloat16 only on CPUs with AMX-BF16 / AVX-512-BF16 or a CUDA device with",
+                "bfloat16, else float32; banks record the resolved dtype and queries use the bank's)",)),
         Key("structured_terms", 16, "structured: outer products summed per row (1, 4 and 8 miss the",
             check="positive", more=("recall bar on ViT-S or ViT-Ti, 16 meets it: benchmarks/README.md)",)),
         Key("support_neighbours", 2, "neighbours retrieved per token, one kept at random", check="positive"),

@@ -72,14 +72,14 @@ if point == "shard":
 
     storage.file_checksum = checksum_then_pause
 elif point == "index":
-    import segfungi.index as index
-    real_write_meta = index._write_meta
+    import segfungi.index._files as index_files
+    real_write_meta = index_files.write_meta
 
     def pause_before_meta(folder, meta):
         # ScaNN's files are written, the index's own metadata not yet.
         pause(folder)
 
-    index._write_meta = pause_before_meta
+    index_files.write_meta = pause_before_meta
 runpy.run_module("segfungi", run_name="__main__")
 '''
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from segfungi.gradients import (
+    COMPUTE_DTYPES,
     AchlioptasProjection,
     OuterProductProjection,
     TokenGradients,
@@ -302,3 +303,73 @@ def test_dense_projection_on_a_non_cpu_device_keeps_its_chunks_resident():
     assert proj._device_cache is first  # not rebuilt per call
     cpu_chunks = [chunk for _, chunk in proj._chunks(torch.float32, torch.device("cpu"))]
     assert [c.shape for c in cpu_chunks] == [c.shape for _, c in first]
+
+
+# ---------------------------------------------------------------- the projection-kind registry
+
+
+class GaussianProjection:
+    """A toy kind: an explicit Gaussian matrix. Registering it is all it takes to use it."""
+
+    kind = "toy-gaussian"
+
+    def __init__(self, in_features, out_features, dim, seed, *, bias=True, compute_dtype="float32", scale=1.0):
+        self.in_features, self.out_features, self.dim, self.seed, self.bias = in_features, out_features, dim, seed, bias
+        self.scale = scale
+        width = in_features + int(bias)
+        gen = torch.Generator().manual_seed(seed)
+        self.matrix = scale * torch.randn(dim, out_features * width, generator=gen, dtype=torch.float64)
+
+    def project_tokens(self, delta, inputs):
+        if self.bias:
+            inputs = torch.cat([inputs, torch.ones_like(inputs[:, :1])], dim=1)
+        flat = (delta[:, :, None] * inputs[:, None, :]).reshape(len(delta), -1)
+        return (flat.double() @ self.matrix.T).to(delta.dtype)
+
+    def identity(self):
+        return {"kind": self.kind, "seed": self.seed, "dim": self.dim, "scale": self.scale}
+
+
+@pytest.fixture
+def toy_projection():
+    from segfungi.gradients import register_projection_kind, unregister_projection_kind
+
+    register_projection_kind(GaussianProjection.kind, GaussianProjection,
+                             options_from_settings=lambda fungi: {"scale": float(fungi["toy_scale"])})
+    yield GaussianProjection.kind
+    unregister_projection_kind(GaussianProjection.kind)
+
+
+def test_a_registered_projection_kind_is_usable_through_make_projection(toy_projection):
+    from segfungi.gradients import projection_kinds, projection_options
+
+    assert toy_projection in projection_kinds()
+    options = projection_options(toy_projection, {"toy_scale": 2})
+    proj = make_projection(toy_projection, in_features=DIN, out_features=DOUT, dim=8, seed=1, **options)
+    assert isinstance(proj, GaussianProjection) and proj.scale == 2.0
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(6, DOUT, generator=gen, dtype=torch.float64)
+    inputs = torch.randn(6, DIN, generator=gen, dtype=torch.float64)
+    # vec(δ [a; 1]ᵀ) row-major, then the matrix: the gradient of each token, projected.
+    expected = torch.stack([proj.matrix @ torch.cat([torch.outer(d, a), d[:, None]], 1).reshape(-1)
+                            for d, a in zip(delta, inputs)])
+    torch.testing.assert_close(proj.project_tokens(delta, inputs), expected)
+
+
+def test_an_unknown_projection_kind_is_refused_with_the_registered_ones():
+    from segfungi.gradients import projection_options
+
+    with pytest.raises(ValueError, match=r"unknown projection kind 'toy-gaussian'; choose one of \['dense', 'structured'\]"):
+        make_projection("toy-gaussian", in_features=DIN, out_features=DOUT, dim=8, seed=1)
+    with pytest.raises(ValueError, match="unknown projection kind"):
+        projection_options("toy-gaussian", {})
+    assert projection_options("structured", {"structured_terms": 3}) == {"terms": 3}
+    assert projection_options("dense", {"structured_terms": 3}) == {}
+
+
+def test_schema_lists_exactly_the_registered_projection_kinds():
+    from segfungi.gradients import projection_kinds
+    from segfungi.settings_schema import keys
+
+    assert set(keys()["fungi.projection"].choices) == set(projection_kinds())
+    assert set(keys()["fungi.projection_dtype"].choices) == {"auto", *COMPUTE_DTYPES}

@@ -49,8 +49,8 @@ def queries(bank):
 
 def test_exact_matches_numpy_brute_force(monkeypatch):
     # Small chunks force several query and bank chunks and the running top-k merge.
-    monkeypatch.setattr("segfungi.index.EXACT_BLOCK_ELEMENTS", 7 * 50)
-    monkeypatch.setattr("segfungi.index.EXACT_QUERY_CHUNK", 7)
+    monkeypatch.setattr(ExactIndex, "block_elements", 7 * 50)
+    monkeypatch.setattr(ExactIndex, "query_chunk", 7)
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((1000, 24)).astype(np.float32) * 3  # not normalised
     queries = rng.standard_normal((23, 24)).astype(np.float32)
@@ -271,3 +271,72 @@ def test_make_index_puts_an_exact_index_on_the_given_device(bank):
     assert isinstance(index, ExactIndex) and index.bank.device.type == "cpu"
     meta = make_index(bank[:500], kind="exact", device="meta")
     assert meta.bank.device.type == "meta" and meta.num_vectors == 500
+
+
+# ---------------------------------------------------------------- the index-kind registry
+
+
+class _BruteForce:
+    """A toy kind: numpy brute force, enough to show a registration is all a kind needs."""
+
+    kind = "toy-brute"
+
+    def build(self, features):
+        rows = np.asarray(features, np.float32)
+        self.rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return self
+
+    def search(self, queries, k):
+        return brute_force(self.rows, np.asarray(queries, np.float32), k)
+
+    def save(self, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "rows.npy", self.rows)
+        (folder / "segfungi_index.json").write_text(json.dumps({"format_version": 1, "kind": self.kind}))
+
+    @classmethod
+    def load(cls, folder):
+        index = cls()
+        index.rows = np.load(folder / "rows.npy")
+        return index
+
+
+@pytest.fixture
+def toy_kind():
+    from segfungi.index import register_index_kind, unregister_index_kind
+
+    register_index_kind(_BruteForce.kind, build=lambda f, settings, device: _BruteForce().build(f), load=_BruteForce.load)
+    yield _BruteForce.kind
+    unregister_index_kind(_BruteForce.kind)
+
+
+def test_a_registered_kind_is_usable_through_make_and_load_index(toy_kind, bank, queries, tmp_path):
+    from segfungi.index import index_kinds
+
+    assert toy_kind in index_kinds()
+    assert IndexSettings.from_dict({"kind": toy_kind}).kind == toy_kind
+    index = make_index(bank[:300], kind=toy_kind)
+    assert isinstance(index, _BruteForce)
+    want_sims, want_ids = brute_force(bank[:300], queries[:5], 4)
+    np.testing.assert_array_equal(index.search(queries[:5], 4)[1], want_ids)
+    index.save(tmp_path / "toy")
+    assert isinstance(load_index(tmp_path / "toy"), _BruteForce)
+
+
+def test_an_unknown_kind_is_refused_with_the_allowed_ones(bank, tmp_path):
+    with pytest.raises(ConfigError, match=r"index.kind must be one of auto, exact, scann, got 'toy-brute'"):
+        make_index(bank[:300], kind="toy-brute")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "segfungi_index.json").write_text(json.dumps({"format_version": 1, "kind": "toy-brute"}))
+    with pytest.raises(BankError, match=r"unknown index kind 'toy-brute' \(this segfungi reads exact, scann\)"):
+        load_index(tmp_path / "x")
+
+
+def test_schema_and_cli_list_exactly_the_registered_index_kinds():
+    from segfungi.commands._options import INDEX_CHOICES
+    from segfungi.index import index_kinds
+    from segfungi.settings_schema import keys
+
+    allowed = set(keys()["index.kind"].choices)
+    assert allowed == {"auto", *index_kinds()}
+    assert set(INDEX_CHOICES) == allowed

@@ -39,7 +39,7 @@ from segfungi.classify.losses import get_loss, loss_names
 from segfungi.classify.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
 from segfungi.errors import BankError, ConfigError, SegfungiError
-from segfungi.gradients import capture_token_gradients, l2_normalize, make_projection
+from segfungi.gradients import capture_token_gradients, l2_normalize, make_projection, projection_options
 from segfungi.seg_loss import make_head
 from segfungi.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
 
@@ -81,8 +81,8 @@ def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
     """The ``fungi.projection`` kind (dense | structured, see
     :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
     kind = fungi.get("projection", "dense")
-    options = {"terms": int(fungi.get("structured_terms", 16))} if kind == "structured" else {}
     try:
+        options = projection_options(kind, {"structured_terms": 16, **fungi})
         return make_projection(kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
                                seed=int(fungi.get("proj_seed", 0)), bias=layer.bias is not None, **options)
     except ValueError as err:

@@ -7,6 +7,10 @@ import sys
 
 from segfungi.config import load_config, parse_override, set_key
 from segfungi.errors import ConfigError
+from segfungi.settings_schema import keys as schema_keys
+
+# The schema's list, which a test keeps equal to segfungi.index's registered kinds + auto.
+INDEX_CHOICES = list(schema_keys()["index.kind"].choices)
 
 # flag -> dotted config key; a flag left out keeps the config's value.
 SHARED_FLAGS = {
@@ -51,7 +55,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, tr
     if transfer:
         parser.add_argument("--k", type=int, help="neighbours per query patch")
         parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
-    parser.add_argument("--index", choices=["auto", "scann", "exact"], help="search index kind")
+    parser.add_argument("--index", choices=INDEX_CHOICES, help="search index kind")
     if transfer if max_images is None else max_images:
         parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
