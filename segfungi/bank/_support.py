@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from segfungi.errors import BankError
-from segfungi.memory_bank import MemoryBank
+from segfungi.bank._reader import MemoryBank
 
 
 class _RawTokens:
@@ -47,8 +47,8 @@ class _RawTokens:
         """(features path, data offset, row bytes, norms path, data offset) of shard i."""
         if self._files[i] is None:
             shard = self.bank.shards[i]
-            feats = self.bank._array(shard, "features", mmap=True)
-            norms = self.bank._array(shard, "embedding_norm", mmap=True)
+            feats = self.bank.array(shard, "features", mmap=True)
+            norms = self.bank.array(shard, "embedding_norm", mmap=True)
             if not (feats.flags.c_contiguous and isinstance(feats, np.memmap) and isinstance(norms, np.memmap)):
                 raise BankError(f"{self.bank.path}: shard {shard['name']} arrays are not plain row-major .npy")
             self._files[i] = (Path(feats.filename), int(feats.offset), feats.shape[1] * 2,
