@@ -260,7 +260,6 @@ class _Build:
     plan: BankPlan
     target: _Target
     support: _Target | None  # the support (embeddings) bank of a FUNGI bank
-    resume: bool
     progress: bool
     loader: ItemLoader | None = None
     cache: LastBlockCache | None = None  # the support pass's last-block inputs, for the FUNGI pass
@@ -284,14 +283,14 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
 
     The steps, in order: check the output folder; open the images and the model and name
     the bank (`_prepare`); stop if it exists already; check the disk space; then, holding
-    the folder's lock, write the support bank first (FUNGI banks) and the bank itself
-    (`_write_bank`: start or resume, shards, index and manifest)."""
+    the folder's lock, start or resume the record, write the support bank first (FUNGI
+    banks), then the bank itself (`_write_bank`: shards, index and manifest)."""
     out = Path(out or settings["bank"]["out"])
     kind = kind or settings["bank"]["features"]
     if kind not in ("embeddings", "fungi"):
         raise BankError(f"bank.features must be 'embeddings' or 'fungi', got {kind!r}")
     _check_output_folder(out)
-    build = _prepare(settings, out, kind, resume, progress, backbone, dataset)
+    build = _prepare(settings, out, kind, progress, backbone, dataset)
     if _exists(build.target):
         return out  # the same bank exists already
     if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
@@ -328,7 +327,7 @@ def _lock(out: Path):
     return BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
 
 
-def _prepare(settings, out, kind, resume, progress, backbone, dataset) -> _Build:
+def _prepare(settings, out, kind, progress, backbone, dataset) -> _Build:
     """The images, the model, the plan and the banks' identities, each computed once."""
     given_dataset = dataset is not None
     if given_dataset:
@@ -351,7 +350,7 @@ def _prepare(settings, out, kind, resume, progress, backbone, dataset) -> _Build
     return _Build(
         settings=settings, stored=with_absolute_paths(settings), dataset=dataset,
         plan=make_plan(settings, len(dataset), extractor.backbone.num_patches),
-        target=target(out, kind, extractor), support=support, resume=resume, progress=progress,
+        target=target(out, kind, extractor), support=support, progress=progress,
     )
 
 
