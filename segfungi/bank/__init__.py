@@ -11,56 +11,52 @@ Public here (everything else in the package is internal):
 * `bank_info(path)`, `verify_problems(path)`: what a bank folder is and whether it is
   intact (`_inspect`; `segfungi bank info/verify` print them).
 * The folder layout (`_layout`): MANIFEST, BUILD_RECORD, SUPPORT_DIR, HIDDEN_CACHE_DIR, ….
+
+Names are imported when first used, so reading or inspecting a bank (`MemoryBank`,
+`bank_info`) does not load torch; building does.
 """
 
-from segfungi.bank._build import (
-    BankPlan,
-    bank_identity,
-    build_bank,
-    build_index,
-    estimate_bank_bytes,
-    extractor_mismatches,
-    make_plan,
-    planned_bank,
-)
-from segfungi.bank._inspect import bank_info, incomplete_state, verify_problems
-from segfungi.bank._layout import (
-    BUILD_RECORD,
-    FORMAT_VERSION,
-    HIDDEN_CACHE_DIR,
-    INDEX_DIR,
-    MANIFEST,
-    SHARDS_DIR,
-    SUPPORT_DIR,
-    banks_inside,
-    done_shards,
-    not_a_bank,
-)
-from segfungi.bank._reader import MemoryBank
-from segfungi.bank._support import SupportIndex
+from __future__ import annotations
 
-__all__ = [
-    "BUILD_RECORD",
-    "FORMAT_VERSION",
-    "HIDDEN_CACHE_DIR",
-    "INDEX_DIR",
-    "MANIFEST",
-    "SHARDS_DIR",
-    "SUPPORT_DIR",
-    "BankPlan",
-    "MemoryBank",
-    "SupportIndex",
-    "bank_identity",
-    "bank_info",
-    "banks_inside",
-    "build_bank",
-    "build_index",
-    "done_shards",
-    "estimate_bank_bytes",
-    "extractor_mismatches",
-    "incomplete_state",
-    "make_plan",
-    "not_a_bank",
-    "planned_bank",
-    "verify_problems",
-]
+import importlib
+
+# Public name -> the internal module that defines it.
+_PUBLIC = {
+    "build_bank": "_build",
+    "build_index": "_build",
+    "bank_identity": "_build",
+    "extractor_mismatches": "_build",
+    "BankPlan": "_build",
+    "make_plan": "_build",
+    "planned_bank": "_build",
+    "estimate_bank_bytes": "_build",
+    "MemoryBank": "_reader",
+    "SupportIndex": "_support",
+    "bank_info": "_inspect",
+    "incomplete_state": "_inspect",
+    "verify_problems": "_inspect",
+    "FORMAT_VERSION": "_layout",
+    "MANIFEST": "_layout",
+    "BUILD_RECORD": "_layout",
+    "SUPPORT_DIR": "_layout",
+    "SHARDS_DIR": "_layout",
+    "INDEX_DIR": "_layout",
+    "HIDDEN_CACHE_DIR": "_layout",
+    "done_shards": "_layout",
+    "not_a_bank": "_layout",
+    "banks_inside": "_layout",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    globals()[name] = value  # the next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
