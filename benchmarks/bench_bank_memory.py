@@ -9,7 +9,7 @@ checksums) with a real manifest, as an embeddings bank of `--patches` patches of
 `--dim` values (768: ViT-B embeddings, or ViT-S FUNGI features). Then, each in a fresh
 process so that its peak RSS is its own:
 
-  index    `MemoryBank.build_index` — what a build's last step runs: ScaNN (paper
+  index    `segfungi.bank.build_index` — what a build's last step runs: ScaNN (paper
            settings, `index.reorder_dtype` from --reorder-dtype) trained on a sample of
            250,000 rows and fed the rest from the shard files, one shard at a time;
   support  `SupportIndex(bank)` — what a FUNGI build holds during its FUNGI pass — and
@@ -114,7 +114,7 @@ def phase(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from segfungi.bank import MemoryBank, SupportIndex
+    from segfungi.bank import MemoryBank, SupportIndex, build_index
 
     folder = Path(args.bank)
     name, reorder_dtype = args.phase.split(":")
@@ -123,7 +123,7 @@ def phase(args) -> None:
     if name == "index":
         shards = json.loads((folder / "shards.json").read_text())
         bank = MemoryBank(folder, shards_override=shards)
-        info = bank.build_index(settings_for(reorder_dtype), folder / "index")
+        info = build_index(bank, settings_for(reorder_dtype), folder / "index")
         finish_manifest(folder, info, reorder_dtype)
         result["index_bytes_on_disk"] = sum(info["sizes"].values())
     elif name == "support":

@@ -23,7 +23,7 @@ device; ScaNN stays on the CPU.
 
 `--shard-rows R` stores the bank as shard files of R rows (as a memory bank does) and
 builds from them through `segfungi.index.ConcatRows`, one shard open at a time — the
-way `MemoryBank.build_index` does; `--reorder-dtype int8` is the `index.reorder_dtype`
+way `segfungi.bank.build_index` does; `--reorder-dtype int8` is the `index.reorder_dtype`
 setting (the reordering copy at 1 byte per value instead of 4).
 
 Synthetic features: real patch features live near a low-dimensional, clustered set,

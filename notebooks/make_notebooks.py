@@ -195,7 +195,7 @@ def bank_size_sweep() -> nbformat.NotebookNode:
             "bank sizes actually built (a bank holds at most every patch of every training image)."
         ),
         new_code_cell(
-            "from segfungi.memory_bank import MemoryBank\n"
+            "from segfungi.bank import MemoryBank\n"
             "from segfungi.viz import describe_banks\n\n"
             'print(describe_banks([r["bank"] for r in rows], [r["images"] for r in rows]))\n'
             'built = sorted({MemoryBank(r["bank"], verify="off").num_patches for r in rows})\n'
@@ -251,7 +251,7 @@ def few_shot() -> nbformat.NotebookNode:
             "each subset, and the bank sizes actually built."
         ),
         new_code_cell(
-            "from segfungi.memory_bank import MemoryBank\n"
+            "from segfungi.bank import MemoryBank\n"
             "from segfungi.viz import describe_banks\n\n"
             'trials = report["trials"]\n'
             'print(describe_banks([t["bank"] for t in trials], [t["eval_images"] for t in trials]))\n'

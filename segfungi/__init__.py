@@ -26,7 +26,7 @@ _PUBLIC = {
     "load_config": "segfungi.config",
     # banks and evaluation
     "build_bank": "segfungi.bank",
-    "MemoryBank": "segfungi.memory_bank",
+    "MemoryBank": "segfungi.bank",
     "evaluate": "segfungi.evaluate",
     "Segmenter": "segfungi.evaluate",
     "bank_settings": "segfungi.evaluate",

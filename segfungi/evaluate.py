@@ -19,9 +19,7 @@ from tqdm.auto import tqdm
 
 from segfungi import distributed
 from segfungi.backbones import DEFAULT_GRID
-from segfungi.bank import extractor_mismatches
-from segfungi.memory_bank import MemoryBank
-from segfungi.support import SupportIndex
+from segfungi.bank import MemoryBank, SupportIndex, extractor_mismatches
 from segfungi.components import make_extractor, open_val_dataset
 from segfungi.errors import BankError, DatasetError
 

@@ -16,9 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from segfungi.bank import SUPPORT_DIR, build_bank, planned_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank, planned_bank
 from segfungi.evaluate import evaluate
-from segfungi.memory_bank import MemoryBank
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
            "eval_images_per_second", "bank"]

@@ -225,7 +225,7 @@ def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = No
 
 
 def _manifest(bank) -> dict:
-    from segfungi.memory_bank import MemoryBank
+    from segfungi.bank import MemoryBank
 
     return MemoryBank(bank, verify="off").manifest
 

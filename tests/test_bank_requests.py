@@ -7,9 +7,8 @@ import shutil
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import build_bank, planned_bank
+from segfungi.bank import MemoryBank, build_bank, planned_bank
 from segfungi.cli import main
-from segfungi.memory_bank import MemoryBank
 from segfungi.sweep import run_sweep, sweep_table
 
 # 2 of the 12 demo training images: at most 2 × 1 epoch × 1024 = 2048 patches.

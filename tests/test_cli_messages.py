@@ -24,7 +24,7 @@ from segfungi import logging_setup
 from segfungi.cli import build_parser, main
 from segfungi.commands._options import warn_ignored_build_keys
 from segfungi.errors import BankError, CheckpointError
-from segfungi.memory_bank import MemoryBank
+from segfungi.bank import MemoryBank
 from segfungi.storage import ensure_writable_dir, settings_differences
 
 import bad_inputs
@@ -58,7 +58,7 @@ def bank(root, tmp_path_factory):
 # SIGINT reliably lands in the middle of the build.
 _SLOW_CLI = """
 import sys, time
-from segfungi import shards
+from segfungi.bank import _writers as shards
 from segfungi.cli import main
 write = shards.ShardWriter.write
 def slow_write(self, shard):
@@ -101,7 +101,7 @@ def test_sigint_during_build_bank_says_what_was_kept_and_how_to_resume(root, tmp
 
 
 def test_interrupted_fungi_build_names_both_banks(root, tmp_path, monkeypatch, capsys):
-    from segfungi import shards
+    from segfungi.bank import _writers as shards
 
     write = shards.ShardWriter.write
 
@@ -121,7 +121,7 @@ def test_interrupted_fungi_build_names_both_banks(root, tmp_path, monkeypatch, c
 
 
 def test_interrupt_before_the_build_started_leaves_nothing(root, tmp_path, monkeypatch, capsys):
-    from segfungi import bank
+    from segfungi.bank import _build as bank
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -165,7 +165,7 @@ def test_failed_sweep_leaves_no_bank_folder(root, tmp_path, capsys):
 
 
 def test_a_started_build_that_fails_is_kept_for_resume(root, tmp_path, monkeypatch, capsys):
-    from segfungi import shards
+    from segfungi.bank import _writers as shards
     from segfungi.errors import DatasetError
 
     write = shards.ShardWriter.write
@@ -311,7 +311,7 @@ def test_different_bank_names_the_settings_that_differ(root, bank, capsys):
 
 
 def test_resume_with_other_settings_names_them(root, tmp_path, monkeypatch, capsys):
-    from segfungi import shards
+    from segfungi.bank import _writers as shards
 
     def interrupt(self, shard):
         raise KeyboardInterrupt

@@ -137,7 +137,7 @@ def test_stored_bank_settings_are_completed_in_one_place():
     assert "k" in old["fewshot"]  # the stored dict is not modified
     with pytest.raises(ConfigError, match=r"unknown key 'fewshot\.bank_size'.*set bank\.size instead"):
         load_config(base=old)
-    from segfungi.memory_bank import MemoryBank
+    from segfungi.bank import MemoryBank
 
     bank = MemoryBank("unused", shards_override=[], verify="off")
     bank.manifest["settings"] = old

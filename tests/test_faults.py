@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
-from segfungi import bank as bank_module
+from segfungi.bank import _build as bank_module
 from segfungi import storage
 from segfungi.bank import MANIFEST, MemoryBank, build_bank, estimate_bank_bytes, make_plan
 from segfungi.cli import main
@@ -228,7 +228,7 @@ def test_too_little_free_space_stops_before_any_work(root, tmp_path, monkeypatch
     out = tmp_path / "bank"
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
-    monkeypatch.setattr(bank_module, "ShardWriter", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(bank_module, "EmbeddingsWriter", lambda *a, **k: pytest.fail("work started"))
     code = main(cli_args(root, out))
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err

@@ -12,13 +12,12 @@ import torch
 
 from conftest import tiny_settings
 from segfungi.backbones import load_backbone
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
 from segfungi.errors import BankError, ConfigError
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import l2_normalize
 from segfungi.negatives import keep_one, research_code_negatives, scrambled_gather
 from segfungi.seg_loss import naive_research_code_loss, naive_seg_simclr_loss, seg_simclr_loss
-from segfungi.support import SupportIndex
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
 

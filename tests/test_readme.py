@@ -116,8 +116,7 @@ def test_docs_name_only_files_a_clone_has():
 
 
 def test_memory_banks_readme_names_the_files_a_bank_has():
-    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR
-    from segfungi.shards import HIDDEN_CACHE_DIR
+    from segfungi.bank import BUILD_RECORD, HIDDEN_CACHE_DIR, MANIFEST, SUPPORT_DIR
 
     text = (README.parent / "memory_banks" / "README.md").read_text()
     for name in (BUILD_RECORD, MANIFEST, SUPPORT_DIR, HIDDEN_CACHE_DIR, "build.lock"):

@@ -23,7 +23,7 @@ from segfungi.sampling import (
     select_patches,
     void_class,
 )
-from segfungi.shards import ShardWriter
+from segfungi.bank._writers import ItemLoader
 
 
 def random_histograms(seed, patches=1024, classes=5, unlabelled_fraction=0.2):
@@ -208,7 +208,7 @@ def test_void_setting_reaches_the_bank_labels(tmp_path, void_label):
     settings = tiny_settings(tmp_path, bank={"void_label": void_label}, data={"image_size": 32})
     plan = SimpleNamespace(keep_per_item=4)
     extractor = SimpleNamespace(backbone=SimpleNamespace(patch_size=16, img_size=32))
-    writer = ShardWriter(tmp_path, StripedImage(), extractor, plan, settings, support=None)
+    writer = ItemLoader(StripedImage(), extractor, plan, settings)
     try:
         _, keep, ids, weights, _ = writer.preparer(0, 0)
     finally:

@@ -20,6 +20,7 @@ SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from segfungi import bank as bank_module
+from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.config import load_config
 root, out, mode = sys.argv[2:5]
 settings = load_config("demo", [
@@ -28,13 +29,13 @@ settings = load_config("demo", [
     {"index": {"exact_below": 500}},
 ])
 if mode == "crash":
-    real_write, calls = bank_module.ShardWriter.write, {"n": 0}
+    real_write, calls = ShardWriter.write, {"n": 0}
     def crash_after_one(self, shard):
-        if self.support is not None and calls["n"] == 1:
+        if isinstance(self, FungiWriter) and calls["n"] == 1:
             raise KeyboardInterrupt("simulated kill")
-        calls["n"] += self.support is not None
+        calls["n"] += isinstance(self, FungiWriter)
         real_write(self, shard)
-    bank_module.ShardWriter.write = crash_after_one
+    ShardWriter.write = crash_after_one
     try:
         bank_module.build_bank(settings, out, progress=False)
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi import bank as bank_module
+from segfungi.bank._writers import FungiWriter
 from segfungi.bank import HIDDEN_CACHE_DIR, SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
 from segfungi.index import ConcatRows, ExactIndex, ScannIndex
 
@@ -49,8 +49,8 @@ def test_fungi_pass_without_cache_equals_the_cached_one(tmp_path, demo_voc_root,
     out.mkdir()
     shutil.copytree(fungi_bank / SUPPORT_DIR, out / SUPPORT_DIR)  # a finished support bank, no cache
     used_cache = []
-    real = bank_module.ShardWriter._read_cache
-    monkeypatch.setattr(bank_module.ShardWriter, "_read_cache",
+    real = FungiWriter._read_cache
+    monkeypatch.setattr(FungiWriter, "_read_cache",
                         lambda self, shard, items: used_cache.append(real(self, shard, items)))
     build_bank(settings, out, progress=False)
     assert used_cache and all(c is None for c in used_cache)
@@ -61,14 +61,14 @@ def test_fungi_pass_used_the_cache(tmp_path, demo_voc_root, monkeypatch):
     """A fresh FUNGI build writes the cache in the support pass and reads it back."""
     settings = tiny_settings(demo_voc_root, bank={"size": 1200, "features": "fungi", "shard_images": 6})
     found = []
-    real = bank_module.ShardWriter._read_cache
+    real = FungiWriter._read_cache
 
     def spy(self, shard, items):
         cached = real(self, shard, items)
         found.append(cached is not None)
         return cached
 
-    monkeypatch.setattr(bank_module.ShardWriter, "_read_cache", spy)
+    monkeypatch.setattr(FungiWriter, "_read_cache", spy)
     out = build_bank(settings, tmp_path / "fungi", progress=False)
     assert found == [True, True]
     assert not (out / HIDDEN_CACHE_DIR).exists()

@@ -45,8 +45,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from segfungi import distributed
-    from segfungi.bank import build_bank
-    from segfungi.memory_bank import MemoryBank
+    from segfungi.bank import MemoryBank, build_bank
     from segfungi.storage import remove_created_folders
 
     settings = settings_from_args(args, BUILD_FLAGS)
@@ -89,8 +88,7 @@ def resume_command(argv: list[str] | None) -> str:
 
 def interrupted_summary(out: Path, argv: list[str] | None) -> str:
     """What an interrupted build left in `out`, and how to continue it."""
-    from segfungi.commands.bank import incomplete_state
-    from segfungi.memory_bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR
+    from segfungi.bank import BUILD_RECORD, MANIFEST, SUPPORT_DIR, incomplete_state
 
     if (out / MANIFEST).exists():
         return f"the bank in {out} was already complete"

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.memory_bank import MemoryBank
+    from segfungi.bank import MemoryBank
     from segfungi.evaluate import evaluate, results_table
     from segfungi.storage import write_json_atomic
 

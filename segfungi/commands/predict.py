@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.memory_bank import MemoryBank
+    from segfungi.bank import MemoryBank
     from segfungi.predict import predict_to_folder
 
     # Start from the settings the bank was built with: the query must match them anyway.

@@ -1,9 +1,14 @@
-"""Memory banks: build them from a training split (Hummingbird protocol) and read them.
+"""Building a memory bank from a training split (Hummingbird protocol).
 
-A bank folder holds `shards/NNNNN/` (features, compact labels, provenance as `.npy`),
-`index/` (the ScaNN index, when the bank is large enough to need one), and
-`manifest.json`, written last. While a build runs, `build.json` records its settings;
-a folder with `build.json` but no `manifest.json` is incomplete and resumable.
+A bank folder (layout: _layout) holds `shards/NNNNN/`, `index/` and `manifest.json`,
+written last. While a build runs, `build.json` records its settings; a folder with
+`build.json` but no `manifest.json` is incomplete and resumable.
+
+`build_bank` is a straight sequence of named steps over one `_Build` context, computed
+once (images, model, plan, identities of the bank and of its support bank):
+`_check_output_folder` → `_prepare` → `_exists` → `_check_disk_space` → (locked)
+`_start_or_resume` → `_write_support` (FUNGI banks) → `_write_bank` (shards, then
+`_finish`: index and manifest).
 
 Work is cut into shards of `bank.shard_images` augmented images. Every random choice
 of an augmented image (augmentation, kept patches, dropped negatives) is seeded from
@@ -20,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import re
 import shutil
 import sys
 import time
@@ -32,29 +36,38 @@ from tqdm.auto import tqdm
 
 from segfungi import __version__, distributed
 from segfungi.components import make_extractor, open_train_dataset, support_neighbours
-from segfungi.errors import BankError
-from segfungi.memory_bank import (
+from segfungi.bank._layout import (
     BUILD_RECORD,
     FORMAT_VERSION,
+    HIDDEN_CACHE_DIR,
+    INDEX_DIR,
     MANIFEST,
+    SHARDS_DIR,
     SUPPORT_DIR,
-    MemoryBank,
+    done_shards,
+    shard_name,
 )
+from segfungi.bank._cache import LastBlockCache
+from segfungi.bank._reader import MemoryBank
+from segfungi.bank._support import SupportIndex
+from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, ShardWriter
+from segfungi.errors import BankError
 from segfungi.sampling import void_class
-from segfungi.shards import HIDDEN_CACHE_DIR, ShardWriter
 from segfungi.storage import (
     BuildLock,
     check_free_space,
     describe_differences,
     ensure_writable_dir,
+    file_checksum,
     read_json,
     remove_temporaries,
+    replace_folder_atomic,
     settings_hash,
     temporary_name,
     verify_folder,
+    write_failed,
     write_json_atomic,
 )
-from segfungi.support import SupportIndex
 
 
 # --------------------------------------------------------------------------- plan
@@ -129,29 +142,21 @@ def estimate_bank_bytes(settings: dict, plan: BankPlan, feature_dim: int, kind: 
     return {"patches": patches, "shards": shards, "index": index}
 
 
-def done_shards(out: Path) -> set[int]:
-    folder = out / "shards"
-    if not folder.is_dir():
-        return set()
-    return {int(p.name) for p in folder.iterdir() if re.fullmatch(r"\d{5}", p.name) and p.is_dir()}
-
-
-def _check_disk_space(out: Path, settings: dict, plan: BankPlan, extractor, kind: str) -> None:
+def _check_disk_space(build: _Build) -> None:
     """Refuse to start a build whose remaining shards and index cannot fit (5% margin)."""
+    out, settings, plan, extractor = build.target.out, build.settings, build.plan, build.target.extractor
     if (out / MANIFEST).exists():
         return
     parts, needed = [], 0
-    banks = [(out, kind, extractor.feature_dim)]
-    if kind == "fungi":
-        banks.append((out / SUPPORT_DIR, "embeddings", extractor.backbone.embed_dim))
-    for folder, bank_kind, dim in banks:
-        if (folder / MANIFEST).exists():
+    for target in filter(None, (build.target, build.support)):
+        if (target.out / MANIFEST).exists():
             continue
-        estimate = estimate_bank_bytes(settings, plan, dim, bank_kind)
-        todo = plan.num_shards - len(done_shards(folder) & set(range(plan.num_shards)))
+        dim = target.extractor.feature_dim
+        estimate = estimate_bank_bytes(settings, plan, dim, target.kind)
+        todo = plan.num_shards - len(done_shards(target.out) & set(range(plan.num_shards)))
         needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
-        parts.append(f"{bank_kind} bank of {estimate['patches']} patches × {dim} dims")
-        if folder.name == SUPPORT_DIR and _caches_hidden(settings, extractor):
+        parts.append(f"{target.kind} bank of {estimate['patches']} patches × {dim} dims")
+        if target is build.support and _caches_hidden(settings, extractor):
             # The support pass keeps every image's last-block input (T×D float16) until
             # the FUNGI pass has used it.
             backbone = extractor.backbone
@@ -232,9 +237,37 @@ def extractor_mismatches(bank_extractor: dict, query_extractor: dict, prefix="")
 
 
 # -------------------------------------------------------------------------- build
+@dataclass
+class _Target:
+    """One bank folder a build writes: the FUNGI bank, its support, or an embeddings bank."""
+
+    out: Path
+    kind: str
+    extractor: object
+    identity: dict
+    digest: str
+
+
+@dataclass
+class _Build:
+    """What a build computes once and every step reads: the settings, the training images,
+    the plan (one for a FUNGI bank and its support: same images, same sampling), the bank
+    folder(s) to write, the shared item loader."""
+
+    settings: dict
+    stored: dict  # the settings the records keep (absolute paths)
+    dataset: object
+    plan: BankPlan
+    target: _Target
+    support: _Target | None  # the support (embeddings) bank of a FUNGI bank
+    progress: bool
+    loader: ItemLoader | None = None
+    cache: LastBlockCache | None = None  # the support pass's last-block inputs, for the FUNGI pass
+
+
 def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
-               kind: str | None = None, progress: bool = True, hidden_cache: Path | None = None,
-               warn_capped: bool = True, *, backbone=None, dataset=None) -> Path:
+               kind: str | None = None, progress: bool = True, warn_capped: bool = True,
+               *, backbone=None, dataset=None) -> Path:
     """Build (or resume, or reuse) the bank that `settings` describe; returns its folder.
 
     A bank.size the images cannot fill (more than images × epochs × patches) gives the
@@ -248,15 +281,54 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     the settings' data section (anything `segfungi.as_dataset` takes: (image, mask) pairs
     with a class list). The other settings (bank, fungi, index) apply as usual.
 
-    `hidden_cache` (internal): the folder where an embeddings (support) pass keeps its
-    last-block inputs for the FUNGI pass that follows (see ShardWriter)."""
+    The steps, in order: check the output folder; open the images and the model and name
+    the bank (`_prepare`); stop if it exists already; check the disk space; then, holding
+    the folder's lock, start or resume the record, write the support bank first (FUNGI
+    banks), then the bank itself (`_write_bank`: shards, index and manifest)."""
     out = Path(out or settings["bank"]["out"])
     kind = kind or settings["bank"]["features"]
     if kind not in ("embeddings", "fungi"):
         raise BankError(f"bank.features must be 'embeddings' or 'fungi', got {kind!r}")
+    _check_output_folder(out)
+    build = _prepare(settings, out, kind, progress, backbone, dataset)
+    if _exists(build.target):
+        return out  # the same bank exists already
+    if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
+        _check_disk_space(build)
+        if warn_capped:
+            warn_if_capped(build.plan)
+    build.loader = ItemLoader(build.dataset, build.target.extractor, build.plan, settings)
+    try:
+        with _lock(out):
+            if distributed.rank() == 0:
+                _start_or_resume(build, build.target, resume)
+            distributed.barrier()
+            if build.support is not None:
+                _write_support(build)
+            _write_bank(build, build.target)
+            if build.support is not None and distributed.rank() == 0:
+                # Finished: the support pass's last-block inputs are not needed.
+                shutil.rmtree(out / HIDDEN_CACHE_DIR, ignore_errors=True)
+            distributed.barrier()
+    finally:
+        build.loader.close()
+    return out
+
+
+def _check_output_folder(out: Path) -> None:
     if not (out / MANIFEST).exists() and distributed.rank() == 0:
         ensure_writable_dir(out)  # before any slow work: a bad --out fails now,
         BuildLock(out).check_free()  # and so does a folder another build is writing
+
+
+def _lock(out: Path):
+    # Rank 0 owns the folder (lock, records, index, manifest); every rank writes the
+    # shards s with s % world == rank. torchrun stops all ranks if one fails.
+    return BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
+
+
+def _prepare(settings, out, kind, progress, backbone, dataset) -> _Build:
+    """The images, the model, the plan and the banks' identities, each computed once."""
     given_dataset = dataset is not None
     if given_dataset:
         from segfungi.data.pairs import as_dataset
@@ -265,64 +337,84 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     else:
         dataset = open_train_dataset(settings)
     extractor = make_extractor(settings, kind=kind, backbone=backbone)
-    identity = bank_identity(settings, extractor, dataset, kind, given_dataset)
-    digest = settings_hash(identity)
 
-    if (out / MANIFEST).exists():
-        manifest = read_json(out / MANIFEST)
-        if manifest.get("hash") == digest:
-            return out  # the same bank exists already
-        raise BankError(
-            f"{out}: holds a different bank (hash {manifest.get('hash')} vs {digest}; "
-            f"{describe_differences(manifest.get('identity'), identity)}); choose another --out or remove it"
-        )
+    def target(folder: Path, kind: str, extractor) -> _Target:
+        identity = bank_identity(settings, extractor, dataset, kind, given_dataset)
+        return _Target(folder, kind, extractor, identity, settings_hash(identity))
 
-    if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
-        plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
-        _check_disk_space(out, settings, plan, extractor, kind)
-        if warn_capped:
-            warn_if_capped(plan)
-    stored = with_absolute_paths(settings)  # what the records keep
+    support = None
+    if kind == "fungi":
+        # The support bank is an embeddings bank of the same images and sampling.
+        embeddings = make_extractor(settings, kind="embeddings", backbone=extractor.backbone)
+        support = target(out / SUPPORT_DIR, "embeddings", embeddings)
+    return _Build(
+        settings=settings, stored=with_absolute_paths(settings), dataset=dataset,
+        plan=make_plan(settings, len(dataset), extractor.backbone.num_patches),
+        target=target(out, kind, extractor), support=support, progress=progress,
+    )
 
-    # Rank 0 owns the folder (lock, records, index, manifest); every rank writes the
-    # shards s with s % world == rank. torchrun stops all ranks if one fails.
-    lock = BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
-    with lock:
+
+def _exists(target: _Target) -> bool:
+    """True when the folder holds this bank already; a different bank there is an error."""
+    if not (target.out / MANIFEST).exists():
+        return False
+    manifest = read_json(target.out / MANIFEST)
+    if manifest.get("hash") == target.digest:
+        return True
+    raise BankError(
+        f"{target.out}: holds a different bank (hash {manifest.get('hash')} vs {target.digest}; "
+        f"{describe_differences(manifest.get('identity'), target.identity)}); choose another --out or remove it"
+    )
+
+
+def _write_support(build: _Build) -> None:
+    """The support (embeddings) bank of a FUNGI bank, always resumed; its pass keeps the
+    last-block inputs for the FUNGI pass when the settings ask for it."""
+    support = build.support
+    if _caches_hidden(build.settings, build.target.extractor):
+        backbone = build.target.extractor.backbone
+        build.cache = LastBlockCache(build.target.out / HIDDEN_CACHE_DIR,
+                                     backbone.num_prefix_tokens + backbone.num_patches, backbone.embed_dim)
+    _check_output_folder(support.out)
+    if _exists(support):
+        return
+    with _lock(support.out):
         if distributed.rank() == 0:
-            _start_or_resume(out, identity, digest, stored, resume)
+            _start_or_resume(build, support, resume=True)
         distributed.barrier()
-        support = None
-        if kind == "fungi":
-            hidden_cache = out / HIDDEN_CACHE_DIR if _caches_hidden(settings, extractor) else None
-            support_dir = build_bank(settings, out / SUPPORT_DIR, resume=True,
-                                     kind="embeddings", progress=progress, hidden_cache=hidden_cache,
-                                     warn_capped=False,  # the FUNGI bank has warned
-                                     backbone=extractor.backbone if backbone is not None else None,
-                                     dataset=dataset if given_dataset else None)
-            support = SupportIndex(support_dir, settings)
-        plan = make_plan(settings, len(dataset), extractor.backbone.num_patches)
-        writer = ShardWriter(out, dataset, extractor, plan, settings, support, hidden_cache)
-        started = time.perf_counter()
-        # The shards still to do are dealt out over the ranks (s % world == rank on a fresh
-        # build); every rank lists them before any rank writes one, so all see one list.
-        todo = [s for s in range(plan.num_shards) if not (out / "shards" / f"{s:05d}").exists()]
+        _write_bank(build, support)
         distributed.barrier()
-        mine = todo[distributed.rank() :: distributed.world_size()]
-        try:
-            for shard in tqdm(mine, desc=f"{kind} bank {out.name}", unit="shard",
-                              disable=not progress or distributed.rank() != 0):
-                writer.write(shard)
-        finally:
-            writer.close()
-        # The support index is not needed any more: free it before the bank's own index is built.
-        del writer, support
-        distributed.barrier()
-        if distributed.rank() == 0:
-            _finish(out, identity, digest, stored, plan, dataset, time.perf_counter() - started)
-            if kind == "fungi":  # finished: the support pass's last-block inputs are not needed
-                shutil.rmtree(out / HIDDEN_CACHE_DIR, ignore_errors=True)
-        distributed.barrier()
-    return out
+
+
+def _writer(build: _Build, target: _Target) -> ShardWriter:
+    if target.kind == "embeddings":
+        return EmbeddingsWriter(target.out, build.loader, target.extractor, build.plan,
+                                cache=build.cache if target is build.support else None)
+    support = SupportIndex(build.support.out, build.settings)
+    return FungiWriter(target.out, build.loader, target.extractor, build.plan, build.settings["bank"]["seed"],
+                       support, cache=build.cache)
+
+
+def _write_bank(build: _Build, target: _Target) -> None:
+    """The shards still to do, then (rank 0) the index and the manifest."""
+    writer = _writer(build, target)
+    started = time.perf_counter()
+    # The shards still to do are dealt out over the ranks (s % world == rank on a fresh
+    # build); every rank lists them before any rank writes one, so all see one list.
+    todo = [s for s in range(build.plan.num_shards) if not (target.out / SHARDS_DIR / shard_name(s)).exists()]
+    distributed.barrier()
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    try:
+        for shard in tqdm(mine, desc=f"{target.kind} bank {target.out.name}", unit="shard",
+                          disable=not build.progress or distributed.rank() != 0):
+            writer.write(shard)
+    finally:
+        build.loader.close()
+    # The support index is not needed any more: free it before the bank's own index is built.
+    del writer
+    distributed.barrier()
+    if distributed.rank() == 0:
+        _finish(build, target, time.perf_counter() - started)
 
 
 def warn_if_capped(plan: BankPlan) -> None:
@@ -346,7 +438,10 @@ def with_absolute_paths(settings: dict) -> dict:
     return out
 
 
-def _start_or_resume(out: Path, identity: dict, digest: str, settings: dict, resume: bool) -> None:
+def _start_or_resume(build: _Build, target: _Target, resume: bool) -> None:
+    """A fresh build writes build.json; a resumed one must have the same hash, and its
+    damaged shards are dropped."""
+    out, identity, digest = target.out, target.identity, target.digest
     record_path = out / BUILD_RECORD
     if record_path.exists() and not resume:
         raise BankError(
@@ -354,7 +449,7 @@ def _start_or_resume(out: Path, identity: dict, digest: str, settings: dict, res
             "or remove the folder"
         )
     # We hold the lock: temporaries here belong to a killed build and are garbage.
-    for folder in (out, out / "shards", out / HIDDEN_CACHE_DIR):
+    for folder in (out, out / SHARDS_DIR, out / HIDDEN_CACHE_DIR):
         remove_temporaries(folder)
     if record_path.exists():
         record = read_json(record_path)
@@ -368,16 +463,16 @@ def _start_or_resume(out: Path, identity: dict, digest: str, settings: dict, res
         _drop_damaged_shards(out)
         return
     out.mkdir(parents=True, exist_ok=True)
-    if any((out / "shards").glob("*")):
+    if any((out / SHARDS_DIR).glob("*")):
         raise BankError(f"{out}: has shards but no {BUILD_RECORD}; remove the folder first")
-    write_json_atomic(record_path, {"hash": digest, "identity": identity, "settings": settings})
+    write_json_atomic(record_path, {"hash": digest, "identity": identity, "settings": build.stored})
 
 
 def _drop_damaged_shards(out: Path) -> None:
     """Finished shards are checked against their own checksums before a resume keeps
     them; a damaged one (disk error, edited file) is removed and computed again."""
     for shard in sorted(done_shards(out)):
-        folder = out / "shards" / f"{shard:05d}"
+        folder = out / SHARDS_DIR / shard_name(shard)
         problems = verify_folder(folder)
         if problems:
             print(f"segfungi: shard {folder} is damaged ({problems[0]}); it will be rebuilt", file=sys.stderr)
@@ -387,24 +482,21 @@ def _drop_damaged_shards(out: Path) -> None:
             remove_temporaries(folder.parent)
 
 
-# Folder inside a FUNGI bank where its support (embeddings) pass keeps each augmented
-# image's last-block input, so the FUNGI pass reruns only the last block (see ShardWriter).
-
-
-def _finish(out: Path, identity: dict, digest: str, settings: dict, plan: BankPlan,
-            dataset, seconds: float) -> None:
+def _finish(build: _Build, target: _Target, seconds: float) -> None:
+    """The index, then the manifest (written last: the bank is complete)."""
+    out, settings, plan, dataset = target.out, build.stored, build.plan, build.dataset
     shards = []
     for shard in range(plan.num_shards):
-        folder = out / "shards" / f"{shard:05d}"
+        folder = out / SHARDS_DIR / shard_name(shard)
         meta = read_json(folder / "meta.json")
         entry = {"name": folder.name, "patches": meta["patches"], "checksums": meta["checksums"]}
         if "sizes" in meta:
             entry["sizes"] = meta["sizes"]
         shards.append(entry)
     bank = MemoryBank(out, shards_override=shards)  # reading the shards checks their checksums
-    index_info = bank.build_index(settings, out / "index")
+    index_info = build_index(bank, settings, out / INDEX_DIR)
     manifest = {
-        "hash": digest,
+        "hash": target.digest,
         "segfungi_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "num_patches": int(sum(s["patches"] for s in shards)),
@@ -414,10 +506,43 @@ def _finish(out: Path, identity: dict, digest: str, settings: dict, plan: BankPl
         "patches_per_image": plan.keep_per_item,
         "build_seconds": round(seconds, 2),
         "index": index_info,
-        "identity": identity,
+        "identity": target.identity,
         "settings": settings,
         "skipped_samples": [[str(i), str(reason)] for i, reason in getattr(dataset, "bad_samples", [])],
         "shards": shards,
     }
     write_json_atomic(out / MANIFEST, manifest)
     (out / BUILD_RECORD).unlink(missing_ok=True)
+
+
+def build_index(bank: MemoryBank, settings: dict, folder: Path) -> dict:
+    """Build the search index of `bank` from its shards; ScaNN indexes are saved in `folder`
+    (an exact index is just the features, so it is rebuilt when needed). The index
+    is written into a temporary folder that is renamed into place, and every file
+    of it gets a checksum for the manifest."""
+    from segfungi.index import IndexSettings, ScannIndex
+
+    options = IndexSettings.from_dict(settings["index"])
+    kind = options.kind
+    if kind == "auto":
+        kind = "exact" if bank.num_patches < options.exact_below else "scann"
+    if kind != "scann":
+        return {"kind": "exact"}  # nothing to save: built from the features when searched
+    # Fed from the shards (float16, one shard file open at a time), never one array.
+    index = ScannIndex(options).build(bank.feature_rows())
+    folder = Path(folder)
+    tmp = temporary_name(folder)
+    remove_temporaries(folder.parent)
+    try:
+        index.save(tmp)
+    except (OSError, RuntimeError) as err:  # ScaNN's serializer raises RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(folder, err, "write the index") from None
+    files = sorted(f for f in tmp.iterdir() if f.is_file())
+    info = {
+        "kind": index.kind,
+        "checksums": {f.name: file_checksum(f) for f in files},
+        "sizes": {f.name: f.stat().st_size for f in files},
+    }
+    replace_folder_atomic(tmp, folder)
+    return info

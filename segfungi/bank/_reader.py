@@ -1,38 +1,27 @@
-"""Reading a complete memory bank folder, checked against its manifest.
+"""Reading a complete memory bank folder, checked against its manifest (layout: _layout).
 
-Layout: `shards/NNNNN/` (features, compact labels, provenance as `.npy`), `index/`
-(the ScaNN index, for banks large enough to need one), `manifest.json` (written last),
-and `support/` for FUNGI banks (the embeddings bank that is their support index).
-A folder with `build.json` but no `manifest.json` is an incomplete, resumable build.
+`MemoryBank` only reads: it checks what it reads (sizes, checksums, dtypes, shapes) and
+hands out the shard arrays (`array`, `iter_shards`, `load`, `feature_rows`) and the
+search index (`index`). Writing a bank's index belongs to the build (`_build`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from segfungi.bank._layout import INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, not_a_bank
 from segfungi.errors import BankError
 from segfungi.storage import (
     ARRAY_NAME,
     check_file,
-    file_checksum,
     load_array,
     read_json,
-    remove_temporaries,
-    replace_folder_atomic,
-    temporary_name,
     verify_folder,
-    write_failed,
 )
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-BUILD_RECORD = "build.json"
-SUPPORT_DIR = "support"
 
 
 # -------------------------------------------------------------------------- read
@@ -48,51 +37,6 @@ ARRAY_SPECS = {
 VERIFY_MODES = ("on-read", "full", "off")
 _SHARD_NAME = re.compile(r"^\d{5}$")
 _HEX = re.compile(r"^[0-9a-f]{16,128}$")
-
-
-def not_a_bank(path: Path) -> str:
-    """Why `path` (which has no manifest.json) cannot be opened as a bank, for a BankError."""
-    path = Path(path)
-    if not path.exists():
-        near = banks_inside(path.parent, depth=1) if path.parent.is_dir() else []
-        return f"{path}: the folder does not exist" + (f"; banks in {path.parent}: {_listing(near)}" if near else "")
-    if not path.is_dir():
-        return f"{path}: a file, not a bank folder"
-    if (path / BUILD_RECORD).exists():
-        return (f"{path}: no {MANIFEST}; the bank is incomplete (an interrupted build): resume it "
-                f"with segfungi build-bank --resume --out {path} and the settings it was started with")
-    inside = banks_inside(path)
-    if inside:
-        example = next((name for name in inside if not name.endswith(" (incomplete)")), inside[0])
-        return (f"{path}: not a bank but a folder of {len(inside)} bank(s): {_listing(inside)}; "
-                f"pass one of them, e.g. {path / example.split(' ')[0]}")
-    if not any(path.iterdir()):
-        return f"{path}: an empty folder, not a bank (no {MANIFEST}); build one with segfungi build-bank --out {path}"
-    return f"{path}: not a bank (no {MANIFEST} and no {BUILD_RECORD})"
-
-
-def banks_inside(folder: Path, depth: int = 2) -> list[str]:
-    """Relative paths of the banks (complete or being built) in `folder`, `depth` levels down.
-
-    A bank's own sub-folders (its support bank) are not listed."""
-    found: list[str] = []
-    try:
-        children = sorted(p for p in Path(folder).iterdir() if p.is_dir())
-    except OSError:
-        return found
-    for child in children:
-        if (child / MANIFEST).exists():
-            found.append(child.name)
-        elif (child / BUILD_RECORD).exists():
-            found.append(f"{child.name} (incomplete)")
-        elif depth > 1:
-            found += [f"{child.name}/{name}" for name in banks_inside(child, depth - 1)]
-    return found
-
-
-def _listing(names: list[str], most: int = 8) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 class MemoryBank:
@@ -152,7 +96,7 @@ class MemoryBank:
     def feature_dim(self) -> int:
         if "feature_dim" in self.manifest:
             return int(self.manifest["feature_dim"])
-        return int(self._array(self.shards[0], "features", mmap=True, header_only=True).shape[1])
+        return int(self.array(self.shards[0], "features", mmap=True, header_only=True).shape[1])
 
     @property
     def settings(self) -> dict:
@@ -167,13 +111,15 @@ class MemoryBank:
         return self.path / SUPPORT_DIR
 
     # reading
-    def _array(self, shard: dict | str, name: str, mmap: bool = False, header_only: bool = False) -> np.ndarray:
+    def array(self, shard: dict | str, name: str, mmap: bool = False, header_only: bool = False) -> np.ndarray:
+        """One array file (`name`: features, label_ids, …) of one shard (its manifest entry
+        or its name NNNNN), checked as the bank's verify mode says; `mmap`: memory-mapped."""
         if isinstance(shard, str):
             name_given = shard
             shard = next((s for s in self.shards if s["name"] == name_given), None)
             if shard is None:
                 raise BankError(f"{self.path / MANIFEST}: lists no shard {name_given!r}")
-        path = self.path / "shards" / shard["name"] / f"{name}.npy"
+        path = self.path / SHARDS_DIR / shard["name"] / f"{name}.npy"
         if name not in shard["checksums"]:
             raise BankError(f"{path}: not listed in {self.path / MANIFEST}")
         if self.verify_mode != "off" and not header_only and path not in self._verified:
@@ -202,7 +148,7 @@ class MemoryBank:
 
     def iter_shards(self, name: str):
         for shard in self.shards:
-            yield self._array(shard, name, mmap=True)
+            yield self.array(shard, name, mmap=True)
 
     def load(self, name: str, dtype=None) -> np.ndarray:
         parts = [np.asarray(a, dtype=dtype) for a in self.iter_shards(name)]
@@ -213,7 +159,7 @@ class MemoryBank:
         (`segfungi.index.ConcatRows`): what the indexes are built from."""
         from segfungi.index import ConcatRows
 
-        parts = [lambda shard=shard: self._array(shard, "features", mmap=True) for shard in self.shards]
+        parts = [lambda shard=shard: self.array(shard, "features", mmap=True) for shard in self.shards]
         return ConcatRows(parts, [s["patches"] for s in self.shards], self.feature_dim, np.float16)
 
     def load_features(self) -> np.ndarray:
@@ -237,7 +183,7 @@ class MemoryBank:
         checksums; `full=False` compares sizes only. Returns the problems found."""
         problems = []
         for shard in self.shards:
-            folder = self.path / "shards" / shard["name"]
+            folder = self.path / SHARDS_DIR / shard["name"]
             problems += verify_folder(folder, shard["checksums"], shard.get("sizes"), full=full)
         info = self.manifest.get("index") or {}
         if index and info.get("kind") == "scann":
@@ -245,7 +191,7 @@ class MemoryBank:
         return problems
 
     def _index_problems(self, full: bool = True) -> list[str]:
-        folder = self.path / "index"
+        folder = self.path / INDEX_DIR
         info = self.manifest.get("index") or {}
         checksums, sizes = info.get("checksums"), info.get("sizes") or {}
         if not folder.is_dir():
@@ -263,38 +209,6 @@ class MemoryBank:
         return problems
 
     # index
-    def build_index(self, settings: dict, folder: Path) -> dict:
-        """Build the search index from the shards; ScaNN indexes are saved in `folder`
-        (an exact index is just the features, so it is rebuilt when needed). The index
-        is written into a temporary folder that is renamed into place, and every file
-        of it gets a checksum for the manifest."""
-        from segfungi.index import IndexSettings, ScannIndex
-
-        options = IndexSettings.from_dict(settings["index"])
-        kind = options.kind
-        if kind == "auto":
-            kind = "exact" if self.num_patches < options.exact_below else "scann"
-        if kind != "scann":
-            return {"kind": "exact"}  # nothing to save: built from the features when searched
-        # Fed from the shards (float16, one shard file open at a time), never one array.
-        index = ScannIndex(options).build(self.feature_rows())
-        folder = Path(folder)
-        tmp = temporary_name(folder)
-        remove_temporaries(folder.parent)
-        try:
-            index.save(tmp)
-        except (OSError, RuntimeError) as err:  # ScaNN's serializer raises RuntimeError
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise write_failed(folder, err, "write the index") from None
-        files = sorted(f for f in tmp.iterdir() if f.is_file())
-        info = {
-            "kind": index.kind,
-            "checksums": {f.name: file_checksum(f) for f in files},
-            "sizes": {f.name: f.stat().st_size for f in files},
-        }
-        replace_folder_atomic(tmp, folder)
-        return info
-
     def index(self, settings: dict):
         """The search index: loaded when saved, else built from the features. Search-time
         settings (leaves searched, reorder) come from `settings`, e.g. few-shot's."""
@@ -302,7 +216,7 @@ class MemoryBank:
 
         if self.manifest.get("index", {}).get("kind") != "scann":
             return make_index(self.feature_rows(), {**settings["index"], "kind": "exact"})
-        folder = self.path / "index"
+        folder = self.path / INDEX_DIR
         if self.verify_mode != "off":
             problems = self._index_problems(full=True)
             if problems:

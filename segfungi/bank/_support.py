@@ -13,14 +13,13 @@ is refused."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from segfungi.errors import BankError
-from segfungi.memory_bank import MemoryBank
+from segfungi.bank._reader import MemoryBank
 
 
 class _RawTokens:
@@ -28,33 +27,25 @@ class _RawTokens:
     normalised float16 feature × stored norm, rounded to float16), or with
     ``raw=False`` the stored normalised float16 rows themselves.
 
-    Nothing of the bank is held in memory: rows are read with `os.pread` (a memory map
-    would leave every page it ever touched in the process's resident set, which would
-    then grow with the bank). Each file's checksum is checked once, when it is first
-    opened here (the bank's on-read verification)."""
+    Nothing of the bank is held in memory: features and norms are read as two
+    `segfungi.index.ConcatRows` over the shard files, which open a shard's file for one
+    read and drop it right after (a memory map kept open would leave every page it ever
+    touched in the process's resident set, which would then grow with the bank). Each
+    file's checksum is checked once, when it is first read (the bank's on-read
+    verification)."""
 
     def __init__(self, bank: "MemoryBank", raw: bool = True):
-        self.bank = bank
+        from segfungi.index import ConcatRows
+
         self.raw = raw
-        self.offsets = np.cumsum([0] + [s["patches"] for s in bank.shards]).astype(np.int64)
-        self._files: list[tuple[Path, int, int, Path, int] | None] = [None] * len(bank.shards)
         self.dim = bank.feature_dim
+        self.rows = bank.feature_rows()
+        # The norms as a one-column row array (shard files hold them 1-D).
+        norms = [lambda shard=shard: bank.array(shard, "embedding_norm", mmap=True)[:, None] for shard in bank.shards]
+        self.norms = ConcatRows(norms, [s["patches"] for s in bank.shards], 1, np.float32)
 
     def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def _layout(self, i: int):
-        """(features path, data offset, row bytes, norms path, data offset) of shard i."""
-        if self._files[i] is None:
-            shard = self.bank.shards[i]
-            feats = self.bank._array(shard, "features", mmap=True)
-            norms = self.bank._array(shard, "embedding_norm", mmap=True)
-            if not (feats.flags.c_contiguous and isinstance(feats, np.memmap) and isinstance(norms, np.memmap)):
-                raise BankError(f"{self.bank.path}: shard {shard['name']} arrays are not plain row-major .npy")
-            self._files[i] = (Path(feats.filename), int(feats.offset), feats.shape[1] * 2,
-                              Path(norms.filename), int(norms.offset))
-            del feats, norms
-        return self._files[i]
+        return len(self.rows)
 
     def __getitem__(self, ids) -> torch.Tensor:
         ids = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids)
@@ -63,20 +54,10 @@ class _RawTokens:
         if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
             raise IndexError(f"support row ids must lie in 0..{len(self) - 1}")
         unique, inverse = np.unique(flat, return_inverse=True)
-        rows = np.empty((len(unique), self.dim), dtype=np.float16)
-        norms = np.empty(len(unique), dtype=np.float32)
-        shard_of = np.searchsorted(self.offsets, unique, side="right") - 1
-        for i in np.unique(shard_of):
-            feats_path, feats_at, row_bytes, norms_path, norms_at = self._layout(int(i))
-            picked = np.flatnonzero(shard_of == i)
-            local = unique[picked] - self.offsets[i]
-            with open(feats_path, "rb", buffering=0) as f, open(norms_path, "rb", buffering=0) as g:
-                fd, gd = f.fileno(), g.fileno()
-                for j, row in zip(picked, local):
-                    rows[j] = np.frombuffer(os.pread(fd, row_bytes, feats_at + int(row) * row_bytes), np.float16)
-                    norms[j] = np.frombuffer(os.pread(gd, 4, norms_at + int(row) * 4), np.float32)[0]
-        tokens = (rows.astype(np.float32) * norms[:, None]).astype(np.float16) if self.raw else rows
-        return torch.from_numpy(tokens[inverse]).reshape(*ids.shape, self.dim)
+        rows = self.rows[unique]
+        if self.raw:
+            rows = (rows.astype(np.float32) * self.norms[unique]).astype(np.float16)
+        return torch.from_numpy(rows[inverse]).reshape(*ids.shape, self.dim)
 
 
 class SupportIndex:

@@ -1,0 +1,54 @@
+"""The last-block cache of a FUNGI build: each augmented image's last-block input.
+
+The support (embeddings) pass of a FUNGI build encodes the same augmented images the
+FUNGI pass needs; with `bank.cache_last_block_input` it keeps each image's input to the
+last block (T×D float16) in `<fungi bank>/last_block_input/NNNNN/` (one folder per shard,
+written atomically with checksums, before the support shard itself, so a support shard
+that exists always had its cache written). The FUNGI pass of shard NNNNN then reruns
+only the last block and removes the folder; what is left goes when the bank is finished.
+A missing or damaged folder (resumed build, support bank from an earlier run) reads as
+None: the FUNGI pass recomputes the input from the images, rounded to float16 the same
+way, so a bank does not depend on which shards had a cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from segfungi.bank._layout import shard_name
+from segfungi.errors import BankError
+from segfungi.storage import load_array, verify_folder, write_arrays_atomic
+
+
+class LastBlockCache:
+    """Last-block inputs by shard, in one folder; `tokens` and `dim` fix their shape."""
+
+    def __init__(self, folder: Path, tokens: int, dim: int):
+        self.folder, self.tokens, self.dim = Path(folder), tokens, dim
+
+    def store(self, shard: int, hidden: np.ndarray) -> None:
+        """Keep one shard's inputs (items × T × D float16)."""
+        write_arrays_atomic(self.folder / shard_name(shard), {"hidden": hidden},
+                            {"shard": shard, "items": len(hidden)})
+
+    def load(self, shard: int, items: int) -> np.ndarray | None:
+        """One shard's inputs, or None when they are missing, damaged or of another shape."""
+        folder = self.folder / shard_name(shard)
+        if not folder.is_dir() or verify_folder(folder):
+            return None
+        try:
+            hidden = load_array(folder / "hidden.npy")
+        except BankError:
+            return None
+        if hidden.dtype != np.float16 or hidden.shape != (items, self.tokens, self.dim):
+            return None
+        return hidden
+
+    def discard(self, shard: int) -> None:
+        shutil.rmtree(self.folder / shard_name(shard), ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,316 @@
+"""Turning the augmented images of one shard into stored patch features and labels.
+
+* `ItemLoader`: the augmented images of the bank's (epoch, image) items, prepared
+  serially or in DataLoader workers; one per build, shared by its writers.
+* `EmbeddingsWriter`: normalised patch embeddings (+ their norms); in a FUNGI build's
+  support pass it also keeps the last-block inputs (`_cache.LastBlockCache`).
+* `FungiWriter`: FUNGI features, whose loss negatives come from the support index; it
+  starts from the cached last-block inputs when they are there, and takes the kept
+  patches, labels and provenance from the support shard then.
+
+Both write a shard through `ShardWriter.write`: arrays first computed in memory, then
+one atomic shard folder `shards/NNNNN/` with checksums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segfungi.bank._layout import SHARDS_DIR, shard_name
+from segfungi.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_generator
+from segfungi.storage import write_arrays_atomic
+
+
+class _ItemPreparer:
+    """One augmented image before the network: image, kept patches, their labels.
+
+    Everything comes from (bank seed, epoch, image), so it runs the same in the main
+    process or in a DataLoader worker; a small picklable object for that reason."""
+
+    def __init__(self, dataset, image_size: int, seed: int, keep: int, topk: int, patch: int,
+                 void_class: int | None = None):
+        from segfungi.data.augment import HummingbirdAugment
+
+        self.dataset, self.seed, self.keep, self.topk, self.patch = dataset, seed, keep, topk, patch
+        self.void_class = void_class  # the class void pixels count as in bank labels, or None
+        self.augment = HummingbirdAugment(size=image_size)
+
+    def __call__(self, epoch: int, image: int):
+        from segfungi.data.augment import patch_histograms
+        from segfungi.sampling import compact_labels, select_patches
+
+        sample = self.dataset[image]
+        img, mask = self.augment(sample.image, sample.mask, seed=derive_seed(self.seed, epoch, image, AUGMENT))
+        hist = patch_histograms(mask, patch=self.patch, num_classes=self.dataset.num_classes,
+                                void_class=self.void_class)
+        keep = select_patches(hist, self.keep, seed=derive_seed(self.seed, epoch, image, SAMPLE))
+        keep = np.sort(np.asarray(keep, dtype=np.int64))
+        label_ids, label_weights = compact_labels(hist[keep], self.topk)
+        provenance = np.stack([np.full(len(keep), image), np.full(len(keep), epoch), keep], axis=1)
+        return img, keep, label_ids, label_weights, provenance.astype(np.int32)
+
+
+class _PreparedItems(torch.utils.data.Dataset):
+    """DataLoader view of the bank's (epoch, image) items. An exception is handed back as
+    the item (not raised in the worker), so the main process re-raises it unchanged."""
+
+    def __init__(self, preparer: _ItemPreparer):
+        self.preparer = preparer
+
+    def __getitem__(self, item):
+        try:
+            return self.preparer(*item)
+        except Exception as err:  # noqa: BLE001 - re-raised by ItemLoader.prepared
+            return err
+
+
+class _BatchList:
+    """The batch sampler of the persistent DataLoader: the current shard's batches."""
+
+    def __init__(self):
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _as_list(batch):
+    return batch
+
+
+class ItemLoader:
+    """The prepared items (image, kept patches, labels, provenance) of batches of (epoch,
+    image) pairs, in order.
+
+    `data.num_workers` > 0: decoding and augmenting run in DataLoader worker processes
+    that stay alive across shards and prefetch the next batches while the network runs.
+    Every random choice is seeded from (seed, epoch, image), so the items equal the
+    serial path's bit for bit. `close()` stops the workers; the next call starts them."""
+
+    def __init__(self, dataset, extractor, plan, settings):
+        from segfungi.sampling import void_class
+
+        self.batch_size = settings["bank"]["batch_size"]
+        # The backbone's size: data.image_size, or 32 × its patch size when that is null.
+        self.preparer = _ItemPreparer(dataset, extractor.backbone.img_size, settings["bank"]["seed"],
+                                      plan.keep_per_item, settings["bank"]["label_topk"],
+                                      extractor.backbone.patch_size,
+                                      void_class(settings["bank"]["void_label"], dataset.classes))
+        self.num_workers = int(settings["data"]["num_workers"])
+        self._loader = None
+        self._batches = _BatchList()
+        self._cv2_threads: int | None = None
+
+    def batches(self, items: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """`items` cut into consecutive batches of bank.batch_size."""
+        return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+
+    def prepared(self, batches: list[list[tuple[int, int]]]):
+        """Per batch, the prepared items, in order."""
+        if self.num_workers <= 0:
+            for batch in batches:
+                yield [self.preparer(epoch, image) for epoch, image in batch]
+            return
+        if self._loader is None:
+            import cv2
+
+            # OpenCV's thread pool does not survive fork(): a worker that touches it (even
+            # cv2.setNumThreads) waits forever for the parent's threads. Without a pool in
+            # the parent, the forked workers have none either; the workers are the
+            # parallelism here. Restored by close().
+            self._cv2_threads = cv2.getNumThreads()
+            cv2.setNumThreads(0)
+            self._loader = torch.utils.data.DataLoader(
+                _PreparedItems(self.preparer), batch_sampler=self._batches, num_workers=self.num_workers,
+                collate_fn=_as_list, persistent_workers=True, prefetch_factor=2)
+        self._batches.batches = batches
+        for prepared in self._loader:
+            for item in prepared:
+                if isinstance(item, Exception):
+                    raise item
+            yield prepared
+
+    def close(self) -> None:
+        """Stop the DataLoader workers (they also stop with the loader or the process)."""
+        self._loader = None
+        if self._cv2_threads is not None:
+            import cv2
+
+            cv2.setNumThreads(self._cv2_threads)
+            self._cv2_threads = None
+
+
+@dataclass
+class _Labels:
+    """The rows of a shard besides its features: compact labels and provenance."""
+
+    label_ids: np.ndarray  # int16, patches × label_topk
+    label_weights: np.ndarray  # float16, patches × label_topk
+    provenance: np.ndarray  # int32, patches × (image, epoch, patch)
+
+    @classmethod
+    def of(cls, prepared) -> "_Labels":
+        return cls(np.concatenate([p[2] for p in prepared]).astype(np.int16),
+                   np.concatenate([p[3] for p in prepared]).astype(np.float16),
+                   np.concatenate([p[4] for p in prepared]))
+
+    @classmethod
+    def joined(cls, parts: list["_Labels"]) -> "_Labels":
+        return cls(*(np.concatenate(column) for column in
+                     zip(*((p.label_ids, p.label_weights, p.provenance) for p in parts))))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"label_ids": self.label_ids, "label_weights": self.label_weights, "provenance": self.provenance}
+
+
+class ShardWriter:
+    """Writes shard NNNNN of the bank at `out`: `shard_arrays` (the subclass) computes
+    its arrays, this writes them as one atomic folder with checksums."""
+
+    def __init__(self, out, loader: ItemLoader, extractor, plan):
+        self.out, self.loader, self.extractor, self.plan = Path(out), loader, extractor, plan
+
+    def write(self, shard: int) -> None:
+        items = self.plan.shard_items(shard)
+        arrays = self.shard_arrays(shard, items)
+        meta = {"shard": shard, "items": len(items), "patches": int(len(arrays["features"]))}
+        write_arrays_atomic(self.out / SHARDS_DIR / shard_name(shard), arrays, meta)
+        self.written(shard)
+
+    def shard_arrays(self, shard: int, items: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def written(self, shard: int) -> None:
+        """After shard `shard` is stored (nothing by default)."""
+
+    def _images(self, prepared) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The network input of a batch of prepared items and each item's kept patches."""
+        images = np.stack([p[0] for p in prepared])
+        keeps = [torch.from_numpy(p[1]) for p in prepared]
+        return self.extractor.backbone.prepare(images), keeps
+
+
+class EmbeddingsWriter(ShardWriter):
+    """Shards of an embeddings bank: normalised patch embeddings (float16) and their norms
+    (float32, so a support index can hand raw tokens to the FUNGI loss head). With a
+    `cache` (a FUNGI build's support pass), it keeps each shard's last-block inputs there,
+    before the shard itself."""
+
+    def __init__(self, out, loader, extractor, plan, cache=None):
+        super().__init__(out, loader, extractor, plan)
+        self.cache = cache
+
+    def shard_arrays(self, shard, items):
+        batches = self.loader.batches(items)
+        features, norms, hidden, labels = [], [], [], []
+        for prepared in self.loader.prepared(batches):
+            x, keeps = self._images(prepared)
+            last_input = self.extractor.last_block_input(x)
+            raw = self.extractor.embeddings_from_hidden(last_input, normalize=False)
+            kept = [e[k] for e, k in zip(raw, keeps)]
+            normalised = [torch.nn.functional.normalize(e, dim=-1) for e in kept]
+            norms.append(torch.cat([e.norm(dim=-1) for e in kept]).cpu().numpy().astype(np.float32))
+            features.append(torch.cat([f.float() for f in normalised]).cpu().numpy().astype(np.float16))
+            if self.cache is not None:
+                hidden.append(last_input.to(torch.float16).cpu().numpy())
+            labels.append(_Labels.of(prepared))
+        if self.cache is not None:
+            self.cache.store(shard, np.concatenate(hidden))
+        return {"embedding_norm": np.concatenate(norms), "features": np.concatenate(features),
+                **_Labels.joined(labels).arrays()}
+
+
+class FungiWriter(ShardWriter):
+    """Shards of a FUNGI bank: the gradient pass over each batch, the projection over the
+    whole shard at once (a dense projection streams all of R, 57 M signs for ViT-S, per
+    call: once per shard instead of once per batch; the result is what
+    `FeatureExtractor.fungi` gives).
+
+    With a `cache` (bank.cache_last_block_input), the last-block inputs come from the
+    support pass when they are there (`_read_cache`); the kept patches, labels and
+    provenance then come from the support shard. When they are not, they are recomputed
+    from the images and rounded to float16 as the cache would have held them."""
+
+    def __init__(self, out, loader, extractor, plan, seed: int, support, cache=None):
+        super().__init__(out, loader, extractor, plan)
+        self.seed, self.support, self.cache = seed, support, cache
+
+    def shard_arrays(self, shard, items):
+        cached = self._read_cache(shard, items)
+        if cached is not None:
+            parts = self._from_cache(items, *cached)
+        else:
+            parts = self._from_images(items)
+        grads, labels = zip(*parts)
+        return {"features": self._project(list(grads)), **_Labels.joined(list(labels)).arrays()}
+
+    def written(self, shard):
+        if self.cache is not None:
+            self.cache.discard(shard)  # done with it
+
+    # ---- where the last-block inputs come from
+    def _from_images(self, items):
+        batches = self.loader.batches(items)
+        for batch, prepared in zip(batches, self.loader.prepared(batches)):
+            x, keeps = self._images(prepared)
+            hidden = self.extractor.last_block_input(x)
+            if self.cache is not None:  # FUNGI banks built with the cache use float16 inputs throughout
+                hidden = hidden.to(torch.float16)
+            yield self._gradients(batch, hidden, keeps), _Labels.of(prepared)
+
+    def _read_cache(self, shard: int, items):
+        """(hidden float16 items×T×D, the support shard's labels) or None to recompute."""
+        if self.cache is None:
+            return None
+        name = shard_name(shard)
+        if not any(s["name"] == name for s in self.support.bank.shards):
+            return None
+        hidden = self.cache.load(shard, len(items))
+        if hidden is None:
+            return None
+        labels = _Labels(*(self.support.bank.array(name, key) for key in ("label_ids", "label_weights", "provenance")))
+        keep = self.plan.keep_per_item
+        expected = np.repeat(np.asarray(items, dtype=np.int64)[:, ::-1], keep, axis=0)  # (image, epoch) rows
+        if labels.provenance.shape[0] != len(items) * keep or not np.array_equal(labels.provenance[:, :2], expected):
+            return None
+        return hidden, labels
+
+    def _from_cache(self, items, hidden: np.ndarray, support: _Labels):
+        keep = self.plan.keep_per_item
+        for start in range(0, len(items), self.loader.batch_size):
+            batch = items[start : start + self.loader.batch_size]
+            rows = slice(start * keep, (start + len(batch)) * keep)
+            provenance = support.provenance[rows]
+            keeps = [torch.from_numpy(provenance[i * keep : (i + 1) * keep, 2].astype(np.int64))
+                     for i in range(len(batch))]
+            h = torch.from_numpy(np.ascontiguousarray(hidden[start : start + len(batch)]))
+            labels = _Labels(np.ascontiguousarray(support.label_ids[rows]),
+                             np.ascontiguousarray(support.label_weights[rows]), np.ascontiguousarray(provenance))
+            yield self._gradients(batch, h, keeps), labels
+
+    # ---- the network
+    def _gradients(self, items, hidden: torch.Tensor, keeps: list[torch.Tensor]):
+        """The gradient pass of a batch: (δ, a, normalised embedding) of the kept patches."""
+        from segfungi.gradients import l2_normalize
+
+        generators = [torch_generator(self.seed, epoch, image, NEGATIVES) for epoch, image in items]
+        negatives = self.support.negatives_for([image for _, image in items])
+        grads, tokens, _ = self.extractor.patch_gradients(hidden, negatives, generators)
+        embeddings = l2_normalize(tokens)
+        return (torch.cat([d[k] for d, k in zip(grads.delta, keeps)]),
+                torch.cat([a[k] for a, k in zip(grads.inputs, keeps)]),
+                torch.cat([e[k] for e, k in zip(embeddings, keeps)]))
+
+    def _project(self, grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> np.ndarray:
+        from segfungi.gradients import fungi_concat
+
+        delta, inputs, embeddings = (torch.cat(parts) for parts in zip(*grads))
+        projected = self.extractor.projection.project_tokens(delta, inputs)
+        return fungi_concat([projected], embeddings).float().cpu().numpy().astype(np.float16)
