@@ -86,7 +86,7 @@ def bfloat16_bank(demo_voc_root, tmp_path_factory):
 
 def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, monkeypatch):
     from segfungi.evaluate import Segmenter
-    from segfungi.memory_bank import MemoryBank
+    from segfungi.bank import MemoryBank
 
     path, settings = bfloat16_bank
     assert MemoryBank(path).manifest["identity"]["extractor"]["projection"]["compute_dtype"] == "bfloat16"
