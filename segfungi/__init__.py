@@ -16,7 +16,7 @@ records the settings it was built with. Your own model and data: ``CustomBackbon
 
 from __future__ import annotations
 
-import importlib
+from segfungi.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -70,18 +70,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'segfungi' has no attribute {name!r}")
-    if module == f"{__name__}.{name}":
-        # `evaluate` is also the name of its module, which importing it binds here; the
-        # module is callable (segfungi.evaluate(bank) calls segfungi.evaluate.evaluate).
-        return importlib.import_module(module)
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

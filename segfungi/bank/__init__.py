@@ -18,45 +18,36 @@ Names are imported when first used, so reading or inspecting a bank (`MemoryBank
 
 from __future__ import annotations
 
-import importlib
+from segfungi.lazy import lazy_exports
 
 # Public name -> the internal module that defines it.
 _PUBLIC = {
-    "build_bank": "_build",
-    "build_index": "_build",
-    "bank_identity": "_build",
-    "extractor_mismatches": "_build",
-    "BankPlan": "_build",
-    "make_plan": "_build",
-    "planned_bank": "_build",
-    "estimate_bank_bytes": "_build",
-    "MemoryBank": "_reader",
-    "SupportIndex": "_support",
-    "bank_info": "_inspect",
-    "incomplete_state": "_inspect",
-    "verify_problems": "_inspect",
-    "FORMAT_VERSION": "_layout",
-    "MANIFEST": "_layout",
-    "BUILD_RECORD": "_layout",
-    "SUPPORT_DIR": "_layout",
-    "SHARDS_DIR": "_layout",
-    "INDEX_DIR": "_layout",
-    "HIDDEN_CACHE_DIR": "_layout",
-    "done_shards": "_layout",
-    "not_a_bank": "_layout",
-    "banks_inside": "_layout",
+    "build_bank": "._build",
+    "build_index": "._build",
+    "bank_identity": "._build",
+    "extractor_mismatches": "._build",
+    "BankPlan": "._build",
+    "make_plan": "._build",
+    "planned_bank": "._build",
+    "estimate_bank_bytes": "._build",
+    "MemoryBank": "._reader",
+    "SupportIndex": "._support",
+    "bank_info": "._inspect",
+    "incomplete_state": "._inspect",
+    "verify_problems": "._inspect",
+    "FORMAT_VERSION": "._layout",
+    "MANIFEST": "._layout",
+    "BUILD_RECORD": "._layout",
+    "SUPPORT_DIR": "._layout",
+    "SHARDS_DIR": "._layout",
+    "INDEX_DIR": "._layout",
+    "HIDDEN_CACHE_DIR": "._layout",
+    "done_shards": "._layout",
+    "not_a_bank": "._layout",
+    "banks_inside": "._layout",
 }
 
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    globals()[name] = value  # the next access skips __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

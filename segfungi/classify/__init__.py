@@ -20,7 +20,7 @@ A new loss is one ``register_loss(ClassifyLoss(...))`` (see
 
 from __future__ import annotations
 
-import importlib
+from segfungi.lazy import lazy_exports
 
 _EXPORTS = {
     "load_settings": "segfungi.classify.settings",
@@ -66,8 +66,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'segfungi.classify' has no attribute '{name}'")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
