@@ -44,6 +44,10 @@ _NESTED_KEYS = ("teacher", "student", "model", "state_dict")
 class Backbone:
     """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
 
+    # The FUNGI pass can rerun only the last block from its cached input (a CustomBackbone
+    # without a split cannot).
+    splits = True
+
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
                  compute_dtype: str | torch.dtype = "float32"):
         _require_vit(model, name)

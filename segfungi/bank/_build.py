@@ -217,11 +217,9 @@ def bank_identity(settings: dict, extractor, dataset, kind: str, given_dataset: 
     }
 
 
-def _caches_hidden(settings: dict, extractor=None) -> bool:
+def _caches_hidden(settings: dict, extractor) -> bool:
     # A backbone without a last-block split (segfungi.CustomBackbone) has nothing to cache.
-    if extractor is not None and not getattr(extractor.backbone, "splits", True):
-        return False
-    return bool(settings["bank"]["cache_last_block_input"])
+    return bool(settings["bank"]["cache_last_block_input"]) and extractor.backbone.splits
 
 
 def extractor_mismatches(bank_extractor: dict, query_extractor: dict, prefix="") -> list[str]:
