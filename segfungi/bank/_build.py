@@ -185,7 +185,9 @@ def bank_identity(settings: dict, extractor, dataset, kind: str, given_dataset: 
             "ids_hash": settings_hash({"ids": list(dataset.ids)}),
             "classes": list(dataset.classes),
             **({} if given_dataset else {
-                "subset_file": data["subset_file"],
+                # The name only: ids_hash pins the images, and the folder a list lies in
+                # (e.g. the installed standard lists) must not rename the bank.
+                "subset_file": Path(data["subset_file"]).name if data["subset_file"] else None,
                 "subset_fraction": data["subset_fraction"],
                 "subset_seed": data["subset_seed"],
             }),
