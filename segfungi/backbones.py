@@ -41,12 +41,48 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _NESTED_KEYS = ("teacher", "student", "model", "state_dict")
 
 
-class Backbone:
-    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
+class PatchEncoder:
+    """What every frozen patch encoder shares (a timm `Backbone`, a `segfungi.CustomBackbone`):
+    image preparation and the token helpers, over the subclass's `forward_until_last_block`,
+    `forward_last_block`, `img_size`, `grid`, `mean`, `std`, `device`, `dtype`, `name`."""
 
     # The FUNGI pass can rerun only the last block from its cached input (a CustomBackbone
     # without a split cannot).
     splits = True
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 images B×S×S×3 (or one S×S×3) → normalised float B×3×S×S on the model's device."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"prepare expects uint8 images B×H×W×3, got {x.dtype} {tuple(x.shape)}")
+        if tuple(x.shape[1:3]) != (self.img_size, self.img_size):
+            raise ConfigError(
+                f"{self.name}: images are {x.shape[1]}×{x.shape[2]} but the backbone runs at "
+                f"{self.img_size}×{self.img_size}; resize/crop them first"
+            )
+        x = x.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All output tokens B×T×D (prefix tokens included), no autograd."""
+        with torch.no_grad():
+            return self.forward_last_block(self.forward_until_last_block(x))
+
+    def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens B×(gh·gw)×D, prefix (CLS, registers) dropped; not L2-normalised."""
+        return self.tokens(x)[:, self.num_prefix_tokens :]
+
+
+class Backbone(PatchEncoder):
+    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
 
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
                  compute_dtype: str | torch.dtype = "float32"):
@@ -82,10 +118,6 @@ class Backbone:
         return self.model.patch_embed.proj.weight.dtype
 
     @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
     def has_class_token(self) -> bool:
         return self.model.cls_token is not None
 
@@ -93,23 +125,6 @@ class Backbone:
     def grad_layer(self) -> nn.Linear:
         """The FUNGI gradient source: the attention output projection of the last block."""
         return self.model.blocks[-1].attn.proj
-
-    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 images B×S×S×3 (or one S×S×3) → normalised float B×3×S×S on the model's device."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if x.ndim == 3:
-            x = x.unsqueeze(0)
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"prepare expects uint8 images B×H×W×3, got {x.dtype} {tuple(x.shape)}")
-        if tuple(x.shape[1:3]) != (self.img_size, self.img_size):
-            raise ConfigError(
-                f"{self.name}: images are {x.shape[1]}×{x.shape[2]} but the backbone runs at "
-                f"{self.img_size}×{self.img_size}; resize/crop them first"
-            )
-        x = x.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
 
     def forward_until_last_block(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×S×S → B×T×D tokens entering the last block (no autograd)."""
@@ -124,15 +139,6 @@ class Backbone:
     def forward_last_block(self, h: torch.Tensor) -> torch.Tensor:
         """Last block then the final norm: B×T×D (autograd follows the caller's grad mode)."""
         return self.model.norm(self.model.blocks[-1](h))
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All final-normed tokens B×T×D (prefix tokens included), no autograd."""
-        with torch.no_grad():
-            return self.forward_last_block(self.forward_until_last_block(x))
-
-    def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-normed patch tokens B×(gh·gw)×D, prefix (CLS, registers) dropped; not L2-normalised."""
-        return self.tokens(x)[:, self.num_prefix_tokens :]
 
     def identity(self) -> dict[str, Any]:
         """What must match between a bank and its queries."""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segfungi.backbones import PatchEncoder
 from segfungi.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,7 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Tokens = Callable[[torch.Tensor], torch.Tensor]
 
 
-class CustomBackbone:
+class CustomBackbone(PatchEncoder):
     """A frozen torch module seen as a segfungi backbone (module docstring).
 
     ``model``: any ``nn.Module`` (put on its device first); it is set to eval mode and its
@@ -119,10 +120,6 @@ class CustomBackbone:
         return first.dtype if first is not None else torch.float32
 
     @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
     def has_class_token(self) -> bool:
         return self._has_class_token
 
@@ -136,21 +133,6 @@ class CustomBackbone:
         """The FUNGI gradient source (None: embeddings only)."""
         return self._grad_layer
 
-    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 images B×S×S×3 (or one S×S×3) → normalised float B×3×S×S on the model's device."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if x.ndim == 3:
-            x = x.unsqueeze(0)
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"prepare expects uint8 images B×H×W×3, got {x.dtype} {tuple(x.shape)}")
-        if tuple(x.shape[1:3]) != (self.img_size, self.img_size):
-            raise ConfigError(f"{self.name}: images are {x.shape[1]}×{x.shape[2]} but the model runs at "
-                              f"{self.img_size}×{self.img_size}; resize/crop them first")
-        x = x.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-
     def forward_until_last_block(self, x: torch.Tensor) -> torch.Tensor:
         """The last block's input (no autograd); without a split, the normalised images themselves."""
         if self._until is None:
@@ -161,14 +143,6 @@ class CustomBackbone:
     def forward_last_block(self, h: torch.Tensor) -> torch.Tensor:
         """All tokens B×T×D from the last block's input (autograd follows the caller's grad mode)."""
         return self._last(h) if self._last is not None else self._tokens(h)
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.forward_last_block(self.forward_until_last_block(x))
-
-    def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens B×(gh·gw)×D, prefix tokens dropped; not L2-normalised."""
-        return self.tokens(x)[:, self.num_prefix_tokens :]
 
     def identity(self) -> dict[str, Any]:
         """What must match between a bank and its queries."""
