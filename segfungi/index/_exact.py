@@ -103,12 +103,7 @@ class ExactIndex:
         return index
 
     def _meta(self) -> dict:
-        return {
-            "format_version": _files.INDEX_FORMAT_VERSION,
-            "kind": self.kind,
-            "num_vectors": self.num_vectors,
-            "dim": int(self.bank.shape[1]),
-        }
+        return _files.meta_header(self.kind, self.num_vectors, self.bank.shape[1])
 
     def _require_built(self) -> torch.Tensor:
         if self.bank is None:

@@ -14,6 +14,11 @@ INDEX_FORMAT_VERSION = 1
 META_FILE = "segfungi_index.json"
 
 
+def meta_header(kind: str, num_vectors: int, dim: int) -> dict:
+    """The fields every saved index records first; `read_meta` checks them."""
+    return {"format_version": INDEX_FORMAT_VERSION, "kind": kind, "num_vectors": int(num_vectors), "dim": int(dim)}
+
+
 def write_meta(folder: Path, meta: dict) -> None:
     (folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 

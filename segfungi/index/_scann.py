@@ -254,10 +254,7 @@ class ScannIndex:
 
     def _meta(self) -> dict:
         return {
-            "format_version": _files.INDEX_FORMAT_VERSION,
-            "kind": self.kind,
-            "num_vectors": self.num_vectors,
-            "dim": self.dim,
+            **_files.meta_header(self.kind, self.num_vectors, self.dim),
             "num_leaves": self.num_leaves,
             "has_row_ids": self.row_ids is not None,
             "settings": dataclasses.asdict(self.settings),
