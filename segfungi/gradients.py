@@ -42,11 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import sign_lookup
+
 RNG_SCHEME = "numpy-philox-raw-le-bits-v1"
 _STRUCTURED_ROW_OFFSET = 2**63  # keeps structured rows on other Philox keys than dense rows
 _MAX_SEED = 2**63
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+_DENSE_KERNELS = ("auto", "lookup", "gemm")
 
 
 # --------------------------------------------------------------------------- capture
@@ -338,7 +341,14 @@ class AchlioptasProjection(_Projection):
     (N×Dout) gives the K projected values of every token.  Cost N·dim·Dout·(Din+1)
     multiply-adds, memory O(N·K·Dout) besides the inputs.
 
-    The signs are cached in memory, in the fastest form that fits ``max_cache_bytes``
+    On a CPU with float32 (or float64) operands the products ``R_k ã_t`` are read from
+    tables instead (``kernel="auto"`` or ``"lookup"``, :mod:`segfungi.sign_lookup`): 8×
+    fewer operations than the GEMM for the same numbers up to float rounding. The
+    matrix is then kept as one byte per 8 signs and group (ViT-S: 7 MB; as int32 lookup
+    indices, 29 MB, when those fit ``max_cache_bytes``). ``kernel="gemm"`` forces the
+    GEMM, which bfloat16 and accelerators always use.
+
+    For the GEMM the signs are cached in memory, in the fastest form that fits ``max_cache_bytes``
     (default 128 MiB): int8 ±1 (ViT-S: 57 MB), else bit-packed (ViT-B: 57 MB instead of
     453 MB), else not at all — then each chunk is regenerated from its Philox keys.  Each
     chunk is widened to a float buffer right before its GEMM.  Measured per ViT-S matrix
@@ -360,13 +370,18 @@ class AchlioptasProjection(_Projection):
         max_cache_bytes: int = 128 * 2**20,
         token_block: int = 2048,
         compute_dtype: str = "float32",
+        kernel: str = "auto",
     ):
         self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
         self.seed, self.bias = _check_seed(seed), bool(bias)
         self.compute_dtype = _check_compute_dtype(compute_dtype)
+        if kernel not in _DENSE_KERNELS:
+            raise ValueError(f"dense projection kernel must be one of {', '.join(_DENSE_KERNELS)}, got {kernel!r}")
+        self.kernel = kernel
         # ~2M entries (8 MB float32) per chunk keeps the GEMM large and the buffers in cache.
         self.chunk_rows = int(chunk_rows) if chunk_rows else max(1, min(self.dim, 2**21 // self.num_entries))
         self.token_block = int(token_block)
+        self.lookup_block = 16 * sign_lookup.TILE_TOKENS  # tokens sharing one pass over the matrix
         packed_bytes = self.dim * (-(-self.num_entries // 8))
         if self.dim * self.num_entries <= max_cache_bytes:
             self.cache = "int8"
@@ -375,6 +390,14 @@ class AchlioptasProjection(_Projection):
         else:
             self.cache = "none"
         self._cached: np.ndarray | None = None  # int8 dim×m ±1, or uint8 dim×⌈m/8⌉ bits
+        code_bytes = self.dim * self.out_features * sign_lookup.num_groups(self.width)
+        if 4 * code_bytes <= max_cache_bytes:
+            self.lookup_cache = "indices"
+        elif code_bytes <= max_cache_bytes:
+            self.lookup_cache = "codes"
+        else:
+            self.lookup_cache = "none"
+        self._lookup_cached: list | None = None  # per chunk: int32 indices or uint8 codes
         self._device_cache: list | None = None  # widened chunks on a non-CPU device
         self._device_cache_key: tuple | None = None
 
@@ -433,6 +456,35 @@ class AchlioptasProjection(_Projection):
             self._device_cache, self._device_cache_key = chunks, key
         yield from self._device_cache
 
+    def _chunk_ranges(self) -> Iterator[range]:
+        for start in range(0, self.dim, self.chunk_rows):
+            yield range(start, min(start + self.chunk_rows, self.dim))
+
+    def _chunk_codes(self, rows: range) -> np.ndarray:
+        """Group bytes of rows ``rows``: (len(rows)·Dout)×G uint8, row (k, o) = R_k's row o."""
+        bits = self._generate(rows)  # 0/1, straight from Philox: the sign cache is not needed here
+        return sign_lookup.group_codes(bits.reshape(len(rows) * self.out_features, self.width).view(bool))
+
+    def _lookup_chunks(self) -> Iterator[tuple[range, torch.Tensor]]:
+        """(rows, int32 lookup indices of those rows) chunk by chunk."""
+        if self.lookup_cache == "none":
+            for rows in self._chunk_ranges():
+                yield rows, sign_lookup.row_indices(self._chunk_codes(rows))
+            return
+        if self._lookup_cached is None:  # built on first use
+            keep = sign_lookup.row_indices if self.lookup_cache == "indices" else (lambda codes: codes)
+            self._lookup_cached = [(rows, keep(self._chunk_codes(rows))) for rows in self._chunk_ranges()]
+        for rows, kept in self._lookup_cached:
+            yield rows, kept if self.lookup_cache == "indices" else sign_lookup.row_indices(kept)
+
+    def resolved_kernel(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> str:
+        """The kernel that ``project_tokens`` runs for operands of ``dtype`` on ``device``:
+        ``"lookup"`` for float32/float64 on a CPU unless ``kernel="gemm"``, else ``"gemm"``."""
+        if self.kernel != "auto":
+            return self.kernel
+        lookup = torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+        return "lookup" if lookup else "gemm"
+
     def dense_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The whole R (dim×m). For tests and small shapes."""
         return torch.cat([chunk.clone() for _, chunk in self._chunks(dtype, torch.device("cpu"))])
@@ -447,6 +499,8 @@ class AchlioptasProjection(_Projection):
         out = delta.new_empty(delta.shape[0], self.dim)
         if delta.shape[0] == 0:
             return out
+        if self.resolved_kernel(gemm_dtype, delta.device) == "lookup":
+            return self._project_tokens_by_lookup(delta, augmented, out)
         for rows, chunk in self._chunks(gemm_dtype, delta.device):
             # (K·Dout)×(Din+1): row-major reshape of each R_k to Dout×(Din+1).
             r_rows = chunk.view(len(rows) * self.out_features, self.width)
@@ -455,6 +509,30 @@ class AchlioptasProjection(_Projection):
                 # N×K×Dout: R_k ã_t, widened back so the δ-contraction runs in δ's dtype.
                 partial = (a_blk @ r_rows.T).to(delta.dtype).view(-1, len(rows), self.out_features)
                 out[t0 : t0 + len(d_blk), rows.start : rows.stop] = torch.bmm(partial, d_blk.unsqueeze(-1)).squeeze(-1)
+        return out
+
+    def _project_tokens_by_lookup(self, delta: torch.Tensor, augmented: torch.Tensor, out: torch.Tensor):
+        """:meth:`project_tokens` by table lookups (module docstring of :mod:`segfungi.sign_lookup`).
+
+        Tokens go in fixed-width tiles (the last padded with zero tokens) so that every
+        token meets the same kernels whatever comes with it; a block of tiles shares
+        one pass over the matrix, bounding the tables (ViT-S: 26 MB per 512 tokens)."""
+        tile = sign_lookup.TILE_TOKENS
+        for b0 in range(0, delta.shape[0], self.lookup_block):
+            d_blk, a_blk = delta[b0 : b0 + self.lookup_block], augmented[b0 : b0 + self.lookup_block]
+            tiles = -(-len(d_blk) // tile)
+            a_pad = a_blk.new_zeros(tiles * tile, self.width)
+            a_pad[: len(a_blk)] = a_blk
+            d_pad = d_blk.new_zeros(tiles * tile, self.out_features)
+            d_pad[: len(d_blk)] = d_blk
+            tables = [sign_lookup.sign_tables(a_pad[i * tile : (i + 1) * tile]) for i in range(tiles)]
+            d_tiles = d_pad.view(tiles, tile, self.out_features).transpose(1, 2).contiguous()  # [tile, o, t]
+            projected = d_blk.new_empty(tiles, self.dim, tile)
+            for rows, indices in self._lookup_chunks():
+                for i, table in enumerate(tables):
+                    r_a = sign_lookup.lookup_rows(indices, table).view(len(rows), self.out_features, tile)
+                    projected[i, rows.start : rows.stop] = (r_a * d_tiles[i]).sum(1)  # Σ_o δ_o (R_k ã)_o
+            out[b0 : b0 + len(d_blk)] = projected.transpose(1, 2).reshape(-1, self.dim)[: len(d_blk)]
         return out
 
     def project_gradients(self, grads: torch.Tensor) -> torch.Tensor:

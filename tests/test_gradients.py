@@ -120,17 +120,20 @@ def _reference(projection, tg, token_index=None):
     return grads.reshape(*grads.shape[:2], -1) @ projection.dense_matrix().T
 
 
-# 16 rows × 24 entries: int8 cache needs 384 bytes, the bit-packed one 48.
+# 16 rows × 24 entries: int8 cache needs 384 bytes, the bit-packed one 48; the lookup
+# kernel's int32 indices 256 (16 rows × Dout 4 × one group × 4 bytes), its codes 64.
 CACHES = {"int8": 1 << 20, "bits": 100, "none": 0}
+LOOKUP_CACHES = {"int8": "indices", "bits": "codes", "none": "none"}
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 16, None])
 @pytest.mark.parametrize("cache", list(CACHES))
-def test_streamed_dense_projection_equals_explicit_matmul(chunk_rows, cache):
+@pytest.mark.parametrize("kernel", ["lookup", "gemm"])
+def test_streamed_dense_projection_equals_explicit_matmul(chunk_rows, cache, kernel):
     tg = _captured(TokenMixer(), _inputs())
     proj = AchlioptasProjection(DIN, DOUT, dim=16, seed=11, chunk_rows=chunk_rows,
-                                max_cache_bytes=CACHES[cache], token_block=4)
-    assert proj.cache == cache
+                                max_cache_bytes=CACHES[cache], token_block=4, kernel=kernel)
+    assert proj.cache == cache and proj.lookup_cache == LOOKUP_CACHES[cache]
     torch.testing.assert_close(proj.project(tg), _reference(proj, tg), rtol=1e-12, atol=1e-12)
     index = torch.tensor([6, 0, 3])
     torch.testing.assert_close(proj.project(tg, token_index=index), _reference(proj, tg, index), rtol=1e-12, atol=1e-12)
