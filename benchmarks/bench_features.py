@@ -24,7 +24,10 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
        pass (float16), so only the last block runs forward and backward.
 
 (b), (b') and (d) are run for the dense projection (the default) and the structured one
-(`fungi.structured_terms`, default 16).
+(`fungi.structured_terms`, default 16), and for the dense projection once more with its
+GEMM kernel instead of the table-lookup kernel that CPUs use by default
+(`segfungi/sign_lookup.py`): the same projection, so the script also prints how far the
+two kernels' features are apart.
 
 --dtypes bfloat16 float16: the blocks before the last under autocast (`backbone.dtype`):
 (a) and (b) are timed in that dtype too, and so is the reference in the research code's
@@ -137,6 +140,8 @@ def main() -> None:
     bb = load_backbone(args.backbone, img_size=args.img_size, device=args.device)
     dense = FeatureExtractor(bb, kind="fungi")
     structured = FeatureExtractor(bb, kind="fungi", projection="structured")
+    gemm = FeatureExtractor(bb, kind="fungi")
+    gemm.projection.kernel = "gemm"  # the same dense matrix, multiplied as a GEMM
     num_patches, dim = bb.num_patches, bb.embed_dim
 
     rng = np.random.default_rng(0)
@@ -177,7 +182,7 @@ def main() -> None:
         "research_grad": (lambda x, n: research_gradient_pass(research, x, n), batches),
         "ref_proj": (lambda d, a: reference_projection(d, a, matrix), ref_pairs),
     }
-    for label, fe in (("dense", dense), ("structured", structured)):
+    for label, fe in (("dense", dense), ("structured", structured), ("gemm", gemm)):
         cases[f"{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
         cases[f"{label}/kept"] = (lambda x, n, k, fe=fe: fe.fungi(x, n, patch_index=k), kept_batches)
         cases[f"{label}/cached"] = (lambda h, n, k, fe=fe: fe.fungi_from_hidden(h, n, patch_index=k), cached_kept)
@@ -194,6 +199,7 @@ def main() -> None:
         cases[f"{dt}/ref_proj"] = (lambda d, a, m=low_matrix: reference_projection(d, a, m), ref_pairs)
     grad_pairs = [(grads.delta.reshape(-1, grads.delta.shape[-1]), grads.inputs.reshape(-1, grads.inputs.shape[-1]))]
     cases["proj"] = (lambda d, a: dense.projection.project_tokens(d, a), grad_pairs)
+    cases["proj-gemm"] = (lambda d, a: gemm.projection.project_tokens(d, a), grad_pairs)
     low_proj = {}
     for dt in args.projection_dtypes:
         for label, kind in (("dense", "dense"), ("structured", "structured")):
@@ -264,10 +270,26 @@ def main() -> None:
         print(f"    FUNGI feature cosine to float32: mean {errors['cosine'][0]:.5f}, min {errors['cosine'][1]:.5f}")
         print(f"    recall@30 of the float32 features' neighbours (patches of the other images): "
               f"{errors['recall']:.4f}")
+    kernel = dense.projection.resolved_kernel(torch.float32, args.device)
+    print(f"\ndense projection kernels: {kernel} (the default here) vs gemm, same matrix:")
+    row(f"     projection alone, {kernel}, {len(grad_pairs[0][0])} tokens", "proj")
+    row(f"     projection alone, gemm", "proj-gemm")
+    row(f"(b)  FUNGI dense, gemm, all {num_patches} patches", "gemm/all")
+    row(f"(b') FUNGI dense, gemm, {args.kept} kept patches", "gemm/kept")
+    row(f"(d)  FUNGI dense, gemm, {args.kept} kept, cached input", "gemm/cached")
+    print(f"  gemm / {kernel} (wall / CPU): projection {ratio('proj-gemm', 'proj')}   b {ratio('gemm/all', 'dense/all')}"
+          f"   b' {ratio('gemm/kept', 'dense/kept')}   d {ratio('gemm/cached', 'dense/cached')};   "
+          f"b/a: {kernel} {ratio('dense/all', 'embed')}, gemm {ratio('gemm/all', 'embed')}")
+    errors = feature_errors(gemm, dense, batches)
+    e = errors["gradient"]
+    print(f"  {kernel} vs gemm features over {errors['patches']} patches: gradient half relative L2 (mean / 99% / max) "
+          f"{e[0]:.2e} / {e[1]:.2e} / {e[2]:.2e}; FUNGI cosine min {errors['cosine'][1]:.7f}; "
+          f"recall@30 of gemm's neighbours {errors['recall']:.4f}")
     if low_proj:
         print(f"\nprojection GEMMs in low precision (cpu_has_fast_bfloat16: {cpu_has_fast_bfloat16()}, "
               f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}):")
-        row(f"     projection alone, float32, {len(grad_pairs[0][0])} tokens", "proj")
+        row(f"     projection alone, float32 ({kernel}), {len(grad_pairs[0][0])} tokens", "proj")
+        row(f"     projection alone, float32 (gemm)", "proj-gemm")
     for dt in args.projection_dtypes:
         row(f"     projection alone, {dt}", f"proj-{dt}")
         for label in ("dense", "structured"):

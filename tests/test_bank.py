@@ -128,3 +128,13 @@ def test_support_never_returns_the_images_own_patches(fungi_bank, demo_voc_root)
     # Without exclusion the nearest neighbour of a stored patch is itself.
     support.negatives_for(None)(tokens)
     assert (source[fetched[1]] == image).any()
+
+
+def test_an_exact_bank_index_lives_on_the_backbone_device(fungi_bank, demo_voc_root):
+    # The meta device stands in for a GPU: the index must be put where backbone.device says.
+    settings = tiny_settings(demo_voc_root)
+    support = MemoryBank(fungi_bank / SUPPORT_DIR)
+    assert support.index(settings).device == torch.device("cpu")
+    settings["backbone"]["device"] = "meta"
+    on_meta = support.index(settings)
+    assert on_meta.device == torch.device("meta") and on_meta.bank.device.type == "meta"

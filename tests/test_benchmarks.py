@@ -31,6 +31,10 @@ def test_bench_features_fast_paths_agree_with_the_reference():
     assert float(gradients.group(1)) < 1e-5
     recall = re.search(r"recall@30 of the float32 features' neighbours .*: (\S+)", out)
     assert 0.5 < float(recall.group(1)) <= 1.0
+    # the lookup and GEMM kernels multiply by the same matrix: float rounding apart
+    kernels = re.search(r"lookup vs gemm features .*\(mean / 99% / max\) \S+ / \S+ / (\S+);.*neighbours (\S+)", out)
+    assert kernels, out
+    assert float(kernels.group(1)) < 1e-5 and float(kernels.group(2)) >= 0.99
 
 
 def test_bench_index_recall_grows_with_reordering(tmp_path):

@@ -211,11 +211,13 @@ class MemoryBank:
     # index
     def index(self, settings: dict):
         """The search index: loaded when saved, else built from the features. Search-time
-        settings (leaves searched, reorder) come from `settings`, e.g. few-shot's."""
+        settings (leaves searched, reorder) come from `settings`, e.g. few-shot's. An
+        exact index lives on `backbone.device` (a GPU's matmul + top-k); ScaNN runs on the CPU."""
         from segfungi.index import ScannIndex, make_index
 
         if self.manifest.get("index", {}).get("kind") != "scann":
-            return make_index(self.feature_rows(), {**settings["index"], "kind": "exact"})
+            return make_index(self.feature_rows(), {**settings["index"], "kind": "exact"},
+                              device=settings["backbone"]["device"])
         folder = self.path / INDEX_DIR
         if self.verify_mode != "off":
             problems = self._index_problems(full=True)
