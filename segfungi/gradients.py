@@ -349,8 +349,8 @@ class AchlioptasProjection(_Projection):
     On a CPU with float32 (or float64) operands the products ``R_k ã_t`` are read from
     tables instead (``kernel="auto"`` or ``"lookup"``, :mod:`segfungi.sign_lookup`): 8×
     fewer operations than the GEMM for the same numbers up to float rounding. The
-    matrix is then kept as one byte per 8 signs and group (ViT-S: 7 MB; as int32 lookup
-    indices, 29 MB, when those fit ``max_cache_bytes``). ``kernel="gemm"`` forces the
+    matrix is then kept as one byte per 8 signs (ViT-S: 7 MB, ViT-B: 57 MB) when that
+    fits ``max_cache_bytes``, else regenerated per chunk. ``kernel="gemm"`` forces the
     GEMM, which bfloat16 and accelerators always use.
 
     For the GEMM the signs are cached in memory, in the fastest form that fits ``max_cache_bytes``
@@ -399,13 +399,8 @@ class AchlioptasProjection(_Projection):
             self.cache = "none"
         self._cached: np.ndarray | None = None  # int8 dim×m ±1, or uint8 dim×⌈m/8⌉ bits
         code_bytes = self.dim * self.out_features * sign_lookup.num_groups(self.width)
-        if 4 * code_bytes <= max_cache_bytes:
-            self.lookup_cache = "indices"
-        elif code_bytes <= max_cache_bytes:
-            self.lookup_cache = "codes"
-        else:
-            self.lookup_cache = "none"
-        self._lookup_cached: list | None = None  # per chunk: int32 indices or uint8 codes
+        self.lookup_cache = "codes" if code_bytes <= max_cache_bytes else "none"
+        self._lookup_cached: list | None = None  # per chunk: uint8 group codes
         self._device_cache: list | None = None  # widened chunks on a non-CPU device
         self._device_cache_key: tuple | None = None
 
@@ -473,17 +468,18 @@ class AchlioptasProjection(_Projection):
         return sign_lookup.group_codes(bits.reshape(len(rows) * self.out_features, self.width).view(bool))
 
     def _lookup_chunks(self) -> Iterator[tuple[range, torch.Tensor]]:
-        """(rows, int32 lookup indices of those rows) chunk by chunk."""
+        """(rows, int32 lookup indices of those rows) chunk by chunk. The codes are cached
+        (1 byte per 8 signs; widening a chunk to int32 indices costs ~1% of its lookups,
+        and caching the indices, 4× larger, measured no faster)."""
+        chunks = self._chunk_ranges(self.lookup_chunk_rows)
         if self.lookup_cache == "none":
-            for rows in self._chunk_ranges(self.lookup_chunk_rows):
-                yield rows, sign_lookup.row_indices(self._chunk_codes(rows))
-            return
-        if self._lookup_cached is None:  # built on first use
-            keep = sign_lookup.row_indices if self.lookup_cache == "indices" else (lambda codes: codes)
-            chunks = self._chunk_ranges(self.lookup_chunk_rows)
-            self._lookup_cached = [(rows, keep(self._chunk_codes(rows))) for rows in chunks]
-        for rows, kept in self._lookup_cached:
-            yield rows, kept if self.lookup_cache == "indices" else sign_lookup.row_indices(kept)
+            coded = ((rows, self._chunk_codes(rows)) for rows in chunks)
+        else:
+            if self._lookup_cached is None:  # built on first use
+                self._lookup_cached = [(rows, self._chunk_codes(rows)) for rows in chunks]
+            coded = iter(self._lookup_cached)
+        for rows, codes in coded:
+            yield rows, sign_lookup.row_indices(codes)
 
     def resolved_kernel(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> str:
         """The kernel that ``project_tokens`` runs for operands of ``dtype`` on ``device``:

@@ -120,10 +120,10 @@ def _reference(projection, tg, token_index=None):
     return grads.reshape(*grads.shape[:2], -1) @ projection.dense_matrix().T
 
 
-# 16 rows × 24 entries: int8 cache needs 384 bytes, the bit-packed one 48; the lookup
-# kernel's int32 indices 256 (16 rows × Dout 4 × one group × 4 bytes), its codes 64.
+# 16 rows × 24 entries: int8 cache needs 384 bytes, the bit-packed one 48, the lookup
+# kernel's codes 64 (16 rows × Dout 4 × one group of 8 columns).
 CACHES = {"int8": 1 << 20, "bits": 100, "none": 0}
-LOOKUP_CACHES = {"int8": "indices", "bits": "codes", "none": "none"}
+LOOKUP_CACHES = {"int8": "codes", "bits": "codes", "none": "none"}
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 16, None])
