@@ -42,6 +42,7 @@ from segfungi.gradients import (
     resolve_compute_dtype,
 )
 from segfungi.errors import ConfigError
+from segfungi.settings_schema import DEFAULTS
 from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
@@ -97,7 +98,7 @@ class FeatureExtractor:
         if layer is None and kind == "fungi":  # a segfungi.CustomBackbone given no grad_layer
             raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
         if projection_options is None:  # the kind's own options, read from these arguments
-            projection_options = kind_options(projection, {"structured_terms": structured_terms})
+            projection_options = kind_options(projection, {**DEFAULTS["fungi"], "structured_terms": structured_terms})
         # Resolved here, once: the projection (and so the bank identity) records float32 or
         # bfloat16, never "auto", which means different things on different machines.
         self.projection_dtype = resolve_compute_dtype(projection_dtype, backbone.device)

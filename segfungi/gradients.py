@@ -32,8 +32,8 @@ times slower (measured 6.5× on an AVX2-only CPU: benchmarks/README.md).
 
 Kernels: in float32 on a CPU the dense projection reads ``R_k ã_t`` from tables of
 signed partial sums (:mod:`segfungi.sign_lookup`) instead of running a GEMM: the same
-numbers up to float rounding, about 2× faster on an AVX2 CPU, and not a setting: no
-identity changes with the kernel.
+numbers up to float rounding, 2-2.6× faster on an AVX2 CPU. The kernel (setting
+``fungi.projection_kernel``, ``kernel=`` here) is not part of any identity.
 """
 from __future__ import annotations
 
@@ -698,7 +698,8 @@ def projection_options(kind: str, fungi: dict) -> dict:
     return _projection_kind(kind).options_from_settings(fungi)
 
 
-register_projection_kind("dense", AchlioptasProjection)
+register_projection_kind("dense", AchlioptasProjection,
+                         options_from_settings=lambda fungi: {"kernel": fungi["projection_kernel"]})
 register_projection_kind(
     "structured", OuterProductProjection, options_from_settings=lambda fungi: {"terms": int(fungi["structured_terms"])}
 )

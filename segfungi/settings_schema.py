@@ -85,6 +85,10 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             choices=("auto", "float32", "bfloat16"), more=(
                 "(auto: bfloat16 only on CPUs with AMX-BF16 / AVX-512-BF16 or a CUDA device with",
                 "bfloat16, else float32; banks record the resolved dtype and queries use the bank's)",)),
+        Key("projection_kernel", "auto", "auto | lookup | gemm: how the dense projection multiplies, the same",
+            choices=("auto", "lookup", "gemm"), more=(
+                "numbers up to float rounding (auto: table lookups on a CPU in float32, 2-2.6x faster",
+                "than the GEMM on AVX2; the GEMM for bfloat16 and on GPUs). Not part of a bank's identity",)),
         Key("structured_terms", 16, "structured: outer products summed per row (1, 4 and 8 miss the",
             check="positive", more=("recall bar on ViT-S or ViT-Ti, 16 meets it: benchmarks/README.md)",)),
         Key("support_neighbours", 2, "neighbours retrieved per token, one kept at random", check="positive"),

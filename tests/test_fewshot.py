@@ -86,6 +86,7 @@ def test_preset_trials_resolve_to_the_settings_they_had_before(name):
             one.pop("fewshot")
             # Keys added after ba36f84 (their defaults keep every feature as it was).
             one["fungi"].pop("projection_dtype")
+            one["fungi"].pop("projection_kernel")
             if one["data"]["subset_file"]:
                 one["data"]["subset_file"] = one["data"]["subset_file"].split("segfungi/data/")[1]
         return trials

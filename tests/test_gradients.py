@@ -367,7 +367,7 @@ def test_an_unknown_projection_kind_is_refused_with_the_registered_ones():
     with pytest.raises(ValueError, match="unknown projection kind"):
         projection_options("toy-gaussian", {})
     assert projection_options("structured", {"structured_terms": 3}) == {"terms": 3}
-    assert projection_options("dense", {"structured_terms": 3}) == {}
+    assert projection_options("dense", {"projection_kernel": "gemm", "structured_terms": 3}) == {"kernel": "gemm"}
 
 
 def test_schema_lists_exactly_the_registered_projection_kinds():

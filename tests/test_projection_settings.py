@@ -106,3 +106,15 @@ def test_a_bfloat16_bank_refuses_a_float32_query_naming_the_setting(bfloat16_ban
     query["fungi"]["projection_dtype"] = "float32"
     with pytest.raises(BankError, match=r"fungi.projection_dtype: bank has 'bfloat16', query has 'float32'"):
         Segmenter(path, query)
+
+
+def test_projection_kernel_setting_chooses_the_kernel_not_the_features_or_the_identity(tiny):
+    auto = make_extractor(load_config(overrides=["fungi.negatives=raw"]), kind="fungi", backbone=tiny)
+    gemm = make_extractor(load_config(overrides=["fungi.negatives=raw", "fungi.projection_kernel=gemm"]),
+                          kind="fungi", backbone=tiny)
+    assert auto.projection.resolved_kernel(torch.float32, "cpu") == "lookup"
+    assert gemm.projection.kernel == "gemm" and gemm.projection.resolved_kernel(torch.float32, "cpu") == "gemm"
+    assert gemm.identity() == auto.identity()  # a bank built one way answers queries made the other way
+    torch.testing.assert_close(_fungi(gemm), _fungi(auto), rtol=1e-5, atol=1e-6)
+    # FeatureExtractor without settings takes the schema's default kernel
+    assert FeatureExtractor(tiny, kind="fungi").projection.kernel == "auto"

@@ -40,6 +40,7 @@ from segfungi.classify.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
 from segfungi.errors import BankError, ConfigError, SegfungiError
 from segfungi.gradients import capture_token_gradients, l2_normalize, make_projection, projection_options
+from segfungi.settings_schema import DEFAULTS
 from segfungi.seg_loss import make_head
 from segfungi.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
 
@@ -82,7 +83,7 @@ def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
     :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
     kind = fungi.get("projection", "dense")
     try:
-        options = projection_options(kind, {"structured_terms": 16, **fungi})
+        options = projection_options(kind, {**DEFAULTS["fungi"], "structured_terms": 16, **fungi})
         return make_projection(kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
                                seed=int(fungi.get("proj_seed", 0)), bias=layer.bias is not None, **options)
     except ValueError as err:
