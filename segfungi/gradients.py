@@ -54,7 +54,7 @@ _STRUCTURED_ROW_OFFSET = 2**63  # keeps structured rows on other Philox keys tha
 _MAX_SEED = 2**63
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-_DENSE_KERNELS = ("auto", "lookup", "gemm")
+DENSE_KERNELS = ("auto", "lookup", "gemm")
 
 
 # --------------------------------------------------------------------------- capture
@@ -380,8 +380,8 @@ class AchlioptasProjection(_Projection):
         self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
         self.seed, self.bias = _check_seed(seed), bool(bias)
         self.compute_dtype = _check_compute_dtype(compute_dtype)
-        if kernel not in _DENSE_KERNELS:
-            raise ValueError(f"dense projection kernel must be one of {', '.join(_DENSE_KERNELS)}, got {kernel!r}")
+        if kernel not in DENSE_KERNELS:
+            raise ValueError(f"dense projection kernel must be one of {', '.join(DENSE_KERNELS)}, got {kernel!r}")
         self.kernel = kernel
         # ~2M entries (8 MB float32) per chunk keeps the GEMM large and the buffers in cache.
         self.chunk_rows = int(chunk_rows) if chunk_rows else max(1, min(self.dim, 2**21 // self.num_entries))

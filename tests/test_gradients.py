@@ -9,6 +9,7 @@ from torch import nn
 
 from segfungi.gradients import (
     COMPUTE_DTYPES,
+    DENSE_KERNELS,
     AchlioptasProjection,
     OuterProductProjection,
     TokenGradients,
@@ -376,3 +377,4 @@ def test_schema_lists_exactly_the_registered_projection_kinds():
 
     assert set(keys()["fungi.projection"].choices) == set(projection_kinds())
     assert set(keys()["fungi.projection_dtype"].choices) == {"auto", *COMPUTE_DTYPES}
+    assert keys()["fungi.projection_kernel"].choices == DENSE_KERNELS
