@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="data.num_workers")
     p.add_argument("--batch-size", type=int, default=8, help="bank.batch_size and eval.batch_size")
     p.add_argument("--dtype", default="float32", help="backbone.dtype")
+    p.add_argument("--device", default="cpu", help="backbone.device: cpu, cuda, cuda:1 ... (the projection and an "
+                                                   "exact index run there too; ScaNN stays on the CPU)")
     p.add_argument("--projection", nargs="+", default=["dense"], help="FUNGI projection(s) to run")
     p.add_argument("--no-cache", action="store_true", help="bank.cache_last_block_input: false")
     p.add_argument("--repeats", type=int, default=2)
@@ -61,7 +63,7 @@ def settings_for(args, root: Path, kind: str, projection: str = "dense") -> dict
 
     return load_config(None, [{
         "data": {"root": str(root), "num_workers": args.workers},
-        "backbone": {"name": args.backbone, "random_init": True, "dtype": args.dtype},
+        "backbone": {"name": args.backbone, "random_init": True, "dtype": args.dtype, "device": args.device},
         "bank": {"size": args.images * args.per_image, "features": kind, "batch_size": args.batch_size,
                  "cache_last_block_input": not args.no_cache},
         "fungi": {"projection": projection},
@@ -103,7 +105,7 @@ def pass_seconds(bank: Path) -> float:
 
 def run_job(args, **job) -> dict:
     command = [sys.executable, __file__, "--worker", json.dumps(job)]
-    for flag in ("backbone", "images", "val", "per_image", "threads", "workers", "batch_size", "dtype"):
+    for flag in ("backbone", "images", "val", "per_image", "threads", "workers", "batch_size", "dtype", "device"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.no_cache:
         command.append("--no-cache")
@@ -151,7 +153,8 @@ def main() -> None:
     print(f"{args.backbone} (random init) at 512², {args.images} train / {args.val} val generated images, "
           f"{args.per_image} patches per image (bank {args.images * args.per_image}), batch {args.batch_size}, "
           f"{args.threads} thread(s), {args.workers} data workers, dtype {args.dtype}, "
-          f"cache_last_block_input {not args.no_cache}; load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"cache_last_block_input {not args.no_cache}, device {args.device}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     best: dict = {}
     for repeat in range(args.repeats):
         for phase in ("build", "eval"):
