@@ -140,8 +140,7 @@ def main() -> None:
     bb = load_backbone(args.backbone, img_size=args.img_size, device=args.device)
     dense = FeatureExtractor(bb, kind="fungi")
     structured = FeatureExtractor(bb, kind="fungi", projection="structured")
-    gemm = FeatureExtractor(bb, kind="fungi")
-    gemm.projection.kernel = "gemm"  # the same dense matrix, multiplied as a GEMM
+    gemm = FeatureExtractor(bb, kind="fungi", projection_options={"kernel": "gemm"})  # same matrix, as a GEMM
     num_patches, dim = bb.num_patches, bb.embed_dim
 
     rng = np.random.default_rng(0)

@@ -97,7 +97,6 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_dim=fungi["proj_dim"],
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
-        structured_terms=fungi["structured_terms"],
         projection_options=projection_options(fungi["projection"], fungi),
         projection_dtype=fungi["projection_dtype"],
         negatives=fungi["negatives"],

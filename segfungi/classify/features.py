@@ -83,7 +83,7 @@ def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
     :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
     kind = fungi.get("projection", "dense")
     try:
-        options = projection_options(kind, {**DEFAULTS["fungi"], "structured_terms": 16, **fungi})
+        options = projection_options(kind, {**DEFAULTS["fungi"], **fungi})
         return make_projection(kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
                                seed=int(fungi.get("proj_seed", 0)), bias=layer.bias is not None, **options)
     except ValueError as err:
