@@ -44,7 +44,8 @@ _NESTED_KEYS = ("teacher", "student", "model", "state_dict")
 class PatchEncoder:
     """What every frozen patch encoder shares (a timm `Backbone`, a `segfungi.CustomBackbone`):
     image preparation and the token helpers, over the subclass's `forward_until_last_block`,
-    `forward_last_block`, `img_size`, `grid`, `mean`, `std`, `device`, `dtype`, `name`."""
+    `forward_last_block`, `img_size`, `grid`, `mean`, `std`, `device`, `dtype`, `name`, `weights_id`,
+    `patch_size`, `embed_dim`, `num_prefix_tokens`."""
 
     # The FUNGI pass can rerun only the last block from its cached input (a CustomBackbone
     # without a split cannot).
@@ -79,6 +80,17 @@ class PatchEncoder:
     def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens B×(gh·gw)×D, prefix (CLS, registers) dropped; not L2-normalised."""
         return self.tokens(x)[:, self.num_prefix_tokens :]
+
+    def encoder_identity(self) -> dict[str, Any]:
+        """The identity fields every encoder has; subclasses add their own in `identity()`."""
+        return {
+            "name": self.name,
+            "weights_id": self.weights_id,
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "num_prefix_tokens": self.num_prefix_tokens,
+        }
 
 
 class Backbone(PatchEncoder):
@@ -143,12 +155,7 @@ class Backbone(PatchEncoder):
     def identity(self) -> dict[str, Any]:
         """What must match between a bank and its queries."""
         return {
-            "name": self.name,
-            "weights_id": self.weights_id,
-            "img_size": self.img_size,
-            "patch_size": self.patch_size,
-            "embed_dim": self.embed_dim,
-            "num_prefix_tokens": self.num_prefix_tokens,
+            **self.encoder_identity(),
             "grad_layer": f"blocks.{len(self.model.blocks) - 1}.attn.proj",
             "model_kwargs": dict(self.model_kwargs),
             # Only when not float32, so banks built before the setting keep their hash.

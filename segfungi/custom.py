@@ -147,13 +147,8 @@ class CustomBackbone(PatchEncoder):
     def identity(self) -> dict[str, Any]:
         """What must match between a bank and its queries."""
         return {
+            **self.encoder_identity(),
             "custom": self.custom,
-            "name": self.name,
-            "weights_id": self.weights_id,
-            "img_size": self.img_size,
-            "patch_size": self.patch_size,
-            "embed_dim": self.embed_dim,
-            "num_prefix_tokens": self.num_prefix_tokens,
             "has_class_token": self.has_class_token,
             "mean": list(self.mean),
             "std": list(self.std),
