@@ -48,6 +48,15 @@ def open_val_dataset(settings: dict):
     return dataset
 
 
+def bank_settings(bank) -> dict:
+    """The settings a bank was built with (its manifest), completed by today's defaults."""
+    from segfungi.bank import MemoryBank
+    from segfungi.config import load_config
+
+    bank = bank if isinstance(bank, MemoryBank) else MemoryBank(bank)
+    return load_config(base=bank.settings)
+
+
 def load_backbone_from(settings: dict):
     cfg = settings["backbone"]
     if not (cfg["weights"] or cfg["pretrained"] or cfg["random_init"]):

@@ -11,7 +11,7 @@ grayscale, palette, RGBA (alpha dropped) and 16-bit inputs become RGB, and EXIF
 orientation is ignored, so a mask lines up with the stored pixels.
 
 With a FUNGI bank, an image's kept negatives are seeded from its own (resized) pixels
-(`segfungi.evaluate.query_generators`), so a mask is the one `eval` computes for the
+(`segfungi.segmenter.query_generators`), so a mask is the one `eval` computes for the
 same image, whatever else is segmented with it.
 """
 
@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from segfungi.data.imageio import to_rgb
 from segfungi.errors import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -30,31 +31,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 def make_segmenter(bank, settings: dict | None = None):
     """A Segmenter for `bank` (a folder or a Segmenter); settings default to the bank's own."""
-    from segfungi.evaluate import Segmenter
+    from segfungi.segmenter import Segmenter
 
     if isinstance(bank, Segmenter):
         return bank
     return Segmenter(bank, settings)
-
-
-def to_rgb(image) -> np.ndarray:
-    """An image file path, a PIL image or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB."""
-    from segfungi.data.imageio import pil_to_rgb, read_image
-
-    if isinstance(image, (str, Path)):
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        return pil_to_rgb(image, f"PIL image (mode {image.mode})")
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise DatasetError(f"image array must be uint8, got {array.dtype}")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DatasetError(f"image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
-    if array.shape[2] == 1:
-        return np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array[..., :3])  # alpha dropped, as read_image does
 
 
 def predict_images(bank, images: Iterable, settings: dict | None = None) -> list[np.ndarray]:

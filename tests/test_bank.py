@@ -10,7 +10,8 @@ from conftest import tiny_settings
 from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
 from segfungi.errors import BankError
-from segfungi.evaluate import Segmenter, evaluate
+from segfungi.evaluate import evaluate
+from segfungi.segmenter import Segmenter
 
 
 def shard_arrays(path):

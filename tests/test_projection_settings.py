@@ -85,7 +85,7 @@ def bfloat16_bank(demo_voc_root, tmp_path_factory):
 
 
 def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, monkeypatch):
-    from segfungi.evaluate import Segmenter
+    from segfungi.segmenter import Segmenter
     from segfungi.bank import MemoryBank
 
     path, settings = bfloat16_bank
@@ -99,7 +99,7 @@ def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, mon
 
 
 def test_a_bfloat16_bank_refuses_a_float32_query_naming_the_setting(bfloat16_bank):
-    from segfungi.evaluate import Segmenter
+    from segfungi.segmenter import Segmenter
 
     path, settings = bfloat16_bank
     query = copy.deepcopy(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_evaluate_is_the_function_and_its_module():
     import segfungi.evaluate as module
 
     assert segfungi.evaluate is module and callable(segfungi.evaluate)
-    assert segfungi.evaluate.Segmenter is segfungi.Segmenter
+    assert importlib.import_module("segfungi.segmenter").Segmenter is segfungi.Segmenter
     assert list(inspect.signature(segfungi.evaluate).parameters)[:2] == ["bank", "settings"]
     assert list(inspect.signature(segfungi.Segmenter).parameters)[:2] == ["bank", "settings"]
 

@@ -55,14 +55,14 @@ def test_readme_block_runs_and_predicts_the_image(readme_run):
 
 @pytest.fixture(scope="module")
 def segmenter(readme_run):
-    from segfungi.evaluate import Segmenter
+    from segfungi.segmenter import Segmenter
 
     bank = Path(readme_run["folder"]) / readme_run["bank"]
     return Segmenter(bank, readme_run["bank_settings"])
 
 
 def test_predict_takes_pil_grey_and_rgba_like_the_cli(readme_run, segmenter):
-    from segfungi.predict import to_rgb
+    from segfungi.data.imageio import to_rgb
 
     pil = readme_run["image"]
     rgb = np.asarray(pil.convert("RGB"))
@@ -85,16 +85,16 @@ def test_predict_takes_pil_grey_and_rgba_like_the_cli(readme_run, segmenter):
     ({"backbone": {"weights": "elsewhere/dino.pth"}}, "weights file elsewhere/dino.pth"),
 ])
 def test_mismatched_settings_fail_before_any_model_is_loaded(readme_run, monkeypatch, change, named):
-    import segfungi.evaluate
+    import segfungi.segmenter
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a backbone was loaded (or downloaded) for mismatched settings")
 
-    monkeypatch.setattr(segfungi.evaluate, "make_extractor", no_loading)
+    monkeypatch.setattr(segfungi.segmenter, "make_extractor", no_loading)
     bank = Path(readme_run["folder"]) / readme_run["bank"]
     settings = load_config(base=readme_run["bank_settings"], overrides=[change])
     with pytest.raises(BankError, match=f"other feature settings than this query \\(checked before loading(.|\\n)*{re.escape(named)}"):
-        segfungi.evaluate.Segmenter(bank, settings)
+        segfungi.segmenter.Segmenter(bank, settings)
 
 
 def test_readme_starts_with_the_two_commands():

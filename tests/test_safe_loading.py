@@ -25,7 +25,8 @@ from segfungi.bank import MANIFEST, MemoryBank, build_bank
 from segfungi.cli import main
 from segfungi.config import load_config
 from segfungi.errors import BankError, CheckpointError, ConfigError
-from segfungi.evaluate import Segmenter, evaluate
+from segfungi.evaluate import evaluate
+from segfungi.segmenter import Segmenter
 from segfungi.storage import file_checksum, load_array
 
 # Three 48×40 VOC samples at 64² (4×4 patches): 48 patches in 3 shards, ScaNN index.

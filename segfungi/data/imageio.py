@@ -105,3 +105,22 @@ def read_class_mask(path: str | Path) -> np.ndarray:
             "a colour-rendered mask (e.g. a VOC palette PNG converted to RGB) cannot be read as class ids"
         )
 
+
+
+def to_rgb(image) -> np.ndarray:
+    """An image file path, a PIL image or an array (H×W gray, H×W×1/3/4) -> H×W×3 uint8 RGB,
+    as `read_image` makes files (alpha dropped)."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image, f"PIL image (mode {image.mode})")
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise DatasetError(f"image array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DatasetError(f"image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
