@@ -58,6 +58,12 @@ def settings_for(reorder_dtype: str) -> dict:
     return load_config(None, [{"index": {"kind": "scann", "reorder_dtype": reorder_dtype}}])
 
 
+def index_for(reorder_dtype: str):
+    from segfungi.components import index_settings
+
+    return index_settings(settings_for(reorder_dtype))
+
+
 def write_bank(folder: Path, patches: int, dim: int, shard_rows: int) -> None:
     """An embeddings bank folder in the real format (shards first, manifest last)."""
     from bench_index import synthetic_features
@@ -95,19 +101,31 @@ def finish_manifest(folder: Path, index_info: dict, reorder_dtype: str) -> None:
 
     shards = json.loads((folder / "shards.json").read_text())
     settings = settings_for(reorder_dtype)
+    dim = int(np.load(folder / "shards" / shards[0]["name"] / "features.npy", mmap_mode="r").shape[1])
     write_json_atomic(folder / "manifest.json", {
         "hash": f"synthetic{reorder_dtype}",
         "num_patches": sum(s["patches"] for s in shards),
-        "feature_dim": int(np.load(folder / "shards" / shards[0]["name"] / "features.npy", mmap_mode="r").shape[1]),
+        "feature_dim": dim,
         "classes": [f"class{i}" for i in range(21)],
         "palette": [[i % 256, i % 256, i % 256] for i in range(256)],
         "patches_per_image": 100,
         "index": index_info,
-        "identity": {"features": "embeddings", "extractor": {"kind": "embeddings"},
-                     "sampling": {"aug_epochs": 1}},
+        "identity": synthetic_identity(len(shards), sum(s["patches"] for s in shards), dim).record(),
         "settings": settings,
         "shards": shards,
     })
+
+
+def synthetic_identity(num_shards: int, patches: int, dim: int):
+    """An embeddings bank's identity for synthetic features (no model made them)."""
+    from segfungi.bank import BackboneIdentity, BankIdentity, DatasetIdentity, ExtractorIdentity, SamplingIdentity
+    from segfungi.weights import WeightsSource
+
+    backbone = BackboneIdentity("synthetic", WeightsSource.random_init(0, "synthetic"), 512, 16, dim, 1)
+    images = -(-patches // 100)
+    return BankIdentity(ExtractorIdentity("embeddings", dim, backbone),
+                        DatasetIdentity("synthetic", "train", images, "0" * 16, tuple(f"class{i}" for i in range(21))),
+                        SamplingIdentity(patches, 1, 0, 512, 8, -(-images // num_shards)))
 
 
 def phase(args) -> None:
@@ -123,12 +141,13 @@ def phase(args) -> None:
     if name == "index":
         shards = json.loads((folder / "shards.json").read_text())
         bank = MemoryBank(folder, shards_override=shards)
-        info = build_index(bank, settings_for(reorder_dtype), folder / "index")
+        info = build_index(bank, index_for(reorder_dtype), folder / "index")
         finish_manifest(folder, info, reorder_dtype)
         result["index_bytes_on_disk"] = sum(info["sizes"].values())
     elif name == "support":
-        settings = settings_for(reorder_dtype)
-        support = SupportIndex(folder, settings)
+        from segfungi.components import support_spec
+
+        support = SupportIndex(folder, support_spec(settings_for(reorder_dtype)), index_for(reorder_dtype))
         result["open_s"] = time.perf_counter() - started
         rng = np.random.default_rng(3)
         tokens = torch.from_numpy(rng.standard_normal((8, 1025, support.tokens.dim)).astype(np.float32))
@@ -140,7 +159,7 @@ def phase(args) -> None:
         assert negatives.shape == (*tokens.shape[:2], support.k, tokens.shape[2])  # all K neighbours per token
     else:  # eval: what Segmenter loads
         bank = MemoryBank(folder)
-        index = bank.index(settings_for(reorder_dtype))
+        index = bank.index(index_for(reorder_dtype))
         labels = bank.load_labels()  # held until the peak RSS is read, as Segmenter holds them
         result["rows"] = index.num_vectors
         result["label_rows"] = len(labels[0])

@@ -138,9 +138,9 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     bb = load_backbone(args.backbone, img_size=args.img_size, device=args.device)
-    dense = FeatureExtractor(bb, kind="fungi")
-    structured = FeatureExtractor(bb, kind="fungi", projection="structured")
-    gemm = FeatureExtractor(bb, kind="fungi", projection_options={"kernel": "gemm"})  # same matrix, as a GEMM
+    dense = FeatureExtractor(bb, features="fungi")
+    structured = FeatureExtractor(bb, features="fungi", projection="structured")
+    gemm = FeatureExtractor(bb, features="fungi", projection_options={"kernel": "gemm"})  # same matrix, as a GEMM
     num_patches, dim = bb.num_patches, bb.embed_dim
 
     rng = np.random.default_rng(0)
@@ -165,7 +165,7 @@ def main() -> None:
 
     # (c) reference: its own copy of the same weights with every parameter requiring grad;
     # the dense matrix is held whole, as the research code does
-    research = FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, device=args.device), kind="fungi")
+    research = FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, device=args.device), features="fungi")
     research.backbone.model.requires_grad_(True)
     matrix = dense.projection.dense_matrix(torch.float32).to(args.device)
     grads, _, _ = dense.patch_gradients(dense.last_block_input(xs[0]), negatives[0])
@@ -184,11 +184,11 @@ def main() -> None:
     for label, fe in (("dense", dense), ("structured", structured), ("gemm", gemm)):
         cases[f"{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
         cases[f"{label}/kept"] = (lambda x, n, k, fe=fe: fe.fungi(x, n, patch_index=k), kept_batches)
-        cases[f"{label}/cached"] = (lambda h, n, k, fe=fe: fe.fungi_from_hidden(h, n, patch_index=k), cached_kept)
-    low = {dt: FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, device=args.device, dtype=dt), kind="fungi")
+        cases[f"{label}/cached"] = (lambda h, n, k, fe=fe: fe.fungi_from_last_block_input(h, n, patch_index=k), cached_kept)
+    low = {dt: FeatureExtractor(load_backbone(args.backbone, img_size=args.img_size, device=args.device, dtype=dt), features="fungi")
            for dt in args.dtypes}
     for dt, fe in low.items():
-        fs = FeatureExtractor(fe.backbone, kind="fungi", projection="structured")
+        fs = FeatureExtractor(fe.backbone, features="fungi", projection="structured")
         cases[f"{dt}/embed"] = (lambda x, n, fe=fe: fe.embeddings(x), batches)
         cases[f"{dt}/dense/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)
         cases[f"{dt}/structured/all"] = (lambda x, n, fs=fs: fs.fungi(x, n), batches)
@@ -202,7 +202,7 @@ def main() -> None:
     low_proj = {}
     for dt in args.projection_dtypes:
         for label, kind in (("dense", "dense"), ("structured", "structured")):
-            fe = FeatureExtractor(bb, kind="fungi", projection=kind)
+            fe = FeatureExtractor(bb, features="fungi", projection=kind)
             fe.projection.compute_dtype = dt  # the same projection, GEMMs at another precision
             low_proj[f"{dt}/{label}"] = fe
             cases[f"proj-{dt}/{label}/all"] = (lambda x, n, fe=fe: fe.fungi(x, n), batches)

@@ -107,7 +107,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     from segfungi.bank import MemoryBank, SupportIndex, build_bank
-    from segfungi.components import make_extractor, open_dataset
+    from segfungi.components import index_settings, make_extractor, open_dataset, support_spec
     from segfungi.config import load_config
     from segfungi.data.augment import eval_transform
     from segfungi.data.demo import write_demo_dataset
@@ -143,7 +143,7 @@ def main() -> None:
         torch.save({"delta": bank_delta, "inputs": bank_inputs}, recorded)
     bank = MemoryBank(bank_dir)
     stored = torch.from_numpy(bank.load_features())
-    dim_grad = stored.shape[1] - bank.manifest["identity"]["extractor"]["backbone"]["embed_dim"]
+    dim_grad = stored.shape[1] - bank.identity.backbone.embed_dim
     bank_emb = stored[:, dim_grad:]
     label_ids, label_weights = (torch.from_numpy(a) for a in bank.load_labels())
     assert len(bank_delta) == len(stored), (len(bank_delta), len(stored))
@@ -151,8 +151,8 @@ def main() -> None:
           f"images, built in {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}")
 
     # Queries: every patch of every validation image, gradients recorded once.
-    extractor = make_extractor(settings, kind="fungi")
-    support = SupportIndex(bank.support_path, settings)
+    extractor = make_extractor(settings, features="fungi")
+    support = SupportIndex(bank.support_path, support_spec(settings), index_settings(settings))
     val = open_dataset(settings, settings["data"]["val_split"])
     size = extractor.backbone.img_size
     q_delta, q_inputs, q_emb, masks = [], [], [], []

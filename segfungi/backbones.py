@@ -31,6 +31,7 @@ from torch import nn
 
 from segfungi import checkpoint_files
 from segfungi.errors import CheckpointError, ConfigError
+from segfungi.weights import WeightsSource
 
 DEFAULT_GRID = 32
 # Parts of a timm ViT that features never use; checkpoints may or may not carry them.
@@ -80,6 +81,11 @@ class PatchEncoder:
     def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens B×(gh·gw)×D, prefix (CLS, registers) dropped; not L2-normalised."""
         return self.tokens(x)[:, self.num_prefix_tokens :]
+
+    @property
+    def weights(self) -> WeightsSource:
+        """Where the weights come from (`weights_id` is its id)."""
+        return WeightsSource.parse(self.weights_id)
 
     def encoder_identity(self) -> dict[str, Any]:
         """The identity fields every encoder has; subclasses add their own in `identity()`."""
@@ -196,10 +202,9 @@ def load_backbone(
     if weights is not None:
         weights_id = load_checkpoint(model, weights, name=name)
     elif pretrained:
-        weights_id = f"timm-hub:{_hub_tag(model, name)}"
+        weights_id = WeightsSource.hub(_hub_tag(model, name)).id
     else:
-        # timm's initialisers may change between versions, so the version is part of the id.
-        weights_id = f"random-init:seed={int(init_seed)}:timm={timm.__version__}"
+        weights_id = WeightsSource.random_init(init_seed, timm.__version__).id
     model.to(device)
     return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs, compute_dtype=dtype)
 
@@ -269,7 +274,7 @@ def load_checkpoint(model: VisionTransformer, path: str | Path, *, name: str = "
         raise CheckpointError(f"{path}: cannot adapt checkpoint to {name or 'the model'}: {err}") from err
     _check_fits(state, model, path, name)
     model.load_state_dict(state, strict=False)  # only the unused parts may be absent (checked above)
-    return f"file:{path.name}:sha256:{_file_digest(path)[:16]}"
+    return WeightsSource.file(path.name, _file_digest(path)[:16]).id
 
 
 def _read_checkpoint(path: Path) -> Any:

@@ -1,12 +1,16 @@
-"""Build the pipeline's parts from a settings dict (see configs/defaults.yaml).
+"""The settings boundary: settings dicts (configs/defaults.yaml) become specs and objects here.
 
-One place maps settings to objects, so build-bank, eval, predict, sweep and few-shot
-all construct datasets and feature extractors the same way."""
+This is the one module below the commands that reads a settings dict. It turns them,
+once, into what the pipeline takes: datasets, the backbone (`load_backbone_from`), the
+feature extractor (`make_extractor`), and small typed specs (`bank_spec`,
+`support_spec`, `index_settings`, `eval_spec`, `requested_weights`). build-bank, eval,
+predict, sweep, few-shot and the benchmark all construct their parts the same way."""
 
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 from segfungi.errors import ConfigError
 
@@ -57,17 +61,48 @@ def bank_settings(bank) -> dict:
     return load_config(base=bank.settings)
 
 
+def requested_weights(settings: dict):
+    """The `WeightsSource` the settings ask for, in the order loading follows: a file,
+    else the hub, else a random init; None when they ask for none."""
+    from segfungi.weights import WeightsSource
+
+    cfg = settings["backbone"]
+    if cfg["weights"]:
+        return WeightsSource.file(cfg["weights"])
+    if cfg["pretrained"]:
+        return WeightsSource.hub(cfg["name"])
+    if cfg["random_init"]:
+        return WeightsSource.random_init(cfg["init_seed"])
+    return None
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """What the settings' backbone section asks for, read without loading anything."""
+
+    name: str
+    weights: object  # WeightsSource | None
+    image_size: int | None  # data.image_size; None = 32 × the patch size
+    dtype: str  # backbone.dtype
+
+
+def backbone_request(settings: dict) -> BackboneRequest:
+    return BackboneRequest(settings["backbone"]["name"], requested_weights(settings),
+                           settings["data"]["image_size"], settings["backbone"]["dtype"])
+
+
 def load_backbone_from(settings: dict):
     cfg = settings["backbone"]
-    if not (cfg["weights"] or cfg["pretrained"] or cfg["random_init"]):
+    source = requested_weights(settings)
+    if source is None:
         raise ConfigError(
             "backbone: no weights given (set backbone.weights to a checkpoint, "
             "backbone.pretrained: true to download, or backbone.random_init: true)"
         )
     return _cached_backbone(
         cfg["name"],
-        cfg["weights"],
-        bool(cfg["pretrained"]) and not cfg["weights"],
+        cfg["weights"] if source.kind == "file" else None,
+        source.kind == "timm-hub",
         settings["data"]["image_size"],
         cfg["init_seed"],
         cfg["device"],
@@ -91,15 +126,17 @@ def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, wei
                          init_seed=init_seed, device=device, dtype=dtype)
 
 
-def make_extractor(settings: dict, kind: str | None = None, backbone=None):
+def make_extractor(settings: dict, features: str | None = None, backbone=None, projection_dtype: str | None = None):
+    """The feature extractor the settings describe (`features`: embeddings | fungi, default
+    bank.features); `backbone`: one not built from the settings; `projection_dtype`: the
+    projection's dtype instead of fungi.projection_dtype (see `query_projection_dtype`)."""
     from segfungi.features import FeatureExtractor
     from segfungi.gradients import projection_options
 
     fungi = settings["fungi"]
-    backbone = backbone or load_backbone_from(settings)
     return FeatureExtractor(
-        backbone,
-        kind=kind or settings["bank"]["features"],
+        backbone or load_backbone_from(settings),
+        features=features or settings["bank"]["features"],
         head_dim=fungi["head_dim"],
         head_seed=fungi["head_seed"],
         tau=fungi["temperature"],
@@ -107,7 +144,7 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
         proj_seed=fungi["proj_seed"],
         projection=fungi["projection"],
         projection_options=projection_options(fungi["projection"], fungi),
-        projection_dtype=fungi["projection_dtype"],
+        projection_dtype=projection_dtype or fungi["projection_dtype"],
         negatives=fungi["negatives"],
         variant=fungi["variant"],
         research_code_neighbours=fungi["research_code_neighbours"],
@@ -116,9 +153,91 @@ def make_extractor(settings: dict, kind: str | None = None, backbone=None):
     )
 
 
-def support_neighbours(settings: dict) -> int:
-    """K, the neighbours the support index retrieves per loss token, for the FUNGI variant."""
+def query_projection_dtype(settings: dict, built: str | None) -> tuple[str | None, str | None]:
+    """(dtype, problem): the projection dtype a query of a bank whose projection recorded
+    `built` runs with (None for an embeddings bank: no projection). "auto" takes the
+    bank's; an explicit other dtype is a problem, naming the setting."""
+    asked = settings["fungi"]["projection_dtype"]
+    if built is None or asked == "auto":
+        return built, None
+    if asked != built:
+        return asked, f"fungi.projection_dtype: bank has {built!r}, query has {asked!r}"
+    return asked, None
+
+
+def support_spec(settings: dict):
+    """How a FUNGI bank's support index hands out negatives; K per the FUNGI variant."""
+    from segfungi.bank import SupportSpec
+
     fungi = settings["fungi"]
-    if fungi["variant"] == "research-code":
-        return int(fungi["research_code_neighbours"])
-    return int(fungi["support_neighbours"])
+    neighbours = fungi["research_code_neighbours"] if fungi["variant"] == "research-code" else fungi["support_neighbours"]
+    return SupportSpec(neighbours=int(neighbours), exclude_self=bool(fungi["exclude_self"]), negatives=fungi["negatives"])
+
+
+def index_settings(settings: dict):
+    from segfungi.index import IndexSettings
+
+    return IndexSettings.from_dict(settings["index"])
+
+
+def device(settings: dict) -> str:
+    return settings["backbone"]["device"]
+
+
+def bank_out(settings: dict) -> str:
+    """bank.out: the folder build-bank writes when none is given."""
+    return settings["bank"]["out"]
+
+
+def bank_spec(settings: dict, features: str | None = None, given_dataset: bool = False):
+    """The bank the settings describe (`features` overrides bank.features); with
+    `given_dataset` the images come as an object, not from the data section."""
+    from segfungi.bank import BankSpec, DataSource
+
+    bank, data = settings["bank"], settings["data"]
+    source = None if given_dataset else DataSource(
+        data["dataset"], data["train_split"], data["subset_file"], data["subset_fraction"], data["subset_seed"])
+    return BankSpec(
+        features=features or bank["features"], size=bank["size"], aug_epochs=bank["aug_epochs"], seed=bank["seed"],
+        shard_images=bank["shard_images"], label_topk=bank["label_topk"], void_label=bank["void_label"],
+        cache_last_block_input=bool(bank["cache_last_block_input"]), support=support_spec(settings),
+        index=index_settings(settings), source=source, batch_size=bank["batch_size"],
+        num_workers=int(data["num_workers"]), device=device(settings), record=with_absolute_paths(settings),
+    )
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Label transfer and the evaluation loop (the eval.* settings)."""
+
+    k: int
+    temperature: float
+    batch_size: int
+    max_images: int | None
+
+
+def eval_spec(settings: dict) -> EvalSpec:
+    e = settings["eval"]
+    return EvalSpec(int(e["k"]), float(e["temperature"]), int(e["batch_size"]), e["max_images"])
+
+
+def evaluation_settings(settings: dict) -> dict:
+    """The settings an evaluation's results record (eval, index, data)."""
+    return {"eval": settings["eval"], "index": settings["index"], "data": settings["data"]}
+
+
+def data_root(settings: dict) -> str | None:
+    return settings["data"]["root"]
+
+
+PATH_KEYS = (("data", "root"), ("data", "subset_file"), ("data", "val_subset_file"), ("backbone", "weights"))
+
+
+def with_absolute_paths(settings: dict) -> dict:
+    """A copy of `settings` whose file and folder paths are absolute (no symlink resolved)."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in settings.items()}
+    for section, key in PATH_KEYS:
+        value = out.get(section, {}).get(key)
+        if value:
+            out[section][key] = os.path.abspath(os.path.expanduser(str(value)))
+    return out

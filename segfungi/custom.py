@@ -32,6 +32,7 @@ from torch import nn
 
 from segfungi.backbones import PatchEncoder
 from segfungi.errors import ConfigError
+from segfungi.weights import WeightsSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,7 +104,7 @@ class CustomBackbone(PatchEncoder):
         self._grad_layer, self.grad_layer_name = _find_linear(model, grad_layer, identity)
         self.compute_dtype = torch.float32  # no autocast: the model runs as given
         self.model_kwargs: dict = {}
-        self.weights_id = f"sha256:{parameters_digest(model)[:16]}" if fingerprint else "unchecked"
+        self.weights_id = WeightsSource.parameters(parameters_digest(model)[:16] if fingerprint else None).id
         self.embed_dim = int(embed_dim) if embed_dim is not None else 0
         if check or embed_dim is None:
             self._probe(check)

@@ -17,8 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segfungi import distributed
-from segfungi.bank import MemoryBank
-from segfungi.components import bank_settings, open_val_dataset
+from segfungi.bank import MANIFEST, MemoryBank
+from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, evaluation_settings, open_val_dataset
 from segfungi.errors import BankError, DatasetError
 from segfungi.segmenter import Segmenter
 
@@ -30,36 +30,41 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
     `settings` default to the bank's own (`bank_settings`). `backbone`: the bank's model
     when it is not built from settings (`segfungi.CustomBackbone`); `dataset`: the labelled
     images to evaluate on instead of `data.val_split` (anything `segfungi.as_dataset` takes)."""
-    from segfungi.data.augment import eval_transform
-    from segfungi.metrics import ConfusionMatrix
-    from segfungi.transfer import scores_to_mask
-
-    bank_path = bank
-    settings = bank_settings(bank_path) if settings is None else settings
+    settings = bank_settings(bank) if settings is None else settings
     if dataset is None:
-        _check_recorded_root(settings, bank_path)
+        _check_recorded_root(data_root(settings), MemoryBank(bank))
     started = time.perf_counter()
-    segmenter = Segmenter(bank_path, settings, backbone=backbone)
+    segmenter = Segmenter(bank, settings, backbone=backbone)
     setup_seconds = time.perf_counter() - started
     if dataset is None:
         dataset = open_val_dataset(settings)
-        name = settings["data"]["dataset"]
     else:
         from segfungi.data.pairs import as_dataset
 
         dataset = as_dataset(dataset)
-        name = dataset.name
     if list(dataset.classes) != list(segmenter.bank.classes):
-        raise BankError(f"{bank_path}: bank classes differ from the {name} classes")
-    count = len(dataset) if settings["eval"]["max_images"] is None else min(len(dataset), settings["eval"]["max_images"])
+        raise BankError(f"{segmenter.bank.path}: bank classes differ from the {dataset.name} classes")
+    spec = eval_spec(settings)
+    started = time.perf_counter()
+    confusion, count = score_split(segmenter, dataset, spec, progress)
+    eval_seconds = time.perf_counter() - started
+    return results_record(segmenter.bank, confusion, count, {"setup_seconds": setup_seconds, "eval_seconds": eval_seconds},
+                          evaluation_settings(settings))
+
+
+def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True):
+    """(confusion matrix, images scored) of `segmenter` over `dataset` (its first
+    eval.max_images). Under torchrun each rank takes every world-th image; the matrices are summed."""
+    from segfungi.data.augment import eval_transform
+    from segfungi.metrics import ConfusionMatrix
+    from segfungi.transfer import scores_to_mask
+
+    count = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     confusion = ConfusionMatrix(segmenter.num_classes)
     size = segmenter.image_size
-    batch_size = settings["eval"]["batch_size"]
-    started = time.perf_counter()
-    # Under torchrun each rank takes every world-th image; the matrices are summed.
     mine = list(range(distributed.rank(), count, distributed.world_size()))
-    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    for batch in tqdm(batches, desc=f"eval {Path(bank_path).name}", unit="batch",
+    batches = [mine[i : i + spec.batch_size] for i in range(0, len(mine), spec.batch_size)]
+    for batch in tqdm(batches, desc=f"eval {segmenter.bank.path.name}", unit="batch",
                       disable=not progress or not distributed.is_main()):
         pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
         scores = segmenter.predict_scores(np.stack([p[0] for p in pairs]))
@@ -67,35 +72,37 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
         for pred, (_, mask) in zip(preds, pairs):
             confusion.update(pred, mask)
     confusion.matrix = distributed.all_reduce_sum(confusion.matrix)
-    eval_seconds = time.perf_counter() - started
-    bank = segmenter.bank
+    return confusion, count
+
+
+def results_record(bank: MemoryBank, confusion, count: int, seconds: dict, settings: dict) -> dict:
+    """The results dict `evaluate` returns (and `segfungi eval --out` writes)."""
     return {
         "miou": confusion.miou(),
         "pixel_accuracy": confusion.pixel_accuracy(),
         "per_class_iou": confusion.to_dict(bank.classes)["per_class_iou"],
         "bank": str(bank.path),
-        "bank_hash": bank.manifest["hash"],
-        "features": bank.features_kind,
+        "bank_hash": bank.hash,
+        "features": bank.features,
         "bank_size": bank.num_patches,
         "images": count,
+        "weights": bank.identity.backbone.weights.id,
         "timings": {
-            "setup_seconds": round(setup_seconds, 3),
-            "eval_seconds": round(eval_seconds, 3),
-            "images_per_second": round(count / max(eval_seconds, 1e-9), 3),
+            "setup_seconds": round(seconds["setup_seconds"], 3),
+            "eval_seconds": round(seconds["eval_seconds"], 3),
+            "images_per_second": round(count / max(seconds["eval_seconds"], 1e-9), 3),
         },
-        "settings": {"eval": settings["eval"], "index": settings["index"], "data": settings["data"]},
+        "settings": settings,
     }
 
 
-def _check_recorded_root(settings: dict, bank_path: str | Path) -> None:
+def _check_recorded_root(root: str | None, bank: MemoryBank) -> None:
     """A dataset root that is the one the bank recorded, and is gone, is reported as such:
     the bank was moved to another machine or built from another working directory."""
-    root = settings["data"]["root"]
-    recorded = MemoryBank(bank_path).settings["data"]["root"]
-    if root and root == recorded and not Path(root).expanduser().is_dir():
+    if root and root == data_root(bank.settings) and not Path(root).expanduser().is_dir():
         raise DatasetError(
             f"{root}: dataset root folder missing; this is data.root as recorded in the bank "
-            f"{Path(bank_path) / 'manifest.json'} when it was built; pass --root DIR "
+            f"{bank.path / MANIFEST} when it was built; pass --root DIR "
             "(or set data.root) to evaluate on the dataset where it is now"
         )
 

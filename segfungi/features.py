@@ -14,7 +14,8 @@ The FUNGI pass per batch of images (paper App. C.2, Table 23):
    denominator) are summed and backwarded once — each image's gradient only depends on
    its own loss, so batching does not mix images;
 5. only the requested patches' gradients are projected, then concatenated with the
-   patch embedding (each part L2-normalised).
+   patch embedding (each part L2-normalised): ``kept_gradients`` then ``project``, so a
+   bank build projects the rows of a whole shard at once.
 
 Embedding spaces: ``embeddings()`` and ``FungiOutput.embeddings`` are L2-normalised (what
 banks and indexes store).  Which space the neighbours enter the head in is the setting
@@ -42,12 +43,11 @@ from segfungi.gradients import (
     resolve_compute_dtype,
 )
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import DEFAULTS
+from segfungi.settings_schema import DEFAULTS, FEATURE_KINDS
 from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
 Negatives = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
-KINDS = ("embeddings", "fungi")
 
 
 @dataclass
@@ -61,21 +61,45 @@ class FungiOutput:
     losses: torch.Tensor
 
 
+@dataclass
+class KeptGradients:
+    """The gradient pass's result for the patches kept, the images' rows end to end:
+    each patch's rank-1 gradient (δ, a) and its normalised embedding; ``counts[b]`` rows
+    belong to image b. :meth:`FeatureExtractor.project` turns it into FUNGI features, so a
+    bank projects a whole shard's rows in one call."""
+
+    delta: torch.Tensor  # R×Dout
+    inputs: torch.Tensor  # R×Din
+    embeddings: torch.Tensor  # R×D, L2-normalised
+    counts: list[int]
+
+    @classmethod
+    def joined(cls, parts: Sequence["KeptGradients"]) -> "KeptGradients":
+        return cls(torch.cat([p.delta for p in parts]), torch.cat([p.inputs for p in parts]),
+                   torch.cat([p.embeddings for p in parts]), [c for p in parts for c in p.counts])
+
+
 class FeatureExtractor:
-    """Embeddings or FUNGI features of a frozen backbone (contract in docs/architecture.md)."""
+    """Embeddings or FUNGI features of a frozen backbone (contract in docs/architecture.md).
+
+    It owns every step from pixels to features: uint8 images → network input
+    (`network_input`) → last-block input (`last_block_input`) → embeddings, or the loss
+    forward/backward and the kept patches' gradients (`kept_gradients`) → their projection
+    joined to the embeddings (`project`). `embeddings(images)` and `fungi(images, …)` run
+    them all; a bank build or a cached evaluation starts from a stored last-block input.
+    """
 
     def __init__(
         self,
         backbone: Backbone,
         *,
-        kind: str = "embeddings",
+        features: str = "embeddings",
         head_dim: int = 96,
         tau: float = 0.07,
         proj_dim: int | None = None,
         proj_seed: int = 0,
         head_seed: int = 0,
         projection: str = "dense",
-        structured_terms: int = 16,
         projection_options: dict | None = None,
         projection_dtype: str = "float32",
         negatives: str = "normalised",
@@ -84,21 +108,21 @@ class FeatureExtractor:
         research_code_kept: int = 5,
         research_code_keep_fraction: float = 0.5,
     ):
-        if kind not in KINDS:
-            raise ValueError(f"feature kind must be one of {KINDS}, got {kind!r}")
+        if features not in FEATURE_KINDS:
+            raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
         _check_variant(negatives, variant, research_code_neighbours, research_code_kept, research_code_keep_fraction)
         self.backbone = backbone
-        self.kind = kind
+        self.features = features
         self.negatives, self.variant = negatives, variant
         self.rc_neighbours, self.rc_kept = int(research_code_neighbours), int(research_code_kept)
         self.rc_keep_fraction = float(research_code_keep_fraction)
         self.head_dim, self.tau, self.head_seed = int(head_dim), float(tau), int(head_seed)
         self.head = make_head(backbone.embed_dim, self.head_dim, self.head_seed).to(backbone.device)
         layer = backbone.grad_layer
-        if layer is None and kind == "fungi":  # a segfungi.CustomBackbone given no grad_layer
+        if layer is None and features == "fungi":  # a segfungi.CustomBackbone given no grad_layer
             raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
-        if projection_options is None:  # the kind's own options, read from these arguments
-            projection_options = kind_options(projection, {**DEFAULTS["fungi"], "structured_terms": structured_terms})
+        if projection_options is None:  # the kind's own options, at their settings defaults
+            projection_options = kind_options(projection, DEFAULTS["fungi"])
         # Resolved here, once: the projection (and so the bank identity) records float32 or
         # bfloat16, never "auto", which means different things on different machines.
         self.projection_dtype = resolve_compute_dtype(projection_dtype, backbone.device)
@@ -116,36 +140,40 @@ class FeatureExtractor:
     @property
     def feature_dim(self) -> int:
         """Width of one patch feature of this extractor's kind."""
-        if self.kind == "embeddings":
+        if self.features == "embeddings":
             return self.backbone.embed_dim
         return self.projection.dim + self.backbone.embed_dim
 
-    def _as_input(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 images (B×S×S×3) are normalised by the backbone; float batches pass through."""
-        if isinstance(x, np.ndarray) or x.dtype == torch.uint8:
-            return self.backbone.prepare(x)
-        return x.to(self.backbone.device)
+    # ---- pixels to the last block
+    def network_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 images (B×S×S×3) normalised as the backbone expects (B×3×S×S on its
+        device); a float batch is taken as network input already."""
+        if isinstance(images, np.ndarray) or images.dtype == torch.uint8:
+            return self.backbone.prepare(images)
+        return images.to(self.backbone.device)
 
-    def embeddings(self, x: np.ndarray | torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Patch embeddings B×(gh·gw)×D, L2-normalised unless ``normalize=False`` (raw tokens,
-        the space negatives for :meth:`fungi` must come from)."""
-        return self.embeddings_from_hidden(self.last_block_input(x), normalize)
-
-    def last_block_input(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def last_block_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Tokens entering the last block, B×T×D (no autograd).  Worth keeping from the
         support-index embeddings pass: the FUNGI pass then only reruns the last block."""
-        return self.backbone.forward_until_last_block(self._as_input(x))
+        return self.backbone.forward_until_last_block(self.network_input(images))
 
-    def embeddings_from_hidden(self, hidden: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    # ---- embeddings
+    def embeddings(self, images: np.ndarray | torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Patch embeddings B×(gh·gw)×D, L2-normalised unless ``normalize=False`` (raw tokens,
+        the space negatives for :meth:`fungi` must come from)."""
+        return self.embeddings_from_last_block_input(self.last_block_input(images), normalize)
+
+    def embeddings_from_last_block_input(self, last_block_input: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """:meth:`embeddings` from :meth:`last_block_input`'s output."""
         with torch.no_grad():
-            tokens = self.backbone.forward_last_block(hidden.to(self.backbone.device, self.backbone.dtype))
+            tokens = self.backbone.forward_last_block(last_block_input.to(self.backbone.device, self.backbone.dtype))
         patches = tokens[:, self.backbone.num_prefix_tokens :]
         return l2_normalize(patches) if normalize else patches
 
+    # ---- FUNGI
     def fungi(
         self,
-        x: np.ndarray | torch.Tensor,
+        images: np.ndarray | torch.Tensor,
         negatives: Negatives,
         patch_index: Sequence[torch.Tensor] | None = None,
         generator=None,
@@ -162,25 +190,44 @@ class FeatureExtractor:
         ``torch.Generator`` for the batch, or one per image (then an image's features do
         not depend on its batch); None means a fixed seed 0.
         """
-        return self.fungi_from_hidden(self.last_block_input(x), negatives, patch_index, generator)
+        return self.fungi_from_last_block_input(self.last_block_input(images), negatives, patch_index, generator)
 
-    def fungi_from_hidden(
+    def fungi_from_last_block_input(
         self,
-        hidden: torch.Tensor,
+        last_block_input: torch.Tensor,
         negatives: Negatives,
         patch_index: Sequence[torch.Tensor] | None = None,
         generator=None,
     ) -> FungiOutput:
         """:meth:`fungi` from :meth:`last_block_input`'s output (e.g. kept as float16 on disk)."""
-        grads, patch_tokens, losses = self.patch_gradients(hidden, negatives, generator)
+        kept, embeddings, losses = self.kept_gradients(last_block_input, negatives, generator, patch_index)
+        return FungiOutput(list(self.project(kept).split(kept.counts)), embeddings, losses)
+
+    def kept_gradients(
+        self,
+        last_block_input: torch.Tensor,
+        negatives: Negatives,
+        generator=None,
+        patch_index: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[KeptGradients, torch.Tensor, torch.Tensor]:
+        """The gradient pass of a batch, kept patches only (``patch_index``: per image, the
+        patches to keep; None: all): (their gradients and embeddings, the B×P×D normalised
+        embeddings of every patch, the per-image losses)."""
+        grads, patch_tokens, losses = self.patch_gradients(last_block_input, negatives, generator)
         embeddings = l2_normalize(patch_tokens)
         index = self._patch_index(patch_index, len(patch_tokens))
-        projected = self._project_patches(grads.delta, grads.inputs, index)
-        features = [fungi_concat([g], emb[idx]) for g, emb, idx in zip(projected, embeddings, index)]
-        return FungiOutput(features=features, embeddings=embeddings, losses=losses)
+        kept = KeptGradients(torch.cat([d[i] for d, i in zip(grads.delta, index)]),
+                             torch.cat([a[i] for a, i in zip(grads.inputs, index)]),
+                             torch.cat([e[i] for e, i in zip(embeddings, index)]), [len(i) for i in index])
+        return kept, embeddings, losses
+
+    def project(self, kept: KeptGradients) -> torch.Tensor:
+        """FUNGI features of the kept patches, R×(proj_dim + D): their projected gradients
+        (one streamed pass over all rows) joined to their embeddings, each L2-normalised."""
+        return fungi_concat([self.projection.project_tokens(kept.delta, kept.inputs)], kept.embeddings)
 
     def patch_gradients(
-        self, hidden: torch.Tensor, negatives: Negatives, generator=None
+        self, last_block_input: torch.Tensor, negatives: Negatives, generator=None
     ) -> tuple[TokenGradients, torch.Tensor, torch.Tensor]:
         """The loss forward/backward from the last block's input, before any projection.
 
@@ -190,7 +237,7 @@ class FeatureExtractor:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("FeatureExtractor.fungi needs autograd: do not call it under torch.inference_mode()")
         bb = self.backbone
-        hidden = hidden.to(bb.device, bb.dtype)  # float16 caches are widened
+        hidden = last_block_input.to(bb.device, bb.dtype)  # float16 caches are widened
         with capture_token_gradients(bb.grad_layer) as recorder, torch.enable_grad():
             tokens = bb.forward_last_block(hidden)
             loss_tokens = self._loss_tokens(tokens)
@@ -204,9 +251,9 @@ class FeatureExtractor:
         return patch_grads, tokens.detach()[:, patches], losses.detach()
 
     def identity(self) -> dict[str, Any]:
-        """Everything a bank and its queries must share."""
-        ident = {"backbone": self.backbone.identity(), "kind": self.kind, "feature_dim": self.feature_dim}
-        if self.kind == "fungi":
+        """Everything a bank and its queries must share (the record `segfungi.bank` types)."""
+        ident = {"backbone": self.backbone.identity(), "kind": self.features, "feature_dim": self.feature_dim}
+        if self.features == "fungi":
             ident.update(
                 head_dim=self.head_dim,
                 head_seed=self.head_seed,
@@ -268,15 +315,6 @@ class FeatureExtractor:
             if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_patches):
                 raise ValueError(f"patch_index values must lie in 0..{num_patches - 1}")
         return index
-
-    def _project_patches(
-        self, delta: torch.Tensor, inputs: torch.Tensor, index: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """Project the chosen patches of all images in one streamed pass, then split per image."""
-        flat_delta = torch.cat([d[idx] for d, idx in zip(delta, index)])
-        flat_inputs = torch.cat([a[idx] for a, idx in zip(inputs, index)])
-        projected = self.projection.project_tokens(flat_delta, flat_inputs)
-        return list(projected.split([len(idx) for idx in index]))
 
 
 def _check_variant(negatives: str, variant: str, neighbours: int, kept: int, keep_fraction: float) -> None:

@@ -45,10 +45,11 @@ from typing import Sequence
 
 import numpy as np
 
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
-from segfungi.errors import ConfigError, DatasetError
-from segfungi.evaluate import evaluate
-from segfungi.storage import read_json, settings_hash, write_json_atomic
+from segfungi.bank import MemoryBank
+from segfungi.cells import run_cell
+from segfungi.errors import ConfigError
+from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.storage import write_json_atomic
 
 RESULTS_FILE = "fewshot.json"
 # The training split each standard list set was drawn from, and its file-name prefix.
@@ -232,9 +233,9 @@ def run_fewshot(settings: dict, out: str | Path | None = None, subset_files: Seq
 
 def _feature_kinds(settings: dict) -> list[str]:
     kinds = list(dict.fromkeys(settings["fewshot"]["features"]))
-    unknown = [k for k in kinds if k not in ("embeddings", "fungi")]
+    unknown = [k for k in kinds if k not in FEATURE_KINDS]
     if unknown or not kinds:
-        raise ConfigError(f"fewshot.features must list 'embeddings' and/or 'fungi', got {kinds!r}")
+        raise ConfigError(f"fewshot.features must list {' and/or '.join(map(repr, FEATURE_KINDS))}, got {kinds!r}")
     return kinds
 
 
@@ -242,33 +243,15 @@ def run_trial(settings: dict, trial: Trial, kinds: list[str], out: Path, progres
     """Build (or reuse) the trial's bank and evaluate it for each feature kind."""
     top_kind = "fungi" if "fungi" in kinds else "embeddings"
     folder = out / "banks" / trial.folder
-    # bank.size is a cap: a small subset gives every patch of its augmented images.
-    bank_dir = build_bank(settings, folder / top_kind, resume=True, kind=top_kind, progress=progress,
-                          warn_capped=False)
     rows = []
-    for kind in kinds:
-        path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
-        results = _evaluate_once(settings, path, folder / f"results-{kind}.json", progress)
-        rows.append(_row(trial, kind, results, MemoryBank(path)))
+    # bank.size is a cap: a small subset gives every patch of its augmented images.
+    for cell in run_cell(settings, folder / top_kind, kinds, progress, warn_capped=False, results_dir=folder):
+        results = cell.results
+        rows.append(_row(trial, cell.features, results, cell.bank))
         name = trial.group if trial.fraction is not None and trial.group else trial.subset
-        print(f"{name:>10}  seed {trial.seed:<3} {kind:>10}  "
+        print(f"{name:>10}  seed {trial.seed:<3} {cell.features:>10}  "
               f"bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
     return rows
-
-
-def _evaluate_once(settings: dict, bank_path: Path, cache: Path, progress: bool) -> dict:
-    """evaluate(), unless `cache` holds the results of this very bank and evaluation."""
-    key = settings_hash({
-        "bank": MemoryBank(bank_path).manifest["hash"],
-        "data": settings["data"], "eval": settings["eval"], "index": settings["index"],
-    })
-    if cache.exists():
-        cached = read_json(cache)
-        if cached.get("cache_key") == key:
-            return cached
-    results = {**evaluate(bank_path, settings, progress=progress), "cache_key": key}
-    write_json_atomic(cache, results)
-    return results
 
 
 def _row(trial: Trial, kind: str, results: dict, bank: MemoryBank) -> dict:
@@ -278,7 +261,7 @@ def _row(trial: Trial, kind: str, results: dict, bank: MemoryBank) -> dict:
         "fraction": trial.fraction,
         "subset_file": trial.subset_file,
         "seed": trial.seed,
-        "images": bank.manifest["identity"]["dataset"]["num_images"],
+        "images": bank.identity.dataset.num_images,
         "features": kind,
         "bank_size": results["bank_size"],
         "miou": results["miou"],

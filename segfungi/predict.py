@@ -89,8 +89,8 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
     segmenter = make_segmenter(bank, settings)
     classes, palette = segmenter.bank.classes, segmenter.bank.palette
     # Under each overlay: which bank (features, size, backbone, weights, data) drew it.
-    about = (f"{segmenter.bank.features_kind} bank of {segmenter.bank.num_patches:,} patches\n"
-             + describe_banks([segmenter.bank.manifest]))
+    about = (f"{segmenter.bank.features} bank of {segmenter.bank.num_patches:,} patches\n"
+             + describe_banks([segmenter.bank]))
     out = Path(out)
     records = []
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):

@@ -17,8 +17,18 @@ import numpy as np
 import torch
 
 from segfungi.backbones import DEFAULT_GRID
-from segfungi.bank import MemoryBank, SupportIndex, extractor_mismatches
-from segfungi.components import bank_settings, make_extractor
+from segfungi.bank import BackboneIdentity, ExtractorIdentity, MemoryBank, SupportIndex, differences
+from segfungi.components import (
+    BackboneRequest,
+    backbone_request,
+    bank_settings,
+    device,
+    eval_spec,
+    index_settings,
+    make_extractor,
+    query_projection_dtype,
+    support_spec,
+)
 from segfungi.errors import BankError
 
 
@@ -31,74 +41,36 @@ class Segmenter:
     def __init__(self, bank: str | Path, settings: dict | None = None, *, backbone=None):
         self.bank = MemoryBank(bank)
         settings = bank_settings(self.bank) if settings is None else settings
-        kind = self.bank.features_kind
+        built = self.bank.identity.extractor
         if backbone is None:
             # Settings that would load another backbone fail before it is loaded (or downloaded).
-            self._refuse(self._backbone_mismatches(settings), "checked before loading the backbone")
-        settings = self._bank_projection_dtype(settings)
-        self.extractor = make_extractor(settings, kind=kind, backbone=backbone)
-        self._refuse(extractor_mismatches(self.bank.manifest["identity"]["extractor"], self.extractor.identity()))
+            self._refuse(backbone_mismatches(built.backbone, backbone_request(settings)),
+                         "checked before loading the backbone")
+        # "auto" takes the bank's dtype: resolved afresh it could be another on another machine.
+        dtype, problem = query_projection_dtype(settings, built.projection_dtype)
+        self._refuse([problem] if problem else [])
+        self.extractor = make_extractor(settings, features=built.features, backbone=backbone, projection_dtype=dtype)
+        query = ExtractorIdentity.from_record(self.extractor.identity())
+        self._refuse([d.bank_query() for d in differences(built.record(), query.record())])
         self.settings = settings
         self.num_classes = len(self.bank.classes)
-        self.index = self.bank.index(settings)
+        index, where = index_settings(settings), device(settings)
+        self.index = self.bank.index(index, where)
         self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
-        self.support = SupportIndex(self.bank.support_path, settings) if kind == "fungi" else None
-        self.k = settings["eval"]["k"]
-        self.temperature = settings["eval"]["temperature"]
-
-    def _bank_projection_dtype(self, settings: dict) -> dict:
-        """Settings whose fungi.projection_dtype is the one the bank's projection recorded:
-        "auto" takes the bank's (resolving it afresh could pick another dtype on another
-        machine); an explicit other dtype is refused, naming the setting."""
-        projection = self.bank.manifest["identity"]["extractor"].get("projection")
-        if not isinstance(projection, dict):  # an embeddings bank: no projection runs
-            return settings
-        built = projection.get("compute_dtype", "float32")  # float32 identities name no dtype
-        asked = settings["fungi"]["projection_dtype"]
-        if asked == "auto":
-            return {**settings, "fungi": {**settings["fungi"], "projection_dtype": built}}
-        if asked != built:
-            self._refuse([f"fungi.projection_dtype: bank has {built!r}, query has {asked!r}"])
-        return settings
+        fungi = built.features == "fungi"
+        self.support = SupportIndex(self.bank.support_path, support_spec(settings), index, where) if fungi else None
+        transfer = eval_spec(settings)
+        self.k, self.temperature = transfer.k, transfer.temperature
 
     def _refuse(self, problems: list[str], when: str = "") -> None:
         if problems:
+            path = self.bank.path
             raise BankError(
-                f"{self.bank.path}: the bank was built with other feature settings than this query"
+                f"{path}: the bank was built with other feature settings than this query"
                 f"{f' ({when})' if when else ''}:\n  " + "\n  ".join(problems)
-                + "\nThe bank's own settings: load_config(base=MemoryBank(path).settings)"
+                + f"\nTo query it with its own settings, leave those options out: `segfungi eval --bank {path}` "
+                f"(`segfungi bank info {path}` shows them); from Python, Segmenter(bank) or evaluate(bank)."
             )
-
-    def _backbone_mismatches(self, settings: dict) -> list[str]:
-        """What the settings' backbone would differ in from the bank's, read without loading it:
-        name, input size, compute dtype and where the weights come from (a file, the hub, a
-        random init and its seed; a checkpoint's content is compared after loading)."""
-        built = self.bank.manifest["identity"]["extractor"]["backbone"]
-        cfg = settings["backbone"]
-        if "custom" in built:
-            return [f"backbone: the bank was built with the custom model {built['custom']!r}; pass it as "
-                    "backbone= (a segfungi.CustomBackbone), the settings cannot load it"]
-        problems = []
-        if cfg["name"] != built["name"]:
-            problems.append(f"backbone.name: bank has {built['name']!r}, query has {cfg['name']!r}")
-        # null = 32 × the patch size, which the same backbone name pins down.
-        size = settings["data"]["image_size"] or DEFAULT_GRID * built["patch_size"]
-        if size != built["img_size"]:
-            problems.append(f"data.image_size: bank has {built['img_size']!r}, query has {size!r}")
-        dtype = cfg["dtype"]
-        if dtype != built.get("compute_dtype", "float32"):
-            problems.append(f"backbone.dtype: bank has {built.get('compute_dtype', 'float32')!r}, query has {dtype!r}")
-        # The order of segfungi.components.load_backbone_from: a file, else the hub, else random.
-        wanted = ("file:" if cfg["weights"] else "timm-hub:" if cfg["pretrained"]
-                  else f"random-init:seed={int(cfg['init_seed'])}:" if cfg["random_init"] else None)
-        has = built["weights_id"]
-        if wanted is not None and not has.startswith(wanted.split(":")[0] + ":"):
-            asked = {"file:": f"weights file {cfg['weights']}", "timm-hub:": "hub weights (pretrained)"}.get(
-                wanted, "a random init")
-            problems.append(f"backbone weights: bank has {has!r}, query asks for {asked}")
-        elif wanted is not None and wanted.startswith("random-init:") and not has.startswith(wanted):
-            problems.append(f"backbone.init_seed: bank has {has!r}, query has init_seed {int(cfg['init_seed'])}")
-        return problems
 
     @property
     def image_size(self) -> int:
@@ -106,11 +78,10 @@ class Segmenter:
 
     def patch_features(self, images: np.ndarray) -> torch.Tensor:
         """B×S×S×3 uint8 -> B×P×F L2-normalised features, as stored in the bank."""
-        x = self.extractor.backbone.prepare(images)
         if self.support is None:
             with torch.no_grad():
-                return torch.nn.functional.normalize(self.extractor.embeddings(x), dim=-1)
-        out = self.extractor.fungi(x, self.support.negatives_for(None), generator=query_generators(images))
+                return torch.nn.functional.normalize(self.extractor.embeddings(images), dim=-1)
+        out = self.extractor.fungi(images, self.support.negatives_for(None), generator=query_generators(images))
         return torch.stack(list(out.features))
 
     def predict_scores(self, images: np.ndarray) -> torch.Tensor:
@@ -156,3 +127,23 @@ def query_generators(images: np.ndarray) -> list[torch.Generator]:
     from segfungi.seeding import QUERY_NEGATIVES, pixels_seed, torch_generator
 
     return [torch_generator(pixels_seed(image), QUERY_NEGATIVES) for image in np.asarray(images)]
+
+
+def backbone_mismatches(built: BackboneIdentity, request: BackboneRequest) -> list[str]:
+    """What a query's backbone would differ in from the bank's, read without loading it:
+    name, input size, compute dtype and where the weights come from (a file, the hub, a
+    random init and its seed; a checkpoint's content is compared after loading)."""
+    if built.custom is not None:
+        return [f"backbone: the bank was built with the custom model {built.custom!r}; pass it as "
+                "backbone= (a segfungi.CustomBackbone), the settings cannot load it"]
+    problems = []
+    if request.name != built.name:
+        problems.append(f"backbone.name: bank has {built.name!r}, query has {request.name!r}")
+    # null = 32 × the patch size, which the same backbone name pins down.
+    size = request.image_size or DEFAULT_GRID * built.patch_size
+    if size != built.img_size:
+        problems.append(f"data.image_size: bank has {built.img_size!r}, query has {size!r}")
+    if request.dtype != built.compute_dtype:
+        problems.append(f"backbone.dtype: bank has {built.compute_dtype!r}, query has {request.dtype!r}")
+    weights = built.weights.mismatch(request.weights)
+    return problems + ([weights] if weights else [])

@@ -47,32 +47,6 @@ def settings_hash(settings: Mapping) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def settings_differences(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys where two settings (or identity) dicts differ: "key: X there, Y now"."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        found: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            missing = "(absent)"
-            found += settings_differences(old.get(key, missing), new.get(key, missing), f"{prefix}{key}.")
-        return found
-    if json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str):
-        return []  # equal as the hash sees them (e.g. a tuple and a list)
-    return [f"{prefix.rstrip('.')}: {_short(old)} there, {_short(new)} now"]
-
-
-def _short(value, most: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= most else text[: most - 3] + "..."
-
-
-def describe_differences(old, new, most: int = 6) -> str:
-    """The first `most` differences as one clause, for an error message."""
-    found = settings_differences(old, new)
-    if not found:
-        return "no setting differs (a bank from another segfungi version?)"
-    return "; ".join(found[:most]) + (f"; and {len(found) - most} more" if len(found) > most else "")
-
-
 def temporary_name(path: Path) -> Path:
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank, planned_bank
-from segfungi.evaluate import evaluate
+from segfungi.bank import MemoryBank, planned_bank
+from segfungi.cells import run_cell
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
            "eval_images_per_second", "bank"]
@@ -46,18 +46,15 @@ def resolve_sizes(settings: dict, sizes) -> dict[int, list[int]]:
 def run_sweep(settings: dict, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     out = Path(out or settings["sweep"]["out"])
     kinds = list(settings["sweep"]["features"])
+    top_kind = "fungi" if "fungi" in kinds else "embeddings"
     rows = []
     for size, requested in resolve_sizes(settings, settings["sweep"]["sizes"]).items():
         bank_settings = copy.deepcopy(settings)
         bank_settings["bank"]["size"] = size  # the bank it resolves to: one build serves all requests
-        top_kind = "fungi" if "fungi" in kinds else "embeddings"
-        bank_dir = build_bank(bank_settings, out / "banks" / f"{top_kind}-{size}", resume=True,
-                              kind=top_kind, progress=progress)
-        for kind in kinds:
-            path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
-            results = evaluate(path, bank_settings, progress=progress)
-            rows.append(_row(kind, requested, results, MemoryBank(path)))
-            print(f"{kind:>10}  bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
+        for cell in run_cell(bank_settings, out / "banks" / f"{top_kind}-{size}", kinds, progress):
+            rows.append(_row(cell.features, requested, cell.results, cell.bank))
+            print(f"{cell.features:>10}  bank {cell.results['bank_size']:>9}  mIoU {100 * cell.results['miou']:5.1f}",
+                  flush=True)
     write_table(rows, out)
     return rows
 
@@ -67,7 +64,7 @@ def _row(kind: str, requested: list[int], results: dict, bank: MemoryBank) -> di
         "features": kind,
         "bank_size": int(results["bank_size"]),
         "requested_sizes": " ".join(map(str, requested)),
-        "train_images": bank.manifest["identity"]["dataset"]["num_images"],
+        "train_images": bank.identity.dataset.num_images,
         "miou": results["miou"],
         "pixel_accuracy": results["pixel_accuracy"],
         "images": results["images"],

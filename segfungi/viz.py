@@ -178,39 +178,26 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
 
 
 # ------------------------------------------------------------------ what was run
-def weights_label(weights_id: str) -> str:
-    """A backbone's weights id (see segfungi.backbones) in words."""
-    kind, _, rest = str(weights_id).partition(":")
-    if kind == "random-init":
-        seed = rest.split(":")[0].removeprefix("seed=")
-        return f"random init (seed {seed}), no pretrained weights"
-    if kind == "timm-hub":
-        return f"pretrained weights {rest}"
-    if kind == "file":
-        return f"weights {rest.split(':')[0]}"
-    return str(weights_id)
-
-
 # Said under every plot of a random-init run, whose FUNGI numbers are no measurement of FUNGI.
 RANDOM_INIT_NOTE = "random-init backbone: a pipeline check; FUNGI's gain needs pretrained weights"
 
 
 def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = None) -> str:
-    """What a plot of these banks' results shows, in short lines read from the banks'
-    manifests: the backbone and its weights; the dataset, the training images (and
-    whether they are segfungi's generated demo data) and the images evaluated; for a
-    random-init backbone, that FUNGI's gain needs pretrained weights.
+    """What a plot of these banks' results shows, in short lines read from the banks:
+    the backbone and its weights; the dataset, the training images (and whether they are
+    segfungi's generated demo data) and the images evaluated; for a random-init backbone,
+    that FUNGI's gain needs pretrained weights.
 
-    `banks` are bank folders or manifests; `eval_images` the evaluated image count(s)."""
-    manifests = [bank if isinstance(bank, Mapping) else _manifest(bank) for bank in banks]
-    if not manifests:
+    `banks`: bank folders or `MemoryBank`s (anything with `.identity` and `.settings`);
+    `eval_images` the evaluated image count(s)."""
+    banks = [bank if hasattr(bank, "identity") else _open(bank) for bank in banks]
+    if not banks:
         return ""
-    identities = [m["identity"] for m in manifests]
-    backbones = _joined(f"{i['extractor']['backbone']['name']}, {weights_label(i['extractor']['backbone']['weights_id'])}"
-                        for i in identities)
-    data = [m.get("settings", {}).get("data", {}) for m in manifests]
-    datasets = _joined(f"{i['dataset']['name']} {i['dataset']['split']}" for i in identities)
-    train = _joined(str(n) for n in sorted({int(i["dataset"]["num_images"]) for i in identities}))
+    identities = [bank.identity for bank in banks]
+    backbones = _joined(f"{i.backbone.name}, {i.backbone.weights.describe()}" for i in identities)
+    data = [bank.settings.get("data", {}) for bank in banks]
+    datasets = _joined(f"{i.dataset.name} {i.dataset.split}" for i in identities)
+    train = _joined(str(n) for n in sorted({int(i.dataset.num_images) for i in identities}))
     line = f"{datasets}: {train} training images"
     if any(_is_demo_data(d.get("root")) for d in data):
         line += " (generated demo data)"
@@ -219,15 +206,15 @@ def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = No
         val_split = _joined(str(d.get("val_split", "val")) for d in data)
         line += f", evaluated on {_joined(str(n) for n in sorted(set(map(int, counts))))} {val_split} images"
     lines = [backbones, line]
-    if any(str(i["extractor"]["backbone"]["weights_id"]).startswith("random-init:") for i in identities):
+    if any(i.backbone.weights.is_random for i in identities):
         lines.append(RANDOM_INIT_NOTE)
     return "\n".join(lines)
 
 
-def _manifest(bank) -> dict:
+def _open(bank):
     from segfungi.bank import MemoryBank
 
-    return MemoryBank(bank, verify="off").manifest
+    return MemoryBank(bank, verify="off")
 
 
 def _joined(values) -> str:

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_settings
 from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
+from segfungi.components import device, index_settings, support_spec
 from segfungi.errors import BankError
 from segfungi.evaluate import evaluate
 from segfungi.segmenter import Segmenter
@@ -101,7 +102,7 @@ def test_interrupted_build_resumes_to_the_same_bank(tmp_path, demo_voc_root, fun
 
 def test_support_never_returns_the_images_own_patches(fungi_bank, demo_voc_root):
     settings = tiny_settings(demo_voc_root)
-    support = SupportIndex(fungi_bank / SUPPORT_DIR, settings)
+    support = SupportIndex(fungi_bank / SUPPORT_DIR, support_spec(settings), index_settings(settings))
     source = support.source_image.numpy()
     image = 3
     own = np.flatnonzero(source == image)
@@ -135,7 +136,7 @@ def test_an_exact_bank_index_lives_on_the_backbone_device(fungi_bank, demo_voc_r
     # The meta device stands in for a GPU: the index must be put where backbone.device says.
     settings = tiny_settings(demo_voc_root)
     support = MemoryBank(fungi_bank / SUPPORT_DIR)
-    assert support.index(settings).device == torch.device("cpu")
+    assert support.index(index_settings(settings), device(settings)).device == torch.device("cpu")
     settings["backbone"]["device"] = "meta"
-    on_meta = support.index(settings)
+    on_meta = support.index(index_settings(settings), device(settings))
     assert on_meta.device == torch.device("meta") and on_meta.bank.device.type == "meta"

@@ -24,8 +24,8 @@ from segfungi import logging_setup
 from segfungi.cli import build_parser, main
 from segfungi.commands._options import warn_ignored_build_keys
 from segfungi.errors import BankError, CheckpointError
-from segfungi.bank import MemoryBank
-from segfungi.storage import ensure_writable_dir, settings_differences
+from segfungi.bank import MemoryBank, differences
+from segfungi.storage import ensure_writable_dir
 
 import bad_inputs
 
@@ -310,31 +310,64 @@ def test_different_bank_names_the_settings_that_differ(root, bank, capsys):
     assert "sampling.seed: 0 there, 3 now; sampling.size: 48 there, 32 now); choose another --out" in err
 
 
+def interrupt_after_first_shard(monkeypatch):
+    """Ctrl-C once the build has written one shard (so there is work to resume)."""
+    from segfungi.bank import _writers as shards
+
+    real, calls = shards.ShardWriter.write, []
+
+    def write_then_interrupt(self, shard):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(shard)
+        real(self, shard)
+
+    monkeypatch.setattr(shards.ShardWriter, "write", write_then_interrupt)
+
+
 def test_resume_with_other_settings_names_them(root, tmp_path, monkeypatch, capsys):
+    interrupt_after_first_shard(monkeypatch)
+    out = tmp_path / "bank"
+    assert main(build_args(root, out, "--set", "bank.shard_images=2")) == 130
+    assert main(build_args(root, out, "--set", "bank.shard_images=2", "--resume", "--aug-epochs", "2")) == 2
+    err = capsys.readouterr().err
+    assert "the incomplete build there used other settings (hash " in err
+    assert "sampling.aug_epochs: 1 there, 2 now); cannot resume it with these: to build with these settings, " \
+           f"remove {out} or choose another --out" in err
+
+
+def test_a_build_that_wrote_no_shard_is_taken_over(root, tmp_path, monkeypatch, capsys):
+    """A build stopped before its first shard (e.g. at a corrupt image) kept nothing: a
+    rerun with other settings (e.g. --on-bad-sample skip, which drops the image) starts
+    afresh instead of asking for --resume and then refusing it."""
     from segfungi.bank import _writers as shards
 
     def interrupt(self, shard):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards.ShardWriter, "write", interrupt)
     out = tmp_path / "bank"
-    assert main(build_args(root, out)) == 130
-    assert main(build_args(root, out, "--resume", "--aug-epochs", "2")) == 2
+    with monkeypatch.context() as patch:
+        patch.setattr(shards.ShardWriter, "write", interrupt)
+        assert main(build_args(root, out)) == 130
+    assert (out / "build.json").exists()
+    assert main(["bank", "info", str(out)]) == 0
+    assert "stopped before writing any shard" in capsys.readouterr().out
+    assert main(build_args(root, out, "--aug-epochs", "2")) == 0
     err = capsys.readouterr().err
-    assert "the incomplete build there used other settings (hash " in err
-    assert "sampling.aug_epochs: 1 there, 2 now); cannot resume it with these" in err
+    assert "stopped before writing any shard; starting it afresh" in err
+    assert MemoryBank(out).identity.sampling.aug_epochs == 2
 
 
 def test_settings_differences_by_hand():
     old = {"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": None}
     new = {"a": 1.0, "b": {"c": [1, 3], "f": True}, "e": None}
-    assert settings_differences(old, new) == [
+    assert [d.there_now() for d in differences(old, new)] == [
         "a: 1 there, 1.0 now",  # the bank hash (JSON) tells them apart too
         "b.c: [1, 2] there, [1, 3] now",
         "b.d: 'x' there, '(absent)' now",
         "b.f: '(absent)' there, True now",
     ]
-    assert settings_differences(old, old) == []
+    assert differences(old, old) == []
 
 
 # ------------------------------------------------ 12: flags, help, ignored keys

@@ -55,7 +55,7 @@ def test_split_and_whole_model_give_the_same_fungi_features():
     negatives = l2_normalize(negatives)
     out = {}
     for split in (True, False):
-        extractor = segfungi.FeatureExtractor(wrap(model, split), kind="fungi", proj_dim=24)
+        extractor = segfungi.FeatureExtractor(wrap(model, split), features="fungi", proj_dim=24)
         out[split] = extractor.fungi(x, negatives, generator=torch.Generator().manual_seed(3))
         assert extractor.feature_dim == 24 + 32
     for a, b in zip(out[True].features, out[False].features):
@@ -92,7 +92,7 @@ def test_token_gradients_sum_to_the_autograd_weight_gradient(split):
     backbone = segfungi.CustomBackbone(model, identity="no-prefix", patch_size=8, image_size=32, grad_layer="mix",
                                        **({"until_last_block": model.embed, "last_block": model.head} if split else {}))
     assert not backbone.has_class_token and backbone.splits is split
-    extractor = segfungi.FeatureExtractor(backbone, kind="fungi")
+    extractor = segfungi.FeatureExtractor(backbone, features="fungi")
     x = backbone.prepare(images())
     negatives = l2_normalize(torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(2)))
     grads, _, losses = extractor.patch_gradients(extractor.last_block_input(x), negatives)
@@ -159,7 +159,7 @@ def test_one_half_of_a_split_or_fungi_without_grad_layer_is_refused():
     plain = segfungi.CustomBackbone(model, identity="m", patch_size=8, image_size=32, num_prefix_tokens=1)
     assert segfungi.FeatureExtractor(plain).feature_dim == 32  # embeddings need no gradient layer
     with pytest.raises(ConfigError, match="FUNGI features need the backbone's grad_layer"):
-        segfungi.FeatureExtractor(plain, kind="fungi")
+        segfungi.FeatureExtractor(plain, features="fungi")
 
 
 def test_pairs_are_checked_and_converted():

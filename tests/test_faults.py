@@ -32,6 +32,7 @@ import pytest
 
 from conftest import tiny_settings
 from segfungi.bank import _build as bank_module
+from segfungi.components import bank_spec, index_settings
 from segfungi import storage
 from segfungi.bank import MANIFEST, MemoryBank, build_bank, estimate_bank_bytes, make_plan
 from segfungi.cli import main
@@ -135,13 +136,14 @@ def resume(root, out, capsys) -> None:
 
 def assert_same_bank(path: Path, reference: Path) -> None:
     got, want = MemoryBank(path), MemoryBank(reference)
-    assert got.manifest["hash"] == want.manifest["hash"]
+    assert got.hash == want.hash
     assert [s["checksums"] for s in got.shards] == [s["checksums"] for s in want.shards]
     for name in ARRAYS:
         np.testing.assert_array_equal(got.load(name), want.load(name), err_msg=name)
     queries = want.load_features()[::7]
     settings = tiny_settings("unused", **SETTINGS)
-    for a, b in zip(got.index(settings).search(queries, 5), want.index(settings).search(queries, 5)):
+    index = index_settings(settings)
+    for a, b in zip(got.index(index).search(queries, 5), want.index(index).search(queries, 5)):
         np.testing.assert_array_equal(a, b)
     leftovers = [p for d in (path, path / "shards") for p in d.iterdir() if TEMPORARY.match(p.name)]
     assert leftovers == [] and not (path / "build.json").exists() and not (path / "build.lock").exists()
@@ -216,8 +218,8 @@ def test_sigkill_while_the_index_is_saved(root, reference, tmp_path, capsys):
 # ------------------------------------------------------------- disk and folder
 def test_estimate_covers_the_real_bank(root, reference):
     settings = tiny_settings(root, **SETTINGS)
-    plan = make_plan(settings, 8, 256)
-    estimate = estimate_bank_bytes(settings, plan, 192, "embeddings")
+    plan = make_plan(bank_spec(settings), 8, 256)
+    estimate = estimate_bank_bytes(plan, 192, "embeddings", settings["bank"]["label_topk"], index_settings(settings))
     shards = storage.folder_size(reference / "shards")
     index = storage.folder_size(reference / "index")
     assert shards <= estimate["shards"] <= 1.2 * shards + 64 * 1024

@@ -35,7 +35,7 @@ def _raw_negatives(extractor, x, neighbours=2, seed=0):
 
 def test_fungi_shapes_vit_tiny_at_512():
     bb = load_backbone("vit_tiny_patch16_224")  # the real ViT-Ti/16 at 512²
-    fe = FeatureExtractor(bb, kind="fungi", negatives="raw")
+    fe = FeatureExtractor(bb, features="fungi", negatives="raw")
     x = bb.prepare(_images(bb, 1))
     out = fe.fungi(x, _raw_negatives(fe, x))
     assert fe.feature_dim == 384
@@ -49,7 +49,7 @@ def test_fungi_shapes_vit_tiny_at_512():
 
 
 def test_fungi_patch14_registers_subset_batching_and_determinism(reg14):
-    fe = FeatureExtractor(reg14, kind="fungi", proj_seed=3, negatives="raw")
+    fe = FeatureExtractor(reg14, features="fungi", proj_seed=3, negatives="raw")
     x = reg14.prepare(_images(reg14, 2))
     negatives = _raw_negatives(fe, x)
     seen = {}
@@ -103,7 +103,7 @@ class PerTokenLinear(nn.Module):
 def test_fungi_features_equal_brute_force_per_token_gradients():
     # registers on, tiny grid: 1 CLS + 4 registers + 16 patches = 21 tokens
     bb = load_backbone("vit_small_patch14_reg4_dinov2", model_kwargs=TINY, img_size=56)
-    fe = FeatureExtractor(bb, kind="fungi", proj_seed=1, head_seed=2, negatives="raw")
+    fe = FeatureExtractor(bb, features="fungi", proj_seed=1, head_seed=2, negatives="raw")
     x = bb.prepare(_images(bb, 1, seed=3))
     negatives = _raw_negatives(fe, x)[:, :, 0]  # one per token: nothing left to chance
     out = fe.fungi(x, negatives)
@@ -128,17 +128,17 @@ def test_fungi_features_equal_brute_force_per_token_gradients():
 
 
 def test_cached_last_block_input_gives_the_same_features(reg14):
-    fe = FeatureExtractor(reg14, kind="fungi", proj_dim=8, negatives="raw")
+    fe = FeatureExtractor(reg14, features="fungi", proj_dim=8, negatives="raw")
     x = reg14.prepare(_images(reg14, 1))
     negatives = _raw_negatives(fe, x)
     hidden = fe.last_block_input(x)
     assert hidden.shape == (1, 1029, 32) and not hidden.requires_grad
-    torch.testing.assert_close(fe.embeddings_from_hidden(hidden), fe.embeddings(x), rtol=0, atol=0)
+    torch.testing.assert_close(fe.embeddings_from_last_block_input(hidden), fe.embeddings(x), rtol=0, atol=0)
     index = [torch.tensor([4, 8, 15, 16, 23, 42])]
     direct = fe.fungi(x, negatives, patch_index=index)
-    cached = fe.fungi_from_hidden(hidden, negatives, patch_index=index)
+    cached = fe.fungi_from_last_block_input(hidden, negatives, patch_index=index)
     torch.testing.assert_close(cached.features[0], direct.features[0], rtol=0, atol=0)
-    from_half = fe.fungi_from_hidden(hidden.half(), negatives, patch_index=index)  # as stored on disk
+    from_half = fe.fungi_from_last_block_input(hidden.half(), negatives, patch_index=index)  # as stored on disk
     assert from_half.features[0].dtype == torch.float32
     cosine = (from_half.features[0] * direct.features[0]).sum(-1) / 2  # both halves unit-norm
     assert cosine.min() > 0.99
@@ -154,16 +154,16 @@ def test_embeddings_and_input_forms(reg14):
     assert fe.feature_dim == 32
     ident = fe.identity()
     assert ident["kind"] == "embeddings" and ident["backbone"] == reg14.identity() and "projection" not in ident
-    fungi = FeatureExtractor(reg14, kind="fungi", proj_dim=16, proj_seed=4, head_seed=5, projection="structured")
+    fungi = FeatureExtractor(reg14, features="fungi", proj_dim=16, proj_seed=4, head_seed=5, projection="structured")
     ident = fungi.identity()
     assert ident["projection"]["kind"] == "structured" and ident["projection"]["seed"] == 4
     assert ident["head_seed"] == 5 and ident["feature_dim"] == 48 and ident["tau"] == 0.07
-    with pytest.raises(ValueError, match="kind"):
-        FeatureExtractor(reg14, kind="gradients")
+    with pytest.raises(ValueError, match="features must be one of"):
+        FeatureExtractor(reg14, features="gradients")
 
 
 def test_fungi_input_checks(reg14):
-    fe = FeatureExtractor(reg14, kind="fungi", proj_dim=8, projection="structured", negatives="raw")
+    fe = FeatureExtractor(reg14, features="fungi", proj_dim=8, projection="structured", negatives="raw")
     x = reg14.prepare(_images(reg14, 1))
     negatives = _raw_negatives(fe, x)
     out = fe.fungi(x, negatives, patch_index=[torch.tensor([1, 2])])

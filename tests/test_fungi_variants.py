@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_settings
 from segfungi.backbones import load_backbone
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
+from segfungi.components import index_settings, support_spec
 from segfungi.errors import BankError, ConfigError
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import l2_normalize
@@ -79,16 +80,16 @@ def test_research_code_negatives_keep_rows_per_image():
 def test_variant_settings_are_checked():
     bb = load_backbone("vit_small_patch14_reg4_dinov2", model_kwargs=TINY, img_size=56)
     with pytest.raises(ConfigError, match="research-code"):
-        FeatureExtractor(bb, kind="fungi", variant="research-code", negatives="raw")
+        FeatureExtractor(bb, features="fungi", variant="research-code", negatives="raw")
     with pytest.raises(ConfigError, match="research_code_kept"):
-        FeatureExtractor(bb, kind="fungi", variant="research-code", research_code_kept=6)
+        FeatureExtractor(bb, features="fungi", variant="research-code", research_code_kept=6)
     with pytest.raises(ConfigError, match="fungi.negatives"):
-        FeatureExtractor(bb, kind="fungi", negatives="unit")
-    ident = {v: FeatureExtractor(bb, kind="fungi", variant=v).identity() for v in ("paper", "research-code")}
+        FeatureExtractor(bb, features="fungi", negatives="unit")
+    ident = {v: FeatureExtractor(bb, features="fungi", variant=v).identity() for v in ("paper", "research-code")}
     assert ident["paper"]["variant"] == "paper" and ident["paper"]["negatives"] == "normalised"
     assert ident["research-code"]["research_code_kept"] == 5 and ident["research-code"]["loss"] != ident["paper"]["loss"]
     # paper + raw (the only pass before these settings) names neither, so old banks keep their hash
-    assert "variant" not in FeatureExtractor(bb, kind="fungi", negatives="raw").identity()
+    assert "variant" not in FeatureExtractor(bb, features="fungi", negatives="raw").identity()
 
 
 # ------------------------------------------------------- raw vs normalised, slow reference
@@ -139,7 +140,7 @@ def test_raw_and_normalised_negatives_differ_and_each_matches_a_slow_reference(s
     x = small14.prepare(np.random.default_rng(3).integers(0, 256, (1, 56, 56, 3), dtype=np.uint8))
     feats = {}
     for space in ("raw", "normalised"):
-        fe = FeatureExtractor(small14, kind="fungi", proj_seed=1, head_seed=2, negatives=space)
+        fe = FeatureExtractor(small14, features="fungi", proj_seed=1, head_seed=2, negatives=space)
         raw = _neighbours(fe, x, 1)[:, :, 0]  # one per token: nothing left to chance
         given = raw if space == "raw" else l2_normalize(raw)
         feats[space] = fe.fungi(x, given).features[0]
@@ -154,7 +155,7 @@ def test_raw_and_normalised_negatives_differ_and_each_matches_a_slow_reference(s
 
 def test_research_code_features_match_a_slow_reference(small14):
     x = small14.prepare(np.random.default_rng(4).integers(0, 256, (1, 56, 56, 3), dtype=np.uint8))
-    fe = FeatureExtractor(small14, kind="fungi", proj_seed=1, head_seed=2, variant="research-code",
+    fe = FeatureExtractor(small14, features="fungi", proj_seed=1, head_seed=2, variant="research-code",
                           research_code_neighbours=5, research_code_kept=3)
     neighbours = l2_normalize(_neighbours(fe, x, 5, seed=1))  # 1×17×5×D, unit rows
     out = fe.fungi(x, neighbours, generator=[torch.Generator().manual_seed(11)])
@@ -185,7 +186,7 @@ def _record(monkeypatch, cls, name, store):
 def test_eval_features_do_not_depend_on_batch_size_and_predict_agrees(fungi_bank, demo_voc_root, monkeypatch):
     from segfungi.components import open_dataset
     from segfungi.evaluate import evaluate
-from segfungi.segmenter import Segmenter
+    from segfungi.segmenter import Segmenter
     from segfungi.predict import predict_images
     from segfungi.transfer import scores_to_mask
 
@@ -233,7 +234,7 @@ def test_build_with_all_patches_kept_never_uses_own_patches(tmp_path, demo_voc_r
     original = SupportIndex.neighbour_ids
     monkeypatch.setattr(SupportIndex, "neighbour_ids", recording)
     out = build_bank(settings, tmp_path / "bank", progress=False)
-    support = SupportIndex(out / SUPPORT_DIR, settings)
+    support = SupportIndex(out / SUPPORT_DIR, support_spec(settings), index_settings(settings))
     assert MemoryBank(out).manifest["patches_per_image"] == 1024 and int(support.own_count.max()) == 2048
     assert seen and all(images is not None for _, images in seen)
     checked = 0
@@ -249,8 +250,8 @@ def test_build_with_all_patches_kept_never_uses_own_patches(tmp_path, demo_voc_r
 def test_exclusion_with_a_1024_own_patch_image_equals_brute_force(tmp_path, demo_voc_root, monkeypatch):
     settings = tiny_settings(demo_voc_root, data={"subset_fraction": 0.25},
                              bank={"size": 3 * 1024, "features": "embeddings"})
-    out = build_bank(settings, tmp_path / "support", progress=False, kind="embeddings")
-    support = SupportIndex(out, settings)
+    out = build_bank(settings, tmp_path / "support", progress=False, features="embeddings")
+    support = SupportIndex(out, support_spec(settings), index_settings(settings))
     image = 1
     own = torch.nonzero(support.source_image == image).squeeze(1)
     assert len(own) == 1024
@@ -281,10 +282,10 @@ def test_exclusion_with_a_1024_own_patch_image_equals_brute_force(tmp_path, demo
 
 def test_support_with_fewer_foreign_patches_than_k_is_refused(tmp_path, demo_voc_root):
     settings = tiny_settings(demo_voc_root, data={"subset_fraction": 0.05}, bank={"size": 64})
-    out = build_bank(settings, tmp_path / "one", progress=False, kind="embeddings")
+    out = build_bank(settings, tmp_path / "one", progress=False, features="embeddings")
     assert MemoryBank(out).manifest["identity"]["dataset"]["num_images"] == 1
     with pytest.raises(BankError, match="fewer than the 2 neighbours"):
-        SupportIndex(out, settings)
+        SupportIndex(out, support_spec(settings), index_settings(settings))
 
 
 # --------------------------------------------------------- defect 3: DINOv2 from the CLI

@@ -43,8 +43,8 @@ def test_a_registered_projection_kind_reaches_the_extractor_from_settings(tiny):
         settings = load_config(overrides=["fungi.negatives=raw"])
         toy = copy.deepcopy(settings)
         toy["fungi"].update(projection="toy-dense", toy_chunk_rows=3)
-        dense_fe = make_extractor(settings, kind="fungi", backbone=tiny)
-        toy_fe = make_extractor(toy, kind="fungi", backbone=tiny)
+        dense_fe = make_extractor(settings, features="fungi", backbone=tiny)
+        toy_fe = make_extractor(toy, features="fungi", backbone=tiny)
         assert isinstance(toy_fe.projection, AchlioptasProjection) and toy_fe.projection.chunk_rows == 3
         torch.testing.assert_close(_fungi(toy_fe), _fungi(dense_fe), rtol=0, atol=0)
     finally:
@@ -53,25 +53,25 @@ def test_a_registered_projection_kind_reaches_the_extractor_from_settings(tiny):
 
 def test_projection_dtype_setting_reaches_the_projection_and_auto_is_recorded_resolved(tiny, monkeypatch):
     settings = load_config(overrides=["fungi.projection_dtype=bfloat16"])
-    fe = make_extractor(settings, kind="fungi", backbone=tiny)
+    fe = make_extractor(settings, features="fungi", backbone=tiny)
     assert fe.projection.compute_dtype == "bfloat16"
     assert fe.identity()["projection"]["compute_dtype"] == "bfloat16"
     monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: True)
-    auto = FeatureExtractor(tiny, kind="fungi", projection_dtype="auto")
+    auto = FeatureExtractor(tiny, features="fungi", projection_dtype="auto")
     assert auto.projection_dtype == "bfloat16" and auto.identity()["projection"]["compute_dtype"] == "bfloat16"
     monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: False)
-    auto = FeatureExtractor(tiny, kind="fungi", projection_dtype="auto")
+    auto = FeatureExtractor(tiny, features="fungi", projection_dtype="auto")
     # float32 names no dtype: the identity (and so every float32 bank's hash) is the default's.
     assert auto.projection_dtype == "float32"
-    assert auto.identity() == FeatureExtractor(tiny, kind="fungi").identity()
+    assert auto.identity() == FeatureExtractor(tiny, features="fungi").identity()
     assert "auto" not in repr(auto.identity())
 
 
 def test_the_default_float32_keeps_the_features(tiny):
-    default = FeatureExtractor(tiny, kind="fungi", negatives="raw")
+    default = FeatureExtractor(tiny, features="fungi", negatives="raw")
     settings = load_config(overrides=["fungi.negatives=raw"])
     assert settings["fungi"]["projection_dtype"] == "float32"
-    torch.testing.assert_close(_fungi(make_extractor(settings, kind="fungi", backbone=tiny)), _fungi(default),
+    torch.testing.assert_close(_fungi(make_extractor(settings, features="fungi", backbone=tiny)), _fungi(default),
                                rtol=0, atol=0)
 
 
@@ -109,12 +109,12 @@ def test_a_bfloat16_bank_refuses_a_float32_query_naming_the_setting(bfloat16_ban
 
 
 def test_projection_kernel_setting_chooses_the_kernel_not_the_features_or_the_identity(tiny):
-    auto = make_extractor(load_config(overrides=["fungi.negatives=raw"]), kind="fungi", backbone=tiny)
+    auto = make_extractor(load_config(overrides=["fungi.negatives=raw"]), features="fungi", backbone=tiny)
     gemm = make_extractor(load_config(overrides=["fungi.negatives=raw", "fungi.projection_kernel=gemm"]),
-                          kind="fungi", backbone=tiny)
+                          features="fungi", backbone=tiny)
     assert auto.projection.resolved_kernel(torch.float32, "cpu") == "lookup"
     assert gemm.projection.kernel == "gemm" and gemm.projection.resolved_kernel(torch.float32, "cpu") == "gemm"
     assert gemm.identity() == auto.identity()  # a bank built one way answers queries made the other way
     torch.testing.assert_close(_fungi(gemm), _fungi(auto), rtol=1e-5, atol=1e-6)
     # FeatureExtractor without settings takes the schema's default kernel
-    assert FeatureExtractor(tiny, kind="fungi").projection.kernel == "auto"
+    assert FeatureExtractor(tiny, features="fungi").projection.kernel == "auto"

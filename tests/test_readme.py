@@ -116,10 +116,10 @@ def test_docs_name_only_files_a_clone_has():
 
 
 def test_memory_banks_readme_names_the_files_a_bank_has():
-    from segfungi.bank import BUILD_RECORD, HIDDEN_CACHE_DIR, MANIFEST, SUPPORT_DIR
+    from segfungi.bank import BUILD_RECORD, LAST_BLOCK_INPUT_DIR, MANIFEST, SUPPORT_DIR
 
     text = (README.parent / "memory_banks" / "README.md").read_text()
-    for name in (BUILD_RECORD, MANIFEST, SUPPORT_DIR, HIDDEN_CACHE_DIR, "build.lock"):
+    for name in (BUILD_RECORD, MANIFEST, SUPPORT_DIR, LAST_BLOCK_INPUT_DIR, "build.lock"):
         assert name in text, name
     # Files no code writes any more (the sampler counts classes per view since issue 13).
     assert "partial" not in text and "class_frequency" not in text

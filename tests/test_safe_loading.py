@@ -22,6 +22,7 @@ import bad_inputs
 from conftest import tiny_settings
 from segfungi.backbones import load_backbone
 from segfungi.bank import MANIFEST, MemoryBank, build_bank
+from segfungi.components import index_settings
 from segfungi.cli import main
 from segfungi.config import load_config
 from segfungi.errors import BankError, CheckpointError, ConfigError
@@ -202,7 +203,7 @@ def test_manifest_fields_are_checked_on_open(bank, change, expected):
 def test_scann_index_loads_without_unpickling_docids(bank, marker, root):
     """ScaNN's own loader would unpickle scann_docids.pkl; segfungi never reads it."""
     (bank / "index" / "scann_docids.pkl").write_bytes(pickle.dumps(bad_inputs.evil_pickle_payload(marker)))
-    index = MemoryBank(bank).index(settings(root))
+    index = MemoryBank(bank).index(index_settings(settings(root)))
     sims, ids = index.search(MemoryBank(bank).load_features()[:4], 3)
     assert (ids[:, 0] == np.arange(4)).all()
 
@@ -226,7 +227,7 @@ def test_scann_asset_path_outside_the_index_folder_is_refused(bank, root):
     rewrite_manifest(bank, lambda m: m["index"]["checksums"].update({"scann_assets.pbtxt": file_checksum(assets)})
                      or m["index"]["sizes"].update({"scann_assets.pbtxt": assets.stat().st_size}))
     with pytest.raises(BankError, match=r"asset path '/etc/passwd' is not a file in the index folder"):
-        MemoryBank(bank).index(settings(root))
+        MemoryBank(bank).index(index_settings(settings(root)))
 
 
 def test_config_with_python_tags_never_runs_them(tmp_path, marker):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import tiny_settings
+from segfungi.components import bank_spec
 from segfungi.config import load_config
 from segfungi.data.augment import patch_histograms
 from segfungi.data.labels import ADE20K_CLASSES, VOC_CLASSES
@@ -208,7 +209,7 @@ def test_void_setting_reaches_the_bank_labels(tmp_path, void_label):
     settings = tiny_settings(tmp_path, bank={"void_label": void_label}, data={"image_size": 32})
     plan = SimpleNamespace(keep_per_item=4)
     extractor = SimpleNamespace(backbone=SimpleNamespace(patch_size=16, img_size=32))
-    writer = ItemLoader(StripedImage(), extractor, plan, settings)
+    writer = ItemLoader(StripedImage(), extractor, plan, bank_spec(settings))
     try:
         _, keep, ids, weights, _ = writer.preparer(0, 0)
     finally:

@@ -16,8 +16,9 @@ import torch
 
 from conftest import tiny_settings
 from segfungi.bank._writers import FungiWriter
-from segfungi.bank import HIDDEN_CACHE_DIR, SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
-from segfungi.index import ConcatRows, ExactIndex, ScannIndex
+from segfungi.bank import LAST_BLOCK_INPUT_DIR, SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
+from segfungi.components import support_spec
+from segfungi.index import ConcatRows, ExactIndex, IndexSettings, ScannIndex
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance"]
 
@@ -30,13 +31,13 @@ def assert_same_shards(a, b, names=ARRAYS):
 
 
 def test_cache_is_removed_when_the_bank_is_finished(fungi_bank):
-    assert not (fungi_bank / HIDDEN_CACHE_DIR).exists()
+    assert not (fungi_bank / LAST_BLOCK_INPUT_DIR).exists()
     assert MemoryBank(fungi_bank).manifest["identity"]["support"]["last_block_input"] == "float16"
 
 
 def test_workers_give_the_serial_arrays(tmp_path, demo_voc_root, fungi_bank):
     settings = tiny_settings(demo_voc_root, bank={"size": 4096, "features": "fungi"}, data={"num_workers": 2})
-    out = build_bank(settings, tmp_path / "support", kind="embeddings", progress=False)
+    out = build_bank(settings, tmp_path / "support", features="embeddings", progress=False)
     assert MemoryBank(out).manifest["hash"] == MemoryBank(fungi_bank / SUPPORT_DIR).manifest["hash"]
     assert_same_shards(out, fungi_bank / SUPPORT_DIR, ARRAYS + ["embedding_norm"])
 
@@ -71,11 +72,12 @@ def test_fungi_pass_used_the_cache(tmp_path, demo_voc_root, monkeypatch):
     monkeypatch.setattr(FungiWriter, "_read_cache", spy)
     out = build_bank(settings, tmp_path / "fungi", progress=False)
     assert found == [True, True]
-    assert not (out / HIDDEN_CACHE_DIR).exists()
+    assert not (out / LAST_BLOCK_INPUT_DIR).exists()
 
 
 def test_support_tokens_are_read_from_the_shards(fungi_bank, demo_voc_root):
-    support = SupportIndex(fungi_bank / SUPPORT_DIR, tiny_settings(demo_voc_root, fungi={"negatives": "raw"}))
+    support = SupportIndex(fungi_bank / SUPPORT_DIR, support_spec(tiny_settings(demo_voc_root, fungi={"negatives": "raw"})),
+                           IndexSettings())
     bank = support.bank
     expected = (bank.load_features() * bank.load("embedding_norm", dtype=np.float32)[:, None]).astype(np.float16)
     ids = torch.tensor([[5, 0, len(expected) - 1], [17, 5, 4000]])
@@ -83,7 +85,7 @@ def test_support_tokens_are_read_from_the_shards(fungi_bank, demo_voc_root):
     np.testing.assert_array_equal(support.tokens[np.arange(len(expected))].numpy(), expected)
     assert support.tokens[torch.tensor([-1])].numpy().tolist() == expected[[-1]].tolist()
     # fungi.negatives=normalised (the default): the stored normalised rows themselves.
-    normalised = SupportIndex(fungi_bank / SUPPORT_DIR, tiny_settings(demo_voc_root))
+    normalised = SupportIndex(fungi_bank / SUPPORT_DIR, support_spec(tiny_settings(demo_voc_root)), IndexSettings())
     stored = bank.load("features")
     np.testing.assert_array_equal(normalised.tokens[ids].numpy(), stored[ids.numpy()])
 
@@ -146,7 +148,7 @@ def _tiny_fungi(**options):
 
     bb = load_backbone("vit_tiny_patch16_224", img_size=128, model_kwargs=TINY, dtype=options.pop("dtype", "float32"))
     options.setdefault("negatives", "raw")  # _negatives hands over raw tokens
-    return FeatureExtractor(bb, kind="fungi", **options)
+    return FeatureExtractor(bb, features="fungi", **options)
 
 
 def _negatives(fe, x):

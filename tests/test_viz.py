@@ -190,9 +190,17 @@ def test_overlay_caption_goes_below_and_keeps_the_pixels():
 
 
 def demo_manifest(root, weights_id="random-init:seed=0:timm=1.0", images=8):
-    return {"identity": {"extractor": {"backbone": {"name": "vit_tiny_patch16_224", "weights_id": weights_id}},
-                         "dataset": {"name": "voc", "split": "train", "num_images": images}},
-            "settings": {"data": {"root": str(root), "val_split": "val"}}}
+    """What describe_banks reads of a bank: its identity and its settings."""
+    from types import SimpleNamespace
+
+    from segfungi.bank import BackboneIdentity, BankIdentity, DatasetIdentity, ExtractorIdentity, SamplingIdentity
+    from segfungi.weights import WeightsSource
+
+    backbone = BackboneIdentity("vit_tiny_patch16_224", WeightsSource.parse(weights_id), 512, 16, 192, 1)
+    identity = BankIdentity(ExtractorIdentity("embeddings", 192, backbone),
+                            DatasetIdentity("voc", "train", images, "0" * 16, ("background", "cat")),
+                            SamplingIdentity(1024, 1, 0, 512, 8, 16))
+    return SimpleNamespace(identity=identity, settings={"data": {"root": str(root), "val_split": "val"}})
 
 
 def test_describe_banks_names_backbone_weights_data_and_images(tmp_path):
@@ -208,4 +216,6 @@ def test_describe_banks_names_backbone_weights_data_and_images(tmp_path):
                                demo_manifest(tmp_path / "voc", "timm-hub:timm/vit_small_patch16_224.dino", 2)])
     assert real == ("vit_tiny_patch16_224, pretrained weights timm/vit_small_patch16_224.dino\n"
                     "voc train: 2 / 4 training images")
-    assert viz.weights_label("file:dino.pth:sha256:0123") == "weights dino.pth"
+    from segfungi.weights import WeightsSource
+
+    assert WeightsSource.parse("file:dino.pth:sha256:0123").describe() == "weights dino.pth"

@@ -1,11 +1,12 @@
 """Building a memory bank from a training split (Hummingbird protocol).
 
 A bank folder (layout: _layout) holds `shards/NNNNN/`, `index/` and `manifest.json`,
-written last. While a build runs, `build.json` records its settings; a folder with
-`build.json` but no `manifest.json` is incomplete and resumable.
+written last. While a build runs, `build.json` records its identity (_records); a folder
+with `build.json` but no `manifest.json` is incomplete and resumable.
 
-`build_bank` is a straight sequence of named steps over one `_Build` context, computed
-once (images, model, plan, identities of the bank and of its support bank):
+`build_bank` turns the settings into a `BankSpec` once (segfungi.components) and then
+runs a straight sequence of named steps over one `_Build` context, computed once
+(images, model, plan, identities of the bank and of its support bank):
 `_check_output_folder` → `_prepare` → `_exists` → `_check_disk_space` → (locked)
 `_start_or_resume` → `_write_support` (FUNGI banks) → `_write_bank` (shards, then
 `_finish`: index and manifest).
@@ -35,31 +36,41 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segfungi import __version__, distributed
-from segfungi.components import make_extractor, open_train_dataset, support_neighbours
+from segfungi.bank._cache import LastBlockCache
+from segfungi.bank._identity import (
+    BankIdentity,
+    DatasetIdentity,
+    ExtractorIdentity,
+    SamplingIdentity,
+    SupportIdentity,
+    describe_differences,
+)
 from segfungi.bank._layout import (
     BUILD_RECORD,
-    FORMAT_VERSION,
-    HIDDEN_CACHE_DIR,
     INDEX_DIR,
+    LAST_BLOCK_INPUT_DIR,
     MANIFEST,
     SHARDS_DIR,
     SUPPORT_DIR,
     done_shards,
+    kept_work,
     shard_name,
 )
-from segfungi.bank._cache import LastBlockCache
+from segfungi.bank._plan import BankPlan, estimate_bank_bytes
 from segfungi.bank._reader import MemoryBank
+from segfungi.bank._records import read_build_record, write_build_record
+from segfungi.bank._spec import BankSpec
 from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, ShardWriter
+from segfungi.components import bank_out, bank_spec, load_backbone_from, make_extractor, open_train_dataset
 from segfungi.errors import BankError
 from segfungi.sampling import void_class
+from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import (
     BuildLock,
     check_free_space,
-    describe_differences,
     ensure_writable_dir,
     file_checksum,
-    read_json,
     remove_temporaries,
     replace_folder_atomic,
     settings_hash,
@@ -71,80 +82,20 @@ from segfungi.storage import (
 
 
 # --------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class BankPlan:
-    """Which augmented images exist, how many patches each keeps, how they are sharded."""
-
-    num_images: int
-    aug_epochs: int
-    bank_size: int
-    shard_images: int
-    patches_per_image: int  # grid size, e.g. 1024
-
-    @property
-    def num_items(self) -> int:
-        return self.num_images * self.aug_epochs
-
-    @property
-    def keep_per_item(self) -> int:
-        # S // (N·E) patches per augmented image, at least one, at most all of them.
-        return max(1, min(self.patches_per_image, self.bank_size // self.num_items))
-
-    @property
-    def num_patches(self) -> int:
-        """Patches the bank will hold (bank.size, unless the images cannot give that many)."""
-        return self.keep_per_item * self.num_items
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_items // self.shard_images)
-
-    def shard_items(self, shard: int) -> list[tuple[int, int]]:
-        """(epoch, image index) pairs of one shard, epoch-major."""
-        start = shard * self.shard_images
-        stop = min(start + self.shard_images, self.num_items)
-        return [divmod(item, self.num_images) for item in range(start, stop)]
-
-
 def planned_bank(settings: dict) -> BankPlan:
     """The plan build_bank follows for these settings (opens the training split and the
     backbone; both are cheap next to a build), e.g. to learn the bank size it will hold."""
-    from segfungi.components import load_backbone_from
-
-    return make_plan(settings, len(open_train_dataset(settings)), load_backbone_from(settings).num_patches)
+    return make_plan(bank_spec(settings), len(open_train_dataset(settings)), load_backbone_from(settings).num_patches)
 
 
-def make_plan(settings: dict, num_images: int, grid_patches: int) -> BankPlan:
-    bank = settings["bank"]
-    return BankPlan(
-        num_images=num_images,
-        aug_epochs=bank["aug_epochs"],
-        bank_size=bank["size"],
-        shard_images=bank["shard_images"],
-        patches_per_image=grid_patches,
-    )
-
-
-def estimate_bank_bytes(settings: dict, plan: BankPlan, feature_dim: int, kind: str) -> dict:
-    """Disk bytes of a bank: shards (float16 features, int16/float16 top-k labels, int32
-    provenance, float32 norms for embeddings banks, headers) and its saved ScaNN index
-    (float32/bfloat16/int8 reorder copy, one byte per AH block, tree and codebook)."""
-    patches = plan.keep_per_item * plan.num_items
-    topk = settings["bank"]["label_topk"]
-    per_patch = feature_dim * 2 + topk * (2 + 2) + 3 * 4 + (4 if kind == "embeddings" else 0)
-    shards = patches * per_patch + plan.num_shards * 4096  # .npy headers + meta.json
-    index, idx = 0, settings["index"]
-    if idx["kind"] == "scann" or (idx["kind"] == "auto" and patches >= idx["exact_below"]):
-        reorder = {"float32": 4, "bfloat16": 2, "int8": 1}.get(idx["reorder_dtype"], 4) if idx["reorder"] > 0 else 0
-        blocks = -(-feature_dim // max(1, idx["dims_per_block"]))
-        index = (patches * (feature_dim * reorder + blocks + 4)
-                 + (idx["num_leaves"] + 16) * feature_dim * 4 + (1 << 20))
-    return {"patches": patches, "shards": shards, "index": index}
+def make_plan(spec: BankSpec, num_images: int, grid_patches: int) -> BankPlan:
+    return BankPlan(num_images=num_images, aug_epochs=spec.aug_epochs, bank_size=spec.size,
+                    shard_images=spec.shard_images, patches_per_image=grid_patches)
 
 
 def _check_disk_space(build: _Build) -> None:
     """Refuse to start a build whose remaining shards and index cannot fit (5% margin)."""
-    out, settings, plan, extractor = build.target.out, build.settings, build.plan, build.target.extractor
+    out, spec, plan = build.target.out, build.spec, build.plan
     if (out / MANIFEST).exists():
         return
     parts, needed = [], 0
@@ -152,14 +103,14 @@ def _check_disk_space(build: _Build) -> None:
         if (target.out / MANIFEST).exists():
             continue
         dim = target.extractor.feature_dim
-        estimate = estimate_bank_bytes(settings, plan, dim, target.kind)
+        estimate = estimate_bank_bytes(plan, dim, target.features, spec.label_topk, spec.index)
         todo = plan.num_shards - len(done_shards(target.out) & set(range(plan.num_shards)))
         needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
-        parts.append(f"{target.kind} bank of {estimate['patches']} patches × {dim} dims")
-        if target is build.support and _caches_hidden(settings, extractor):
+        parts.append(f"{target.features} bank of {estimate['patches']} patches × {dim} dims")
+        if target is build.support and caches_last_block_input(spec, target.extractor):
             # The support pass keeps every image's last-block input (T×D float16) until
             # the FUNGI pass has used it.
-            backbone = extractor.backbone
+            backbone = target.extractor.backbone
             tokens = backbone.num_prefix_tokens + backbone.num_patches
             needed += plan.num_items * todo // max(1, plan.num_shards) * tokens * backbone.embed_dim * 2
             parts.append("last-block input cache")
@@ -167,73 +118,46 @@ def _check_disk_space(build: _Build) -> None:
 
 
 # ----------------------------------------------------------------------- identity
-def bank_identity(settings: dict, extractor, dataset, kind: str, given_dataset: bool = False) -> dict:
-    """Everything that decides the bank's content; its hash names the bank.
-
-    `given_dataset`: the images came as `build_bank(dataset=)`, not from the settings'
-    data section, so the data is named by the dataset object itself."""
-    data, bank = settings["data"], settings["bank"]
-    source = ({"name": data["dataset"], "split": data["train_split"]} if not given_dataset
-              else {"name": dataset.name, "split": "given"})  # `segfungi bank info`: "<name> given"
-    return {
-        "format": FORMAT_VERSION,
-        "features": kind,
-        "extractor": extractor.identity(),
-        "dataset": {
-            **source,
-            "num_images": len(dataset),
-            "ids_hash": settings_hash({"ids": list(dataset.ids)}),
-            "classes": list(dataset.classes),
-            **({} if given_dataset else {
-                # The name only: ids_hash pins the images, and the folder a list lies in
-                # (e.g. the installed standard lists) must not rename the bank.
-                "subset_file": Path(data["subset_file"]).name if data["subset_file"] else None,
-                "subset_fraction": data["subset_fraction"],
-                "subset_seed": data["subset_seed"],
-            }),
-        },
-        "sampling": {
-            "size": bank["size"],
-            "aug_epochs": bank["aug_epochs"],
-            "seed": bank["seed"],
-            "image_size": extractor.backbone.img_size,  # data.image_size, resolved when null
-            "label_topk": bank["label_topk"],
-            "shard_images": bank["shard_images"],
-            # The rules themselves, so a bank built by an older rule is never taken for this one.
-            "sampler": "hummingbird-per-view",
-            "crop": "random-resized-crop",
-            # What void (255) pixels are in the bank's labels: the effective choice, so
-            # datasets without a background class give one bank for either setting.
-            "void_label": "background" if void_class(bank["void_label"], dataset.classes) is not None else "ignore",
-        },
-        "support": (
-            {
-                "neighbours": support_neighbours(settings),
-                "exclude_self": settings["fungi"]["exclude_self"],
-                # The FUNGI pass starts from float16 last-block inputs when they are cached.
-                "last_block_input": "float16" if _caches_hidden(settings, extractor) else "float32",
-            }
-            if kind == "fungi"
-            else None
-        ),
-    }
+def bank_identity(spec: BankSpec, extractor, dataset) -> BankIdentity:
+    """Everything that decides the bank's content; its hash names the bank. A dataset
+    given as an object (`spec.source` None) is named by the dataset itself."""
+    source = spec.source
+    if source is None:
+        data = DatasetIdentity(dataset.name, "given", len(dataset), _ids_hash(dataset), tuple(dataset.classes))
+    else:
+        data = DatasetIdentity(source.dataset, source.split, len(dataset), _ids_hash(dataset), tuple(dataset.classes), {
+            # The name only: ids_hash pins the images, and the folder a list lies in
+            # (e.g. the installed standard lists) must not rename the bank.
+            "subset_file": Path(source.subset_file).name if source.subset_file else None,
+            "subset_fraction": source.subset_fraction,
+            "subset_seed": source.subset_seed,
+        })
+    sampling = SamplingIdentity(
+        size=spec.size, aug_epochs=spec.aug_epochs, seed=spec.seed,
+        image_size=extractor.backbone.img_size,  # data.image_size, resolved when null
+        label_topk=spec.label_topk, shard_images=spec.shard_images,
+        sampler="hummingbird-per-view", crop="random-resized-crop",
+        # What void (255) pixels are in the bank's labels: the effective choice, so
+        # datasets without a background class give one bank for either setting.
+        void_label="background" if void_class(spec.void_label, dataset.classes) is not None else "ignore",
+    )
+    support = None
+    if extractor.features == "fungi":
+        support = SupportIdentity(
+            neighbours=spec.support.neighbours, exclude_self=spec.support.exclude_self,
+            # The FUNGI pass starts from float16 last-block inputs when they are cached.
+            last_block_input="float16" if caches_last_block_input(spec, extractor) else "float32",
+        )
+    return BankIdentity(ExtractorIdentity.from_record(extractor.identity()), data, sampling, support)
 
 
-def _caches_hidden(settings: dict, extractor) -> bool:
+def _ids_hash(dataset) -> str:
+    return settings_hash({"ids": list(dataset.ids)})
+
+
+def caches_last_block_input(spec: BankSpec, extractor) -> bool:
     # A backbone without a last-block split (segfungi.CustomBackbone) has nothing to cache.
-    return bool(settings["bank"]["cache_last_block_input"]) and extractor.backbone.splits
-
-
-def extractor_mismatches(bank_extractor: dict, query_extractor: dict, prefix="") -> list[str]:
-    """Keys where the query's backbone/head/projection differ from the bank's."""
-    problems = []
-    for key in sorted(set(bank_extractor) | set(query_extractor)):
-        a, b = bank_extractor.get(key), query_extractor.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            problems += extractor_mismatches(a, b, f"{prefix}{key}.")
-        elif a != b:
-            problems.append(f"{prefix}{key}: bank has {a!r}, query has {b!r}")
-    return problems
+    return spec.cache_last_block_input and extractor.backbone.splits
 
 
 # -------------------------------------------------------------------------- build
@@ -242,20 +166,25 @@ class _Target:
     """One bank folder a build writes: the FUNGI bank, its support, or an embeddings bank."""
 
     out: Path
-    kind: str
     extractor: object
-    identity: dict
-    digest: str
+    identity: BankIdentity
+
+    @property
+    def features(self) -> str:
+        return self.identity.features
+
+    @property
+    def digest(self) -> str:
+        return self.identity.digest
 
 
 @dataclass
 class _Build:
-    """What a build computes once and every step reads: the settings, the training images,
+    """What a build computes once and every step reads: the spec, the training images,
     the plan (one for a FUNGI bank and its support: same images, same sampling), the bank
     folder(s) to write, the shared item loader."""
 
-    settings: dict
-    stored: dict  # the settings the records keep (absolute paths)
+    spec: BankSpec
     dataset: object
     plan: BankPlan
     target: _Target
@@ -266,15 +195,15 @@ class _Build:
 
 
 def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
-               kind: str | None = None, progress: bool = True, warn_capped: bool = True,
+               features: str | None = None, progress: bool = True, warn_capped: bool = True,
                *, backbone=None, dataset=None) -> Path:
     """Build (or resume, or reuse) the bank that `settings` describe; returns its folder.
 
-    A bank.size the images cannot fill (more than images × epochs × patches) gives the
-    largest bank they can, with one warning unless `warn_capped` is False (few-shot
-    banks are capped by design). The manifest records the paths of the settings
-    (dataset root, subset file, weights) as absolute paths, so the bank can be
-    evaluated from any working directory.
+    `features`: embeddings | fungi (default bank.features). A bank.size the images cannot
+    fill (more than images × epochs × patches) gives the largest bank they can, with one
+    warning unless `warn_capped` is False (few-shot banks are capped by design). The
+    manifest records the paths of the settings (dataset root, subset file, weights) as
+    absolute paths, so the bank can be evaluated from any working directory.
 
     `backbone`: a model not built from the settings (a `segfungi.CustomBackbone`; the
     settings' backbone section is then unused). `dataset`: the training images instead of
@@ -285,19 +214,19 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     the bank (`_prepare`); stop if it exists already; check the disk space; then, holding
     the folder's lock, start or resume the record, write the support bank first (FUNGI
     banks), then the bank itself (`_write_bank`: shards, index and manifest)."""
-    out = Path(out or settings["bank"]["out"])
-    kind = kind or settings["bank"]["features"]
-    if kind not in ("embeddings", "fungi"):
-        raise BankError(f"bank.features must be 'embeddings' or 'fungi', got {kind!r}")
+    spec = bank_spec(settings, features, given_dataset=dataset is not None)
+    if spec.features not in FEATURE_KINDS:
+        raise BankError(f"bank.features must be one of {', '.join(FEATURE_KINDS)}, got {spec.features!r}")
+    out = Path(out or bank_out(settings))
     _check_output_folder(out)
-    build = _prepare(settings, out, kind, progress, backbone, dataset)
+    build = _prepare(settings, spec, out, progress, backbone, dataset)
     if _exists(build.target):
         return out  # the same bank exists already
     if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
         _check_disk_space(build)
         if warn_capped:
             warn_if_capped(build.plan)
-    build.loader = ItemLoader(build.dataset, build.target.extractor, build.plan, settings)
+    build.loader = ItemLoader(build.dataset, build.target.extractor, build.plan, spec)
     try:
         with _lock(out):
             if distributed.rank() == 0:
@@ -308,7 +237,7 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
             _write_bank(build, build.target)
             if build.support is not None and distributed.rank() == 0:
                 # Finished: the support pass's last-block inputs are not needed.
-                shutil.rmtree(out / HIDDEN_CACHE_DIR, ignore_errors=True)
+                shutil.rmtree(out / LAST_BLOCK_INPUT_DIR, ignore_errors=True)
             distributed.barrier()
     finally:
         build.loader.close()
@@ -327,53 +256,48 @@ def _lock(out: Path):
     return BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
 
 
-def _prepare(settings, out, kind, progress, backbone, dataset) -> _Build:
+def _prepare(settings: dict, spec: BankSpec, out: Path, progress: bool, backbone, dataset) -> _Build:
     """The images, the model, the plan and the banks' identities, each computed once."""
-    given_dataset = dataset is not None
-    if given_dataset:
+    if dataset is not None:
         from segfungi.data.pairs import as_dataset
 
         dataset = as_dataset(dataset)
     else:
         dataset = open_train_dataset(settings)
-    extractor = make_extractor(settings, kind=kind, backbone=backbone)
+    extractor = make_extractor(settings, features=spec.features, backbone=backbone)
 
-    def target(folder: Path, kind: str, extractor) -> _Target:
-        identity = bank_identity(settings, extractor, dataset, kind, given_dataset)
-        return _Target(folder, kind, extractor, identity, settings_hash(identity))
+    def target(folder: Path, extractor) -> _Target:
+        return _Target(folder, extractor, bank_identity(spec, extractor, dataset))
 
     support = None
-    if kind == "fungi":
+    if spec.features == "fungi":
         # The support bank is an embeddings bank of the same images and sampling.
-        embeddings = make_extractor(settings, kind="embeddings", backbone=extractor.backbone)
-        support = target(out / SUPPORT_DIR, "embeddings", embeddings)
-    return _Build(
-        settings=settings, stored=with_absolute_paths(settings), dataset=dataset,
-        plan=make_plan(settings, len(dataset), extractor.backbone.num_patches),
-        target=target(out, kind, extractor), support=support, progress=progress,
-    )
+        embeddings = make_extractor(settings, features="embeddings", backbone=extractor.backbone)
+        support = target(out / SUPPORT_DIR, embeddings)
+    return _Build(spec=spec, dataset=dataset, plan=make_plan(spec, len(dataset), extractor.backbone.num_patches),
+                  target=target(out, extractor), support=support, progress=progress)
 
 
 def _exists(target: _Target) -> bool:
     """True when the folder holds this bank already; a different bank there is an error."""
     if not (target.out / MANIFEST).exists():
         return False
-    manifest = read_json(target.out / MANIFEST)
-    if manifest.get("hash") == target.digest:
+    bank = MemoryBank(target.out, verify="off")
+    if bank.hash == target.digest:
         return True
     raise BankError(
-        f"{target.out}: holds a different bank (hash {manifest.get('hash')} vs {target.digest}; "
-        f"{describe_differences(manifest.get('identity'), target.identity)}); choose another --out or remove it"
+        f"{target.out}: holds a different bank (hash {bank.hash} vs {target.digest}; "
+        f"{describe_differences(bank.identity.diff(target.identity))}); choose another --out or remove it"
     )
 
 
 def _write_support(build: _Build) -> None:
     """The support (embeddings) bank of a FUNGI bank, always resumed; its pass keeps the
-    last-block inputs for the FUNGI pass when the settings ask for it."""
+    last-block inputs for the FUNGI pass when the spec asks for it."""
     support = build.support
-    if _caches_hidden(build.settings, build.target.extractor):
+    if caches_last_block_input(build.spec, build.target.extractor):
         backbone = build.target.extractor.backbone
-        build.cache = LastBlockCache(build.target.out / HIDDEN_CACHE_DIR,
+        build.cache = LastBlockCache(build.target.out / LAST_BLOCK_INPUT_DIR,
                                      backbone.num_prefix_tokens + backbone.num_patches, backbone.embed_dim)
     _check_output_folder(support.out)
     if _exists(support):
@@ -387,11 +311,11 @@ def _write_support(build: _Build) -> None:
 
 
 def _writer(build: _Build, target: _Target) -> ShardWriter:
-    if target.kind == "embeddings":
+    if target.features == "embeddings":
         return EmbeddingsWriter(target.out, build.loader, target.extractor, build.plan,
                                 cache=build.cache if target is build.support else None)
-    support = SupportIndex(build.support.out, build.settings)
-    return FungiWriter(target.out, build.loader, target.extractor, build.plan, build.settings["bank"]["seed"],
+    support = SupportIndex(build.support.out, build.spec.support, build.spec.index, build.spec.device)
+    return FungiWriter(target.out, build.loader, target.extractor, build.plan, build.spec.seed,
                        support, cache=build.cache)
 
 
@@ -405,8 +329,8 @@ def _write_bank(build: _Build, target: _Target) -> None:
     distributed.barrier()
     mine = todo[distributed.rank() :: distributed.world_size()]
     try:
-        for shard in tqdm(mine, desc=f"{target.kind} bank {target.out.name}", unit="shard",
-                          disable=not build.progress or distributed.rank() != 0):
+        for shard in tqdm(mine, desc=f"{target.features} bank {target.out.name}", unit="shard",
+                                  disable=not build.progress or distributed.rank() != 0):
             writer.write(shard)
     finally:
         build.loader.close()
@@ -419,53 +343,48 @@ def _write_bank(build: _Build, target: _Target) -> None:
 
 def warn_if_capped(plan: BankPlan) -> None:
     # (S // (N·E) rounding a bank down by fewer than N·E patches is the plan, not a cap.)
-    if plan.bank_size > plan.patches_per_image * plan.num_items:
+    if plan.capped:
         print(f"segfungi: warning: bank.size {plan.bank_size} is more than {plan.num_images} images × "
               f"{plan.aug_epochs} epoch(s) × {plan.patches_per_image} patches can give; the bank holds "
               f"{plan.num_patches} patches", file=sys.stderr, flush=True)
 
 
-PATH_KEYS = (("data", "root"), ("data", "subset_file"), ("data", "val_subset_file"), ("backbone", "weights"))
-
-
-def with_absolute_paths(settings: dict) -> dict:
-    """A copy of `settings` whose file and folder paths are absolute (no symlink resolved)."""
-    out = {section: dict(values) if isinstance(values, dict) else values for section, values in settings.items()}
-    for section, key in PATH_KEYS:
-        value = out.get(section, {}).get(key)
-        if value:
-            out[section][key] = os.path.abspath(os.path.expanduser(str(value)))
-    return out
-
-
 def _start_or_resume(build: _Build, target: _Target, resume: bool) -> None:
     """A fresh build writes build.json; a resumed one must have the same hash, and its
-    damaged shards are dropped."""
-    out, identity, digest = target.out, target.identity, target.digest
-    record_path = out / BUILD_RECORD
-    if record_path.exists() and not resume:
-        raise BankError(
-            f"{out}: an incomplete build is here; pass --resume to continue it "
-            "or remove the folder"
-        )
+    damaged shards are dropped. A record left by a build that stopped before writing any
+    shard (e.g. at a corrupt image) holds nothing worth keeping: this build takes it over."""
+    out = target.out
     # We hold the lock: temporaries here belong to a killed build and are garbage.
-    for folder in (out, out / SHARDS_DIR, out / HIDDEN_CACHE_DIR):
+    for folder in (out, out / SHARDS_DIR, out / LAST_BLOCK_INPUT_DIR):
         remove_temporaries(folder)
-    if record_path.exists():
-        record = read_json(record_path)
-        if not isinstance(record, dict) or record.get("hash") != digest:
+    if (out / BUILD_RECORD).exists() and not kept_work(out):
+        (out / BUILD_RECORD).unlink()
+        print(f"segfungi: {out}: the build there stopped before writing any shard; starting it afresh",
+              file=sys.stderr, flush=True)
+    if (out / BUILD_RECORD).exists():
+        if not resume:
+            raise BankError(f"{out}: an incomplete build is here; pass --resume to continue it or remove the folder")
+        record = read_build_record(out)
+        if record.hash != target.digest:
+            found = (record.identity.diff(target.identity) if record.identity is not None
+                     else describe_raw(record.identity_record, target.identity))
             raise BankError(
                 f"{out}: the incomplete build there used other settings "
-                f"(hash {record.get('hash') if isinstance(record, dict) else None} vs {digest}; "
-                f"{describe_differences(record.get('identity') if isinstance(record, dict) else None, identity)}); "
-                "cannot resume it with these"
-            )
+                f"(hash {record.hash} vs {target.digest}; {describe_differences(found)}); cannot resume it with "
+                f"these: to build with these settings, remove {out} or choose another --out")
         _drop_damaged_shards(out)
         return
     out.mkdir(parents=True, exist_ok=True)
     if any((out / SHARDS_DIR).glob("*")):
         raise BankError(f"{out}: has shards but no {BUILD_RECORD}; remove the folder first")
-    write_json_atomic(record_path, {"hash": digest, "identity": identity, "settings": build.stored})
+    write_build_record(out, target.identity, build.spec.record)
+
+
+def describe_raw(stored: dict, identity: BankIdentity):
+    """Differences between a stored record this segfungi cannot type and an identity."""
+    from segfungi.bank._identity import differences
+
+    return differences(stored, identity.record())
 
 
 def _drop_damaged_shards(out: Path) -> None:
@@ -484,17 +403,10 @@ def _drop_damaged_shards(out: Path) -> None:
 
 def _finish(build: _Build, target: _Target, seconds: float) -> None:
     """The index, then the manifest (written last: the bank is complete)."""
-    out, settings, plan, dataset = target.out, build.stored, build.plan, build.dataset
-    shards = []
-    for shard in range(plan.num_shards):
-        folder = out / SHARDS_DIR / shard_name(shard)
-        meta = read_json(folder / "meta.json")
-        entry = {"name": folder.name, "patches": meta["patches"], "checksums": meta["checksums"]}
-        if "sizes" in meta:
-            entry["sizes"] = meta["sizes"]
-        shards.append(entry)
+    out, plan, dataset = target.out, build.plan, build.dataset
+    shards = [shard_entry(out / SHARDS_DIR / shard_name(shard)) for shard in range(plan.num_shards)]
     bank = MemoryBank(out, shards_override=shards)  # reading the shards checks their checksums
-    index_info = build_index(bank, settings, out / INDEX_DIR)
+    index_info = build_index(bank, build.spec.index, out / INDEX_DIR, build.spec.device)
     manifest = {
         "hash": target.digest,
         "segfungi_version": __version__,
@@ -506,8 +418,8 @@ def _finish(build: _Build, target: _Target, seconds: float) -> None:
         "patches_per_image": plan.keep_per_item,
         "build_seconds": round(seconds, 2),
         "index": index_info,
-        "identity": target.identity,
-        "settings": settings,
+        "identity": target.identity.record(),
+        "settings": build.spec.record,
         "skipped_samples": [[str(i), str(reason)] for i, reason in getattr(dataset, "bad_samples", [])],
         "shards": shards,
     }
@@ -515,21 +427,33 @@ def _finish(build: _Build, target: _Target, seconds: float) -> None:
     (out / BUILD_RECORD).unlink(missing_ok=True)
 
 
-def build_index(bank: MemoryBank, settings: dict, folder: Path) -> dict:
-    """Build the search index of `bank` from its shards; ScaNN indexes are saved in `folder`
-    (an exact index is just the features, so it is rebuilt when needed). The index
-    is written into a temporary folder that is renamed into place, and every file
-    of it gets a checksum for the manifest."""
-    from segfungi.index import IndexSettings, ScannIndex
+def shard_entry(folder: Path) -> dict:
+    """A shard's manifest entry, from its own meta.json."""
+    from segfungi.storage import read_json
 
-    options = IndexSettings.from_dict(settings["index"])
-    kind = options.kind
+    meta = read_json(folder / "meta.json")
+    entry = {"name": folder.name, "patches": meta["patches"], "checksums": meta["checksums"]}
+    if "sizes" in meta:
+        entry["sizes"] = meta["sizes"]
+    return entry
+
+
+def build_index(bank: MemoryBank, settings, folder: Path, device: str = "cpu") -> dict:
+    """Build the search index of `bank` from its shards (`settings`: `IndexSettings`) and
+    save it in `folder`, unless it is the exact index, which is only the features and so
+    is rebuilt when searched. The index is written into a temporary folder that is
+    renamed into place, and every file of it gets a checksum for the manifest."""
+    from segfungi.index import IndexSettings, make_index
+
+    if not isinstance(settings, IndexSettings):
+        settings = IndexSettings.from_dict(settings)
+    kind = settings.kind
     if kind == "auto":
-        kind = "exact" if bank.num_patches < options.exact_below else "scann"
-    if kind != "scann":
+        kind = "exact" if bank.num_patches < settings.exact_below else "scann"
+    if kind == "exact":
         return {"kind": "exact"}  # nothing to save: built from the features when searched
     # Fed from the shards (float16, one shard file open at a time), never one array.
-    index = ScannIndex(options).build(bank.feature_rows())
+    index = make_index(bank.feature_rows(), settings, kind=kind, device=device)
     folder = Path(folder)
     tmp = temporary_name(folder)
     remove_temporaries(folder.parent)
@@ -540,7 +464,7 @@ def build_index(bank: MemoryBank, settings: dict, folder: Path) -> dict:
         raise write_failed(folder, err, "write the index") from None
     files = sorted(f for f in tmp.iterdir() if f.is_file())
     info = {
-        "kind": index.kind,
+        "kind": kind,
         "checksums": {f.name: file_checksum(f) for f in files},
         "sizes": {f.name: f.stat().st_size for f in files},
     }

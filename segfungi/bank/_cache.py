@@ -29,10 +29,10 @@ class LastBlockCache:
     def __init__(self, folder: Path, tokens: int, dim: int):
         self.folder, self.tokens, self.dim = Path(folder), tokens, dim
 
-    def store(self, shard: int, hidden: np.ndarray) -> None:
+    def store(self, shard: int, inputs: np.ndarray) -> None:
         """Keep one shard's inputs (items × T × D float16)."""
-        write_arrays_atomic(self.folder / shard_name(shard), {"hidden": hidden},
-                            {"shard": shard, "items": len(hidden)})
+        write_arrays_atomic(self.folder / shard_name(shard), {"last_block_input": inputs},
+                            {"shard": shard, "items": len(inputs)})
 
     def load(self, shard: int, items: int) -> np.ndarray | None:
         """One shard's inputs, or None when they are missing, damaged or of another shape."""
@@ -40,12 +40,12 @@ class LastBlockCache:
         if not folder.is_dir() or verify_folder(folder):
             return None
         try:
-            hidden = load_array(folder / "hidden.npy")
+            inputs = load_array(folder / "last_block_input.npy")
         except BankError:
             return None
-        if hidden.dtype != np.float16 or hidden.shape != (items, self.tokens, self.dim):
+        if inputs.dtype != np.float16 or inputs.shape != (items, self.tokens, self.dim):
             return None
-        return hidden
+        return inputs
 
     def discard(self, shard: int) -> None:
         shutil.rmtree(self.folder / shard_name(shard), ignore_errors=True)

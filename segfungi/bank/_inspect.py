@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from segfungi.bank._layout import (
-    BUILD_RECORD, MANIFEST, SHARDS_DIR, SUPPORT_DIR, done_shards, not_a_bank, shard_name,
+    BUILD_RECORD, MANIFEST, SHARDS_DIR, SUPPORT_DIR, done_shards, kept_work, not_a_bank, shard_name,
 )
 from segfungi.bank._reader import MemoryBank
 from segfungi.errors import BankError
-from segfungi.storage import folder_size, read_json, verify_folder
+from segfungi.bank._records import read_build_record
+from segfungi.storage import folder_size, verify_folder
 
 
 # ----------------------------------------------------------------------- verify
@@ -55,16 +56,14 @@ def verify_problems(path: str | Path, full: bool = True) -> tuple[list[str], int
 # ------------------------------------------------------------------------- info
 def incomplete_state(path: Path) -> dict:
     """What build.json and the finished shard folders say about an interrupted build."""
-    record = read_json(path / BUILD_RECORD)
-    identity = record.get("identity") if isinstance(record, dict) else None
-    state = {"identity": identity or {}, "settings": record.get("settings") if isinstance(record, dict) else {}}
-    try:
-        images = identity["dataset"]["num_images"] * identity["sampling"]["aug_epochs"]
-        state["shards_total"] = -(-images // identity["sampling"]["shard_images"])
-    except (KeyError, TypeError, ZeroDivisionError):
-        state["shards_total"] = None
-    state["shards_done"] = len(done_shards(path))
-    return state
+    record = read_build_record(path)
+    identity = record.identity
+    return {
+        "identity": identity,
+        "settings": record.settings,
+        "shards_total": identity.plan().num_shards if identity is not None else None,
+        "shards_done": len(done_shards(path)),
+    }
 
 
 def bank_info(path: Path) -> dict:
@@ -73,53 +72,53 @@ def bank_info(path: Path) -> dict:
     info: dict = {"path": str(path)}
     if (path / MANIFEST).exists():
         bank = MemoryBank(path, verify="off")
-        manifest = bank.manifest
-        identity, settings = manifest["identity"], manifest["settings"]
+        identity, settings = bank.identity, bank.settings
         info.update(
             status="complete",
             shards_done=len(bank.shards),
             shards_total=len(bank.shards),
             num_patches=bank.num_patches,
-            patches_per_image=manifest["patches_per_image"],
-            created=manifest.get("created"),
-            build_seconds=manifest.get("build_seconds"),
-            segfungi_version=manifest.get("segfungi_version"),
-            hash=manifest["hash"],
-            index=(manifest.get("index") or {}).get("kind"),
-            skipped_samples=len(manifest.get("skipped_samples") or []),
+            patches_per_image=bank.patches_per_image,
+            **bank.build_info,
+            hash=bank.hash,
+            index=bank.index_kind,
+            skipped_samples=len(bank.skipped_samples),
         )
     elif (path / BUILD_RECORD).exists():
         state = incomplete_state(path)
-        identity, settings = state["identity"], state["settings"] or {}
-        info.update(status="incomplete (resumable with build-bank --resume)",
-                    shards_done=state["shards_done"], shards_total=state["shards_total"])
+        identity, settings = state["identity"], state["settings"]
+        status = ("incomplete (resumable with build-bank --resume)" if kept_work(path) else
+                  "incomplete: the build stopped before writing any shard (nothing to resume; "
+                  "rerunning build-bank starts it afresh)")
+        info.update(status=status, shards_done=state["shards_done"], shards_total=state["shards_total"])
     else:
         raise BankError(not_a_bank(path))
-    extractor = identity.get("extractor") or {}
-    backbone = extractor.get("backbone") or {}
-    dataset = identity.get("dataset") or {}
-    sampling = identity.get("sampling") or {}
-    info.update(
-        features=identity.get("features"),
-        feature_dim=extractor.get("feature_dim"),
-        backbone=backbone.get("name"),
-        weights=backbone.get("weights_id"),
-        image_size=backbone.get("img_size"),
-        patch_size=backbone.get("patch_size"),
-        dataset=dataset.get("name"),
-        split=dataset.get("split"),
-        num_images=dataset.get("num_images"),
-        num_classes=len(dataset.get("classes") or []),
-        settings={
-            "bank_size": sampling.get("size"),
-            "aug_epochs": sampling.get("aug_epochs"),
-            "seed": sampling.get("seed"),
-            "label_topk": sampling.get("label_topk"),
-            "shard_images": sampling.get("shard_images"),
-            "index_kind": ((settings or {}).get("index") or {}).get("kind"),
-        },
-        size_bytes=folder_size(path),
-    )
+    info.update(dict.fromkeys(("features", "feature_dim", "backbone", "weights", "image_size", "patch_size", "dataset",
+                               "split", "num_images", "num_classes")), settings=dict.fromkeys(
+        ("bank_size", "aug_epochs", "seed", "label_topk", "shard_images", "index_kind")))
+    if identity is not None:  # None: a build record this segfungi cannot read
+        backbone, dataset, sampling = identity.backbone, identity.dataset, identity.sampling
+        info.update(
+            features=identity.features,
+            feature_dim=identity.extractor.feature_dim,
+            backbone=backbone.name,
+            weights=backbone.weights.id,
+            image_size=backbone.img_size,
+            patch_size=backbone.patch_size,
+            dataset=dataset.name,
+            split=dataset.split,
+            num_images=dataset.num_images,
+            num_classes=len(dataset.classes),
+            settings={
+                "bank_size": sampling.size,
+                "aug_epochs": sampling.aug_epochs,
+                "seed": sampling.seed,
+                "label_topk": sampling.label_topk,
+                "shard_images": sampling.shard_images,
+                "index_kind": ((settings or {}).get("index") or {}).get("kind"),
+            },
+        )
+    info["size_bytes"] = folder_size(path)
     support = path / SUPPORT_DIR
     if (support / MANIFEST).exists() or (support / BUILD_RECORD).exists():
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BUILD_RECORD = "build.json"
 SUPPORT_DIR = "support"
@@ -21,7 +20,7 @@ SHARDS_DIR = "shards"
 INDEX_DIR = "index"
 # Folder inside a FUNGI bank where its support (embeddings) pass keeps each augmented
 # image's last-block input, so the FUNGI pass reruns only the last block (see _cache).
-HIDDEN_CACHE_DIR = "last_block_input"
+LAST_BLOCK_INPUT_DIR = "last_block_input"
 
 
 def shard_name(shard: int) -> str:
@@ -34,6 +33,15 @@ def done_shards(out: Path) -> set[int]:
     if not folder.is_dir():
         return set()
     return {int(p.name) for p in folder.iterdir() if re.fullmatch(r"\d{5}", p.name) and p.is_dir()}
+
+
+def kept_work(out: Path) -> bool:
+    """Whether an unfinished build in `out` has kept any work: a shard, a support bank
+    with shards (or finished), or a last-block input cache."""
+    out = Path(out)
+    cache = out / LAST_BLOCK_INPUT_DIR
+    return bool(done_shards(out) or done_shards(out / SUPPORT_DIR) or (out / SUPPORT_DIR / MANIFEST).exists()
+                or cache.is_dir() and any(cache.iterdir()))
 
 
 def not_a_bank(path: Path) -> str:

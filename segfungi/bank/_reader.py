@@ -1,20 +1,25 @@
 """Reading a complete memory bank folder, checked against its manifest (layout: _layout).
 
 `MemoryBank` only reads: it checks what it reads (sizes, checksums, dtypes, shapes) and
-hands out the shard arrays (`array`, `iter_shards`, `load`, `feature_rows`) and the
-search index (`index`). Writing a bank's index belongs to the build (`_build`).
+hands out what the bank is (`identity`, `hash`, `classes`, `settings`, …), the shard
+arrays (`array`, `iter_shards`, `load`, `feature_rows`) and the search index (`index`).
+It is the one reader of `manifest.json`: nothing outside segfungi.bank opens that file.
+Writing a bank's index belongs to the build (`_build`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 
 import numpy as np
 
+from segfungi.bank._identity import BankIdentity
 from segfungi.bank._layout import INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, not_a_bank
 from segfungi.errors import BankError
+from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import (
     ARRAY_NAME,
     check_file,
@@ -76,9 +81,39 @@ class MemoryBank:
                 raise _damaged(self.path, problems)
 
     # what the bank is
+    @functools.cached_property
+    def identity(self) -> BankIdentity:
+        """What the bank is (`segfungi.bank.BankIdentity`): backbone and weights, features,
+        training images, sampling, support."""
+        return BankIdentity.from_record(self.manifest["identity"], self.path / MANIFEST)
+
     @property
-    def features_kind(self) -> str:
-        return self.manifest["identity"]["features"]
+    def hash(self) -> str:
+        """The identity's hash, as recorded when the bank was built."""
+        return self.manifest["hash"]
+
+    @property
+    def features(self) -> str:
+        """embeddings | fungi."""
+        return self.identity.features
+
+    @property
+    def skipped_samples(self) -> list[tuple[str, str]]:
+        """(image id, reason) of each training sample left out as bad (--on-bad-sample skip)."""
+        return [(str(i), str(reason)) for i, reason in self.manifest.get("skipped_samples") or []]
+
+    @property
+    def patches_per_image(self) -> int:
+        return int(self.manifest["patches_per_image"])
+
+    @property
+    def index_kind(self) -> str:
+        return self.manifest["index"]["kind"]
+
+    @property
+    def build_info(self) -> dict:
+        """When and how fast it was built: created, build_seconds, segfungi_version."""
+        return {k: self.manifest.get(k) for k in ("created", "build_seconds", "segfungi_version")}
 
     @property
     def classes(self) -> list[str]:
@@ -185,8 +220,7 @@ class MemoryBank:
         for shard in self.shards:
             folder = self.path / SHARDS_DIR / shard["name"]
             problems += verify_folder(folder, shard["checksums"], shard.get("sizes"), full=full)
-        info = self.manifest.get("index") or {}
-        if index and info.get("kind") == "scann":
+        if index and self.index_kind != "exact":
             problems += self._index_problems(full)
         return problems
 
@@ -195,7 +229,7 @@ class MemoryBank:
         info = self.manifest.get("index") or {}
         checksums, sizes = info.get("checksums"), info.get("sizes") or {}
         if not folder.is_dir():
-            return [f"{folder}: missing (the manifest records a ScaNN index)"]
+            return [f"{folder}: missing (the manifest records a saved {self.index_kind} index)"]
         if not isinstance(checksums, dict):
             return []  # a bank from before index checksums: nothing recorded to compare
         problems = []
@@ -209,33 +243,30 @@ class MemoryBank:
         return problems
 
     # index
-    def index(self, settings: dict):
-        """The search index: loaded when saved, else built from the features. Search-time
-        settings (leaves searched, reorder) come from `settings`, e.g. few-shot's. An
-        exact index lives on `backbone.device` (a GPU's matmul + top-k); ScaNN runs on the CPU."""
-        from segfungi.index import ScannIndex, make_index
+    def index(self, settings, device: str = "cpu"):
+        """The search index: loaded when saved, else (exact) built from the features.
+        `settings` (`IndexSettings`) give the search-time values (leaves searched, reorder),
+        e.g. few-shot's; an exact index lives on `device` (a GPU's matmul + top-k)."""
+        from segfungi.index import IndexSettings, load_index, make_index
 
-        if self.manifest.get("index", {}).get("kind") != "scann":
-            return make_index(self.feature_rows(), {**settings["index"], "kind": "exact"},
-                              device=settings["backbone"]["device"])
+        if self.index_kind == "exact":
+            return make_index(self.feature_rows(), dataclasses.replace(settings, kind="exact"), device=device)
         folder = self.path / INDEX_DIR
         if self.verify_mode != "off":
             problems = self._index_problems(full=True)
             if problems:
                 raise _damaged(self.path, problems)
         try:
-            index = ScannIndex.load(folder)
+            index = load_index(folder)
         except BankError:
             raise
-        except Exception as err:  # ScaNN's C++ loader on a damaged file
-            raise BankError(f"{folder}: cannot load the ScaNN index ({type(err).__name__}: {err})") from None
+        except Exception as err:  # a native loader (ScaNN's C++) on a damaged file
+            raise BankError(f"{folder}: cannot load the {self.index_kind} index ({type(err).__name__}: {err})") from None
         if index.num_vectors != self.num_patches:
             raise BankError(f"{folder}: index holds {index.num_vectors} rows, the bank {self.num_patches}")
-        index.settings = dataclasses.replace(
-            index.settings,
-            num_leaves_to_search=settings["index"]["num_leaves_to_search"],
-            reorder=settings["index"]["reorder"],
-        )
+        if isinstance(getattr(index, "settings", None), IndexSettings):  # search-time values apply to a saved index
+            index.settings = dataclasses.replace(index.settings, num_leaves_to_search=settings.num_leaves_to_search,
+                                                 reorder=settings.reorder)
         return index
 
 
@@ -289,11 +320,9 @@ def _check_manifest(manifest, where: Path) -> None:
     need("feature_dim", int, lambda v: v > 0)
     need("patches_per_image", int, lambda v: v > 0)
     need("index", dict, lambda v: v.get("kind") in ("exact", "scann"), "{'kind': 'exact' | 'scann'}")
-    identity = manifest["identity"]
-    if identity.get("features") not in ("embeddings", "fungi"):
-        raise BankError(f"{where}: identity.features must be 'embeddings' or 'fungi'")
-    if not isinstance(identity.get("extractor"), dict) or not isinstance(identity.get("sampling"), dict):
-        raise BankError(f"{where}: identity.extractor / identity.sampling missing")
+    identity = BankIdentity.from_record(manifest["identity"], where)
+    if identity.features not in FEATURE_KINDS:
+        raise BankError(f"{where}: identity.features must be one of {', '.join(FEATURE_KINDS)}")
     shards = _check_shards(manifest.get("shards"), where)
     if sum(s["patches"] for s in shards) != manifest["num_patches"]:
         raise BankError(f"{where}: shard patch counts do not add up to num_patches")

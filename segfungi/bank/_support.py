@@ -72,17 +72,17 @@ class SupportIndex:
     Memory: the search index, plus 4 bytes of source image per support patch; the
     tokens the loss needs are read from the shard files per batch (`_RawTokens`)."""
 
-    def __init__(self, path: str | Path, settings: dict):
-        from segfungi.components import support_neighbours
-
+    def __init__(self, path: str | Path, spec, index, device: str = "cpu"):
+        """`spec`: a `SupportSpec` (K, self-exclusion, negatives space); `index`: the
+        `IndexSettings` searches use; `device`: where an exact index searches."""
         self.bank = MemoryBank(path)
-        if self.bank.features_kind != "embeddings":
+        if self.bank.features != "embeddings":
             raise BankError(f"{path}: a support index must be an embeddings bank")
-        self.k = support_neighbours(settings)
-        self.exclude_self = settings["fungi"]["exclude_self"]
-        self.index = self.bank.index(settings)
+        self.k = spec.neighbours
+        self.exclude_self = spec.exclude_self
+        self.index = self.bank.index(index, device)
         # fungi.negatives: raw tokens (normalised feature × stored norm) or the normalised rows.
-        self.tokens = _RawTokens(self.bank, raw=settings["fungi"]["negatives"] == "raw")
+        self.tokens = _RawTokens(self.bank, raw=spec.negatives == "raw")
         self.source_image = torch.from_numpy(
             np.concatenate([np.asarray(p[:, 0], dtype=np.int32) for p in self.bank.iter_shards("provenance")]))
         self.own_count = torch.bincount(self.source_image.long()) if len(self.source_image) else torch.zeros(1)

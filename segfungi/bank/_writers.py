@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from segfungi.bank._layout import SHARDS_DIR, shard_name
+from segfungi.features import KeptGradients
 from segfungi.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_generator
 from segfungi.storage import write_arrays_atomic
 
@@ -94,16 +95,15 @@ class ItemLoader:
     Every random choice is seeded from (seed, epoch, image), so the items equal the
     serial path's bit for bit. `close()` stops the workers; the next call starts them."""
 
-    def __init__(self, dataset, extractor, plan, settings):
+    def __init__(self, dataset, extractor, plan, spec):
         from segfungi.sampling import void_class
 
-        self.batch_size = settings["bank"]["batch_size"]
+        self.batch_size = spec.batch_size
         # The backbone's size: data.image_size, or 32 × its patch size when that is null.
-        self.preparer = _ItemPreparer(dataset, extractor.backbone.img_size, settings["bank"]["seed"],
-                                      plan.keep_per_item, settings["bank"]["label_topk"],
-                                      extractor.backbone.patch_size,
-                                      void_class(settings["bank"]["void_label"], dataset.classes))
-        self.num_workers = int(settings["data"]["num_workers"])
+        self.preparer = _ItemPreparer(dataset, extractor.backbone.img_size, spec.seed, plan.keep_per_item,
+                                      spec.label_topk, extractor.backbone.patch_size,
+                                      void_class(spec.void_label, dataset.classes))
+        self.num_workers = spec.num_workers
         self._loader = None
         self._batches = _BatchList()
         self._cv2_threads: int | None = None
@@ -190,11 +190,10 @@ class ShardWriter:
     def written(self, shard: int) -> None:
         """After shard `shard` is stored (nothing by default)."""
 
-    def _images(self, prepared) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The network input of a batch of prepared items and each item's kept patches."""
-        images = np.stack([p[0] for p in prepared])
-        keeps = [torch.from_numpy(p[1]) for p in prepared]
-        return self.extractor.backbone.prepare(images), keeps
+    @staticmethod
+    def _images(prepared) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """The uint8 images of a batch of prepared items and each item's kept patches."""
+        return np.stack([p[0] for p in prepared]), [torch.from_numpy(p[1]) for p in prepared]
 
 
 class EmbeddingsWriter(ShardWriter):
@@ -209,28 +208,29 @@ class EmbeddingsWriter(ShardWriter):
 
     def shard_arrays(self, shard, items):
         batches = self.loader.batches(items)
-        features, norms, hidden, labels = [], [], [], []
+        features, norms, inputs, labels = [], [], [], []
         for prepared in self.loader.prepared(batches):
-            x, keeps = self._images(prepared)
-            last_input = self.extractor.last_block_input(x)
-            raw = self.extractor.embeddings_from_hidden(last_input, normalize=False)
+            images, keeps = self._images(prepared)
+            last_input = self.extractor.last_block_input(images)
+            raw = self.extractor.embeddings_from_last_block_input(last_input, normalize=False)
             kept = [e[k] for e, k in zip(raw, keeps)]
             normalised = [torch.nn.functional.normalize(e, dim=-1) for e in kept]
             norms.append(torch.cat([e.norm(dim=-1) for e in kept]).cpu().numpy().astype(np.float32))
             features.append(torch.cat([f.float() for f in normalised]).cpu().numpy().astype(np.float16))
             if self.cache is not None:
-                hidden.append(last_input.to(torch.float16).cpu().numpy())
+                inputs.append(last_input.to(torch.float16).cpu().numpy())
             labels.append(_Labels.of(prepared))
         if self.cache is not None:
-            self.cache.store(shard, np.concatenate(hidden))
+            self.cache.store(shard, np.concatenate(inputs))
         return {"embedding_norm": np.concatenate(norms), "features": np.concatenate(features),
                 **_Labels.joined(labels).arrays()}
 
 
 class FungiWriter(ShardWriter):
-    """Shards of a FUNGI bank: the gradient pass over each batch, the projection over the
-    whole shard at once (a dense projection streams all of R, 57 M signs for ViT-S, per
-    call: once per shard instead of once per batch; the result is what
+    """Shards of a FUNGI bank: the gradient pass over each batch
+    (`FeatureExtractor.kept_gradients`), the projection over the whole shard at once
+    (`FeatureExtractor.project`: a dense projection streams all of R, 57 M signs for ViT-S,
+    per call: once per shard instead of once per batch; the result is what
     `FeatureExtractor.fungi` gives).
 
     With a `cache` (bank.cache_last_block_input), the last-block inputs come from the
@@ -248,8 +248,9 @@ class FungiWriter(ShardWriter):
             parts = self._from_cache(items, *cached)
         else:
             parts = self._from_images(items)
-        grads, labels = zip(*parts)
-        return {"features": self._project(list(grads)), **_Labels.joined(list(labels)).arrays()}
+        kept, labels = zip(*parts)
+        features = self.extractor.project(KeptGradients.joined(kept))
+        return {"features": features.float().cpu().numpy().astype(np.float16), **_Labels.joined(list(labels)).arrays()}
 
     def written(self, shard):
         if self.cache is not None:
@@ -259,30 +260,30 @@ class FungiWriter(ShardWriter):
     def _from_images(self, items):
         batches = self.loader.batches(items)
         for batch, prepared in zip(batches, self.loader.prepared(batches)):
-            x, keeps = self._images(prepared)
-            hidden = self.extractor.last_block_input(x)
+            images, keeps = self._images(prepared)
+            inputs = self.extractor.last_block_input(images)
             if self.cache is not None:  # FUNGI banks built with the cache use float16 inputs throughout
-                hidden = hidden.to(torch.float16)
-            yield self._gradients(batch, hidden, keeps), _Labels.of(prepared)
+                inputs = inputs.to(torch.float16)
+            yield self._gradients(batch, inputs, keeps), _Labels.of(prepared)
 
     def _read_cache(self, shard: int, items):
-        """(hidden float16 items×T×D, the support shard's labels) or None to recompute."""
+        """(last-block inputs float16 items×T×D, the support shard's labels) or None to recompute."""
         if self.cache is None:
             return None
         name = shard_name(shard)
         if not any(s["name"] == name for s in self.support.bank.shards):
             return None
-        hidden = self.cache.load(shard, len(items))
-        if hidden is None:
+        inputs = self.cache.load(shard, len(items))
+        if inputs is None:
             return None
         labels = _Labels(*(self.support.bank.array(name, key) for key in ("label_ids", "label_weights", "provenance")))
         keep = self.plan.keep_per_item
         expected = np.repeat(np.asarray(items, dtype=np.int64)[:, ::-1], keep, axis=0)  # (image, epoch) rows
         if labels.provenance.shape[0] != len(items) * keep or not np.array_equal(labels.provenance[:, :2], expected):
             return None
-        return hidden, labels
+        return inputs, labels
 
-    def _from_cache(self, items, hidden: np.ndarray, support: _Labels):
+    def _from_cache(self, items, inputs: np.ndarray, support: _Labels):
         keep = self.plan.keep_per_item
         for start in range(0, len(items), self.loader.batch_size):
             batch = items[start : start + self.loader.batch_size]
@@ -290,27 +291,15 @@ class FungiWriter(ShardWriter):
             provenance = support.provenance[rows]
             keeps = [torch.from_numpy(provenance[i * keep : (i + 1) * keep, 2].astype(np.int64))
                      for i in range(len(batch))]
-            h = torch.from_numpy(np.ascontiguousarray(hidden[start : start + len(batch)]))
+            h = torch.from_numpy(np.ascontiguousarray(inputs[start : start + len(batch)]))
             labels = _Labels(np.ascontiguousarray(support.label_ids[rows]),
                              np.ascontiguousarray(support.label_weights[rows]), np.ascontiguousarray(provenance))
             yield self._gradients(batch, h, keeps), labels
 
     # ---- the network
-    def _gradients(self, items, hidden: torch.Tensor, keeps: list[torch.Tensor]):
-        """The gradient pass of a batch: (δ, a, normalised embedding) of the kept patches."""
-        from segfungi.gradients import l2_normalize
-
+    def _gradients(self, items, last_block_input: torch.Tensor, keeps: list[torch.Tensor]) -> KeptGradients:
+        """The gradient pass of a batch: the kept patches' gradients and embeddings."""
         generators = [torch_generator(self.seed, epoch, image, NEGATIVES) for epoch, image in items]
         negatives = self.support.negatives_for([image for _, image in items])
-        grads, tokens, _ = self.extractor.patch_gradients(hidden, negatives, generators)
-        embeddings = l2_normalize(tokens)
-        return (torch.cat([d[k] for d, k in zip(grads.delta, keeps)]),
-                torch.cat([a[k] for a, k in zip(grads.inputs, keeps)]),
-                torch.cat([e[k] for e, k in zip(embeddings, keeps)]))
-
-    def _project(self, grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> np.ndarray:
-        from segfungi.gradients import fungi_concat
-
-        delta, inputs, embeddings = (torch.cat(parts) for parts in zip(*grads))
-        projected = self.extractor.projection.project_tokens(delta, inputs)
-        return fungi_concat([projected], embeddings).float().cpu().numpy().astype(np.float16)
+        kept, _, _ = self.extractor.kept_gradients(last_block_input, negatives, generators, keeps)
+        return kept

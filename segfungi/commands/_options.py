@@ -7,6 +7,7 @@ import sys
 
 from segfungi.config import load_config, parse_override, set_key
 from segfungi.errors import ConfigError
+from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.settings_schema import keys as schema_keys
 
 # The schema's list, which a test keeps equal to segfungi.index's registered kinds + auto.
@@ -70,7 +71,7 @@ def add_bank_build_options(parser: argparse.ArgumentParser, *, several_features:
     Each command maps the flags onto its own config section.
     """
     parser.add_argument("--features", nargs="+" if several_features else None,
-                        choices=["embeddings", "fungi"],
+                        choices=FEATURE_KINDS,
                         help="feature kinds, one bank each" if several_features else
                         "bank features: embeddings (patch tokens) or fungi (tokens + SimCLR gradients)")
     parser.add_argument("--bank-size", type=int, help=bank_size_help)

@@ -65,13 +65,13 @@ def run(args) -> int:
                 return 130
         raise
     bank = MemoryBank(path)
-    skipped = bank.manifest.get("skipped_samples") or []
+    skipped = bank.skipped_samples
     if skipped:  # --on-bad-sample skip: say what was left out, one line each
         print(f"skipped {len(skipped)} bad sample(s):", file=sys.stderr)
         for image_id, reason in skipped:
             print(f"  {image_id}: {reason}", file=sys.stderr)
-    print(f"bank ready: {path} ({bank.num_patches} patches, {bank.features_kind}, "
-          f"dim {bank.feature_dim}, hash {bank.manifest['hash']})"
+    print(f"bank ready: {path} ({bank.num_patches} patches, {bank.features}, "
+          f"dim {bank.feature_dim}, hash {bank.hash})"
           + (f", {len(skipped)} bad samples skipped" if skipped else ""))
     return 0
 
@@ -100,6 +100,6 @@ def interrupted_summary(out: Path, argv: list[str] | None) -> str:
             kept.append("the complete support (embeddings) bank" if support else "the complete bank")
         elif (folder / BUILD_RECORD).exists():
             state = incomplete_state(folder)
-            label = "support (embeddings)" if support else state["identity"].get("features", "")
+            label = "support (embeddings)" if support else getattr(state["identity"], "features", "")
             kept.append(f"{state['shards_done']} of {state['shards_total'] or '?'} shards of the {label} bank")
     return f"kept {' and '.join(kept)} in {out}; resume with: {resume_command(argv)}"

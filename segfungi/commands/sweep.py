@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.settings_schema import FEATURE_KINDS
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="mIoU against bank size for embeddings and FUNGI")
     add_config_options(parser)
     parser.add_argument("--sizes", type=int, nargs="+", help="bank sizes (default 1024x10^2, 10^3, 10^4)")
-    parser.add_argument("--features", nargs="+", choices=["embeddings", "fungi"], help="feature kinds to sweep (default both)")
+    parser.add_argument("--features", nargs="+", choices=FEATURE_KINDS, help="feature kinds to sweep (default both)")
     parser.add_argument("--aug-epochs", type=int, help="passes over the training images, each with new augmentations")
     parser.add_argument("--out", help="output folder for banks, table and plot")
     parser.set_defaults(func=run)

@@ -1,0 +1,66 @@
+"""One cell of a results table: a bank built (or reused), evaluated for each feature kind.
+
+A FUNGI bank carries its support index, which is exactly the embeddings bank of the
+same images, sampling and size (segfungi.bank), so one build serves both feature kinds:
+the FUNGI bank is evaluated as it is, its `support/` as the embeddings bank. The bank
+sweep and the few-shot trials run their cells through `run_cell`.
+
+With `results_dir`, each evaluation's results are kept in `results-<features>.json`
+there, keyed by the bank's hash and the evaluation settings, so a rerun (or a killed
+run) reads back what is done instead of evaluating again.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from segfungi.bank import MANIFEST, SUPPORT_DIR, MemoryBank, build_bank
+from segfungi.components import evaluation_settings
+from segfungi.evaluate import evaluate
+from segfungi.storage import read_json, settings_hash, write_json_atomic
+
+__all__ = ["CellResult", "evaluate_once", "run_cell"]
+
+
+@dataclass
+class CellResult:
+    features: str  # embeddings | fungi
+    results: dict  # what segfungi.evaluate returns
+    bank: MemoryBank
+
+
+def run_cell(settings: dict, folder: str | Path, features: Sequence[str], progress: bool = True,
+             warn_capped: bool = True, results_dir: str | Path | None = None) -> list[CellResult]:
+    """Build (or reuse) the bank the settings describe in `folder` (a FUNGI bank when
+    `features` lists fungi) and evaluate it once per feature kind in `features`."""
+    folder = Path(folder)
+    top = "fungi" if "fungi" in features else "embeddings"
+    existed = (folder / MANIFEST).exists()
+    bank_dir = build_bank(settings, folder, resume=True, features=top, progress=progress, warn_capped=warn_capped)
+    if existed:  # build_bank checked it is the same bank
+        print(f"segfungi: reusing the {top} bank in {folder}, built before with these settings",
+              file=sys.stderr, flush=True)
+    cells = []
+    for kind in features:
+        path = bank_dir if kind == top else bank_dir / SUPPORT_DIR
+        cache = Path(results_dir) / f"results-{kind}.json" if results_dir is not None else None
+        cells.append(CellResult(kind, evaluate_once(settings, path, cache, progress), MemoryBank(path)))
+    return cells
+
+
+def evaluate_once(settings: dict, bank_path: Path, cache: Path | None, progress: bool = True) -> dict:
+    """`evaluate`, unless `cache` holds the results of this very bank and evaluation."""
+    if cache is None:
+        return evaluate(bank_path, settings, progress=progress)
+    key = settings_hash({"bank": MemoryBank(bank_path).hash, **evaluation_settings(settings)})
+    if cache.exists():
+        cached = read_json(cache)
+        if cached.get("cache_key") == key:
+            return cached
+    results = {**evaluate(bank_path, settings, progress=progress), "cache_key": key}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache, results)
+    return results
