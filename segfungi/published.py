@@ -280,14 +280,17 @@ def _differences(entry: Published, run: Run) -> list[tuple[str, str]]:
     def epochs(n: int) -> str:
         return f"{n} augmentation epoch{'' if n == 1 else 's'}"
 
+    def bank(patches: int) -> str:
+        return f"bank {format_bank_size(patches)}"
+
     pairs = [(epochs(entry.cell.aug_epochs), epochs(run.cell.aug_epochs))]
-    if entry.cell.fraction is not None:
-        pairs.append((f"bank {format_bank_size(entry.cell.bank_size)}", f"bank {format_bank_size(run.cell.bank_size)}"))
+    if entry.cell.fraction is not None:  # a full-data match has the same bank size already
+        pairs.append((bank(entry.cell.bank_size), bank(run.cell.bank_size)))
     if run.image_size is not None:
         pairs.append((f"{entry.image_size} px", f"{run.image_size} px"))
     if run.train_split is not None:
         pairs.append((f"train split {entry.train_split}", f"train split {run.train_split}"))
-    return [(ours, theirs) for ours, theirs in pairs if ours != theirs]
+    return [(published, measured) for published, measured in pairs if published != measured]
 
 
 def _weights_note(entry: Published, weights_id: str) -> str:

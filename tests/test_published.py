@@ -226,7 +226,8 @@ def mutated(change):
     (lambda d: d["blocks"][0].update(colour="red"), r"blocks\[0\]: missing \[\], unknown \['colour'\]"),
     (lambda d: d["source"].update(url="arxiv 2407.10964"), r"source\.url: must be an https://"),
     (lambda d: d["source"].update(name=""), r"source\.name: must be non-empty text"),
-    (lambda d: d["blocks"].append(d["blocks"][0]), "lists vit_small_patch16_224.dino voc fungi at bank 1024×10² twice"),
+    (lambda d: d["blocks"].append(d["blocks"][0]),
+     "lists vit_small_patch16_224.dino voc fungi at bank 1024×10² twice"),
 ])
 def test_a_malformed_file_is_refused_naming_the_file_and_place(tmp_path, change, problem):
     path = tmp_path / "source.yaml"
