@@ -1,5 +1,5 @@
 """A small generated dataset in a real on-disk layout and real file formats (JPEG
-images, PNG / COCO-json labels), for demos and tests.
+images, PNG for Cityscapes; PNG / COCO-json labels), for demos and tests.
 
 Classes: background plus five foreground classes, each a distinctive colour and
 texture (see demo_scenes.py). Each layout keeps its own label space:

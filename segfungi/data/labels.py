@@ -56,6 +56,7 @@ CITYSCAPES_COLOURS = (
 )
 CITYSCAPES_IGNORE_COLOUR = (0, 0, 0)  # Cityscapes draws its void labels black
 
+
 def voc_palette() -> np.ndarray:
     """The Pascal VOC colour map (bit-interleaved class index); row 255 is (224, 224, 192)."""
     index = np.arange(256)
