@@ -50,7 +50,7 @@ FEATURE_KINDS = ("embeddings", "fungi")
 
 SCHEMA: dict[str, tuple[Key, ...]] = {
     "data": (
-        Key("dataset", "voc", "voc | ade20k | coco-stuff | folder"),
+        Key("dataset", "voc", "voc | ade20k | cityscapes | coco-stuff | folder"),
         Key("root", None, "dataset root folder (see README for each layout)", kind="path"),
         Key("train_split", "train", "split the memory bank is built from"),
         Key("val_split", "val", "split evaluated"),

@@ -100,7 +100,7 @@ def test_rewrite_and_refusals(tmp_path):
     with pytest.raises(DatasetError, match="not empty"):
         write_demo_dataset(tmp_path / "mine", "voc", n_images=4, seed=0)
     with pytest.raises(DatasetError, match="layout"):
-        write_demo_dataset(tmp_path / "x", "cityscapes", n_images=4, seed=0)
+        write_demo_dataset(tmp_path / "x", "kitti", n_images=4, seed=0)
     with pytest.raises(DatasetError, match="val"):
         write_demo_dataset(tmp_path / "x", "voc", n_images=1, seed=0)
 

@@ -158,10 +158,10 @@ def _uncompressed(region):
 
 def test_unknown_names_and_missing_roots(tmp_path):
     with pytest.raises(ConfigError, match="choose from"):
-        build_dataset("cityscapes", tmp_path, "train")
+        build_dataset("kitti", tmp_path, "train")
     with pytest.raises(ConfigError, match="on_bad_sample"):
         build_dataset("voc", tmp_path, "train", on_bad_sample="ignore")
-    for name in ("voc", "ade20k", "coco-stuff", "folder"):
+    for name in ("voc", "ade20k", "cityscapes", "coco-stuff", "folder"):
         with pytest.raises(DatasetError, match=str(tmp_path / "nowhere")):
             build_dataset(name, tmp_path / "nowhere", "train")
         with pytest.raises(DatasetError, match=str(tmp_path)):

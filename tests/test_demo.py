@@ -8,7 +8,7 @@ from segfungi.cli import main
 from segfungi.commands.demo import PRETRAINED_COMMAND
 
 
-@pytest.mark.parametrize("dataset", ["ade20k", "voc", "coco-stuff", "folder"])
+@pytest.mark.parametrize("dataset", ["ade20k", "voc", "cityscapes", "coco-stuff", "folder"])
 def test_demo_runs_on_its_own_data_and_explains_a_random_init_run(dataset, tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--dataset", dataset, "--train-images", "2", "--val-images", "1",

@@ -1,4 +1,5 @@
-"""The wheel carries what a non-editable install needs: configs/ and the subset lists."""
+"""The wheel carries what a non-editable install needs: configs/, the subset lists and
+the published numbers."""
 
 import importlib.util
 import shutil
@@ -33,7 +34,7 @@ def can_build_wheels() -> bool:
 
 
 @pytest.mark.skipif(not can_build_wheels(), reason="needs setuptools >= 70.1 or the wheel package")
-def test_wheel_ships_configs_and_subset_lists(tmp_path):
+def test_wheel_ships_configs_subset_lists_and_published_numbers(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -46,8 +47,9 @@ def test_wheel_ships_configs_and_subset_lists(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (REPO / "configs").glob("*.yaml"):
         assert f"segfungi/configs/{config.name}" in names
-    lists = REPO / "segfungi" / "data" / "subsets"
-    for path in lists.rglob("*"):
-        if path.is_file():
-            assert f"segfungi/data/subsets/{path.relative_to(lists).as_posix()}" in names
+    for folder in ("subsets", "published"):
+        shipped = REPO / "segfungi" / "data" / folder
+        for path in shipped.rglob("*"):
+            if path.is_file():
+                assert f"segfungi/data/{folder}/{path.relative_to(shipped).as_posix()}" in names
     assert not any(n.startswith("configs/") for n in names)  # only inside the package

@@ -41,7 +41,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, tr
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set bank.shard_images=32 (repeatable)")
     if data:
-        parser.add_argument("--dataset", choices=["voc", "ade20k", "coco-stuff", "folder"],
+        parser.add_argument("--dataset", choices=["voc", "ade20k", "cityscapes", "coco-stuff", "folder"],
                             help="dataset layout under --root")
         parser.add_argument("--root", help="dataset root folder")
     parser.add_argument("--backbone", help="timm model name, e.g. vit_small_patch16_224.dino")

@@ -29,7 +29,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     # The generated data is written in the layout of the dataset asked for, so that
-    # `--dataset ade20k` (or coco-stuff, folder) reads what the demo wrote.
+    # `--dataset ade20k` (or cityscapes, coco-stuff, folder) reads what the demo wrote.
     layout = args.dataset or "voc"
     root = write_demo_dataset(out / "data", layout=layout, n_images=args.train_images + args.val_images,
                               seed=args.seed, n_val=args.val_images)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 # The same as segfungi.data.demo.LAYOUTS, spelled out so building the parser stays
 # free of the image libraries (every CLI call builds every sub-command's parser).
-LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation")
+LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation", "cityscapes")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo-data",
-        help="write a small generated dataset (JPEG images + real label files) in a real layout",
+        help="write a small generated dataset (images + real label files) in a real layout",
         description="Generated images whose classes differ in colour and texture, written as "
         "Pascal VOC (VOCdevkit, or open-hummingbird-eval's VOCSegmentation layout), ADE20K, "
-        "a plain folder or COCO-Stuff; splits train and val.",
+        "Cityscapes, a plain folder or COCO-Stuff; splits train and val.",
     )
     parser.add_argument("out", help="output folder (must be empty or an earlier demo-data folder)")
     parser.add_argument("--layout", choices=LAYOUTS, default="voc", help="folder layout and label format (default voc)")

@@ -1,7 +1,7 @@
 """Opening a dataset by name, and taking reproducible subsets of it (few-shot).
 
 Layouts and their on-disk conventions are described in voc.py, ade20k.py,
-coco_stuff.py and folder.py; the bad-sample policy in base.py."""
+cityscapes.py, coco_stuff.py and folder.py; the bad-sample policy in base.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from segfungi.data.ade20k import open_ade20k
 from segfungi.data.base import SegDataset, check_policy
+from segfungi.data.cityscapes import open_cityscapes
 from segfungi.data.coco_stuff import open_coco_stuff
 from segfungi.data.folder import open_folder
 from segfungi.data.idlists import read_id_file
@@ -22,13 +23,14 @@ SUBSET_SHUFFLE_SEED = 0  # fixed: the subset seed picks a block of the shuffle, 
 DATASETS = {
     "voc": open_voc,
     "ade20k": open_ade20k,
+    "cityscapes": open_cityscapes,
     "coco-stuff": open_coco_stuff,
     "folder": open_folder,
 }
 
 
 def build_dataset(name: str, root: str | Path, split: str, on_bad_sample: str = "error") -> SegDataset:
-    """Open `split` of the dataset `name` (voc | ade20k | coco-stuff | folder) at `root`."""
+    """Open `split` of the dataset `name` (voc | ade20k | cityscapes | coco-stuff | folder) at `root`."""
     key = str(name).lower().replace("_", "-")
     if key not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")

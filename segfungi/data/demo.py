@@ -1,5 +1,5 @@
 """A small generated dataset in a real on-disk layout and real file formats (JPEG
-images, PNG / COCO-json labels), for demos and tests.
+images, PNG for Cityscapes; PNG / COCO-json labels), for demos and tests.
 
 Classes: background plus five foreground classes, each a distinctive colour and
 texture (see demo_scenes.py). Each layout keeps its own label space:
@@ -14,6 +14,11 @@ texture (see demo_scenes.py). Each layout keeps its own label space:
   * ade20k: background = wall, objects = person, car, tree, painting, lamp (on-disk
           1, 13, 21, 5, 23, 37) in the 150-class space; about half of the images get an
           "other" blob (on-disk 0, i.e. ignore). images/ and annotations/ per split.
+  * cityscapes: background = road, objects = person, car, building, vegetation, traffic
+          sign (trainIds 0, 11, 13, 2, 8, 7); PNG images in leftImg8bit/<split>/<city>/ and,
+          in gtFine/<split>/<city>/, labelTrainIds masks and the matching labelIds masks
+          (Cityscapes' 34 label ids). About half of the images get an "ego vehicle" band
+          along the bottom (label id 1, trainId 255 = ignore), as real frames do.
   * folder: classes.txt with the six style names, masks/ with class ids 0..5,
           splits/train.txt and splits/val.txt.
   * coco-stuff: images/{train,val}2017, annotations/stuff_*.json (background
@@ -35,19 +40,24 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from segfungi.data.cityscapes import (IMAGE_SUFFIX, LABEL_ID_OF_TRAIN_ID, LABEL_IDS_SUFFIX,
+                                       MASK_SUFFIX)
 from segfungi.data.demo_scenes import NUM_FOREGROUND, STYLES, Scene, render_scene
 from segfungi.data.labels import IGNORE, voc_palette
 from segfungi.errors import DatasetError
 
-LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation")
+LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation", "cityscapes")
 DATASET_OF_LAYOUT = {"vocsegmentation": "voc"}  # the dataset name that reads a layout, where it differs
 MARKER = ".segfungi-demo.json"
 # Top-level entries a demo writes; only these are replaced when a demo folder is rewritten.
 _WRITTEN = ("VOCdevkit", "VOCSegmentation", "ADEChallengeData2016", "images", "masks", "splits", "annotations",
-            "classes.txt", MARKER)
+            "leftImg8bit", "gtFine", "classes.txt", MARKER)
 
 VOC_IDS = (0, 1, 7, 8, 12, 15)  # background, aeroplane, car, cat, dog, person
 ADE_IDS = (1, 13, 21, 5, 23, 37)  # wall, person, car, tree, painting, lamp (on disk, 1-based)
+CITYSCAPES_TRAIN_IDS = (0, 11, 13, 2, 8, 7)  # road, person, car, building, vegetation, traffic sign
+CITYSCAPES_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt", "lindau")}
+EGO_VEHICLE_LABEL_ID = 1  # Cityscapes' "ego vehicle": trainId 255
 COCO_THINGS = ((5, "airplane"), (3, "car"), (17, "cat"), (18, "dog"), (1, "person"))
 COCO_BACKGROUND, COCO_OTHER = (173, "wall-other"), (183, "other")
 VOC_BORDER_PX = 5  # kernel of the morphological gradient that marks VOC's void band
@@ -121,6 +131,26 @@ def write_ade20k(out: Path, scenes: list[Scene], splits: dict[str, list[int]], s
                 image[blob > 0] = rng.integers(0, 256, size=(int(blob.sum()), 3), dtype=np.uint8)
             save_jpeg(ade / "images" / folder / f"{name}.jpg", image)
             save_png(ade / "annotations" / folder / f"{name}.png", labels)
+
+
+def write_cityscapes(out: Path, scenes: list[Scene], splits: dict[str, list[int]], seed: int) -> None:
+    train_ids = np.asarray(CITYSCAPES_TRAIN_IDS, dtype=np.uint8)  # per style
+    label_ids_of_style = np.asarray([LABEL_ID_OF_TRAIN_ID[t] for t in CITYSCAPES_TRAIN_IDS], dtype=np.uint8)
+    for split, indices in splits.items():
+        cities = CITYSCAPES_CITIES[split]
+        for number, index in enumerate(indices):
+            city = cities[number % len(cities)]
+            stem = f"{city}_{index:06d}_000019"
+            image, styles = scenes[index].image.copy(), scenes[index].styles
+            labels, label_ids = train_ids[styles], label_ids_of_style[styles]
+            rng = np.random.default_rng([seed, index, 2])
+            if rng.random() < 0.5:  # the ego vehicle's bonnet: a dark band along the bottom
+                top = labels.shape[0] - int(rng.integers(labels.shape[0] // 12, labels.shape[0] // 7))
+                labels[top:], label_ids[top:] = IGNORE, EGO_VEHICLE_LABEL_ID
+                image[top:] = rng.integers(20, 60, size=image[top:].shape, dtype=np.uint8)
+            save_png(out / "leftImg8bit" / split / city / f"{stem}{IMAGE_SUFFIX}", image)
+            save_png(out / "gtFine" / split / city / f"{stem}{MASK_SUFFIX}", labels)
+            save_png(out / "gtFine" / split / city / f"{stem}{LABEL_IDS_SUFFIX}", label_ids)
 
 
 def write_folder(out: Path, scenes: list[Scene], splits: dict[str, list[int]]) -> None:
@@ -202,6 +232,8 @@ def write_demo_dataset(out: str | Path, layout: str = "voc", n_images: int = 50,
         write_voc(out, scenes, splits, reference=layout == "vocsegmentation")
     elif layout == "ade20k":
         write_ade20k(out, scenes, splits, seed)
+    elif layout == "cityscapes":
+        write_cityscapes(out, scenes, splits, seed)
     elif layout == "folder":
         write_folder(out, scenes, splits)
     else:

@@ -3,7 +3,8 @@
 A line is either a bare id (`2007_000032`) or, as in the list files distributed with
 the augmented VOC set, paths whose first one names the image
 (`/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`): the id is the
-first token's file name without its image extension. Blank lines are skipped.
+first token's file name without its image extension. A bare id is kept whole, "/"
+included (Cityscapes ids are "<city>/<name>"). Blank lines are skipped.
 A missing or empty file and duplicate ids are always errors: a list that names an
 image twice is not the list the user meant to give."""
 
@@ -18,11 +19,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def id_from_token(token: str) -> str:
-    name = token.replace("\\", "/").rsplit("/", 1)[-1]
+    """A path to an image file gives its file name without the extension; any other token
+    is the id itself (Cityscapes ids hold a "/": "aachen/aachen_000000_000019")."""
+    path = token.replace("\\", "/")
     for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+        if path.lower().endswith(suffix):
+            return path.rsplit("/", 1)[-1][: -len(suffix)]
+    return token
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:

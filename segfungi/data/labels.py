@@ -42,6 +42,21 @@ ADE20K_CLASSES = (
 )
 
 
+# Cityscapes' 19 evaluation classes, in trainId order 0..18 (cityscapesscripts' labels.py).
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)
+CITYSCAPES_COLOURS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+CITYSCAPES_IGNORE_COLOUR = (0, 0, 0)  # Cityscapes draws its void labels black
+
+
 def voc_palette() -> np.ndarray:
     """The Pascal VOC colour map (bit-interleaved class index); row 255 is (224, 224, 192)."""
     index = np.arange(256)
@@ -64,4 +79,12 @@ def distinct_palette(num_classes: int) -> np.ndarray:
         value = (0.95, 0.7)[(i // 3) % 2]
         palette[i] = np.round(np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255)
     palette[IGNORE] = IGNORE_COLOUR
+    return palette
+
+
+def cityscapes_palette() -> np.ndarray:
+    """The official Cityscapes colours of the 19 trainIds; row 255 (ignore) is black."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(CITYSCAPES_COLOURS)] = CITYSCAPES_COLOURS
+    palette[IGNORE] = CITYSCAPES_IGNORE_COLOUR
     return palette
