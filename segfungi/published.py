@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from segfungi.errors import ConfigError
+from segfungi.settings_schema import FEATURE_KINDS
 
 __all__ = [
     "FEWSHOT_BANK_SIZE", "FEWSHOT_FRACTIONS", "FULL_BANK_SIZES", "PUBLISHED_DIR", "Cell", "Comparison",
@@ -48,7 +49,6 @@ PUBLISHED_DIR = Path(__file__).resolve().parent / "data" / "published"
 FULL_BANK_SIZES = (102400, 1024000, 10240000)  # 1024×10², 10³, 10⁴ patches
 FEWSHOT_FRACTIONS = (Fraction(1, 128), Fraction(1, 64), Fraction(1, 8))
 FEWSHOT_BANK_SIZE = 20480000  # 2048×10⁴: the few-shot protocol's bank (a cap)
-FEATURE_KINDS = ("embeddings", "fungi")
 DATASETS = ("voc", "ade20k", "cityscapes")  # the segfungi datasets with a field protocol
 TIMM_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")  # architecture.pretrained_tag
 SOURCE_KEYS = ("name", "citation", "url")
