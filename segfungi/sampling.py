@@ -74,25 +74,34 @@ def patch_scores(histograms, noise) -> np.ndarray:
     return (present.astype(np.int64) @ patches_with_class) * noise
 
 
-def keep_smallest(histograms, n_keep: int, noise) -> np.ndarray:
-    """Indices (ascending, int64) of the n_keep patches the rule keeps for this noise.
-
-    Ranking: labelled before unlabelled, then smaller score, then lower patch index."""
+def rank_patches(histograms, noise) -> np.ndarray:
+    """Every patch index (int64), in the order the rule takes them for this noise:
+    labelled before unlabelled, then smaller score, then lower patch index. The order
+    is total, so the n kept for any n are its first n: a smaller bank's kept patches are
+    a subset of a larger one's (same seed), which lets one encoding serve every size."""
     hist = _histograms(histograms)
     scores = patch_scores(hist, noise)
     unlabelled = hist.sum(axis=1) == 0
     # np.lexsort sorts by the last key first.
-    ranking = np.lexsort((np.arange(hist.shape[0]), scores, unlabelled))
-    return np.sort(ranking[: max(0, n_keep)]).astype(np.int64)
+    return np.lexsort((np.arange(hist.shape[0]), scores, unlabelled)).astype(np.int64)
+
+
+def keep_smallest(histograms, n_keep: int, noise) -> np.ndarray:
+    """Indices (ascending, int64) of the n_keep patches the rule keeps for this noise."""
+    return np.sort(rank_patches(histograms, noise)[: max(0, n_keep)])
+
+
+def patch_ranking(histograms, seed: int | Sequence[int]) -> np.ndarray:
+    """`rank_patches` with u drawn from `np.random.default_rng(seed)` (one U[0, 1) per
+    patch, in patch order). `seed` is anything `default_rng` takes; a bank passes one
+    derived from (bank seed, epoch, image), so every view has its own stream."""
+    hist = _histograms(histograms)
+    return rank_patches(hist, np.random.default_rng(seed).random(hist.shape[0]))
 
 
 def select_patches(histograms, n_keep: int, seed: int | Sequence[int]) -> torch.Tensor:
-    """`keep_smallest` with u drawn from `np.random.default_rng(seed)` (one U[0, 1) per
-    patch, in patch order); a LongTensor. `seed` is anything `default_rng` takes; a bank
-    passes one derived from (bank seed, epoch, image), so every view has its own stream."""
-    hist = _histograms(histograms)
-    noise = np.random.default_rng(seed).random(hist.shape[0])
-    return torch.from_numpy(keep_smallest(hist, n_keep, noise))
+    """The n_keep patches `patch_ranking` puts first, ascending; a LongTensor."""
+    return torch.from_numpy(np.sort(patch_ranking(histograms, seed)[: max(0, n_keep)]))
 
 
 def compact_labels(hist, topk: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from segfungi.sampling import (
     compact_labels,
     dense_labels,
     keep_smallest,
+    patch_ranking,
     patch_scores,
     select_patches,
     void_class,
@@ -259,3 +260,22 @@ def test_dense_labels_keeps_leading_shape():
     dense = dense_labels(ids, weights, 3)
     assert dense.shape == (1, 2, 3)
     np.testing.assert_allclose(dense[0], [[1, 0, 0], [0, 0.5, 0.5]])
+
+
+def test_kept_patches_of_a_smaller_bank_are_a_subset_of_a_larger_ones():
+    """One encoding of the views serves banks of every size: for one seed, the K kept at
+    any K are among those kept at any larger K (the rule keeps the K smallest of the same
+    scores, ties broken by patch index), and the first K of the ranking are what is kept."""
+    rng = np.random.default_rng(11)
+    for case in range(200):
+        patches, classes = 64, int(rng.integers(1, 6))
+        hist = rng.integers(0, 3, (patches, classes)) * (rng.random((patches, 1)) < 0.9)  # some unlabelled
+        if case % 3 == 0:  # many equal scores
+            hist = np.ones((patches, classes), dtype=np.int64)
+        seed = [case, 7]
+        ranking = patch_ranking(hist, seed)
+        assert sorted(ranking.tolist()) == list(range(patches))
+        kept = [set(select_patches(hist, k, seed).tolist()) for k in range(patches + 1)]
+        for k in range(patches):
+            assert kept[k] <= kept[k + 1] and len(kept[k]) == k
+            assert kept[k] == set(ranking[:k].tolist())
