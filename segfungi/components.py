@@ -189,11 +189,14 @@ def bank_out(settings: dict) -> str:
     return settings["bank"]["out"]
 
 
-def bank_spec(settings: dict, features: str | None = None, given_dataset: bool = False):
-    """The bank the settings describe (`features` overrides bank.features); with
-    `given_dataset` the images come as an object, not from the data section."""
+def bank_spec(settings: dict, features: str | None = None, given_dataset: bool = False, size: int | None = None):
+    """The bank the settings describe (`features` overrides bank.features, `size`
+    bank.size); with `given_dataset` the images come as an object, not from the data
+    section."""
     from segfungi.bank import BankSpec, DataSource
 
+    if size is not None:  # the manifest records the size this bank is built at
+        settings = {**settings, "bank": {**settings["bank"], "size": int(size)}}
     bank, data = settings["bank"], settings["data"]
     source = None if given_dataset else DataSource(
         data["dataset"], data["train_split"], data["subset_file"], data["subset_fraction"], data["subset_seed"])

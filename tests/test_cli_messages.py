@@ -106,7 +106,7 @@ def test_interrupted_fungi_build_names_both_banks(root, tmp_path, monkeypatch, c
     write = shards.ShardWriter.write
 
     def interrupt_fungi(self, shard):
-        if self.out.name != "support" and shard == 1:
+        if self.outs[0].name != "support" and shard == 1:
             raise KeyboardInterrupt
         write(self, shard)
 

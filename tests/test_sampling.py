@@ -208,13 +208,13 @@ class StripedImage:
 @pytest.mark.parametrize("void_label", ["background", "ignore"])
 def test_void_setting_reaches_the_bank_labels(tmp_path, void_label):
     settings = tiny_settings(tmp_path, bank={"void_label": void_label}, data={"image_size": 32})
-    plan = SimpleNamespace(keep_per_item=4)
     extractor = SimpleNamespace(backbone=SimpleNamespace(patch_size=16, img_size=32))
-    writer = ItemLoader(StripedImage(), extractor, plan, bank_spec(settings))
+    writer = ItemLoader(StripedImage(), extractor, (4,), bank_spec(settings))
     try:
-        _, keep, ids, weights, _ = writer.preparer(0, 0)
+        (kept,) = writer.preparer(0, 0).kept
     finally:
         writer.close()
+    keep, ids, weights = kept.keep, kept.label_ids, kept.label_weights
     dense = dense_labels(ids, weights, 21)
     assert len(keep) == 4
     # Every patch of every crop holds both stripes.

@@ -29,6 +29,7 @@ from segfungi.lazy import lazy_exports
 _PUBLIC = {
     # building
     "build_bank": "._build",
+    "build_banks": "._build",
     "build_index": "._build",
     "bank_identity": "._build",
     "planned_bank": "._build",

@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -94,27 +95,27 @@ def make_plan(spec: BankSpec, num_images: int, grid_patches: int) -> BankPlan:
 
 
 def _check_disk_space(build: _Build) -> None:
-    """Refuse to start a build whose remaining shards and index cannot fit (5% margin)."""
-    out, spec, plan = build.target.out, build.spec, build.plan
-    if (out / MANIFEST).exists():
-        return
+    """Refuse to start a build whose remaining shards, indexes and cache cannot fit (5% margin)."""
     parts, needed = [], 0
-    for target in filter(None, (build.target, build.support)):
-        if (target.out / MANIFEST).exists():
-            continue
-        dim = target.extractor.feature_dim
-        estimate = estimate_bank_bytes(plan, dim, target.features, spec.label_topk, spec.index)
-        todo = plan.num_shards - len(done_shards(target.out) & set(range(plan.num_shards)))
-        needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
-        parts.append(f"{target.features} bank of {estimate['patches']} patches × {dim} dims")
-        if target is build.support and caches_last_block_input(spec, target.extractor):
-            # The support pass keeps every image's last-block input (T×D float16) until
-            # the FUNGI pass has used it.
-            backbone = target.extractor.backbone
-            tokens = backbone.num_prefix_tokens + backbone.num_patches
-            needed += plan.num_items * todo // max(1, plan.num_shards) * tokens * backbone.embed_dim * 2
-            parts.append("last-block input cache")
-    check_free_space(out, int(needed * 1.05) + (16 << 20), " + ".join(parts))
+    for size in build.sizes:
+        plan, spec = size.plan, size.spec
+        for target in size.targets:
+            if (target.out / MANIFEST).exists():
+                continue
+            dim = target.extractor.feature_dim
+            estimate = estimate_bank_bytes(plan, dim, target.features, spec.label_topk, spec.index)
+            todo = plan.num_shards - len(done_shards(target.out) & set(range(plan.num_shards)))
+            needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
+            parts.append(f"{target.features} bank of {estimate['patches']} patches × {dim} dims")
+    if build.cache is not None:
+        # The embeddings pass keeps every image's last-block input (T×D float16) until
+        # the FUNGI passes have used it.
+        backbone, plan = build.extractor.backbone, build.sizes[0].plan
+        tokens = backbone.num_prefix_tokens + backbone.num_patches
+        needed += plan.num_items * tokens * backbone.embed_dim * 2
+        parts.append("last-block input cache")
+    if parts:
+        check_free_space(build.sizes[0].target.out, int(needed * 1.05) + (16 << 20), " + ".join(parts))
 
 
 # ----------------------------------------------------------------------- identity
@@ -163,7 +164,7 @@ def caches_last_block_input(spec: BankSpec, extractor) -> bool:
 # -------------------------------------------------------------------------- build
 @dataclass
 class _Target:
-    """One bank folder a build writes: the FUNGI bank, its support, or an embeddings bank."""
+    """One bank folder a build writes: a FUNGI bank, its support, or an embeddings bank."""
 
     out: Path
     extractor: object
@@ -179,19 +180,43 @@ class _Target:
 
 
 @dataclass
-class _Build:
-    """What a build computes once and every step reads: the spec, the training images,
-    the plan (one for a FUNGI bank and its support: same images, same sampling), the bank
-    folder(s) to write, the shared item loader."""
+class _Size:
+    """One bank size of a build: its spec and plan, the bank asked for and, for a FUNGI
+    bank, its support (the embeddings bank of the same size)."""
 
     spec: BankSpec
-    dataset: object
     plan: BankPlan
     target: _Target
-    support: _Target | None  # the support (embeddings) bank of a FUNGI bank
+    support: _Target | None
+
+    @property
+    def embeddings(self) -> _Target:
+        """The bank the embeddings pass writes for this size."""
+        return self.support if self.support is not None else self.target
+
+    @property
+    def targets(self) -> list[_Target]:
+        return [t for t in (self.support, self.target) if t is not None]
+
+
+@dataclass
+class _Build:
+    """What a build computes once and every step reads: the training images, the
+    extractor, the sizes (same images and sampling seed, different patches kept per
+    view), the shared item loader and the last-block input cache."""
+
+    dataset: object
+    extractor: object  # of the banks asked for (FUNGI or embeddings)
+    embeddings_extractor: object  # of the embeddings pass (the same for an embeddings build)
+    sizes: list[_Size]
     progress: bool
+    cache: LastBlockCache | None = None  # the embeddings pass's last-block inputs, for the FUNGI passes
     loader: ItemLoader | None = None
-    cache: LastBlockCache | None = None  # the support pass's last-block inputs, for the FUNGI pass
+
+    @property
+    def spec(self) -> BankSpec:
+        """What every size shares (seed, augmentation, batch size, workers, device)."""
+        return self.sizes[0].spec
 
 
 def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
@@ -210,38 +235,72 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     the settings' data section (anything `segfungi.as_dataset` takes: (image, mask) pairs
     with a class list). The other settings (bank, fungi, index) apply as usual.
 
-    The steps, in order: check the output folder; open the images and the model and name
-    the bank (`_prepare`); stop if it exists already; check the disk space; then, holding
-    the folder's lock, start or resume the record, write the support bank first (FUNGI
-    banks), then the bank itself (`_write_bank`: shards, index and manifest)."""
-    spec = bank_spec(settings, features, given_dataset=dataset is not None)
-    if spec.features not in FEATURE_KINDS:
-        raise BankError(f"bank.features must be one of {', '.join(FEATURE_KINDS)}, got {spec.features!r}")
+    The steps, in order (`build_banks`, for one size): check the output folder; open the
+    images and the model and name the bank (`_prepare`); stop if it exists already; check
+    the disk space; then, holding the folders' locks, start or resume the records, run the
+    embeddings pass (the support bank of a FUNGI bank, keeping the last-block inputs), then
+    the FUNGI pass; each bank ends with its index and manifest (`_finish`)."""
     out = Path(out or bank_out(settings))
-    _check_output_folder(out)
-    build = _prepare(settings, spec, out, progress, backbone, dataset)
-    if _exists(build.target):
-        return out  # the same bank exists already
-    if distributed.rank() == 0:  # before hours of work: will the bank fit on the disk?
+    size = bank_spec(settings).size
+    built = build_banks(settings, {size: out}, resume=resume, features=features, progress=progress,
+                        warn_capped=warn_capped, backbone=backbone, dataset=dataset,
+                        cache_dir=out / LAST_BLOCK_INPUT_DIR)
+    return built[size]
+
+
+def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = True, features: str | None = None,
+                progress: bool = True, warn_capped: bool = True, *, backbone=None, dataset=None,
+                cache_dir: str | Path | None = None) -> dict[int, Path]:
+    """Banks of several sizes (`outs`: {bank.size: folder}) of the same images, sampling
+    seed and features, from one pass of the backbone over the augmented views.
+
+    Every size keeps the first K = S // (N·E) patches of the same per-view ranking, so
+    the patches a smaller bank keeps are among a larger one's; the embeddings pass
+    encodes each view once and writes each size's rows, and keeps the views' last-block
+    inputs in `cache_dir` (default: `last_block_input/` beside the first folder) for the
+    FUNGI pass of every size. Each bank equals, byte for byte, the one `build_bank`
+    builds for that size. Returns {size: folder}."""
+    outs = {int(size): Path(out) for size, out in outs.items()}
+    specs = {size: bank_spec(settings, features, given_dataset=dataset is not None, size=size) for size in outs}
+    for spec in specs.values():
+        if spec.features not in FEATURE_KINDS:
+            raise BankError(f"bank.features must be one of {', '.join(FEATURE_KINDS)}, got {spec.features!r}")
+    for size in outs:
+        _check_output_folder(outs[size])
+    cache_dir = Path(cache_dir) if cache_dir is not None else next(iter(outs.values())).parent / LAST_BLOCK_INPUT_DIR
+    build = _prepare(settings, specs, outs, progress, backbone, dataset, cache_dir)
+    build.sizes = [size for size in build.sizes if not _exists(size.target)]
+    if not build.sizes:
+        return outs  # the same banks exist already
+    if distributed.rank() == 0:  # before hours of work: will the banks fit on the disk?
         _check_disk_space(build)
         if warn_capped:
-            warn_if_capped(build.plan)
-    build.loader = ItemLoader(build.dataset, build.target.extractor, build.plan, spec)
+            for size in build.sizes:
+                warn_if_capped(size.plan)
+    build.loader = ItemLoader(build.dataset, build.extractor, tuple(s.plan.keep_per_item for s in build.sizes),
+                              build.spec)
     try:
-        with _lock(out):
+        with contextlib.ExitStack() as locks:
+            for size in build.sizes:
+                for target in size.targets:
+                    if not (target.out / MANIFEST).exists():
+                        locks.enter_context(_lock(target.out))
             if distributed.rank() == 0:
-                _start_or_resume(build, build.target, resume)
+                for size in build.sizes:
+                    _start_or_resume(size.spec, size.target, resume)
+                    if size.support is not None and not _exists(size.support):
+                        _start_or_resume(size.spec, size.support, resume=True)
             distributed.barrier()
-            if build.support is not None:
-                _write_support(build)
-            _write_bank(build, build.target)
-            if build.support is not None and distributed.rank() == 0:
-                # Finished: the support pass's last-block inputs are not needed.
-                shutil.rmtree(out / LAST_BLOCK_INPUT_DIR, ignore_errors=True)
+            _write_embeddings(build)
+            for index, size in enumerate(build.sizes):
+                if size.support is not None:
+                    _write_fungi(build, index)
+            if build.cache is not None and distributed.rank() == 0:
+                build.cache.remove()  # finished: the last-block inputs are not needed
             distributed.barrier()
     finally:
         build.loader.close()
-    return out
+    return outs
 
 
 def _check_output_folder(out: Path) -> None:
@@ -256,26 +315,33 @@ def _lock(out: Path):
     return BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
 
 
-def _prepare(settings: dict, spec: BankSpec, out: Path, progress: bool, backbone, dataset) -> _Build:
-    """The images, the model, the plan and the banks' identities, each computed once."""
+def _prepare(settings: dict, specs: dict[int, BankSpec], outs: dict[int, Path], progress: bool, backbone, dataset,
+             cache_dir: Path) -> _Build:
+    """The images, the model, each size's plan and identities, each computed once."""
     if dataset is not None:
         from segfungi.data.pairs import as_dataset
 
         dataset = as_dataset(dataset)
     else:
         dataset = open_train_dataset(settings)
-    extractor = make_extractor(settings, features=spec.features, backbone=backbone)
-
-    def target(folder: Path, extractor) -> _Target:
-        return _Target(folder, extractor, bank_identity(spec, extractor, dataset))
-
-    support = None
-    if spec.features == "fungi":
-        # The support bank is an embeddings bank of the same images and sampling.
-        embeddings = make_extractor(settings, features="embeddings", backbone=extractor.backbone)
-        support = target(out / SUPPORT_DIR, embeddings)
-    return _Build(spec=spec, dataset=dataset, plan=make_plan(spec, len(dataset), extractor.backbone.num_patches),
-                  target=target(out, extractor), support=support, progress=progress)
+    first = next(iter(specs.values()))
+    extractor = make_extractor(settings, features=first.features, backbone=backbone)
+    # The support banks are embeddings banks of the same images and sampling.
+    embeddings = (make_extractor(settings, features="embeddings", backbone=extractor.backbone)
+                  if first.features == "fungi" else extractor)
+    sizes = []
+    for size, spec in specs.items():
+        plan = make_plan(spec, len(dataset), extractor.backbone.num_patches)
+        target = _Target(outs[size], extractor, bank_identity(spec, extractor, dataset))
+        support = (_Target(outs[size] / SUPPORT_DIR, embeddings, bank_identity(spec, embeddings, dataset))
+                   if spec.features == "fungi" else None)
+        sizes.append(_Size(spec, plan, target, support))
+    cache = None
+    if first.features == "fungi" and caches_last_block_input(first, extractor):
+        backbone = extractor.backbone
+        cache = LastBlockCache(cache_dir, backbone.num_prefix_tokens + backbone.num_patches, backbone.embed_dim)
+    return _Build(dataset=dataset, extractor=extractor, embeddings_extractor=embeddings, sizes=sizes,
+                  progress=progress, cache=cache)
 
 
 def _exists(target: _Target) -> bool:
@@ -291,54 +357,56 @@ def _exists(target: _Target) -> bool:
     )
 
 
-def _write_support(build: _Build) -> None:
-    """The support (embeddings) bank of a FUNGI bank, always resumed; its pass keeps the
-    last-block inputs for the FUNGI pass when the spec asks for it."""
-    support = build.support
-    if caches_last_block_input(build.spec, build.target.extractor):
-        backbone = build.target.extractor.backbone
-        build.cache = LastBlockCache(build.target.out / LAST_BLOCK_INPUT_DIR,
-                                     backbone.num_prefix_tokens + backbone.num_patches, backbone.embed_dim)
-    _check_output_folder(support.out)
-    if _exists(support):
+def _write_embeddings(build: _Build) -> None:
+    """The embeddings pass: every embeddings bank still to write (a FUNGI bank's support,
+    or the bank itself), all sizes from one network pass per shard; it keeps each shard's
+    last-block inputs for the FUNGI pass. Then (rank 0) each bank's index and manifest."""
+    todo = [(index, size.embeddings) for index, size in enumerate(build.sizes)
+            if not (size.embeddings.out / MANIFEST).exists()]
+    if not todo:
         return
-    with _lock(support.out):
-        if distributed.rank() == 0:
-            _start_or_resume(build, support, resume=True)
-        distributed.barrier()
-        _write_bank(build, support)
-        distributed.barrier()
+    writer = EmbeddingsWriter([target.out for _, target in todo], build.loader, build.embeddings_extractor,
+                              build.sizes[0].plan, cache=build.cache, keep_sets=[index for index, _ in todo])
+    seconds = _write_shards(build, writer, [target for _, target in todo], "embeddings")
+    if distributed.rank() == 0:
+        for index, target in todo:
+            _finish(build, build.sizes[index], target, seconds)
+    distributed.barrier()  # the FUNGI passes open these banks
 
 
-def _writer(build: _Build, target: _Target) -> ShardWriter:
-    if target.features == "embeddings":
-        return EmbeddingsWriter(target.out, build.loader, target.extractor, build.plan,
-                                cache=build.cache if target is build.support else None)
-    support = SupportIndex(build.support.out, build.spec.support, build.spec.index, build.spec.device)
-    return FungiWriter(target.out, build.loader, target.extractor, build.plan, build.spec.seed,
-                       support, cache=build.cache)
+def _write_fungi(build: _Build, index: int) -> None:
+    """The FUNGI pass of size number `index`: its shards, then (rank 0) index and manifest."""
+    size = build.sizes[index]
+    spec = size.spec
+    support = SupportIndex(size.support.out, spec.support, spec.index, spec.device)
+    writer = FungiWriter(size.target.out, build.loader, build.extractor, size.plan, spec.seed, support,
+                         cache=build.cache, size=index, keep_cache=len(build.sizes) > 1)
+    seconds = _write_shards(build, writer, [size.target], "fungi")
+    # The support index is not needed any more: free it before the bank's own index is built.
+    del writer, support
+    if distributed.rank() == 0:
+        _finish(build, size, size.target, seconds)
+    distributed.barrier()
 
 
-def _write_bank(build: _Build, target: _Target) -> None:
-    """The shards still to do, then (rank 0) the index and the manifest."""
-    writer = _writer(build, target)
+def _write_shards(build: _Build, writer: ShardWriter, targets: list[_Target], features: str) -> float:
+    """The shards some target still lacks, dealt out over the ranks; their seconds."""
     started = time.perf_counter()
-    # The shards still to do are dealt out over the ranks (s % world == rank on a fresh
-    # build); every rank lists them before any rank writes one, so all see one list.
-    todo = [s for s in range(build.plan.num_shards) if not (target.out / SHARDS_DIR / shard_name(s)).exists()]
+    plan = build.sizes[0].plan  # shards are the same items for every size
+    # Every rank lists them before any rank writes one, so all see one list.
+    todo = [s for s in range(plan.num_shards)
+            if any(not (t.out / SHARDS_DIR / shard_name(s)).exists() for t in targets)]
     distributed.barrier()
     mine = todo[distributed.rank() :: distributed.world_size()]
+    names = ", ".join(t.out.name for t in targets)
     try:
-        for shard in tqdm(mine, desc=f"{target.features} bank {target.out.name}", unit="shard",
-                                  disable=not build.progress or distributed.rank() != 0):
+        for shard in tqdm(mine, desc=f"{features} bank{'s' * (len(targets) > 1)} {names}", unit="shard",
+                          disable=not build.progress or distributed.rank() != 0):
             writer.write(shard)
     finally:
         build.loader.close()
-    # The support index is not needed any more: free it before the bank's own index is built.
-    del writer
     distributed.barrier()
-    if distributed.rank() == 0:
-        _finish(build, target, time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def warn_if_capped(plan: BankPlan) -> None:
@@ -349,7 +417,7 @@ def warn_if_capped(plan: BankPlan) -> None:
               f"{plan.num_patches} patches", file=sys.stderr, flush=True)
 
 
-def _start_or_resume(build: _Build, target: _Target, resume: bool) -> None:
+def _start_or_resume(spec: BankSpec, target: _Target, resume: bool) -> None:
     """A fresh build writes build.json; a resumed one must have the same hash, and its
     damaged shards are dropped. A record left by a build that stopped before writing any
     shard (e.g. at a corrupt image) holds nothing worth keeping: this build takes it over."""
@@ -377,7 +445,7 @@ def _start_or_resume(build: _Build, target: _Target, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if any((out / SHARDS_DIR).glob("*")):
         raise BankError(f"{out}: has shards but no {BUILD_RECORD}; remove the folder first")
-    write_build_record(out, target.identity, build.spec.record)
+    write_build_record(out, target.identity, spec.record)
 
 
 def describe_raw(stored: dict, identity: BankIdentity):
@@ -401,12 +469,12 @@ def _drop_damaged_shards(out: Path) -> None:
             remove_temporaries(folder.parent)
 
 
-def _finish(build: _Build, target: _Target, seconds: float) -> None:
+def _finish(build: _Build, size: _Size, target: _Target, seconds: float) -> None:
     """The index, then the manifest (written last: the bank is complete)."""
-    out, plan, dataset = target.out, build.plan, build.dataset
+    out, plan, spec, dataset = target.out, size.plan, size.spec, build.dataset
     shards = [shard_entry(out / SHARDS_DIR / shard_name(shard)) for shard in range(plan.num_shards)]
     bank = MemoryBank(out, shards_override=shards)  # reading the shards checks their checksums
-    index_info = build_index(bank, build.spec.index, out / INDEX_DIR, build.spec.device)
+    index_info = build_index(bank, spec.index, out / INDEX_DIR, spec.device)
     manifest = {
         "hash": target.digest,
         "segfungi_version": __version__,
@@ -419,7 +487,7 @@ def _finish(build: _Build, target: _Target, seconds: float) -> None:
         "build_seconds": round(seconds, 2),
         "index": index_info,
         "identity": target.identity.record(),
-        "settings": build.spec.record,
+        "settings": spec.record,
         "skipped_samples": [[str(i), str(reason)] for i, reason in getattr(dataset, "bad_samples", [])],
         "shards": shards,
     }

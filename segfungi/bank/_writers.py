@@ -1,9 +1,12 @@
 """Turning the augmented images of one shard into stored patch features and labels.
 
 * `ItemLoader`: the augmented images of the bank's (epoch, image) items, prepared
-  serially or in DataLoader workers; one per build, shared by its writers.
-* `EmbeddingsWriter`: normalised patch embeddings (+ their norms); in a FUNGI build's
-  support pass it also keeps the last-block inputs (`_cache.LastBlockCache`).
+  serially or in DataLoader workers; one per build, shared by its writers. Each item
+  holds one set of kept patches per bank size the build writes (`keeps`): the sampler
+  ranks a view's patches once and a size keeps the first K of that ranking.
+* `EmbeddingsWriter`: normalised patch embeddings (+ their norms), one network pass for
+  banks of every size; in a FUNGI build's support pass it also keeps the last-block
+  inputs (`_cache.LastBlockCache`).
 * `FungiWriter`: FUNGI features, whose loss negatives come from the support index; it
   starts from the cached last-block inputs when they are there, and takes the kept
   patches, labels and provenance from the support shard then.
@@ -26,33 +29,55 @@ from segfungi.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_gene
 from segfungi.storage import write_arrays_atomic
 
 
+@dataclass
+class KeptPatches:
+    """The patches one bank size keeps of an augmented image, with their labels."""
+
+    keep: np.ndarray  # patch indices, ascending (int64)
+    label_ids: np.ndarray
+    label_weights: np.ndarray
+    provenance: np.ndarray  # (image, epoch, patch) per kept patch, int32
+
+
+@dataclass
+class PreparedItem:
+    """One augmented image before the network, and what each bank size keeps of it."""
+
+    image: np.ndarray  # S×S×3 uint8
+    kept: list[KeptPatches]  # one per keep count of the loader, in its order
+
+
 class _ItemPreparer:
     """One augmented image before the network: image, kept patches, their labels.
 
     Everything comes from (bank seed, epoch, image), so it runs the same in the main
     process or in a DataLoader worker; a small picklable object for that reason."""
 
-    def __init__(self, dataset, image_size: int, seed: int, keep: int, topk: int, patch: int,
+    def __init__(self, dataset, image_size: int, seed: int, keeps: tuple[int, ...], topk: int, patch: int,
                  void_class: int | None = None):
         from segfungi.data.augment import HummingbirdAugment
 
-        self.dataset, self.seed, self.keep, self.topk, self.patch = dataset, seed, keep, topk, patch
+        self.dataset, self.seed, self.keeps, self.topk, self.patch = dataset, seed, tuple(keeps), topk, patch
         self.void_class = void_class  # the class void pixels count as in bank labels, or None
         self.augment = HummingbirdAugment(size=image_size)
 
-    def __call__(self, epoch: int, image: int):
+    def __call__(self, epoch: int, image: int) -> PreparedItem:
         from segfungi.data.augment import patch_histograms
-        from segfungi.sampling import compact_labels, select_patches
+        from segfungi.sampling import patch_ranking
 
         sample = self.dataset[image]
         img, mask = self.augment(sample.image, sample.mask, seed=derive_seed(self.seed, epoch, image, AUGMENT))
         hist = patch_histograms(mask, patch=self.patch, num_classes=self.dataset.num_classes,
                                 void_class=self.void_class)
-        keep = select_patches(hist, self.keep, seed=derive_seed(self.seed, epoch, image, SAMPLE))
-        keep = np.sort(np.asarray(keep, dtype=np.int64))
+        ranking = patch_ranking(hist, seed=derive_seed(self.seed, epoch, image, SAMPLE))
+        return PreparedItem(img, [self._kept(hist, np.sort(ranking[:count]), epoch, image) for count in self.keeps])
+
+    def _kept(self, hist: np.ndarray, keep: np.ndarray, epoch: int, image: int) -> KeptPatches:
+        from segfungi.sampling import compact_labels
+
         label_ids, label_weights = compact_labels(hist[keep], self.topk)
         provenance = np.stack([np.full(len(keep), image), np.full(len(keep), epoch), keep], axis=1)
-        return img, keep, label_ids, label_weights, provenance.astype(np.int32)
+        return KeptPatches(keep, label_ids, label_weights, provenance.astype(np.int32))
 
 
 class _PreparedItems(torch.utils.data.Dataset):
@@ -95,12 +120,13 @@ class ItemLoader:
     Every random choice is seeded from (seed, epoch, image), so the items equal the
     serial path's bit for bit. `close()` stops the workers; the next call starts them."""
 
-    def __init__(self, dataset, extractor, plan, spec):
+    def __init__(self, dataset, extractor, keeps: tuple[int, ...], spec):
+        """`keeps`: patches kept per augmented image, one count per bank size written."""
         from segfungi.sampling import void_class
 
         self.batch_size = spec.batch_size
         # The backbone's size: data.image_size, or 32 × its patch size when that is null.
-        self.preparer = _ItemPreparer(dataset, extractor.backbone.img_size, spec.seed, plan.keep_per_item,
+        self.preparer = _ItemPreparer(dataset, extractor.backbone.img_size, spec.seed, keeps,
                                       spec.label_topk, extractor.backbone.patch_size,
                                       void_class(spec.void_label, dataset.classes))
         self.num_workers = spec.num_workers
@@ -156,10 +182,12 @@ class _Labels:
     provenance: np.ndarray  # int32, patches × (image, epoch, patch)
 
     @classmethod
-    def of(cls, prepared) -> "_Labels":
-        return cls(np.concatenate([p[2] for p in prepared]).astype(np.int16),
-                   np.concatenate([p[3] for p in prepared]).astype(np.float16),
-                   np.concatenate([p[4] for p in prepared]))
+    def of(cls, prepared: list[PreparedItem], size: int) -> "_Labels":
+        """The labels of bank size number `size` (its keep set) of a batch of items."""
+        kept = [item.kept[size] for item in prepared]
+        return cls(np.concatenate([k.label_ids for k in kept]).astype(np.int16),
+                   np.concatenate([k.label_weights for k in kept]).astype(np.float16),
+                   np.concatenate([k.provenance for k in kept]))
 
     @classmethod
     def joined(cls, parts: list["_Labels"]) -> "_Labels":
@@ -171,59 +199,71 @@ class _Labels:
 
 
 class ShardWriter:
-    """Writes shard NNNNN of the bank at `out`: `shard_arrays` (the subclass) computes
-    its arrays, this writes them as one atomic folder with checksums."""
+    """Writes shard NNNNN into each bank folder of `outs` that lacks it: `shard_arrays`
+    (the subclass) computes the arrays of every folder in one pass, this writes each as
+    one atomic folder with checksums."""
 
-    def __init__(self, out, loader: ItemLoader, extractor, plan):
-        self.out, self.loader, self.extractor, self.plan = Path(out), loader, extractor, plan
+    def __init__(self, outs, loader: ItemLoader, extractor, plan):
+        self.outs, self.loader, self.extractor, self.plan = [Path(out) for out in outs], loader, extractor, plan
 
     def write(self, shard: int) -> None:
         items = self.plan.shard_items(shard)
-        arrays = self.shard_arrays(shard, items)
-        meta = {"shard": shard, "items": len(items), "patches": int(len(arrays["features"]))}
-        write_arrays_atomic(self.out / SHARDS_DIR / shard_name(shard), arrays, meta)
+        for out, arrays in zip(self.outs, self.shard_arrays(shard, items)):
+            folder = out / SHARDS_DIR / shard_name(shard)
+            if folder.exists():  # written before (a resumed build of several sizes)
+                continue
+            meta = {"shard": shard, "items": len(items), "patches": int(len(arrays["features"]))}
+            write_arrays_atomic(folder, arrays, meta)
         self.written(shard)
 
-    def shard_arrays(self, shard: int, items: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    def shard_arrays(self, shard: int, items: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+        """The arrays of this shard for each folder of `outs`."""
         raise NotImplementedError
 
     def written(self, shard: int) -> None:
         """After shard `shard` is stored (nothing by default)."""
 
     @staticmethod
-    def _images(prepared) -> tuple[np.ndarray, list[torch.Tensor]]:
-        """The uint8 images of a batch of prepared items and each item's kept patches."""
-        return np.stack([p[0] for p in prepared]), [torch.from_numpy(p[1]) for p in prepared]
+    def _images(prepared: list[PreparedItem], size: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """The uint8 images of a batch of prepared items and, per item, the patches bank
+        size number `size` keeps."""
+        return (np.stack([item.image for item in prepared]),
+                [torch.from_numpy(item.kept[size].keep) for item in prepared])
 
 
 class EmbeddingsWriter(ShardWriter):
-    """Shards of an embeddings bank: normalised patch embeddings (float16) and their norms
-    (float32, so a support index can hand raw tokens to the FUNGI loss head). With a
-    `cache` (a FUNGI build's support pass), it keeps each shard's last-block inputs there,
-    before the shard itself."""
+    """Shards of embeddings banks: normalised patch embeddings (float16) and their norms
+    (float32, so a support index can hand raw tokens to the FUNGI loss head). One network
+    pass serves banks of several sizes: `outs[i]` keeps the patches of the loader's keep
+    set `keep_sets[i]` (default i). With a `cache` (a FUNGI build's support pass), it keeps
+    each shard's last-block inputs there, before the shards themselves."""
 
-    def __init__(self, out, loader, extractor, plan, cache=None):
-        super().__init__(out, loader, extractor, plan)
+    def __init__(self, outs, loader, extractor, plan, cache=None, keep_sets: list[int] | None = None):
+        super().__init__(outs, loader, extractor, plan)
         self.cache = cache
+        self.keep_sets = list(range(len(self.outs))) if keep_sets is None else list(keep_sets)
 
     def shard_arrays(self, shard, items):
         batches = self.loader.batches(items)
-        features, norms, inputs, labels = [], [], [], []
+        sizes = self.keep_sets
+        features, norms, labels = ({size: [] for size in sizes} for _ in range(3))
+        inputs = []
         for prepared in self.loader.prepared(batches):
-            images, keeps = self._images(prepared)
+            images = np.stack([item.image for item in prepared])
             last_input = self.extractor.last_block_input(images)
             raw = self.extractor.embeddings_from_last_block_input(last_input, normalize=False)
-            kept = [e[k] for e, k in zip(raw, keeps)]
-            normalised = [torch.nn.functional.normalize(e, dim=-1) for e in kept]
-            norms.append(torch.cat([e.norm(dim=-1) for e in kept]).cpu().numpy().astype(np.float32))
-            features.append(torch.cat([f.float() for f in normalised]).cpu().numpy().astype(np.float16))
+            for size in sizes:
+                kept = [e[torch.from_numpy(item.kept[size].keep)] for e, item in zip(raw, prepared)]
+                normalised = [torch.nn.functional.normalize(e, dim=-1) for e in kept]
+                norms[size].append(torch.cat([e.norm(dim=-1) for e in kept]).cpu().numpy().astype(np.float32))
+                features[size].append(torch.cat([f.float() for f in normalised]).cpu().numpy().astype(np.float16))
+                labels[size].append(_Labels.of(prepared, size))
             if self.cache is not None:
                 inputs.append(last_input.to(torch.float16).cpu().numpy())
-            labels.append(_Labels.of(prepared))
         if self.cache is not None:
             self.cache.store(shard, np.concatenate(inputs))
-        return {"embedding_norm": np.concatenate(norms), "features": np.concatenate(features),
-                **_Labels.joined(labels).arrays()}
+        return [{"embedding_norm": np.concatenate(norms[size]), "features": np.concatenate(features[size]),
+                 **_Labels.joined(labels[size]).arrays()} for size in sizes]
 
 
 class FungiWriter(ShardWriter):
@@ -231,16 +271,18 @@ class FungiWriter(ShardWriter):
     (`FeatureExtractor.kept_gradients`), the projection over the whole shard at once
     (`FeatureExtractor.project`: a dense projection streams all of R, 57 M signs for ViT-S,
     per call: once per shard instead of once per batch; the result is what
-    `FeatureExtractor.fungi` gives).
+    `FeatureExtractor.fungi` gives). `size`: which of the loader's keep sets is this bank's.
 
     With a `cache` (bank.cache_last_block_input), the last-block inputs come from the
     support pass when they are there (`_read_cache`); the kept patches, labels and
     provenance then come from the support shard. When they are not, they are recomputed
-    from the images and rounded to float16 as the cache would have held them."""
+    from the images and rounded to float16 as the cache would have held them. A shard's
+    cache is dropped once used, unless `keep_cache` (banks of other sizes still need it)."""
 
-    def __init__(self, out, loader, extractor, plan, seed: int, support, cache=None):
-        super().__init__(out, loader, extractor, plan)
-        self.seed, self.support, self.cache = seed, support, cache
+    def __init__(self, out, loader, extractor, plan, seed: int, support, cache=None, size: int = 0,
+                 keep_cache: bool = False):
+        super().__init__([out], loader, extractor, plan)
+        self.seed, self.support, self.cache, self.size, self.keep_cache = seed, support, cache, size, keep_cache
 
     def shard_arrays(self, shard, items):
         cached = self._read_cache(shard, items)
@@ -250,21 +292,22 @@ class FungiWriter(ShardWriter):
             parts = self._from_images(items)
         kept, labels = zip(*parts)
         features = self.extractor.project(KeptGradients.joined(kept))
-        return {"features": features.float().cpu().numpy().astype(np.float16), **_Labels.joined(list(labels)).arrays()}
+        return [{"features": features.float().cpu().numpy().astype(np.float16),
+                 **_Labels.joined(list(labels)).arrays()}]
 
     def written(self, shard):
-        if self.cache is not None:
+        if self.cache is not None and not self.keep_cache:
             self.cache.discard(shard)  # done with it
 
     # ---- where the last-block inputs come from
     def _from_images(self, items):
         batches = self.loader.batches(items)
         for batch, prepared in zip(batches, self.loader.prepared(batches)):
-            images, keeps = self._images(prepared)
+            images, keeps = self._images(prepared, self.size)
             inputs = self.extractor.last_block_input(images)
             if self.cache is not None:  # FUNGI banks built with the cache use float16 inputs throughout
                 inputs = inputs.to(torch.float16)
-            yield self._gradients(batch, inputs, keeps), _Labels.of(prepared)
+            yield self._gradients(batch, inputs, keeps), _Labels.of(prepared, self.size)
 
     def _read_cache(self, shard: int, items):
         """(last-block inputs float16 items×T×D, the support shard's labels) or None to recompute."""
