@@ -189,19 +189,21 @@ class FeatureExtractor:
         """
         if torch.is_inference_mode_enabled():
             raise RuntimeError("FeatureExtractor.fungi needs autograd: do not call it under torch.inference_mode()")
+        from segfungi.gradients import gradient_pass
+
         bb = self.backbone
         hidden = hidden.to(bb.device, bb.dtype)  # float16 caches are widened
-        with capture_token_gradients(bb.grad_layer) as recorder, torch.enable_grad():
-            tokens = bb.forward_last_block(hidden)
+
+        def per_image_loss(tokens: torch.Tensor) -> torch.Tensor:
             loss_tokens = self._loss_tokens(tokens)
             kept, mask = self._pick_negatives(negatives, loss_tokens.detach(), generator)
-            losses = seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau,
-                                     neg_mask=mask, tau_in_denominator=self.variant == "paper")
-            losses.sum().backward()
-        grads = recorder.result()
+            return seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau,
+                                   neg_mask=mask, tau_in_denominator=self.variant == "paper")
+
+        grads, tokens, losses = gradient_pass(bb.grad_layer, lambda: bb.forward_last_block(hidden), per_image_loss)
         patches = slice(bb.num_prefix_tokens, None)
         patch_grads = TokenGradients(grads.delta[:, patches], grads.inputs[:, patches], grads.bias)
-        return patch_grads, tokens.detach()[:, patches], losses.detach()
+        return patch_grads, tokens.detach()[:, patches], losses
 
     def identity(self) -> dict[str, Any]:
         """Everything a bank and its queries must share."""

@@ -168,6 +168,48 @@ def test_unknown_names_and_missing_roots(tmp_path):
             build_dataset(name, tmp_path, "train")  # empty folder: the layout's folders are missing
 
 
+def test_a_registered_dataset_opens_by_name_and_is_a_setting_and_cli_choice_until_unregistered(tmp_path):
+    from segfungi.cli import build_parser
+    from segfungi.config import load_config
+    from segfungi.data import dataset_names, register_dataset, unregister_dataset
+    from segfungi.data.folder import open_folder
+
+    rng = np.random.default_rng(5)
+    make_folder_dataset(tmp_path, {"im0": random_pair(rng, 16, 16, 3)})
+    opened = []
+
+    def open_toy(root, split, on_bad_sample="error"):
+        opened.append((root, split, on_bad_sample))
+        return open_folder(root, split, on_bad_sample=on_bad_sample)
+
+    def accepted():
+        try:
+            build_parser().parse_args(["build-bank", "--dataset", "toy-layout"])
+        except SystemExit:
+            parsed = False
+        else:
+            parsed = True
+        try:
+            loaded = load_config(overrides=["data.dataset=toy-layout"])["data"]["dataset"] == "toy-layout"
+        except ConfigError as err:
+            assert "must be one of voc, ade20k, coco-stuff, folder, got 'toy-layout'" in str(err)
+            loaded = False
+        assert parsed == loaded
+        return loaded
+
+    assert dataset_names() == ("voc", "ade20k", "coco-stuff", "folder") and not accepted()
+    register_dataset("toy-layout", open_toy)
+    try:
+        assert accepted()
+        assert build_dataset("toy-layout", tmp_path, "all", on_bad_sample="skip").ids == ("im0",)
+        assert opened == [(tmp_path, "all", "skip")]
+    finally:
+        unregister_dataset("toy-layout")
+    assert not accepted()
+    with pytest.raises(ConfigError, match=r"unknown dataset 'toy-layout' \(choose from voc, ade20k"):
+        build_dataset("toy-layout", tmp_path, "all")
+
+
 def test_dataset_is_picklable_for_worker_processes(tmp_path):
     import pickle
 

@@ -17,6 +17,7 @@ from segfungi.gradients import (
     capture_token_gradients,
     cpu_has_fast_bfloat16,
     fungi_concat,
+    gradient_pass,
     l2_normalize,
     make_projection,
     resolve_compute_dtype,
@@ -109,6 +110,25 @@ def test_recorder_errors_and_multiple_calls():
     with pytest.raises(TypeError):
         with capture_token_gradients(nn.Conv2d(1, 1, 1)):
             pass
+
+
+def test_gradient_pass_is_the_capture_and_one_backward_of_the_summed_losses():
+    model = TokenMixer().requires_grad_(False)
+    x = _inputs()
+    hidden = lambda: torch.tanh(model.pre(x))  # noqa: E731  the part before the watched layer
+
+    def loss(h):
+        y = model.layer(h)
+        mixed = torch.softmax(y @ y.transpose(1, 2), dim=-1) @ y
+        return (torch.sin(mixed) * torch.arange(1, DOUT + 1, dtype=y.dtype)).sum(dim=(1, 2))
+
+    with torch.no_grad():  # the pass turns autograd on for itself
+        grads, output, losses = gradient_pass(model.layer, hidden, loss)
+    reference = _captured(model, x)
+    assert torch.equal(grads.delta, reference.delta) and torch.equal(grads.inputs, reference.inputs)
+    torch.testing.assert_close(output, torch.tanh(model.pre(x)), rtol=0, atol=0)
+    torch.testing.assert_close(losses, model.per_sample_loss(x), rtol=0, atol=0)
+    assert not losses.requires_grad and not model.layer._forward_hooks
 
 
 # --------------------------------------------------------------------------- projections

@@ -332,11 +332,30 @@ def test_an_unknown_kind_is_refused_with_the_allowed_ones(bank, tmp_path):
         load_index(tmp_path / "x")
 
 
-def test_schema_and_cli_list_exactly_the_registered_index_kinds():
-    from segfungi.commands._options import INDEX_CHOICES
-    from segfungi.index import index_kinds
-    from segfungi.settings_schema import keys
+def test_a_registered_kind_is_an_index_kind_setting_and_cli_choice_until_unregistered():
+    from segfungi.cli import build_parser
+    from segfungi.config import load_config
+    from segfungi.index import register_index_kind, unregister_index_kind
 
-    allowed = set(keys()["index.kind"].choices)
-    assert allowed == {"auto", *index_kinds()}
-    assert set(INDEX_CHOICES) == allowed
+    def accepted():
+        try:
+            build_parser().parse_args(["build-bank", "--index", "toy-brute"])
+        except SystemExit:
+            parsed = False
+        else:
+            parsed = True
+        try:
+            loaded = load_config(overrides=["index.kind=toy-brute"])["index"]["kind"] == "toy-brute"
+        except ConfigError as err:
+            assert "must be one of auto, exact, scann, got 'toy-brute'" in str(err)
+            loaded = False
+        assert parsed == loaded
+        return loaded
+
+    assert not accepted()
+    register_index_kind("toy-brute", build=lambda f, settings, device: _BruteForce().build(f), load=_BruteForce.load)
+    try:
+        assert accepted()
+    finally:
+        unregister_index_kind("toy-brute")
+    assert not accepted()

@@ -13,9 +13,10 @@ Public API (text needs the ``text`` extra, imported lazily)::
         ClassifyLoss, register_loss, Modality, register_modality,   # registries
     )
 
-A new loss is one ``register_loss(ClassifyLoss(...))`` (see
-:mod:`segfungi.classify.losses`); a new modality one ``register_modality`` (see
-:mod:`segfungi.classify.modalities`).
+Both registries are :class:`segfungi.registry.Registry` instances. A new loss is one
+``register_loss(ClassifyLoss(...))`` (see :mod:`segfungi.classify.losses`); a new
+modality one ``register_modality(Modality(...))`` plus its settings in
+:mod:`segfungi.settings_schema` (see :mod:`segfungi.classify.modalities`).
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ _EXPORTS = {
     "make_head": "segfungi.classify.losses",
     "ClassifyLoss": "segfungi.classify.losses",
     "register_loss": "segfungi.classify.losses",
+    "unregister_loss": "segfungi.classify.losses",
     "get_loss": "segfungi.classify.losses",
     "loss_names": "segfungi.classify.losses",
     "Modality": "segfungi.classify.modalities",
     "register_modality": "segfungi.classify.modalities",
+    "unregister_modality": "segfungi.classify.modalities",
     "get_modality": "segfungi.classify.modalities",
     "modality_names": "segfungi.classify.modalities",
     "ProgressLines": "segfungi.classify.progress",

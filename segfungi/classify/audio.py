@@ -301,7 +301,7 @@ class AudioFungi(SplitViTFungi):
 
     def _view_identity(self, recipe: str, cfg: dict) -> dict:
         if recipe == "simclr":
-            return {"simclr": {"views": cfg["views"], "max_shift": cfg["max_shift"], "negative_views": cfg.get("negative_views")}}
+            return {"simclr": {"views": cfg["views"], "max_shift": cfg["max_shift"], "negative_views": cfg["negative_views"]}}
         return {}
 
     def _prepare(self, sample):
@@ -311,5 +311,5 @@ class AudioFungi(SplitViTFungi):
         return torch.stack(list(prepared))
 
     def _simclr_views(self, prepared, cfg, gen, negative=False):
-        n = int(cfg.get("negative_views") or cfg["views"]) if negative else int(cfg["views"])
+        n = int(cfg["negative_views"] or cfg["views"]) if negative else int(cfg["views"])
         return audio_noise_views(prepared, n, gen, int(cfg["max_shift"]))

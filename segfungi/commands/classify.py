@@ -1,9 +1,10 @@
 """`segfungi classify {image,text,audio}`: kNN classification with embeddings and
 FUNGI features (whole-input gradients), full training set and k-shot.
 
-Defaults come from ``configs/classify_<modality>.yaml`` (every key); ``--config FILE``
-(one top-level ``classify:`` mapping) overrides a subset, then named flags and
-``--set key=value`` override keys.
+Defaults come from the modality's settings schema (``segfungi.settings_schema.CLASSIFY``,
+written out as ``configs/classify_<modality>.yaml``); ``--config FILE`` (one top-level
+``classify:`` mapping) overrides a subset, then named flags and ``--set key=value``
+override keys. The modalities (subcommands) are the registered ones.
 Writes the accuracy JSON (``run.out``) and prints a table.
 """
 
