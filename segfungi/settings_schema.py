@@ -233,6 +233,21 @@ _CLASSIFY_KL = (
 )
 
 
+def _classify_simclr(head_dim: int, views: Key, augment: Key, negatives: int, what: str) -> tuple[Key, ...]:
+    """SimCLR on augmented copies of the whole sample (text, audio): `views` of it, made
+    with `augment`, against a fixed batch of `negatives` samples (`what`s)."""
+    return (
+        Key("head_dim", head_dim, "output size of the SimCLR head"),
+        Key("tau", 0.07, "InfoNCE temperature"),
+        views,
+        augment,
+        Key("negatives", negatives, f"{what}s in the fixed negatives batch"),
+        Key("negative_views", 2, f"views per negative {what} ({negatives} x 2)"),
+        Key("negatives_seed", 0, f"seed choosing the negative {what}s"),
+        _PROJ_DIM,
+    )
+
+
 def _classify_knn(combinations_doc: str, pca_doc: str) -> tuple[Key, ...]:
     return (
         Key("k", 20, "neighbours of the kNN vote", check="positive"),
@@ -335,16 +350,9 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
         ),
         "fungi": _classify_fungi(["kl", "simclr"], "seed of the random word deletions"),
         "fungi.kl": _CLASSIFY_KL,
-        "fungi.simclr": (
-            Key("head_dim", 256, "output size of the SimCLR head"),
-            Key("tau", 0.07, "InfoNCE temperature"),
-            Key("views", 12, "positive views: word deletion"),
-            Key("deletion_p", 0.1, "probability of deleting each word"),
-            Key("negatives", 256, "texts in the fixed negatives batch"),
-            Key("negative_views", 2, "views per negative text (256 x 2)"),
-            Key("negatives_seed", 0, "seed choosing the negative texts"),
-            _PROJ_DIM,
-        ),
+        "fungi.simclr": _classify_simclr(
+            256, Key("views", 12, "positive views: word deletion"),
+            Key("deletion_p", 0.1, "probability of deleting each word"), negatives=256, what="text"),
         "knn": _classify_knn("e.g. [embedding, embedding+kl]; null: a standard set", "paper: 512 for BERT / T5"),
         "run": _classify_run("text"),
     },
@@ -372,16 +380,9 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
         ),
         "fungi": _classify_fungi(["kl", "simclr"], "seed of the random noise views", row_chunk=32),
         "fungi.kl": _CLASSIFY_KL,
-        "fungi.simclr": (
-            Key("head_dim", 768, "output size of the SimCLR head"),
-            Key("tau", 0.07, "InfoNCE temperature"),
-            Key("views", 16, "noise views: c + x1*x2/10, rolled by U(-10, 10) frames"),
-            Key("max_shift", 10, "largest roll, in frames"),
-            Key("negatives", 64, "clips in the fixed negatives batch"),
-            Key("negative_views", 2, "views per negative clip (64 x 2)"),
-            Key("negatives_seed", 0, "seed choosing the negative clips"),
-            _PROJ_DIM,
-        ),
+        "fungi.simclr": _classify_simclr(
+            768, Key("views", 16, "noise views: c + x1*x2/10, rolled by U(-10, 10) frames"),
+            Key("max_shift", 10, "largest roll, in frames"), negatives=64, what="clip"),
         "knn": _classify_knn("e.g. [embedding, embedding+kl]; null: a standard set", "paper: 512 for SSAST"),
         "run": _classify_run("audio", batch_size=4),
     },

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import accepted_as_setting_and_flag
 from _data_fixtures import (make_folder_dataset, make_voc_dataset, random_pair, save_image,
                             save_palette_png, write_lines)
 from segfungi.data import ADE20K_CLASSES, VOC_CLASSES, Sample, build_dataset
@@ -169,8 +170,6 @@ def test_unknown_names_and_missing_roots(tmp_path):
 
 
 def test_a_registered_dataset_opens_by_name_and_is_a_setting_and_cli_choice_until_unregistered(tmp_path):
-    from segfungi.cli import build_parser
-    from segfungi.config import load_config
     from segfungi.data import dataset_names, register_dataset, unregister_dataset
     from segfungi.data.folder import open_folder
 
@@ -183,19 +182,7 @@ def test_a_registered_dataset_opens_by_name_and_is_a_setting_and_cli_choice_unti
         return open_folder(root, split, on_bad_sample=on_bad_sample)
 
     def accepted():
-        try:
-            build_parser().parse_args(["build-bank", "--dataset", "toy-layout"])
-        except SystemExit:
-            parsed = False
-        else:
-            parsed = True
-        try:
-            loaded = load_config(overrides=["data.dataset=toy-layout"])["data"]["dataset"] == "toy-layout"
-        except ConfigError as err:
-            assert "must be one of voc, ade20k, coco-stuff, folder, got 'toy-layout'" in str(err)
-            loaded = False
-        assert parsed == loaded
-        return loaded
+        return accepted_as_setting_and_flag("data.dataset", "--dataset", "toy-layout")
 
     assert dataset_names() == ("voc", "ade20k", "coco-stuff", "folder") and not accepted()
     register_dataset("toy-layout", open_toy)

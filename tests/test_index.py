@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import accepted_as_setting_and_flag
 from segfungi.errors import BankError, ConfigError
 from segfungi.index import (
     ExactIndex,
@@ -333,26 +334,13 @@ def test_an_unknown_kind_is_refused_with_the_allowed_ones(bank, tmp_path):
 
 
 def test_a_registered_kind_is_an_index_kind_setting_and_cli_choice_until_unregistered():
-    from segfungi.cli import build_parser
-    from segfungi.config import load_config
     from segfungi.index import register_index_kind, unregister_index_kind
+    from segfungi.settings_schema import keys
 
     def accepted():
-        try:
-            build_parser().parse_args(["build-bank", "--index", "toy-brute"])
-        except SystemExit:
-            parsed = False
-        else:
-            parsed = True
-        try:
-            loaded = load_config(overrides=["index.kind=toy-brute"])["index"]["kind"] == "toy-brute"
-        except ConfigError as err:
-            assert "must be one of auto, exact, scann, got 'toy-brute'" in str(err)
-            loaded = False
-        assert parsed == loaded
-        return loaded
+        return accepted_as_setting_and_flag("index.kind", "--index", "toy-brute")
 
-    assert not accepted()
+    assert keys()["index.kind"].allowed() == ("auto", "exact", "scann") and not accepted()
     register_index_kind("toy-brute", build=lambda f, settings, device: _BruteForce().build(f), load=_BruteForce.load)
     try:
         assert accepted()

@@ -12,22 +12,14 @@ Names are imported when first used, so the registry (`dataset_names()`, the sett
 
 from segfungi.lazy import lazy_exports
 
-# Public name -> the module that defines it.
-_PUBLIC = {
-    "ADE20K_CLASSES": "segfungi.data.labels",
-    "IGNORE": "segfungi.data.labels",
-    "VOC_CLASSES": "segfungi.data.labels",
-    "MIN_SIDE": "segfungi.data.base",
-    "Sample": "segfungi.data.base",
-    "SampleFiles": "segfungi.data.base",
-    "SegDataset": "segfungi.data.base",
-    "build_dataset": "segfungi.data.datasets",
-    "subset": "segfungi.data.datasets",
-    "DATASETS": "segfungi.data.registry",
-    "dataset_names": "segfungi.data.registry",
-    "register_dataset": "segfungi.data.registry",
-    "unregister_dataset": "segfungi.data.registry",
+# Module -> the public names it defines.
+_MODULES = {
+    "segfungi.data.base": ("MIN_SIDE", "Sample", "SampleFiles", "SegDataset"),
+    "segfungi.data.datasets": ("build_dataset", "subset"),
+    "segfungi.data.registry": ("DATASETS", "dataset_names", "register_dataset", "unregister_dataset"),
+    "segfungi.data.labels": ("ADE20K_CLASSES", "IGNORE", "VOC_CLASSES"),
 }
+_PUBLIC = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_PUBLIC)
 

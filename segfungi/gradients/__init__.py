@@ -28,28 +28,18 @@ from __future__ import annotations
 
 from segfungi.lazy import lazy_exports
 
-# Public name -> the internal module that defines it.
-_PUBLIC = {
-    "TokenGradients": "._capture",
-    "TokenGradientRecorder": "._capture",
-    "capture_token_gradients": "._capture",
-    "gradient_pass": "._capture",
-    "COMPUTE_DTYPES": "._compute_dtype",
-    "cpu_has_fast_bfloat16": "._compute_dtype",
-    "resolve_compute_dtype": "._compute_dtype",
-    "RNG_SCHEME": "._projection",
-    "DENSE_KERNELS": "._dense",
-    "AchlioptasProjection": "._dense",
-    "OuterProductProjection": "._structured",
-    "RegisteredProjection": "._registry",
-    "register_projection": "._registry",
-    "unregister_projection": "._registry",
-    "projection_names": "._registry",
-    "projection_options": "._registry",
-    "make_projection": "._registry",
-    "l2_normalize": "._normalize",
-    "fungi_concat": "._normalize",
+# Internal module -> the public names it defines.
+_MODULES = {
+    "._capture": ("TokenGradients", "TokenGradientRecorder", "capture_token_gradients", "gradient_pass"),
+    "._compute_dtype": ("COMPUTE_DTYPES", "cpu_has_fast_bfloat16", "resolve_compute_dtype"),
+    "._projection": ("RNG_SCHEME",),
+    "._dense": ("DENSE_KERNELS", "AchlioptasProjection"),
+    "._structured": ("OuterProductProjection",),
+    "._registry": ("RegisteredProjection", "register_projection", "unregister_projection", "projection_names",
+                   "projection_options", "make_projection"),
+    "._normalize": ("l2_normalize", "fungi_concat"),
 }
+_PUBLIC = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_PUBLIC)
 

@@ -14,8 +14,7 @@ import torch
 
 from segfungi import sign_lookup
 from segfungi.gradients._capture import augment_inputs
-from segfungi.gradients._compute_dtype import check_compute_dtype
-from segfungi.gradients._projection import Projection, bits_to_signs, check_seed, sign_bits
+from segfungi.gradients._projection import Projection, bits_to_signs, sign_bits
 from segfungi.gradients._registry import RegisteredProjection
 
 DENSE_KERNELS = ("auto", "lookup", "gemm")
@@ -61,9 +60,7 @@ class AchlioptasProjection(Projection):
         compute_dtype: str = "float32",
         kernel: str = "auto",
     ):
-        self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
-        self.seed, self.bias = check_seed(seed), bool(bias)
-        self.compute_dtype = check_compute_dtype(compute_dtype)
+        super().__init__(in_features, out_features, dim, seed, bias, compute_dtype)
         if kernel not in DENSE_KERNELS:
             raise ValueError(f"dense projection kernel must be one of {', '.join(DENSE_KERNELS)}, got {kernel!r}")
         self.kernel = kernel

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from segfungi.gradients._capture import TokenGradients
+from segfungi.gradients._compute_dtype import check_compute_dtype
 
 RNG_SCHEME = "numpy-philox-raw-le-bits-v1"
 _MAX_SEED = 2**63
@@ -66,6 +67,11 @@ class Projection:
     seed: int
     bias: bool
     compute_dtype: str = "float32"
+
+    def __init__(self, in_features: int, out_features: int, dim: int, seed: int, bias: bool, compute_dtype: str):
+        self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
+        self.seed, self.bias = check_seed(seed), bool(bias)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
 
     @property
     def width(self) -> int:

@@ -5,8 +5,7 @@ import numpy as np
 import torch
 
 from segfungi.gradients._capture import augment_inputs
-from segfungi.gradients._compute_dtype import check_compute_dtype
-from segfungi.gradients._projection import Projection, check_seed, sign_bits
+from segfungi.gradients._projection import Projection, sign_bits
 from segfungi.gradients._registry import RegisteredProjection
 
 _STRUCTURED_ROW_OFFSET = 2**63  # keeps structured rows on other Philox keys than dense rows
@@ -34,24 +33,10 @@ class OuterProductProjection(Projection):
 
     kind = "structured"
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        dim: int,
-        seed: int,
-        bias: bool = True,
-        chunk_rows: int | None = None,
-        max_cache_bytes: int | None = None,
-        terms: int = 1,
-        compute_dtype: str = "float32",
-    ):
-        # chunk_rows / max_cache_bytes are accepted for interface parity with the dense
-        # projection and ignored: the factors are only dim×terms×(Dout+Din+1) values.
-        self.in_features, self.out_features, self.dim = int(in_features), int(out_features), int(dim)
-        self.seed, self.bias = check_seed(seed), bool(bias)
+    def __init__(self, in_features: int, out_features: int, dim: int, seed: int, bias: bool = True,
+                 terms: int = 1, compute_dtype: str = "float32"):
+        super().__init__(in_features, out_features, dim, seed, bias, compute_dtype)
         self.terms = int(terms)
-        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.token_block = 1024
         if self.terms < 1:
             raise ValueError(f"structured projection needs terms >= 1, got {terms}")

@@ -42,29 +42,18 @@ from __future__ import annotations
 
 from segfungi.lazy import lazy_exports
 
-# Public name -> the internal module that defines it.
-_PUBLIC = {
-    "CONVERT_CHUNK_ROWS": "._rows",
-    "EXACT_BLOCK_ELEMENTS": "._exact",
-    "EXACT_QUERY_CHUNK": "._exact",
-    "INDEX_FORMAT_VERSION": "._files",
-    "META_FILE": "._files",
-    "REORDER_DTYPES": "._settings",
-    "SCANN_QUERY_BATCH": "._scann",
-    "ConcatRows": "._rows",
-    "ExactIndex": "._exact",
-    "IndexKind": "._registry",
-    "IndexSettings": "._settings",
-    "ScannIndex": "._scann",
-    "clamped_num_leaves": "._scann",
-    "index_kinds": "._registry",
-    "load_index": "._make",
-    "make_index": "._make",
-    "quiet_native_logs": "._scann",
-    "recall_at_k": "._recall",
-    "register_index_kind": "._registry",
-    "unregister_index_kind": "._registry",
+# Internal module -> the public names it defines.
+_MODULES = {
+    "._settings": ("REORDER_DTYPES", "IndexSettings"),
+    "._registry": ("IndexKind", "index_kinds", "register_index_kind", "unregister_index_kind"),
+    "._make": ("make_index", "load_index"),
+    "._rows": ("CONVERT_CHUNK_ROWS", "ConcatRows"),
+    "._files": ("INDEX_FORMAT_VERSION", "META_FILE"),
+    "._exact": ("EXACT_BLOCK_ELEMENTS", "EXACT_QUERY_CHUNK", "ExactIndex"),
+    "._scann": ("SCANN_QUERY_BATCH", "ScannIndex", "clamped_num_leaves", "quiet_native_logs"),
+    "._recall": ("recall_at_k",),
 }
+_PUBLIC = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_PUBLIC)
 
