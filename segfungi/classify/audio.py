@@ -231,15 +231,10 @@ class AudioFrontEnd:
         fb = (fb - self.norm_mean) / (self.norm_std * 2)
         return fb.T.contiguous()  # mels × frames
 
+    SETTINGS = ("sample_rate", "num_mel_bins", "target_length", "norm_mean", "norm_std")  # `frontend` keys
+
     def identity(self) -> dict:
-        return {
-            "sample_rate": self.sample_rate,
-            "num_mel_bins": self.num_mel_bins,
-            "target_length": self.target_length,
-            "norm_mean": self.norm_mean,
-            "norm_std": self.norm_std,
-            "fbank": "kaldi-htk-hann-25ms-10ms",
-        }
+        return {**{name: getattr(self, name) for name in self.SETTINGS}, "fbank": "kaldi-htk-hann-25ms-10ms"}
 
 
 # -------------------------------------------------------------------- the encoder
