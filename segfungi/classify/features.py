@@ -14,9 +14,10 @@ batch of B samples and one loss it
    depends on its own views, the sum over that sample's views and tokens of the
    per-token rank-1 gradients is exactly that sample's gradient. The token
    gradients are reshaped to ``B × (views·tokens) × D`` and projected by the
-   registered projection ``fungi.projection`` names (:func:`segfungi.gradients.make_projection`: dense
-   Achlioptas by default, or structured) with ``reduce="sum"`` (by linearity equal
-   to summing the per-view projections);
+   registered projection that ``fungi.projection`` names
+   (:func:`segfungi.gradients.make_projection`: dense Achlioptas by default, or
+   structured) with ``reduce="sum"`` (by linearity equal to summing the per-view
+   projections);
 4. L2-normalises each projected gradient (and the embedding).
 
 No second core: capturing, projection and normalisation come from
@@ -80,8 +81,8 @@ def ordered_losses(names: Iterable[str]) -> list[str]:
 
 
 def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
-    """The projection ``fungi.projection`` names (a registered one: dense | structured, see
-    :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
+    """The registered projection that ``fungi.projection`` names (dense | structured, see
+    :func:`segfungi.gradients.make_projection`), of ``layer``'s gradients to ``dim``."""
     name = fungi["projection"]
     try:
         options = projection_options(name, {**DEFAULTS["fungi"], **fungi})

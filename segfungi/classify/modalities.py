@@ -6,8 +6,8 @@ extractor (whose view recipes decide which registered losses the modality offers
 :meth:`segfungi.classify.features.FungiExtractor.supported_losses`). Its settings are
 declared in :mod:`segfungi.settings_schema` (``CLASSIFY[name]``, written out as
 ``configs/classify_<name>.yaml``). Adding a modality is one :func:`register_modality`
-call plus its settings there; the CLI then offers it with the common flags. Imports of the heavy parts (timm, transformers)
-happen only when a modality is used.
+call plus its settings there; the CLI then offers it with the common flags. Imports of
+the heavy parts (timm, transformers) happen only when a modality is used.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from segfungi.errors import ConfigError, DatasetError
 
 SUBSET_SHUFFLE_SEED = 0  # fixed: the subset seed picks a block of the shuffle, not the shuffle
 
+
 def build_dataset(name: str, root: str | Path, split: str, on_bad_sample: str = "error") -> SegDataset:
     """Open `split` of the registered dataset `name` (voc | ade20k | coco-stuff | folder,
     `segfungi.data.registry`) at `root`."""
