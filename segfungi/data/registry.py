@@ -12,6 +12,8 @@ from typing import Callable
 
 from segfungi.registry import Registry
 
+__all__ = ["DATASETS", "dataset_names", "register_dataset", "unregister_dataset"]
+
 DATASETS: Registry[Callable] = Registry("dataset")
 DATASETS.register_lazy("voc", "segfungi.data.voc:open_voc")
 DATASETS.register_lazy("ade20k", "segfungi.data.ade20k:open_ade20k")
