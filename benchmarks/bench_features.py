@@ -55,7 +55,7 @@ import torch
 
 from segfungi.backbones import load_backbone
 from segfungi.features import FeatureExtractor
-from segfungi.gradients import TokenGradients, capture_token_gradients, cpu_has_fast_bfloat16, l2_normalize
+from segfungi.gradients import TokenGradients, cpu_has_fast_bfloat16, gradient_pass, l2_normalize
 from segfungi.seg_loss import seg_simclr_loss
 
 
@@ -122,16 +122,23 @@ def research_gradient_pass(fe: FeatureExtractor, x: torch.Tensor, negatives: tor
     the weight gradients of every layer are computed, as ``loss.backward()`` does there.
     A low ``dtype`` runs the pass under autocast, as the research code's fp16 flag does."""
     m = fe.backbone.model
-    low = dtype != torch.float32
-    with capture_token_gradients(fe.backbone.grad_layer) as recorder, torch.enable_grad(), \
-            torch.autocast(x.device.type, dtype=dtype, enabled=low):
-        tokens = m.norm(m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))))
-        loss_tokens = fe._loss_tokens(tokens)
-        kept, _ = fe._pick_negatives(negatives, loss_tokens.detach(), None)  # paper variant: no row mask
-        losses = seg_simclr_loss(l2_normalize(fe.head(loss_tokens)), l2_normalize(fe.head(kept)), fe.tau)
-        losses.sum().backward()
+
+    def autocast():
+        return torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def forward():
+        with autocast():
+            return m.norm(m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))))
+
+    def loss(tokens):
+        with autocast():
+            loss_tokens = fe._loss_tokens(tokens)
+            kept, _ = fe._pick_negatives(negatives, loss_tokens.detach(), None)  # paper variant: no row mask
+            return seg_simclr_loss(l2_normalize(fe.head(loss_tokens)), l2_normalize(fe.head(kept)), fe.tau)
+
+    grads, _, _ = gradient_pass(fe.backbone.grad_layer, forward, loss)
     m.zero_grad(set_to_none=True)
-    return recorder.result()
+    return grads
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
-"""Settings as data: a schema names every key (segfungi.settings_schema for
-segmentation, written out as `configs/defaults.yaml`; `configs/classify_<modality>.yaml`
-for `segfungi classify`); presets and the command line override them. Unknown keys and
-wrong types are refused with the allowed keys. A key whose default is `{}` holds a
-free-form mapping (replaced whole, not checked key by key)."""
+"""Settings as data: a schema names every key (segfungi.settings_schema: segmentation's,
+written out as `configs/defaults.yaml`, and each `segfungi classify` modality's, written
+out as `configs/classify_<modality>.yaml`); presets and the command line override them.
+Unknown keys and wrong types are refused with the allowed keys. A key whose default is
+`{}` holds a free-form mapping (replaced whole, not checked key by key)."""
 
 from __future__ import annotations
 
@@ -96,18 +96,10 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-# Values the types alone do not pin down, from the schema (segfungi.settings_schema).
-# Keys whose default is null take the types in "optional_types" (a path given as a bare
-# number, e.g. --set data.root=2012, becomes the string "2012").
-_CHECKS = settings_schema.checks()
-# `segfungi classify` shares the path, range and seed rules of the keys it names alike
-# (data.root, backbone.weights, fungi.structured_terms, ...); its kinds (losses,
-# projection) are checked against its own registries (segfungi.classify.settings).
-_SHARED_CHECKS = {**_CHECKS, "choices": {}}
-
-
-def _check_value(dotted: str, default: Any, value: Any, origin: str, checks: dict = _CHECKS) -> Any:
-    """Range, choice and element checks beyond the type; returns the value to store."""
+def _check_value(dotted: str, default: Any, value: Any, origin: str, checks: dict) -> Any:
+    """Range, choice and element checks beyond the type, from the schema's `checks` (keys
+    whose default is null take the types in "optional_types": a path given as a bare
+    number, e.g. --set data.root=2012, becomes the string "2012"); returns the value to store."""
     def fail(what: str) -> None:
         raise ConfigError(f"{origin}: '{dotted}' must be {what}, got {value!r}")
 
@@ -151,13 +143,10 @@ def _free_form_keys(defaults: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def _merge(
-    base: dict, update: dict, origin: str, prefix: str = "",
-    free_form: frozenset | set = frozenset(), nullable: frozenset | set = frozenset(), checks: dict = _CHECKS,
-) -> None:
+def _merge(base: dict, update: dict, origin: str, checks: dict, free_form: set, prefix: str = "") -> None:
     """Merge `update` into `base` in place, refusing unknown keys and wrong types.
-    `free_form` keys take any mapping (null: `{}`); `nullable` keys also take null;
-    `checks` are the range and choice rules (_check_value)."""
+    `checks` are the schema's rules (_check_value; its "nullable" keys also take null);
+    `free_form` keys take any mapping (null: `{}`)."""
     if not isinstance(update, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {update!r}")
     for key, value in update.items():
@@ -175,9 +164,9 @@ def _merge(
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: '{dotted}' must be a mapping, got {value!r}")
-            _merge(base[key], value, origin, f"{dotted}.", free_form, nullable, checks)
+            _merge(base[key], value, origin, checks, free_form, f"{dotted}.")
             continue
-        if value is None and dotted in nullable:
+        if value is None and dotted in checks["nullable"]:
             base[key] = None
             continue
         if not _type_ok(base[key], value):
@@ -215,33 +204,30 @@ def load_config(
     config: str | Path | None = None,
     overrides: Iterable[dict | str] = (),
     base: dict | None = None,
-    defaults: str | Path | None = None,
+    schema: dict | None = None,
     section: str | None = None,
-    nullable: Iterable[str] = (),
 ) -> dict:
     """Defaults, then `base` (e.g. the settings a bank was built with), then the preset
     file, then each override (a dict or `section.key=value`).
 
-    `defaults` is the file naming every key (default: the segmentation schema,
-    segfungi.settings_schema, which `configs/defaults.yaml` is generated from). With
-    `section` (e.g. "classify") every file holds one top-level `section:` mapping and
-    the settings are its contents. `nullable` names dotted keys that also accept null."""
-    if defaults is None and section is None:
-        settings = settings_schema.defaults()  # what configs/defaults.yaml says (generated from it)
-    else:
-        settings = copy.deepcopy(_read_yaml(Path(defaults) if defaults is not None else defaults_path(), section))
-    rules = {"free_form": _free_form_keys(settings), "nullable": frozenset(nullable),
-             "checks": _CHECKS if section is None else _SHARED_CHECKS}
+    `schema` names every key with its default and checks (default: the segmentation
+    schema, segfungi.settings_schema.SCHEMA, which `configs/defaults.yaml` is generated
+    from). With `section` (e.g. "classify") every file holds one top-level `section:`
+    mapping and the settings are its contents. Choices that registries hold are read
+    now, so entries registered at run time count."""
+    settings = settings_schema.defaults(schema)
+    checks = settings_schema.checks(schema)
+    free_form = _free_form_keys(settings)
     if base is not None:
-        _merge(settings, base, "bank settings", **rules)
+        _merge(settings, base, "bank settings", checks, free_form)
     if config is not None:
         path = resolve_config_path(config)
-        _merge(settings, _read_yaml(path, section), str(path), **rules)
+        _merge(settings, _read_yaml(path, section), str(path), checks, free_form)
     for override in overrides:
         if isinstance(override, str):
-            _merge(settings, parse_override(override, section), f"--set {override}", **rules)
+            _merge(settings, parse_override(override, section), f"--set {override}", checks, free_form)
         else:
-            _merge(settings, override, "command line", **rules)
+            _merge(settings, override, "command line", checks, free_form)
     return settings
 
 

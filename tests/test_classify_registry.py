@@ -19,7 +19,7 @@ from segfungi.classify.modalities import get_modality, modality_names
 from segfungi.classify.progress import ProgressLines, progress_bar
 from segfungi.classify.settings import defaults, load_settings
 from segfungi.classify.text import TextFungi
-from segfungi.cli import main
+from segfungi.cli import build_parser, main
 from segfungi.errors import CheckpointError, ConfigError
 from segfungi.seg_loss import seg_simclr_loss
 from test_classify_gradients import _images, _List, _reference, _vit_full_embed  # the per-sample autograd reference
@@ -95,7 +95,7 @@ def test_losses_on_a_view_recipe_follow_the_modalities():
 def test_registry_refuses_duplicates_and_names_the_known_ones():
     with pytest.raises(ValueError, match="already registered"):
         register_loss(get_loss("kl"))
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="'embedding' is reserved"):
         register_loss(ClassifyLoss("embedding", view="eval", heads=(), value=lambda *a: None))
     with pytest.raises(ConfigError, match=r"unknown classify loss 'vicreg' \(choose from kl, dino, simclr\)"):
         get_loss("vicreg")
@@ -105,12 +105,37 @@ def test_registry_refuses_duplicates_and_names_the_known_ones():
     assert get_modality("text").extractor_class() is TextFungi
 
 
+def test_a_registered_modality_is_a_classify_subcommand_with_its_schema_until_unregistered(monkeypatch):
+    from segfungi import settings_schema
+    from segfungi.classify.modalities import Modality, register_modality, unregister_modality
+
+    def subcommands():
+        try:
+            build_parser().parse_args(["classify", "toy", "--k", "3"])
+        except SystemExit:
+            return False
+        return True
+
+    assert not subcommands()
+    register_modality(Modality("toy", "toy inputs", "segfungi.classify.image:ImageFungi", lambda data: None,
+                               lambda s, device: None))
+    try:
+        assert modality_names()[-1] == "toy" and subcommands()
+        with pytest.raises(ConfigError, match="no settings are declared for classify modality 'toy'"):
+            load_settings("toy")
+        monkeypatch.setitem(settings_schema.CLASSIFY, "toy", settings_schema.CLASSIFY["image"])
+        assert load_settings("toy", None, ["knn.k=3"])["knn"]["k"] == 3
+    finally:
+        unregister_modality("toy")
+    assert not subcommands()
+
+
 def test_settings_checks_come_from_the_registries():
     with pytest.raises(ConfigError, match=r"fungi.losses: 'dino' is not available for text \(choose from kl, simclr\)"):
         load_settings("text", None, [{"fungi": {"losses": ["dino"]}}])
     with pytest.raises(ConfigError, match=r"fungi.dino.local_scale must be \[low, high\]"):
         load_settings("image", None, ["fungi.dino.local_scale=[0.5, 0.1]"])
-    with pytest.raises(ConfigError, match=r"fungi.projection: .*'bogus'.*dense.*structured"):
+    with pytest.raises(ConfigError, match=r"'fungi\.projection' must be one of dense, structured, got 'bogus'"):
         load_settings("image", None, ["fungi.projection=bogus"])
     with pytest.raises(ConfigError, match="progress_interval"):
         load_settings("audio", None, ["run.progress_interval=-1"])

@@ -78,24 +78,58 @@ def test_defaults_yaml_is_the_schema_written_out():
     text = defaults_path().read_text(encoding="utf-8")
     assert text == settings_schema.defaults_yaml()
     assert yaml.safe_load(text) == settings_schema.defaults() == load_config()
-    assert load_config(defaults=defaults_path()) == load_config()
+    _docs_follow_their_keys(text, settings_schema.keys(), indent="")
+
+
+def _docs_follow_their_keys(text, keys, indent):
     lines = text.splitlines()
-    for dotted, key in settings_schema.keys().items():
-        section, name = dotted.split(".")
-        assert key.doc.strip(), dotted
-        start = lines.index(f"{section}:")
-        line = next(line for line in lines[start:] if line.startswith(f"  {name}:"))
-        assert line.endswith(f"# {key.doc}"), dotted
+    for dotted, key in keys.items():
+        *sections, name = dotted.split(".")
+        start = 0
+        for depth, section in enumerate(sections):
+            start = lines.index(f"{indent}{'  ' * depth}{section}:", start)
+        line = next(line for line in lines[start:] if line.startswith(f"{indent}{'  ' * len(sections)}{name}:"))
+        assert key.doc.strip() and line.endswith(f"# {key.doc}"), dotted
 
 
-def test_every_schema_default_passes_its_own_checks():
+@pytest.mark.parametrize("modality", ["image", "text", "audio"])
+def test_classify_yaml_is_the_schema_written_out(modality):
+    # configs/classify_<modality>.yaml is generated too, and reads back as the defaults.
+    import yaml
+
+    from segfungi import settings_schema
+    from segfungi.classify.settings import default_config_path, defaults
+
+    text = default_config_path(modality).read_text(encoding="utf-8")
+    assert text == settings_schema.classify_yaml(modality)
+    assert yaml.safe_load(text) == {"classify": defaults(modality)}
+    _docs_follow_their_keys(text, settings_schema.keys(settings_schema.CLASSIFY[modality]), indent="  ")
+
+
+def test_the_schema_module_checks_the_generated_files():
     from segfungi import settings_schema
 
-    for dotted, key in settings_schema.keys().items():
-        section, name = dotted.split(".")
-        assert load_config(overrides=[{section: {name: key.default}}])[section][name] == key.default
+    assert settings_schema.main(["--check"]) == 0
+    assert set(settings_schema.generated_files()) == {
+        "defaults.yaml", "classify_image.yaml", "classify_text.yaml", "classify_audio.yaml"}
+
+
+@pytest.mark.parametrize("modality", [None, "image", "text", "audio"])
+def test_every_schema_default_passes_its_own_checks(modality):
+    from segfungi import settings_schema
+
+    schema = None if modality is None else settings_schema.CLASSIFY[modality]
+    for dotted, key in settings_schema.keys(schema).items():
+        *sections, name = dotted.split(".")
+        override = {name: key.default}
+        for section in reversed(sections):
+            override = {section: override}
+        loaded = load_config(overrides=[override], schema=schema)
+        for section in sections:
+            loaded = loaded[section]
+        assert loaded[name] == key.default
         for value in key.default if isinstance(key.default, list) else [key.default]:
-            assert not key.choices or value in key.choices, dotted
+            assert not key.choices or value in key.allowed(), dotted
 
 
 def test_projection_kind_is_refused_at_load_time_with_the_allowed_values(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import accepted_as_setting_and_flag
 from _data_fixtures import (make_folder_dataset, make_voc_dataset, random_pair, save_image,
                             save_palette_png, write_lines)
 from segfungi.data import ADE20K_CLASSES, VOC_CLASSES, Sample, build_dataset
@@ -166,6 +167,34 @@ def test_unknown_names_and_missing_roots(tmp_path):
             build_dataset(name, tmp_path / "nowhere", "train")
         with pytest.raises(DatasetError, match=str(tmp_path)):
             build_dataset(name, tmp_path, "train")  # empty folder: the layout's folders are missing
+
+
+def test_a_registered_dataset_opens_by_name_and_is_a_setting_and_cli_choice_until_unregistered(tmp_path):
+    from segfungi.data import dataset_names, register_dataset, unregister_dataset
+    from segfungi.data.folder import open_folder
+
+    rng = np.random.default_rng(5)
+    make_folder_dataset(tmp_path, {"im0": random_pair(rng, 16, 16, 3)})
+    opened = []
+
+    def open_toy(root, split, on_bad_sample="error"):
+        opened.append((root, split, on_bad_sample))
+        return open_folder(root, split, on_bad_sample=on_bad_sample)
+
+    def accepted():
+        return accepted_as_setting_and_flag("data.dataset", "--dataset", "toy-layout")
+
+    assert dataset_names() == ("voc", "ade20k", "cityscapes", "coco-stuff", "folder") and not accepted()
+    register_dataset("toy-layout", open_toy)
+    try:
+        assert accepted()
+        assert build_dataset("toy-layout", tmp_path, "all", on_bad_sample="skip").ids == ("im0",)
+        assert opened == [(tmp_path, "all", "skip")]
+    finally:
+        unregister_dataset("toy-layout")
+    assert not accepted()
+    with pytest.raises(ConfigError, match=r"unknown dataset 'toy-layout' \(choose from voc, ade20k"):
+        build_dataset("toy-layout", tmp_path, "all")
 
 
 def test_dataset_is_picklable_for_worker_processes(tmp_path):

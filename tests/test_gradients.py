@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from segfungi.errors import ConfigError
 from segfungi.gradients import (
     COMPUTE_DTYPES,
     DENSE_KERNELS,
@@ -16,6 +17,7 @@ from segfungi.gradients import (
     capture_token_gradients,
     cpu_has_fast_bfloat16,
     fungi_concat,
+    gradient_pass,
     l2_normalize,
     make_projection,
     resolve_compute_dtype,
@@ -108,6 +110,25 @@ def test_recorder_errors_and_multiple_calls():
     with pytest.raises(TypeError):
         with capture_token_gradients(nn.Conv2d(1, 1, 1)):
             pass
+
+
+def test_gradient_pass_is_the_capture_and_one_backward_of_the_summed_losses():
+    model = TokenMixer().requires_grad_(False)
+    x = _inputs()
+    hidden = lambda: torch.tanh(model.pre(x))  # noqa: E731  the part before the watched layer
+
+    def loss(h):
+        y = model.layer(h)
+        mixed = torch.softmax(y @ y.transpose(1, 2), dim=-1) @ y
+        return (torch.sin(mixed) * torch.arange(1, DOUT + 1, dtype=y.dtype)).sum(dim=(1, 2))
+
+    with torch.no_grad():  # the pass turns autograd on for itself
+        grads, output, losses = gradient_pass(model.layer, hidden, loss)
+    reference = _captured(model, x)
+    assert torch.equal(grads.delta, reference.delta) and torch.equal(grads.inputs, reference.inputs)
+    torch.testing.assert_close(output, torch.tanh(model.pre(x)), rtol=0, atol=0)
+    torch.testing.assert_close(losses, model.per_sample_loss(x), rtol=0, atol=0)
+    assert not losses.requires_grad and not model.layer._forward_hooks
 
 
 # --------------------------------------------------------------------------- projections
@@ -225,7 +246,7 @@ def test_projection_validates_inputs_and_identity():
         make_projection(in_features=DIN + 1, out_features=DOUT, dim=6, seed=9).project(tg)
     with pytest.raises(ValueError, match="bias"):
         make_projection(in_features=DIN, out_features=DOUT, dim=6, seed=9, bias=False).project(tg)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ConfigError, match="unknown projection 'gaussian'"):
         make_projection("gaussian", in_features=DIN, out_features=DOUT, dim=6, seed=9)
     with pytest.raises(ValueError, match="seed"):
         AchlioptasProjection(DIN, DOUT, dim=6, seed=-1)
@@ -287,9 +308,9 @@ def test_compute_dtype_resolution_records_what_runs(monkeypatch):
     assert not cpu_has_fast_bfloat16("flags : avx2 f16c fma\nbugs : avx512_bf16_fake\n")
     assert resolve_compute_dtype("float32") == "float32"
     assert resolve_compute_dtype("bfloat16", "cpu") == "bfloat16"
-    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: True)
+    monkeypatch.setattr("segfungi.gradients._compute_dtype.cpu_has_fast_bfloat16", lambda: True)
     assert resolve_compute_dtype("auto", "cpu") == "bfloat16"
-    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: False)
+    monkeypatch.setattr("segfungi.gradients._compute_dtype.cpu_has_fast_bfloat16", lambda: False)
     assert resolve_compute_dtype("auto", "cpu") == "float32"
     with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
         resolve_compute_dtype("float16")
@@ -309,11 +330,11 @@ def test_dense_projection_on_a_non_cpu_device_keeps_its_chunks_resident():
     assert [c.shape for c in cpu_chunks] == [c.shape for _, c in first]
 
 
-# ---------------------------------------------------------------- the projection-kind registry
+# ---------------------------------------------------------------- the registry of projections
 
 
 class GaussianProjection:
-    """A toy kind: an explicit Gaussian matrix. Registering it is all it takes to use it."""
+    """A toy projection: an explicit Gaussian matrix. Registering it is all it takes to use it."""
 
     kind = "toy-gaussian"
 
@@ -336,18 +357,18 @@ class GaussianProjection:
 
 @pytest.fixture
 def toy_projection():
-    from segfungi.gradients import register_projection_kind, unregister_projection_kind
+    from segfungi.gradients import register_projection, unregister_projection
 
-    register_projection_kind(GaussianProjection.kind, GaussianProjection,
-                             options_from_settings=lambda fungi: {"scale": float(fungi["toy_scale"])})
+    register_projection(GaussianProjection.kind, GaussianProjection,
+                        options_from_settings=lambda fungi: {"scale": float(fungi["toy_scale"])})
     yield GaussianProjection.kind
-    unregister_projection_kind(GaussianProjection.kind)
+    unregister_projection(GaussianProjection.kind)
 
 
-def test_a_registered_projection_kind_is_usable_through_make_projection(toy_projection):
-    from segfungi.gradients import projection_kinds, projection_options
+def test_a_registered_projection_is_usable_through_make_projection(toy_projection):
+    from segfungi.gradients import projection_names, projection_options
 
-    assert toy_projection in projection_kinds()
+    assert toy_projection in projection_names()
     options = projection_options(toy_projection, {"toy_scale": 2})
     proj = make_projection(toy_projection, in_features=DIN, out_features=DOUT, dim=8, seed=1, **options)
     assert isinstance(proj, GaussianProjection) and proj.scale == 2.0
@@ -360,21 +381,37 @@ def test_a_registered_projection_kind_is_usable_through_make_projection(toy_proj
     torch.testing.assert_close(proj.project_tokens(delta, inputs), expected)
 
 
-def test_an_unknown_projection_kind_is_refused_with_the_registered_ones():
-    from segfungi.gradients import projection_options
+def test_a_registered_projection_is_a_fungi_projection_setting_until_unregistered():
+    from segfungi.config import load_config
+    from segfungi.gradients import register_projection, unregister_projection
 
-    with pytest.raises(ValueError, match=r"unknown projection kind 'toy-gaussian'; choose one of \['dense', 'structured'\]"):
+    message = r"'fungi\.projection' must be one of dense, structured, got 'toy-gaussian'"
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=["fungi.projection=toy-gaussian"])
+    register_projection("toy-gaussian", GaussianProjection)
+    try:
+        assert load_config(overrides=["fungi.projection=toy-gaussian"])["fungi"]["projection"] == "toy-gaussian"
+    finally:
+        unregister_projection("toy-gaussian")
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=["fungi.projection=toy-gaussian"])
+
+
+def test_an_unknown_projection_is_refused_with_the_registered_ones():
+    from segfungi.gradients import projection_options, register_projection
+
+    with pytest.raises(ConfigError, match=r"unknown projection 'toy-gaussian' \(choose from dense, structured\)"):
         make_projection("toy-gaussian", in_features=DIN, out_features=DOUT, dim=8, seed=1)
-    with pytest.raises(ValueError, match="unknown projection kind"):
+    with pytest.raises(ConfigError, match="unknown projection"):
         projection_options("toy-gaussian", {})
+    with pytest.raises(ValueError, match="already registered"):
+        register_projection("dense", GaussianProjection)
     assert projection_options("structured", {"structured_terms": 3}) == {"terms": 3}
     assert projection_options("dense", {"projection_kernel": "gemm", "structured_terms": 3}) == {"kernel": "gemm"}
 
 
-def test_schema_lists_exactly_the_registered_projection_kinds():
-    from segfungi.gradients import projection_kinds
+def test_schema_lists_the_compute_dtypes_and_the_dense_kernels():
     from segfungi.settings_schema import keys
 
-    assert set(keys()["fungi.projection"].choices) == set(projection_kinds())
     assert set(keys()["fungi.projection_dtype"].choices) == {"auto", *COMPUTE_DTYPES}
     assert keys()["fungi.projection_kernel"].choices == DENSE_KERNELS

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import accepted_as_setting_and_flag
 from segfungi.errors import BankError, ConfigError
 from segfungi.index import (
     ExactIndex,
@@ -332,11 +333,17 @@ def test_an_unknown_kind_is_refused_with_the_allowed_ones(bank, tmp_path):
         load_index(tmp_path / "x")
 
 
-def test_schema_and_cli_list_exactly_the_registered_index_kinds():
-    from segfungi.commands._options import INDEX_CHOICES
-    from segfungi.index import index_kinds
+def test_a_registered_kind_is_an_index_kind_setting_and_cli_choice_until_unregistered():
+    from segfungi.index import register_index_kind, unregister_index_kind
     from segfungi.settings_schema import keys
 
-    allowed = set(keys()["index.kind"].choices)
-    assert allowed == {"auto", *index_kinds()}
-    assert set(INDEX_CHOICES) == allowed
+    def accepted():
+        return accepted_as_setting_and_flag("index.kind", "--index", "toy-brute")
+
+    assert keys()["index.kind"].allowed() == ("auto", "exact", "scann") and not accepted()
+    register_index_kind("toy-brute", build=lambda f, settings, device: _BruteForce().build(f), load=_BruteForce.load)
+    try:
+        assert accepted()
+    finally:
+        unregister_index_kind("toy-brute")
+    assert not accepted()

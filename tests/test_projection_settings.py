@@ -1,4 +1,4 @@
-"""fungi.projection kinds through the extractor, and fungi.projection_dtype from the
+"""Registered projections (fungi.projection) through the extractor, and fungi.projection_dtype from the
 settings to the bank identity and back to the queries."""
 
 import copy
@@ -13,7 +13,7 @@ from segfungi.components import make_extractor
 from segfungi.config import load_config
 from segfungi.errors import BankError
 from segfungi.features import FeatureExtractor
-from segfungi.gradients import AchlioptasProjection, register_projection_kind, unregister_projection_kind
+from segfungi.gradients import AchlioptasProjection, register_projection, unregister_projection
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
 
@@ -34,11 +34,11 @@ def _fungi(extractor, seed=0):
     return torch.stack(list(extractor.fungi(x, negatives).features))
 
 
-def test_a_registered_projection_kind_reaches_the_extractor_from_settings(tiny):
-    # A toy kind: the dense projection under another name, with its own option read from
+def test_a_registered_projection_reaches_the_extractor_from_settings(tiny):
+    # A toy projection: the dense one under another name, with its own option read from
     # the fungi section (chunking, which must not change the features).
-    register_projection_kind("toy-dense", AchlioptasProjection,
-                             options_from_settings=lambda fungi: {"chunk_rows": int(fungi["toy_chunk_rows"])})
+    register_projection("toy-dense", AchlioptasProjection,
+                        options_from_settings=lambda fungi: {"chunk_rows": int(fungi["toy_chunk_rows"])})
     try:
         settings = load_config(overrides=["fungi.negatives=raw"])
         toy = copy.deepcopy(settings)
@@ -48,7 +48,7 @@ def test_a_registered_projection_kind_reaches_the_extractor_from_settings(tiny):
         assert isinstance(toy_fe.projection, AchlioptasProjection) and toy_fe.projection.chunk_rows == 3
         torch.testing.assert_close(_fungi(toy_fe), _fungi(dense_fe), rtol=0, atol=0)
     finally:
-        unregister_projection_kind("toy-dense")
+        unregister_projection("toy-dense")
 
 
 def test_projection_dtype_setting_reaches_the_projection_and_auto_is_recorded_resolved(tiny, monkeypatch):
@@ -56,10 +56,10 @@ def test_projection_dtype_setting_reaches_the_projection_and_auto_is_recorded_re
     fe = make_extractor(settings, features="fungi", backbone=tiny)
     assert fe.projection.compute_dtype == "bfloat16"
     assert fe.identity()["projection"]["compute_dtype"] == "bfloat16"
-    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: True)
+    monkeypatch.setattr("segfungi.gradients._compute_dtype.cpu_has_fast_bfloat16", lambda: True)
     auto = FeatureExtractor(tiny, features="fungi", projection_dtype="auto")
     assert auto.projection_dtype == "bfloat16" and auto.identity()["projection"]["compute_dtype"] == "bfloat16"
-    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: False)
+    monkeypatch.setattr("segfungi.gradients._compute_dtype.cpu_has_fast_bfloat16", lambda: False)
     auto = FeatureExtractor(tiny, features="fungi", projection_dtype="auto")
     # float32 names no dtype: the identity (and so every float32 bank's hash) is the default's.
     assert auto.projection_dtype == "float32"
@@ -92,7 +92,7 @@ def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, mon
     assert MemoryBank(path).manifest["identity"]["extractor"]["projection"]["compute_dtype"] == "bfloat16"
     assert Segmenter(path).extractor.projection.compute_dtype == "bfloat16"  # the bank's own settings
     # "auto" takes the bank's dtype, even where it would resolve to float32 afresh.
-    monkeypatch.setattr("segfungi.gradients.cpu_has_fast_bfloat16", lambda: False)
+    monkeypatch.setattr("segfungi.gradients._compute_dtype.cpu_has_fast_bfloat16", lambda: False)
     auto = copy.deepcopy(settings)
     auto["fungi"]["projection_dtype"] = "auto"
     assert Segmenter(path, auto).extractor.projection.compute_dtype == "bfloat16"

@@ -507,19 +507,18 @@ def shard_entry(folder: Path) -> dict:
 
 
 def build_index(bank: MemoryBank, settings, folder: Path, device: str = "cpu") -> dict:
-    """Build the search index of `bank` from its shards (`settings`: `IndexSettings`) and
-    save it in `folder`, unless it is the exact index, which is only the features and so
-    is rebuilt when searched. The index is written into a temporary folder that is
-    renamed into place, and every file of it gets a checksum for the manifest."""
-    from segfungi.index import IndexSettings, make_index
+    """Build the search index of `bank` from its shards (`settings`: `IndexSettings`; the
+    kind through the registry, `segfungi.index.register_index_kind`) and save it in
+    `folder`, unless its kind is not `saved` (the exact index: only the features, rebuilt
+    when searched). The index is written into a temporary folder that is renamed into
+    place, and every file of it gets a checksum for the manifest."""
+    from segfungi.index import IndexSettings, index_kind, make_index
 
     if not isinstance(settings, IndexSettings):
         settings = IndexSettings.from_dict(settings)
-    kind = settings.kind
-    if kind == "auto":
-        kind = "exact" if bank.num_patches < settings.exact_below else "scann"
-    if kind == "exact":
-        return {"kind": "exact"}  # nothing to save: built from the features when searched
+    kind = settings.kind_for(bank.num_patches)
+    if not index_kind(kind).saved:
+        return {"kind": kind}  # nothing to save: built from the features when searched
     # Fed from the shards (float16, one shard file open at a time), never one array.
     index = make_index(bank.feature_rows(), settings, kind=kind, device=device)
     folder = Path(folder)

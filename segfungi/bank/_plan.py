@@ -55,12 +55,12 @@ def estimate_bank_bytes(plan: BankPlan, feature_dim: int, features: str, label_t
     """Disk bytes of a bank: shards (float16 features, int16/float16 top-k labels, int32
     provenance, float32 norms for embeddings banks, headers) and its saved ScaNN index
     (float32/bfloat16/int8 reorder copy, one byte per AH block, tree and codebook).
-    `index`: the bank's `IndexSettings`."""
+    `index`: the bank's `IndexSettings`; other saved kinds are not estimated."""
     patches = plan.num_patches
     per_patch = feature_dim * 2 + label_topk * (2 + 2) + 3 * 4 + (4 if features == "embeddings" else 0)
     shards = patches * per_patch + plan.num_shards * 4096  # .npy headers + meta.json
     saved = 0
-    if index.kind == "scann" or (index.kind == "auto" and patches >= index.exact_below):
+    if index.kind_for(patches) == "scann":
         reorder = {"float32": 4, "bfloat16": 2, "int8": 1}[index.reorder_dtype] if index.reorder > 0 else 0
         blocks = -(-feature_dim // max(1, index.dims_per_block))
         saved = patches * (feature_dim * reorder + blocks + 4) + (index.num_leaves + 16) * feature_dim * 4 + (1 << 20)

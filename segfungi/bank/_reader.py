@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from segfungi.bank._identity import BankIdentity
+from segfungi.index import index_kinds
 from segfungi.bank._layout import INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, not_a_bank
 from segfungi.errors import BankError
 from segfungi.settings_schema import FEATURE_KINDS
@@ -220,7 +221,7 @@ class MemoryBank:
         for shard in self.shards:
             folder = self.path / SHARDS_DIR / shard["name"]
             problems += verify_folder(folder, shard["checksums"], shard.get("sizes"), full=full)
-        if index and self.index_kind != "exact":
+        if index and "checksums" in (self.manifest.get("index") or {}):  # a saved index
             problems += self._index_problems(full)
         return problems
 
@@ -247,10 +248,10 @@ class MemoryBank:
         """The search index: loaded when saved, else (exact) built from the features.
         `settings` (`IndexSettings`) give the search-time values (leaves searched, reorder),
         e.g. few-shot's; an exact index lives on `device` (a GPU's matmul + top-k)."""
-        from segfungi.index import IndexSettings, load_index, make_index
+        from segfungi.index import IndexSettings, index_kind, load_index, make_index
 
-        if self.index_kind == "exact":
-            return make_index(self.feature_rows(), dataclasses.replace(settings, kind="exact"), device=device)
+        if not index_kind(self.index_kind, where=str(self.path / MANIFEST)).saved:  # rebuilt from the features
+            return make_index(self.feature_rows(), dataclasses.replace(settings, kind=self.index_kind), device=device)
         folder = self.path / INDEX_DIR
         if self.verify_mode != "off":
             problems = self._index_problems(full=True)
@@ -319,7 +320,7 @@ def _check_manifest(manifest, where: Path) -> None:
     need("num_patches", int, lambda v: v >= 0)
     need("feature_dim", int, lambda v: v > 0)
     need("patches_per_image", int, lambda v: v > 0)
-    need("index", dict, lambda v: v.get("kind") in ("exact", "scann"), "{'kind': 'exact' | 'scann'}")
+    need("index", dict, lambda v: v.get("kind") in index_kinds(), f"{{'kind': one of {', '.join(index_kinds())}}}")
     identity = BankIdentity.from_record(manifest["identity"], where)
     if identity.features not in FEATURE_KINDS:
         raise BankError(f"{where}: identity.features must be one of {', '.join(FEATURE_KINDS)}")

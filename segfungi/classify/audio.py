@@ -231,15 +231,10 @@ class AudioFrontEnd:
         fb = (fb - self.norm_mean) / (self.norm_std * 2)
         return fb.T.contiguous()  # mels × frames
 
+    SETTINGS = ("sample_rate", "num_mel_bins", "target_length", "norm_mean", "norm_std")  # `frontend` keys
+
     def identity(self) -> dict:
-        return {
-            "sample_rate": self.sample_rate,
-            "num_mel_bins": self.num_mel_bins,
-            "target_length": self.target_length,
-            "norm_mean": self.norm_mean,
-            "norm_std": self.norm_std,
-            "fbank": "kaldi-htk-hann-25ms-10ms",
-        }
+        return {**{name: getattr(self, name) for name in self.SETTINGS}, "fbank": "kaldi-htk-hann-25ms-10ms"}
 
 
 # -------------------------------------------------------------------- the encoder
@@ -301,7 +296,7 @@ class AudioFungi(SplitViTFungi):
 
     def _view_identity(self, recipe: str, cfg: dict) -> dict:
         if recipe == "simclr":
-            return {"simclr": {"views": cfg["views"], "max_shift": cfg["max_shift"], "negative_views": cfg.get("negative_views")}}
+            return {"simclr": {"views": cfg["views"], "max_shift": cfg["max_shift"], "negative_views": cfg["negative_views"]}}
         return {}
 
     def _prepare(self, sample):
@@ -311,5 +306,5 @@ class AudioFungi(SplitViTFungi):
         return torch.stack(list(prepared))
 
     def _simclr_views(self, prepared, cfg, gen, negative=False):
-        n = int(cfg.get("negative_views") or cfg["views"]) if negative else int(cfg["views"])
+        n = int(cfg["negative_views"] or cfg["views"]) if negative else int(cfg["views"])
         return audio_noise_views(prepared, n, gen, int(cfg["max_shift"]))

@@ -236,11 +236,10 @@ def digits(split: str, size: int = 64, test_fraction: float = 0.3, seed: int = 0
 
 def load_image_split(settings: dict, split: str) -> ClassifyDataset:
     """``settings``: the ``data`` mapping of a classify image config."""
-    kind = settings.get("dataset", "folder")
-    root = settings.get("root")
-    split_name = settings.get(f"{split}_split", split)
+    kind, root = settings["dataset"], settings["root"]
+    split_name = settings[f"{split}_split"]
     if kind == "digits":
-        return digits(split, size=int(settings.get("digits_size", 64)), test_fraction=float(settings.get("test_fraction", 0.3)), seed=int(settings.get("split_seed", 0)))
+        return digits(split, size=int(settings["digits_size"]), test_fraction=float(settings["test_fraction"]), seed=int(settings["split_seed"]))
     if root is None:
         raise DatasetError(f"data.root is required for image dataset '{kind}'")
     if kind == "folder":
@@ -362,10 +361,10 @@ def bbc_news_root() -> Path:
 
 def load_text_splits(settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
     """``settings``: the ``data`` mapping of a classify text config."""
-    kind = settings.get("dataset", "table")
-    tcol, lcol = settings.get("text_column", "text"), settings.get("label_column", "label")
+    kind = settings["dataset"]
+    tcol, lcol = settings["text_column"], settings["label_column"]
     if kind == "table":
-        train_file, test_file = settings.get("train_file"), settings.get("test_file")
+        train_file, test_file = settings["train_file"], settings["test_file"]
         if not train_file:
             raise DatasetError("data.train_file is required for a 'table' text dataset")
         train = text_table(train_file, tcol, lcol)
@@ -377,7 +376,7 @@ def load_text_splits(settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
             return train, test
         return _split(train, settings)
     if kind in ("folder", "bbc_news"):
-        root = bbc_news_root() if kind == "bbc_news" else settings.get("root")
+        root = bbc_news_root() if kind == "bbc_news" else settings["root"]
         if root is None:
             raise DatasetError("data.root is required for a 'folder' text dataset")
         return _split(text_folder(root), settings)
@@ -385,8 +384,8 @@ def load_text_splits(settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
 
 
 def _split(ds: ClassifyDataset, settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
-    frac = float(settings.get("test_fraction", 0.3))
-    seed = int(settings.get("split_seed", 0))
+    frac = float(settings["test_fraction"])
+    seed = int(settings["split_seed"])
     tr, te = stratified_split(ds.labels, frac, seed)
     a, b = subset(ds, tr), subset(ds, te)
     for part, name in ((a, "train"), (b, "test")):
@@ -475,14 +474,13 @@ def speech_commands(root: str | Path, split: str) -> ClassifyDataset:
 
 def load_audio_split(settings: dict, split: str) -> ClassifyDataset:
     """``settings``: the ``data`` mapping of a classify audio config."""
-    kind = settings.get("dataset", "folder")
-    root = settings.get("root")
+    kind, root = settings["dataset"], settings["root"]
     if root is None:
         raise DatasetError(f"data.root is required for audio dataset '{kind}'")
     if kind == "esc50":
-        return esc50(root, split, int(settings.get("test_fold", 5)))
+        return esc50(root, split, int(settings["test_fold"]))
     if kind == "speechcommands":
         return speech_commands(root, split)
     if kind == "folder":
-        return audio_folder(Path(root) / settings.get(f"{split}_split", split))
+        return audio_folder(Path(root) / settings[f"{split}_split"])
     raise DatasetError(f"unknown audio dataset '{kind}' (folder | esc50 | speechcommands)")

@@ -7,15 +7,17 @@ batch of B samples and one loss it
 1. builds each sample's views (1 for KL, 2 + 10 crops for DINO, 49 patches / 12
    word-deleted texts / 16 noisy spectrograms for SimCLR), seeded per sample;
 2. runs the encoder up to its last block without autograd (in row chunks), then,
-   inside :func:`segfungi.gradients.capture_token_gradients` on the gradient layer,
-   the last block, the pooling, the fixed random head(s) and the per-sample loss;
+   in :func:`segfungi.gradients.gradient_pass` (the segmentation side's pass too) the
+   last block, the pooling, the fixed random head(s) and the per-sample loss, with the
+   gradient layer's per-token gradients captured;
 3. one ``loss.sum().backward()`` for the whole batch; since each sample's loss only
    depends on its own views, the sum over that sample's views and tokens of the
    per-token rank-1 gradients is exactly that sample's gradient. The token
    gradients are reshaped to ``B × (views·tokens) × D`` and projected by the
-   ``fungi.projection`` kind of :func:`segfungi.gradients.make_projection` (dense
-   Achlioptas by default, or structured) with ``reduce="sum"`` (by linearity equal
-   to summing the per-view projections);
+   registered projection that ``fungi.projection`` names
+   (:func:`segfungi.gradients.make_projection`: dense Achlioptas by default, or
+   structured) with ``reduce="sum"`` (by linearity equal to summing the per-view
+   projections);
 4. L2-normalises each projected gradient (and the embedding).
 
 No second core: capturing, projection and normalisation come from
@@ -39,7 +41,7 @@ from segfungi.classify.losses import get_loss, loss_names
 from segfungi.classify.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
 from segfungi.errors import BankError, ConfigError, SegfungiError
-from segfungi.gradients import capture_token_gradients, l2_normalize, make_projection, projection_options
+from segfungi.gradients import gradient_pass, l2_normalize, make_projection, projection_options
 from segfungi.settings_schema import DEFAULTS
 from segfungi.seg_loss import make_head
 from segfungi.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
@@ -79,14 +81,14 @@ def ordered_losses(names: Iterable[str]) -> list[str]:
 
 
 def gradient_projection(fungi: dict, layer: torch.nn.Linear, dim: int):
-    """The ``fungi.projection`` kind (dense | structured, see
-    :func:`segfungi.gradients.make_projection`) of ``layer``'s gradients to ``dim``."""
-    kind = fungi.get("projection", "dense")
+    """The registered projection that ``fungi.projection`` names (dense | structured, see
+    :func:`segfungi.gradients.make_projection`), of ``layer``'s gradients to ``dim``."""
+    name = fungi["projection"]
     try:
-        options = projection_options(kind, {**DEFAULTS["fungi"], **fungi})
-        return make_projection(kind, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
-                               seed=int(fungi.get("proj_seed", 0)), bias=layer.bias is not None, **options)
-    except ValueError as err:
+        options = projection_options(name, {**DEFAULTS["fungi"], **fungi})
+        return make_projection(name, in_features=layer.in_features, out_features=layer.out_features, dim=dim,
+                               seed=int(fungi["proj_seed"]), bias=layer.bias is not None, **options)
+    except (ValueError, ConfigError) as err:
         raise ConfigError(f"fungi.projection: {err}") from None
 
 
@@ -113,15 +115,15 @@ class FungiExtractor:
         self.encoder = encoder
         self.fungi = fungi
         self.device = torch.device(device)
-        self.losses = list(fungi.get("losses", []))
+        self.losses = list(fungi["losses"])
         supported = self.supported_losses()
         for loss in self.losses:
             if loss not in supported:
                 raise ConfigError(f"loss '{loss}' is not available for {self.modality} (choose from {', '.join(supported)})")
-        self.proj_seed = int(fungi.get("proj_seed", 0))
-        self.head_seed = int(fungi.get("head_seed", 0))
-        self.view_seed = int(fungi.get("view_seed", 0))
-        self.row_chunk = int(fungi.get("row_chunk", 64))
+        self.proj_seed = int(fungi["proj_seed"])
+        self.head_seed = int(fungi["head_seed"])
+        self.view_seed = int(fungi["view_seed"])
+        self.row_chunk = int(fungi["row_chunk"])
         self.heads: dict[str, torch.nn.Linear] = {}
         self.projections = {}
         by_dim: dict[int, object] = {}  # losses projected to the same size share one matrix (same seed)
@@ -129,7 +131,7 @@ class FungiExtractor:
             cfg = fungi[loss]
             for head, offset in get_loss(loss).heads:
                 self.heads[head] = make_head(self.embed_dim, int(cfg["head_dim"]), self.head_seed * 1000 + offset).to(self.device)
-            dim = int(cfg.get("proj_dim") or self.embed_dim)
+            dim = int(cfg["proj_dim"] or self.embed_dim)
             if dim not in by_dim:
                 by_dim[dim] = gradient_projection(fungi, self.grad_layer, dim)
             self.projections[loss] = by_dim[dim]
@@ -212,7 +214,7 @@ class FungiExtractor:
     def negatives_plan(self, train, loss: str = "simclr") -> dict:
         cfg = self.fungi[loss]
         n = int(min(int(cfg["negatives"]), len(train)))
-        return {"train": train.identity(), "count": n, "seed": int(cfg.get("negatives_seed", 0)), "views": cfg.get("negative_views")}
+        return {"train": train.identity(), "count": n, "seed": int(cfg["negatives_seed"]), "views": cfg["negative_views"]}
 
     def plan_negatives(self, train) -> None:
         """Record which training samples form each negatives batch (for the source
@@ -282,17 +284,20 @@ class FungiExtractor:
         later in a larger group (:meth:`project_summed`). Also returns the pooled
         embeddings of the rows (``n × V × D``, detached)."""
         frozen = self._frozen_chunked(rows)
-        layer = self.grad_layer
-        # The model is frozen; the capture turns the layer output into a leaf, so the
-        # backward runs from the loss down to this layer only and stops there.
-        with torch.enable_grad(), capture_token_gradients(layer) as rec:
+
+        def embed() -> torch.Tensor:
             emb = self._last(frozen)
-            emb = emb.reshape(n_samples, -1, emb.shape[-1])
+            return emb.reshape(n_samples, -1, emb.shape[-1])
+
+        def per_sample_loss(emb: torch.Tensor) -> torch.Tensor:
             value = self._loss_value(loss, emb)
             if not torch.isfinite(value).all():
                 raise SegfungiError(f"{loss} loss is not finite for this batch")
-            value.sum().backward()
-        tg = rec.result()
+            return value
+
+        # The model is frozen; the capture turns the layer output into a leaf, so the
+        # backward runs from the loss down to this layer only and stops there.
+        tg, emb, _ = gradient_pass(self.grad_layer, embed, per_sample_loss)
         if project:
             return project_per_sample(self.projections[loss], tg, n_samples), emb.detach()
         return summed_per_sample(tg, n_samples), emb.detach()
@@ -356,7 +361,7 @@ class FungiExtractor:
         for loss in ordered_losses(sources):
             if get_loss(loss).negatives and loss not in self._negatives:
                 raise SegfungiError(f"{loss} negatives are not set up: call setup(train) first")
-        group = max(1, int(self.fungi.get("projection_batch") or 1))
+        group = max(1, int(self.fungi["projection_batch"] or 1))
         parts: dict[str, list] = {s: [] for s in sources}
         pending: dict[str, list] = {s: [] for s in sources if s != "embedding"}
 

@@ -23,6 +23,7 @@ import torch
 
 from segfungi.classify import augment
 from segfungi.classify.features import SplitViTFungi
+from segfungi.classify.settings import defaults
 from segfungi.classify.vit import as_split_vit
 
 
@@ -31,25 +32,27 @@ class ImageFungi(SplitViTFungi):
     view_recipes = ("dino", "simclr")
 
     def __init__(self, backbone, fungi: dict, views: dict | None = None, device="cpu"):
+        """``fungi``, ``views``: those sections of the image settings (``views`` not
+        given: its defaults)."""
         vit = as_split_vit(backbone, device=device)
-        self.views = dict(views or {})
-        self.size = int(self.views.get("image_size") or vit.img_size)
+        self.views = dict(views) if views is not None else defaults("image")["views"]
+        self.size = int(vit.img_size)
         self._mean = torch.tensor(vit.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(vit.std, dtype=torch.float32).view(1, 3, 1, 1)
         super().__init__(vit, fungi, device=device)
 
     def _view_identity(self, recipe: str, cfg: dict) -> dict:
         if recipe == "eval":
-            return {"eval": {"size": self.size, "crop_ratio": float(self.views.get("crop_ratio", 0.875))}}
+            return {"eval": {"size": self.size, "crop_ratio": float(self.views["crop_ratio"])}}
         keys = {"dino": ("global_crops", "global_scale", "local_crops", "local_scale"),
                 "simclr": ("view_fraction", "stride_divisor", "view_input_size")}[recipe]
-        return {recipe: {"size": self.size, **{k: cfg.get(k) for k in keys}}}
+        return {recipe: {"size": self.size, **{k: cfg[k] for k in keys}}}
 
     def _prepare(self, sample):
         return augment.to_float_image(sample)
 
     def _eval_rows(self, prepared):
-        ratio = float(self.views.get("crop_ratio", 0.875))
+        ratio = float(self.views["crop_ratio"])
         return torch.stack([augment.eval_view(p, self.size, ratio) for p in prepared])
 
     def _dino_views(self, prepared, cfg, gen, negative=False):
@@ -69,9 +72,9 @@ class ImageFungi(SplitViTFungi):
             self.size,
             float(cfg["view_fraction"]),
             int(cfg["stride_divisor"]),
-            cfg.get("view_input_size") or self.size,
+            cfg["view_input_size"] or self.size,
         )
-        nv = cfg.get("negative_views")
+        nv = cfg["negative_views"]
         if negative and nv:
             # a seeded subset of the (deterministic) patch views
             keep = torch.randperm(views.shape[0], generator=gen)[: int(nv)]
@@ -91,10 +94,10 @@ def load_image_backbone(settings: dict, device: str = "cpu"):
 
     return load_backbone(
         settings["name"],
-        weights=settings.get("weights"),
-        pretrained=bool(settings.get("pretrained", False)),
-        img_size=int(settings.get("img_size") or 224),
-        init_seed=int(settings.get("init_seed") or 0),
+        weights=settings["weights"],
+        pretrained=bool(settings["pretrained"]),
+        img_size=int(settings["img_size"]),
+        init_seed=int(settings["init_seed"]),
         device=device,
-        model_kwargs=dict(settings.get("model_kwargs") or {}),
+        model_kwargs=dict(settings["model_kwargs"]),
     )

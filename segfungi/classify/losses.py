@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfungi.classify.registry import Registry
 from segfungi.errors import ConfigError
 from segfungi.gradients import l2_normalize
+from segfungi.registry import Registry
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
 
@@ -184,11 +184,16 @@ class ClassifyLoss:
     check: Callable[[dict, str], None] | None = None
 
 
-_LOSSES: Registry[ClassifyLoss] = Registry("classify loss", reserved=("embedding",))
-register_loss = _LOSSES.register  # register_loss(ClassifyLoss(...))
-unregister_loss = _LOSSES.unregister
-get_loss = _LOSSES.get
-loss_names = _LOSSES.names  # registered losses, in registration order
+# "embedding" names the embedding feature, next to the losses' features
+LOSSES: Registry[ClassifyLoss] = Registry("classify loss", reserved=("embedding",))
+unregister_loss = LOSSES.unregister
+get_loss = LOSSES.get
+loss_names = LOSSES.names  # registered losses, in registration order
+
+
+def register_loss(loss: ClassifyLoss) -> ClassifyLoss:
+    """Makes ``loss`` usable by its name (``fungi.losses``, a ``fungi.<name>`` section)."""
+    return LOSSES.register(loss.name, loss)
 
 
 def _kl_value(heads, cfg, emb, negatives):
@@ -200,7 +205,7 @@ def _dino_value(heads, cfg, emb, negatives):
     student = heads["dino_student"](e)
     with torch.no_grad():
         teacher = heads["dino_teacher"](e[:, : int(cfg["global_crops"])].detach())
-    return dino_loss(student, teacher, float(cfg["student_temp"]), float(cfg["teacher_temp"]), bool(cfg.get("exclude_same_view", False)))
+    return dino_loss(student, teacher, float(cfg["student_temp"]), float(cfg["teacher_temp"]), bool(cfg["exclude_same_view"]))
 
 
 def _dino_check(cfg: dict, where: str) -> None:
@@ -221,6 +226,7 @@ register_loss(ClassifyLoss("simclr", view="simclr", heads=(("simclr", 3),), valu
 
 
 __all__ = [
+    "LOSSES",
     "ClassifyLoss",
     "register_loss",
     "unregister_loss",

@@ -1,13 +1,13 @@
 """The registry of classify modalities (image, text, audio).
 
 A :class:`Modality` names what ``segfungi classify <name>`` needs: a one-line help,
-its defaults (``configs/classify_<name>.yaml``), how to read the two splits from the
-``data`` settings, and how to build the feature extractor (whose view recipes decide
-which registered losses the modality offers, see
-:meth:`segfungi.classify.features.FungiExtractor.supported_losses`). Adding a
-modality is one :func:`register_modality` call plus its YAML file; the CLI then
-offers it with the common flags. Imports of the heavy parts (timm, transformers)
-happen only when a modality is used.
+how to read the two splits from the ``data`` settings, and how to build the feature
+extractor (whose view recipes decide which registered losses the modality offers, see
+:meth:`segfungi.classify.features.FungiExtractor.supported_losses`). Its settings are
+declared in :mod:`segfungi.settings_schema` (``CLASSIFY[name]``, written out as
+``configs/classify_<name>.yaml``). Adding a modality is one :func:`register_modality`
+call plus its settings there; the CLI then offers it with the common flags. Imports of
+the heavy parts (timm, transformers) happen only when a modality is used.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from segfungi.classify.registry import Registry
+from segfungi.registry import Registry
 
-__all__ = ["Modality", "register_modality", "get_modality", "modality_names"]
+__all__ = ["MODALITIES", "Modality", "register_modality", "unregister_modality", "get_modality", "modality_names"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,15 @@ class Modality:
         return getattr(importlib.import_module(module), cls)
 
 
-_MODALITIES: Registry[Modality] = Registry("classify modality")
-register_modality = _MODALITIES.register
-get_modality = _MODALITIES.get
-modality_names = _MODALITIES.names
+MODALITIES: Registry[Modality] = Registry("classify modality")
+unregister_modality = MODALITIES.unregister
+get_modality = MODALITIES.get
+modality_names = MODALITIES.names  # registered modalities, in registration order (the CLI's)
+
+
+def register_modality(modality: Modality) -> Modality:
+    """Makes ``modality`` a ``segfungi classify`` subcommand, by its name."""
+    return MODALITIES.register(modality.name, modality)
 
 
 # ------------------------------------------------------------------------ image
@@ -87,8 +92,8 @@ def _audio_build(s: dict, device: str):
     f, m = s["frontend"], s["model"]
     front = AudioFrontEnd(f["sample_rate"], f["num_mel_bins"], f["target_length"], f["norm_mean"], f["norm_std"])
     enc = SpectrogramViT(
-        m["name"], f["num_mel_bins"], f["target_length"], weights=m.get("weights"), init_seed=int(m.get("init_seed") or 0),
-        global_pool=m.get("global_pool"), device=device, **dict(m.get("model_kwargs") or {}),
+        m["name"], f["num_mel_bins"], f["target_length"], weights=m["weights"], init_seed=int(m["init_seed"]),
+        global_pool=m["global_pool"], device=device, **m["model_kwargs"],
     )
     return AudioFungi(enc, front, s["fungi"], device=device)
 

@@ -25,10 +25,10 @@ from segfungi.storage import settings_hash, write_json_atomic
 def load_splits(modality: str, s: dict):
     train, test = get_modality(modality).load_splits(s["data"])
     run = s["run"]
-    if run.get("max_train"):
-        train = limit(train, int(run["max_train"]), int(run.get("subset_seed", 0)))
-    if run.get("max_test"):
-        test = limit(test, int(run["max_test"]), int(run.get("subset_seed", 0)) + 1)
+    if run["max_train"]:
+        train = limit(train, int(run["max_train"]), int(run["subset_seed"]))
+    if run["max_test"]:
+        test = limit(test, int(run["max_test"]), int(run["subset_seed"]) + 1)
     return train, test
 
 
@@ -41,7 +41,7 @@ def limit(dataset, n: int, seed: int):
 
 
 def build_extractor(modality: str, s: dict):
-    return get_modality(modality).build(s, s["run"].get("device", "cpu"))
+    return get_modality(modality).build(s, s["run"]["device"])
 
 
 # ------------------------------------------------------------------- features
@@ -52,7 +52,7 @@ def compute_features(extractor, train, test, s: dict, log=print) -> dict:
     from the cache when possible."""
     run = s["run"]
     sources = ["embedding"] + [l for l in loss_names() if l in extractor.losses]
-    cache = FeatureCache(run["cache_dir"]) if run.get("cache") else None
+    cache = FeatureCache(run["cache_dir"]) if run["cache"] else None
     extractor.plan_negatives(train)  # the negatives' identity is part of their features' cache key
     feats: dict = {"train": {}, "test": {}}
     missing: dict = {}
@@ -65,7 +65,7 @@ def compute_features(extractor, train, test, s: dict, log=print) -> dict:
                 missing.setdefault(split, []).append(src)
     if cache and not missing:
         log(f"features: all from cache {cache.directory}")
-    progress, interval = bool(run.get("progress")), float(run["progress_interval"])
+    progress, interval = bool(run["progress"]), float(run["progress_interval"])
     need_negatives = sorted({l for m in missing.values() for l in m if l != "embedding" and get_loss(l).negatives})
     if need_negatives:
         extractor.setup(train, progress=progress, interval=interval, losses=need_negatives)
@@ -109,15 +109,15 @@ def combine(features: dict, combo: str) -> np.ndarray:
 
 def evaluate_features(feats: dict, train_labels, test_labels, knn: dict, losses, pca_dir: Path | None = None) -> dict:
     """kNN results: ``{"full": {combo: metrics}, "5-shot": {combo: metrics}}``."""
-    combos = knn.get("combinations") or default_combinations(losses)
+    combos = knn["combinations"] or default_combinations(losses)
     k = int(knn["k"])
     num_classes = int(max(np.max(train_labels), np.max(test_labels)) + 1)
     setups = []
-    if knn.get("full", True):
+    if knn["full"]:
         setups.append(("full", [np.arange(len(train_labels))], None))
-    shots = knn.get("shots")
+    shots = knn["shots"]
     if shots:
-        seeds = list(knn.get("shot_seeds") or [0])
+        seeds = list(knn["shot_seeds"] or [0])
         setups.append((f"{int(shots)}-shot", [few_shot_indices(train_labels, int(shots), sd) for sd in seeds], seeds))
     results: dict = {}
     for name, index_sets, seeds in setups:
@@ -128,7 +128,7 @@ def evaluate_features(feats: dict, train_labels, test_labels, knn: dict, losses,
             for idx in index_sets:
                 xtr, xte = xtr_all[idx], xte_all
                 pca_info = None
-                if knn.get("pca_dim"):
+                if knn["pca_dim"]:
                     pca = PCA.fit(xtr, int(knn["pca_dim"]))
                     xtr, xte = pca.transform(xtr), pca.transform(xte)
                     pca_info = pca.dim
@@ -161,7 +161,7 @@ def evaluate_features(feats: dict, train_labels, test_labels, knn: dict, losses,
 
 def run_classification(modality: str, s: dict, log=print) -> dict:
     t0 = time.perf_counter()
-    if s["run"].get("threads"):
+    if s["run"]["threads"]:
         torch.set_num_threads(int(s["run"]["threads"]))
     train, test = load_splits(modality, s)
     if len(train) == 0 or len(test) == 0:
@@ -169,7 +169,7 @@ def run_classification(modality: str, s: dict, log=print) -> dict:
     log(f"{modality}: {len(train)} train / {len(test)} test samples, {train.num_classes} classes")
     extractor = build_extractor(modality, s)
     feats = compute_features(extractor, train, test, s, log=log)
-    cache_dir = FeatureCache(s["run"]["cache_dir"]).directory_for(train) / "pca" if s["run"].get("cache") else None
+    cache_dir = FeatureCache(s["run"]["cache_dir"]).directory_for(train) / "pca" if s["run"]["cache"] else None
     results = evaluate_features(feats, train.labels, test.labels, s["knn"], extractor.losses, pca_dir=cache_dir)
     return {
         "modality": modality,

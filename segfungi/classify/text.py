@@ -163,14 +163,14 @@ class TextFungi(FungiExtractor):
 
     def _view_identity(self, recipe: str, cfg: dict) -> dict:
         if recipe == "simclr":
-            return {"simclr": {"views": cfg["views"], "deletion_p": cfg["deletion_p"], "negative_views": cfg.get("negative_views")}}
+            return {"simclr": {"views": cfg["views"], "deletion_p": cfg["deletion_p"], "negative_views": cfg["negative_views"]}}
         return {}
 
     def _eval_rows(self, prepared):
         return list(prepared)
 
     def _simclr_views(self, prepared, cfg, gen, negative=False):
-        n = int(cfg.get("negative_views") or cfg["views"]) if negative else int(cfg["views"])
+        n = int(cfg["negative_views"] or cfg["views"]) if negative else int(cfg["views"])
         return [augment.word_deletion(prepared, float(cfg["deletion_p"]), gen) for _ in range(n)]
 
     def _cat_rows(self, rows_list):

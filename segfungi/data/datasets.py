@@ -1,4 +1,4 @@
-"""Opening a dataset by name, and taking reproducible subsets of it (few-shot).
+"""Opening a registered dataset by name, and taking reproducible subsets of it (few-shot).
 
 Layouts and their on-disk conventions are described in voc.py, ade20k.py,
 cityscapes.py, coco_stuff.py and folder.py; the bad-sample policy in base.py."""
@@ -9,38 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
-from segfungi.data.ade20k import open_ade20k
 from segfungi.data.base import SegDataset, check_policy
-from segfungi.data.cityscapes import open_cityscapes
-from segfungi.data.coco_stuff import open_coco_stuff
-from segfungi.data.folder import open_folder
 from segfungi.data.idlists import read_id_file
-from segfungi.data.voc import open_voc
+from segfungi.data.registry import DATASETS
 from segfungi.errors import ConfigError, DatasetError
 
 SUBSET_SHUFFLE_SEED = 0  # fixed: the subset seed picks a block of the shuffle, not the shuffle
 
-DATASETS = {
-    "voc": open_voc,
-    "ade20k": open_ade20k,
-    "cityscapes": open_cityscapes,
-    "coco-stuff": open_coco_stuff,
-    "folder": open_folder,
-}
-
 
 def build_dataset(name: str, root: str | Path, split: str, on_bad_sample: str = "error") -> SegDataset:
-    """Open `split` of the dataset `name` (voc | ade20k | cityscapes | coco-stuff | folder) at `root`."""
-    key = str(name).lower().replace("_", "-")
-    if key not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    """Open `split` of the registered dataset `name` (voc | ade20k | cityscapes | coco-stuff |
+    folder, `segfungi.data.registry`) at `root`."""
+    key = str(name).lower().replace("_", "-")  # "VOC", "coco_stuff": the registered spelling
+    open_split = DATASETS.get(key if key in DATASETS else name)  # else as given (unknown: lists the names)
     if root is None or str(root) == "":
         raise ConfigError("dataset root is not set (data.root / --root)")
     check_policy(on_bad_sample)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root folder missing")
-    return DATASETS[key](root, split, on_bad_sample=on_bad_sample)
+    return open_split(root, split, on_bad_sample=on_bad_sample)
 
 
 def subset(dataset: SegDataset, ids_file: str | Path | None = None, fraction: float | None = None,

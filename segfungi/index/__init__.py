@@ -30,80 +30,32 @@ them weight 0.
 Saved indexes are folders with `segfungi_index.json` (written last, so a folder
 without it is an interrupted save) and `.npy`/`.pb` files; nothing is pickled.
 
-Index kinds are registered (`register_index_kind`): `make_index`, `load_index` and the
-`index.kind` check read the registry, so a new kind is one registration. The package's
-modules: _settings (IndexSettings), _registry (the kinds), _rows (ConcatRows and row
-helpers), _files (the saved folder), _exact, _scann, _recall (recall_at_k).
+Index kinds are registered (`register_index_kind`): `make_index`, `load_index`, the
+`index.kind` setting's choices and the CLI's `--index` read the registry, so a new kind is
+one registration. The package's modules: _settings (IndexSettings), _registry (the
+kinds), _make (make_index, load_index), _rows (ConcatRows and row helpers), _files (the
+saved folder), _exact, _scann, _recall (recall_at_k). Names are imported when first
+used, so the registry (`index_kinds()`) loads no torch.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from segfungi.lazy import lazy_exports
 
-import torch
+# Internal module -> the public names it defines.
+_MODULES = {
+    "._settings": ("REORDER_DTYPES", "IndexSettings"),
+    "._registry": ("IndexKind", "index_kind", "index_kinds", "register_index_kind", "unregister_index_kind"),
+    "._make": ("make_index", "load_index"),
+    "._rows": ("CONVERT_CHUNK_ROWS", "ConcatRows"),
+    "._files": ("INDEX_FORMAT_VERSION", "META_FILE"),
+    "._exact": ("EXACT_BLOCK_ELEMENTS", "EXACT_QUERY_CHUNK", "ExactIndex"),
+    "._scann": ("SCANN_QUERY_BATCH", "ScannIndex", "clamped_num_leaves", "quiet_native_logs"),
+    "._recall": ("recall_at_k",),
+}
+_PUBLIC = {name: module for module, names in _MODULES.items() for name in names}
 
-from segfungi.index import _files
-from segfungi.index._exact import EXACT_BLOCK_ELEMENTS, EXACT_QUERY_CHUNK, ExactIndex
-from segfungi.index._files import INDEX_FORMAT_VERSION, META_FILE
-from segfungi.index._recall import recall_at_k
-from segfungi.index._registry import (
-    IndexKind,
-    index_kind,
-    index_kinds,
-    register_index_kind,
-    saved_index_kind,
-    unregister_index_kind,
-)
-from segfungi.index._rows import CONVERT_CHUNK_ROWS, ConcatRows, as_array
-from segfungi.index._scann import SCANN_QUERY_BATCH, ScannIndex, clamped_num_leaves, quiet_native_logs
-from segfungi.index._settings import REORDER_DTYPES, IndexSettings, with_overrides
-
-__all__ = [
-    "CONVERT_CHUNK_ROWS",
-    "EXACT_BLOCK_ELEMENTS",
-    "EXACT_QUERY_CHUNK",
-    "INDEX_FORMAT_VERSION",
-    "META_FILE",
-    "REORDER_DTYPES",
-    "SCANN_QUERY_BATCH",
-    "ConcatRows",
-    "ExactIndex",
-    "IndexKind",
-    "IndexSettings",
-    "ScannIndex",
-    "clamped_num_leaves",
-    "index_kinds",
-    "load_index",
-    "make_index",
-    "quiet_native_logs",
-    "recall_at_k",
-    "register_index_kind",
-    "unregister_index_kind",
-]
+__all__ = sorted(_PUBLIC)
 
 
-def make_index(
-    features: Any, settings: IndexSettings | dict | None = None, *, device: str | torch.device = "cpu",
-    **overrides: Any,
-):
-    """Builds the index `kind` asks for; `auto` = exact below `exact_below` rows, else ScaNN.
-
-    `make_index(features, **config["index"])` works: every config key is a setting.
-    `device` (e.g. `backbone.device`) is where an exact index keeps the bank and runs
-    its matmul + top-k; ScaNN always runs on the CPU.
-    """
-    if isinstance(settings, dict):
-        settings = IndexSettings.from_dict(settings)
-    settings = with_overrides(settings or IndexSettings(), overrides)
-    features = as_array(features)
-    kind = settings.kind
-    if kind == "auto":
-        kind = ExactIndex.kind if features.shape[0] < settings.exact_below else ScannIndex.kind
-    return index_kind(kind).build(features, settings, device)
-
-
-def load_index(folder: str | Path):
-    """Loads whichever kind of index `folder` holds."""
-    kind = _files.read_meta(Path(folder)).get("kind")
-    return saved_index_kind(folder, kind).load(folder)
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -11,7 +11,7 @@ import torch
 
 from segfungi.errors import BankError
 from segfungi.index import _files
-from segfungi.index._registry import register_index_kind
+from segfungi.index._registry import IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
 
 EXACT_FEATURES_FILE = "features.npy"
@@ -111,8 +111,10 @@ class ExactIndex:
         return self.bank
 
 
-register_index_kind(
+# Registered as "exact" by segfungi.index._registry, which imports this module on first use.
+INDEX_KIND = IndexKind(
     ExactIndex.kind,
     build=lambda features, settings, device: ExactIndex(device).build(features),
     load=ExactIndex.load,
+    saved=False,  # a bank's exact index is only its features: rebuilt from them when searched
 )

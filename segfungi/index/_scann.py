@@ -15,7 +15,7 @@ import numpy as np
 from segfungi import logging_setup
 from segfungi.errors import BankError
 from segfungi.index import _files
-from segfungi.index._registry import register_index_kind
+from segfungi.index._registry import IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides
 
@@ -278,7 +278,8 @@ def _check_asset_paths(folder: Path, assets_text: str) -> None:
             raise BankError(f"{folder / name}: missing; the saved index is incomplete")
 
 
-register_index_kind(
+# Registered as "scann" by segfungi.index._registry, which imports this module on first use.
+INDEX_KIND = IndexKind(
     ScannIndex.kind,
     build=lambda features, settings, device: ScannIndex(settings).build(features),
     load=ScannIndex.load,

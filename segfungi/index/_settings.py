@@ -43,6 +43,12 @@ class IndexSettings:
     # on the machine). Not part of what the index computes, only of how.
     training_threads: int = 1
 
+    def kind_for(self, num_rows: int) -> str:
+        """The kind searching `num_rows` rows uses: `auto` is exact below `exact_below`, else ScaNN."""
+        if self.kind != "auto":
+            return self.kind
+        return "exact" if num_rows < self.exact_below else "scann"
+
     def few_shot(self) -> "IndexSettings":
         """The paper's few-shot search: 256 leaves searched, reorder 1800."""
         return dataclasses.replace(self, num_leaves_to_search=256, reorder=1800)
