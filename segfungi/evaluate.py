@@ -52,9 +52,19 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
                           evaluation_settings(settings))
 
 
-def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True):
+def split_batches(num_images: int, spec: EvalSpec) -> list[list[int]]:
+    """The batches of image indices this process scores: the first eval.max_images, every
+    world-th under torchrun, cut into eval.batch_size."""
+    count = num_images if spec.max_images is None else min(num_images, spec.max_images)
+    mine = list(range(distributed.rank(), count, distributed.world_size()))
+    return [mine[i : i + spec.batch_size] for i in range(0, len(mine), spec.batch_size)]
+
+
+def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True, encoded=None):
     """(confusion matrix, images scored) of `segmenter` over `dataset` (its first
-    eval.max_images). Under torchrun each rank takes every world-th image; the matrices are summed."""
+    eval.max_images). Under torchrun each rank takes every world-th image; the matrices
+    are summed. `encoded`: the same images already encoded (the benchmark's
+    `EncodedQueries`), so that only the last block runs; the scores are the same."""
     from segfungi.data.augment import eval_transform
     from segfungi.metrics import ConfusionMatrix
     from segfungi.transfer import scores_to_mask
@@ -62,14 +72,17 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     count = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     confusion = ConfusionMatrix(segmenter.num_classes)
     size = segmenter.image_size
-    mine = list(range(distributed.rank(), count, distributed.world_size()))
-    batches = [mine[i : i + spec.batch_size] for i in range(0, len(mine), spec.batch_size)]
-    for batch in tqdm(batches, desc=f"eval {segmenter.bank.path.name}", unit="batch",
-                      disable=not progress or not distributed.is_main()):
-        pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
-        scores = segmenter.predict_scores(np.stack([p[0] for p in pairs]))
-        preds = scores_to_mask(scores, out_size=(size, size))
-        for pred, (_, mask) in zip(preds, pairs):
+    batches = split_batches(len(dataset), spec) if encoded is None else encoded.batches
+    for number, batch in enumerate(tqdm(batches, desc=f"eval {segmenter.bank.path.name}", unit="batch",
+                                        disable=not progress or not distributed.is_main())):
+        if encoded is None:
+            pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
+            masks = [mask for _, mask in pairs]
+            scores = segmenter.predict_scores(np.stack([image for image, _ in pairs]))
+        else:
+            inputs, masks, seeds = encoded.batch(number)
+            scores = segmenter.predict_scores_from_last_block_input(inputs, seeds)
+        for pred, mask in zip(scores_to_mask(scores, out_size=(size, size)), masks):
             confusion.update(pred, mask)
     confusion.matrix = distributed.all_reduce_sum(confusion.matrix)
     return confusion, count

@@ -11,7 +11,7 @@ grayscale, palette, RGBA (alpha dropped) and 16-bit inputs become RGB, and EXIF
 orientation is ignored, so a mask lines up with the stored pixels.
 
 With a FUNGI bank, an image's kept negatives are seeded from its own (resized) pixels
-(`segfungi.segmenter.query_generators`), so a mask is the one `eval` computes for the
+(`segfungi.segmenter.query_seeds`), so a mask is the one `eval` computes for the
 same image, whatever else is segmented with it.
 """
 

@@ -78,17 +78,31 @@ class Segmenter:
 
     def patch_features(self, images: np.ndarray) -> torch.Tensor:
         """B×S×S×3 uint8 -> B×P×F L2-normalised features, as stored in the bank."""
+        return self.patch_features_from_last_block_input(self.extractor.last_block_input(images), query_seeds(images))
+
+    def patch_features_from_last_block_input(self, last_block_input: torch.Tensor, seeds) -> torch.Tensor:
+        """`patch_features` from the images' last-block inputs and their pixel seeds
+        (`query_seeds`), e.g. kept from an earlier pass over the same images."""
         if self.support is None:
             with torch.no_grad():
-                return torch.nn.functional.normalize(self.extractor.embeddings(images), dim=-1)
-        out = self.extractor.fungi(images, self.support.negatives_for(None), generator=query_generators(images))
+                embeddings = self.extractor.embeddings_from_last_block_input(last_block_input)
+                return torch.nn.functional.normalize(embeddings, dim=-1)
+        out = self.extractor.fungi_from_last_block_input(last_block_input, self.support.negatives_for(None),
+                                                         generator=seeded_generators(seeds))
         return torch.stack(list(out.features))
 
     def predict_scores(self, images: np.ndarray) -> torch.Tensor:
         """B×S×S×3 uint8 -> B×gh×gw×C class scores from the bank's neighbours."""
+        return self.scores(self.patch_features(images))
+
+    def predict_scores_from_last_block_input(self, last_block_input: torch.Tensor, seeds) -> torch.Tensor:
+        """`predict_scores` from the images' last-block inputs and pixel seeds."""
+        return self.scores(self.patch_features_from_last_block_input(last_block_input, seeds))
+
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """B×P×F query features -> B×gh×gw×C class scores from the bank's neighbours."""
         from segfungi.transfer import transfer_labels
 
-        feats = self.patch_features(images)
         batch, num_patches, dim = feats.shape
         sims, ids = self.index.search(feats.reshape(-1, dim).cpu().numpy(), self.k)
         ids = torch.as_tensor(ids)
@@ -118,15 +132,23 @@ class Segmenter:
         return scores_to_mask(scores, out_size=(height, width))[0]
 
 
-def query_generators(images: np.ndarray) -> list[torch.Generator]:
-    """One generator per query image, seeded from its network input (the S×S uint8 pixels).
+def query_seeds(images: np.ndarray) -> np.ndarray:
+    """One seed per query image, from its network input (the S×S uint8 pixels).
 
     The kept negatives are then a function of the image alone: the same in `eval` at any
     eval.batch_size or world size, and in `predict` (which resizes the same way). A
     dataset id would do for `eval` but `predict` has none, so the pixels it is."""
-    from segfungi.seeding import QUERY_NEGATIVES, pixels_seed, torch_generator
+    from segfungi.seeding import pixels_seed
 
-    return [torch_generator(pixels_seed(image), QUERY_NEGATIVES) for image in np.asarray(images)]
+    return np.array([pixels_seed(image) for image in np.asarray(images)], dtype=np.int64)
+
+
+def seeded_generators(seeds) -> list[torch.Generator]:
+    """The generators of a FUNGI query's kept negatives, one per image seed."""
+    from segfungi.seeding import QUERY_NEGATIVES, torch_generator
+
+    return [torch_generator(int(seed), QUERY_NEGATIVES) for seed in seeds]
+
 
 
 def backbone_mismatches(built: BackboneIdentity, request: BackboneRequest) -> list[str]:
