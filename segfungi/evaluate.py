@@ -24,12 +24,13 @@ from segfungi.segmenter import Segmenter
 
 
 def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = True, *,
-             backbone=None, dataset=None) -> dict:
+             backbone=None, dataset=None, encoded=None) -> dict:
     """mIoU of the bank's predictions on `data.val_split`; returns the results dict.
 
     `settings` default to the bank's own (`bank_settings`). `backbone`: the bank's model
     when it is not built from settings (`segfungi.CustomBackbone`); `dataset`: the labelled
-    images to evaluate on instead of `data.val_split` (anything `segfungi.as_dataset` takes)."""
+    images to evaluate on instead of `data.val_split` (anything `segfungi.as_dataset` takes);
+    `encoded`: those images already encoded by this backbone (`score_split`)."""
     settings = bank_settings(bank) if settings is None else settings
     if dataset is None:
         _check_recorded_root(data_root(settings), MemoryBank(bank))
@@ -46,7 +47,7 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
         raise BankError(f"{segmenter.bank.path}: bank classes differ from the {dataset.name} classes")
     spec = eval_spec(settings)
     started = time.perf_counter()
-    confusion, count = score_split(segmenter, dataset, spec, progress)
+    confusion, count = score_split(segmenter, dataset, spec, progress, encoded)
     eval_seconds = time.perf_counter() - started
     return results_record(segmenter.bank, confusion, count, {"setup_seconds": setup_seconds, "eval_seconds": eval_seconds},
                           evaluation_settings(settings))
@@ -72,7 +73,10 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     count = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     confusion = ConfusionMatrix(segmenter.num_classes)
     size = segmenter.image_size
-    batches = split_batches(len(dataset), spec) if encoded is None else encoded.batches
+    batches = split_batches(len(dataset), spec)
+    if encoded is not None and encoded.batches != batches:
+        raise ValueError("the encoded images are not the batches this evaluation scores (eval.batch_size, "
+                         "eval.max_images or the process count differ)")
     for number, batch in enumerate(tqdm(batches, desc=f"eval {segmenter.bank.path.name}", unit="batch",
                                         disable=not progress or not distributed.is_main())):
         if encoded is None:

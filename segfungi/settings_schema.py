@@ -187,6 +187,24 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("features", list(FEATURE_KINDS), "feature kinds evaluated per trial", choices=FEATURE_KINDS),
         Key("out", "runs/fewshot", "folder of the trials' banks, results and plot"),
     ),
+    "benchmark": (
+        Key("datasets", ["voc", "ade20k"], "datasets benchmarked (each has configs/protocol_<dataset>.yaml)",
+            choices=dataset_names,
+            note=(
+                "segfungi benchmark: the field's tables for one model. Each dataset's cells take",
+                "the protocol's keys (splits, epochs, k, temperature, leaves searched, reorder) from",
+                "configs/protocol_<dataset>.yaml (few-shot: protocol_fewshot_<dataset>.yaml) over",
+                "the settings here; bank.size is each cell's.",
+            )),
+        Key("roots", {}, "dataset -> its root folder, e.g. {voc: /data/VOCdevkit, ade20k: /data/ADE}"),
+        Key("features", list(FEATURE_KINDS), "feature kinds of every cell", choices=FEATURE_KINDS),
+        Key("sizes", [102400, 1024000, 10240000], "full-data bank sizes (1024 x 10^2, 10^3, 10^4)",
+            check="positive"),
+        Key("fractions", [0.0078125, 0.015625, 0.125], "few-shot fractions (1/128, 1/64, 1/8); [] for none",
+            check="fractions"),
+        Key("subsets", "standard", "standard | a folder laid out like them (<folder>/<dataset>/1_div_<N>/*.txt)"),
+        Key("out", "runs/benchmark", "results folder: tables, figures, banks, cell records"),
+    ),
 }
 
 # Keys that no longer exist -> where their value lives now (None: nowhere).

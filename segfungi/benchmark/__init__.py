@@ -1,0 +1,56 @@
+"""`segfungi benchmark`: the field's tables for one model, in one resumable command.
+
+Full data (FUNGI Tables 3 and 7): mIoU at banks of 1024×10², 10³ and 10⁴ patches on each
+dataset; few-shot (FUNGI Table 4): mean ± std over the five standard lists of 1/128, 1/64
+and 1/8 of the training split; each for embeddings and FUNGI features. Each expensive
+pass runs once (`_run`), the cells and their settings come from the protocol presets
+(`_protocol`), `--dry-run` prints the plan with disk, memory and time (`_dryrun`), and the
+results folder gets the tables beside the published numbers (`_report`)::
+
+    import segfungi
+
+    settings = segfungi.load_config(overrides=["backbone.name=vit_small_patch16_224.dino",
+                                               "backbone.weights=dino_deitsmall16_pretrain.pth",
+                                               "benchmark.roots={voc: /data/VOCdevkit, ade20k: /data/ADE}"])
+    segfungi.benchmark(settings, "results/dino-s16")   # = segfungi.benchmark.run_benchmark
+
+Public here: `run_benchmark`, `dry_run`, `plan_cells`, `Cell`, `EncodedQueries`,
+`write_report`, `summary_table`, `RUN_FILE`. The package is callable as `run_benchmark`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+
+from segfungi.lazy import lazy_exports
+
+_PUBLIC = {
+    "run_benchmark": "._run",
+    "RUN_FILE": "._run",
+    "dry_run": "._dryrun",
+    "plan_cells": "._protocol",
+    "Cell": "._protocol",
+    "EncodedQueries": "._queries",
+    "write_report": "._report",
+    "summary_table": "._report",
+}
+
+__all__ = sorted(_PUBLIC)
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable as `run_benchmark` (`segfungi.benchmark(settings, out)`)."""
+
+    def __call__(self, *args, **kwargs):
+        return self.run_benchmark(*args, **kwargs)
+
+    @property
+    def __signature__(self):
+        return inspect.signature(self.run_benchmark)
+
+
+sys.modules[__name__].__class__ = _CallableModule

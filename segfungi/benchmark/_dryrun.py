@@ -1,0 +1,236 @@
+"""The plan of a benchmark run, printed before anything is built (`--dry-run`).
+
+For each cell: its bank size and patches per view; for the whole run: disk (banks,
+temporary caches), peak memory and time. Time comes from a short timed probe of the
+model on this machine (a forward, the FUNGI gradient pass, the projection of a query's
+1024 patch gradients, on random images) times the work each pass does:
+
+    views encoded once per dataset      N·E forwards (support banks of every size)
+    FUNGI pass per size                 N·E · (gradient pass + K projections)
+    evaluated images encoded once       V forwards
+    embeddings query per cell           V · last block (≈ forward / depth) + search
+    FUNGI query per cell                V · (gradient pass + 1024 projections) + search
+
+with N training images, E augmentation epochs, K = S // (N·E) patches kept per view
+and V evaluated images. Index build and search times scale figures measured with
+benchmarks/bench_index.py on a 2-core CPU (ScaNN at 10⁵ and 10⁶ × 768 rows); peak
+memory uses the per-row costs of benchmarks/bench_bank_memory.py (benchmarks/README.md,
+§5): ScaNN holds D·(4 | 2 | 1) bytes per row for its float32 | bfloat16 | int8
+reordering copy, D/4 bytes of codes and 15 more; the build adds ≈ 2.4 GiB. When the
+largest bank does not fit the memory there is, the plan says which
+`index.reorder_dtype` makes it fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from segfungi.bank import BankPlan, estimate_bank_bytes
+from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
+from segfungi.components import index_settings, make_extractor, open_train_dataset, open_val_dataset
+from segfungi.errors import ConfigError, DatasetError
+from segfungi.storage import format_bytes
+
+__all__ = ["dry_run", "probe"]
+
+# Images of the splits the protocols use, for a plan made without the data at hand.
+REFERENCE_SIZES = {
+    ("voc", "trainaug"): 10582, ("voc", "val"): 1449,
+    ("ade20k", "training"): 20210, ("ade20k", "validation"): 2000,
+    ("cityscapes", "train"): 2975, ("cityscapes", "val"): 500,
+}
+GIB = 1 << 30
+SCANN_FIXED_BYTES = 2.4 * GIB  # Python, torch, ScaNN and the 250,000-row training sample
+LABEL_BYTES_PER_ROW = 96  # 8 label ids (int64) and weights (float32), as evaluation holds them
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Seconds per image on this machine: a forward of the whole backbone, the FUNGI
+    gradient pass (the last block's forward and backward), and the projection of one
+    patch gradient."""
+
+    forward: float
+    gradient_pass: float
+    projection_per_patch: float
+    depth: int  # blocks: the last block alone is ≈ forward / depth
+
+
+def probe(settings: dict, backbone=None, images: int = 2) -> Probe:
+    """Time the three passes on `images` random images (after one warm-up)."""
+    extractor = make_extractor(settings, features="fungi", backbone=backbone)
+    bb = extractor.backbone
+    pixels = np.random.default_rng(0).integers(0, 256, (images, bb.img_size, bb.img_size, 3), dtype=np.uint8)
+
+    def negatives(tokens):  # the loss tokens themselves, K copies: the cost, not the values, matters
+        import torch
+
+        k = extractor.rc_neighbours if extractor.variant != "paper" else 2
+        rows = tokens if extractor.negatives == "raw" else torch.nn.functional.normalize(tokens, dim=-1)
+        return rows[:, :, None, :].expand(-1, -1, k, -1)
+
+    def run():
+        started = time.perf_counter()
+        inputs = extractor.last_block_input(pixels)
+        forward = time.perf_counter() - started
+        started = time.perf_counter()
+        kept, _, _ = extractor.kept_gradients(inputs, negatives)
+        gradient = time.perf_counter() - started
+        started = time.perf_counter()
+        extractor.project(kept)
+        return forward, gradient, time.perf_counter() - started
+
+    run()  # warm-up: caches, kernels, the projection's matrix
+    forward, gradient, projection = run()
+    depth = len(bb.model.blocks) if hasattr(bb.model, "blocks") else 12  # a custom model: a ViT's 12
+    return Probe(forward / images, gradient / images, projection / (images * bb.num_patches), depth)
+
+
+def _index_row_bytes(dim: int, reorder_dtype: str) -> float:
+    return dim * {"float32": 4, "bfloat16": 2, "int8": 1}[reorder_dtype] + dim / 4 + 15
+
+
+def _search_seconds(rows: int, dim: int, queries: int, index) -> float:
+    """ScaNN (reorder 120, 32 leaves): 18,000 queries/s at 10⁵ × 768 rows, 4,000 at 10⁶;
+    the few-shot search (256 leaves, reorder 1800) ≈ 10× slower; exact below exact_below."""
+    if index.kind_for(rows) == "exact":
+        return queries * rows * dim * 2 / 20e9
+    per_query = (5.5e-5 + 2e-10 * rows) * dim / 768
+    return queries * per_query * (10 if index.reorder > 600 else 1)
+
+
+def _build_seconds(rows: int, dim: int, index) -> float:
+    """ScaNN index build: 24 s at 10⁵ × 768 rows, 86 s at 10⁶."""
+    return 0.0 if index.kind_for(rows) == "exact" else (17 + 7e-5 * rows) * dim / 768
+
+
+@dataclasses.dataclass
+class _Line:
+    cell: str
+    rows: int
+    per_view: int
+    disk: float
+    seconds: float
+    dims: tuple[int, ...]  # of its banks' features: (embeddings,) or (embeddings, FUNGI)
+
+    def memory(self, reorder_dtype: str) -> float:
+        """Peak bytes while it is built and evaluated: the largest index build, or the
+        evaluation of the top bank (its index, its support's, the labels)."""
+        indexes = [self.rows * _index_row_bytes(dim, reorder_dtype) for dim in self.dims]
+        return max(SCANN_FIXED_BYTES + max(indexes), GIB + sum(indexes) + self.rows * LABEL_BYTES_PER_ROW)
+
+
+def dry_run(settings: dict, backbone=None) -> str:
+    """The plan as text (module docstring)."""
+    cells = plan_cells(settings)
+    features = list(dict.fromkeys(settings["benchmark"]["features"]))
+    fungi = "fungi" in features
+    timing = probe(settings, backbone)
+    extractor = make_extractor(settings, features="fungi" if fungi else "embeddings", backbone=backbone)
+    bb = extractor.backbone
+    emb_dim, fungi_dim = bb.embed_dim, extractor.feature_dim
+    lines, notes, shared_disk, shared_seconds = [], [], 0.0, 0.0
+    for dataset in dict.fromkeys(cell.dataset for cell in cells):
+        full = dataset_settings(settings, dataset, FULL, need_root=False)
+        train, val = _split_sizes(full, notes)
+        index = index_settings(full)
+        shared_seconds += (train + val) * timing.forward  # views once, evaluated images once
+        tokens = (bb.num_prefix_tokens + bb.num_patches) * bb.embed_dim
+        shared_disk += val * tokens * 4 + train * tokens * 2  # encoded queries (float32), view cache (float16)
+        for cell in (c for c in cells if c.dataset == dataset):
+            if cell.protocol == FULL:
+                lines.append(_line(cell, train, 1, cell.size, index, timing, val, emb_dim, fungi_dim, fungi,
+                                   full["bank"]["label_topk"]))
+            else:
+                fs = dataset_settings(settings, dataset, "fewshot", need_root=False)
+                count = sum(1 for line in open(cell.subset_file) if line.strip())
+                epochs = fs["bank"]["aug_epochs"]
+                extra = count * epochs * timing.forward  # its own views are encoded
+                lines.append(_line(cell, count, epochs, fs["bank"]["size"], index_settings(fs), timing, val,
+                                   emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra))
+    return _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, features)
+
+
+def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe, val: int, emb_dim: int,
+          fungi_dim: int, fungi: bool, topk: int, extra_seconds: float = 0.0) -> _Line:
+    plan = BankPlan(num_images=images, aug_epochs=epochs, bank_size=size, shard_images=64,
+                    patches_per_image=1024)
+    rows, views, keep = plan.num_patches, plan.num_items, plan.keep_per_item
+    disk = estimate_bank_bytes(plan, emb_dim, "embeddings", topk, index)
+    seconds = extra_seconds + _build_seconds(rows, emb_dim, index)
+    seconds += val * timing.forward / timing.depth + _search_seconds(rows, emb_dim, val * 1024, index)
+    total = disk["shards"] + disk["index"]
+    if fungi:
+        fdisk = estimate_bank_bytes(plan, fungi_dim, "fungi", topk, index)
+        total += fdisk["shards"] + fdisk["index"]
+        seconds += views * (timing.gradient_pass + keep * timing.projection_per_patch)
+        seconds += _build_seconds(rows, fungi_dim, index)
+        seconds += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
+        seconds += _search_seconds(rows, emb_dim, val * 1025, index) + _search_seconds(rows, fungi_dim, val * 1024, index)
+    label = (f"full {cell.size:,}" if cell.protocol == FULL else f"{cell.fraction_label} {cell.subset_file.stem}")
+    return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,))
+
+
+def _split_sizes(settings: dict, notes: list[str]) -> tuple[int, int]:
+    """(training, evaluated) images: counted when the root is there, else the reference sizes."""
+    data = settings["data"]
+    try:
+        return len(open_train_dataset(settings)), len(open_val_dataset(settings))
+    except (ConfigError, DatasetError) as err:
+        train = REFERENCE_SIZES.get((data["dataset"], data["train_split"]))
+        val = REFERENCE_SIZES.get((data["dataset"], data["val_split"]))
+        if train is None or val is None:
+            raise
+        notes.append(f"{data['dataset']}: no data read ({str(err).splitlines()[0]}); assumed the reference "
+                     f"{train} {data['train_split']} / {val} {data['val_split']} images")
+        return train, val
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, features) -> str:
+    from segfungi.benchmark._run import _duration
+
+    out = [
+        "segfungi benchmark --dry-run: the plan (nothing is built)",
+        f"  model    {bb.name} ({bb.weights.describe()}), {bb.img_size} px, on {settings['backbone']['device']}",
+        f"  probe    forward {timing.forward:.2f} s/image, FUNGI gradient pass {timing.gradient_pass:.2f} s/image, "
+        f"projection {1000 * timing.projection_per_patch:.2f} ms/patch (measured now)",
+        f"  features {', '.join(features)}; every cell below is evaluated for each",
+        "",
+        f"  {'cell':<40} {'bank patches':>13} {'per view':>9} {'disk':>10} {'time':>10} {'peak memory':>12}",
+    ]
+    reorder = settings["index"]["reorder_dtype"]
+    for line in lines:
+        out.append(f"  {line.cell:<40} {line.rows:>13,} {line.per_view:>9} {format_bytes(line.disk):>10} "
+                   f"{_duration(line.seconds):>10} {format_bytes(line.memory(reorder)):>12}")
+    disk = sum(line.disk for line in lines)
+    seconds = shared_seconds + sum(line.seconds for line in lines)
+    peak = max((line.memory(reorder) for line in lines), default=0)
+    out += ["", f"  shared passes: views and evaluated images encoded once per dataset, {_duration(shared_seconds)}; "
+            f"temporary caches {format_bytes(shared_disk)}",
+            f"  total    {len(lines)} banks, disk {format_bytes(disk)} (+ {format_bytes(shared_disk)} temporary), "
+            f"time {_duration(seconds)}, peak memory {format_bytes(peak)}"]
+    available = _available_memory()
+    if available and peak > available:
+        fits = next((dtype for dtype in ("bfloat16", "int8")
+                     if max(line.memory(dtype) for line in lines) <= available), None)
+        advice = (f"--set index.reorder_dtype={fits} makes it fit "
+                  f"(~{format_bytes(max(line.memory(fits) for line in lines))})" if fits else
+                  "no reorder dtype makes it fit: leave out the largest size (--sizes) or use a larger machine")
+        out.append(f"  memory   the largest bank needs ~{format_bytes(peak)} with index.reorder_dtype={reorder}, "
+                   f"this machine has {format_bytes(available)}: {advice}")
+    elif available:
+        out.append(f"  memory   fits in the {format_bytes(available)} of this machine")
+    out += [f"  note     {note}" for note in notes]
+    out.append("  (times: probe × work per pass; index build and search from benchmarks/README.md figures)")
+    return "\n".join(out)

@@ -1,0 +1,109 @@
+"""The cells of the field's tables, and the settings each cell runs with.
+
+Full data (FUNGI Tables 3 and 7): per dataset, one bank per size in `benchmark.sizes`
+(1024×10², 10³, 10⁴ patches) built from the whole training split, one augmentation
+epoch. Few-shot (FUNGI Table 4): per dataset and fraction in `benchmark.fractions`, one
+bank per standard subset list (five per fraction, open-hummingbird-eval's, shipped in
+segfungi/data/subsets/), 8 augmentation epochs, up to 2048×10⁴ patches. Each bank is
+evaluated for every feature kind in `benchmark.features` (a FUNGI bank's support is the
+embeddings bank of the same cell).
+
+A cell's settings are the run's settings with the protocol's own keys taken from
+`configs/protocol_<dataset>.yaml` (`protocol_fewshot_<dataset>.yaml`): the splits, the
+augmentation epochs, k and the temperature of the label transfer, the leaves searched
+and the reorder count. Everything else (backbone, FUNGI, index memory settings, seeds)
+is the run's, the same in every cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from segfungi.config import load_config
+from segfungi.errors import ConfigError
+
+__all__ = ["Cell", "dataset_settings", "plan_cells", "protocol_preset"]
+
+FULL, FEWSHOT = "full", "fewshot"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One bank of the tables: a dataset, full data at a size or a few-shot list."""
+
+    dataset: str
+    protocol: str  # full | fewshot
+    size: int | None = None  # full: bank size asked for
+    fraction: Fraction | None = None  # few-shot
+    subset_file: Path | None = None  # few-shot: the list
+
+    @property
+    def label(self) -> str:
+        if self.protocol == FULL:
+            return f"{self.dataset} full {self.size}"
+        return f"{self.dataset} {self.fraction_label} {self.subset_file.stem}"
+
+    @property
+    def fraction_label(self) -> str | None:
+        return None if self.fraction is None else f"{self.fraction.numerator}/{self.fraction.denominator}"
+
+    @property
+    def folder(self) -> Path:
+        """Where its bank lives, relative to the results folder."""
+        if self.protocol == FULL:
+            return Path("banks") / self.dataset / FULL / f"size-{self.size}"
+        return Path("banks") / self.dataset / FEWSHOT / self.fraction_label.replace("/", "-of-") / self.subset_file.stem
+
+
+def protocol_preset(dataset: str, protocol: str) -> str:
+    """The preset holding a dataset's protocol keys (a name in configs/)."""
+    return f"protocol_{dataset}" if protocol == FULL else f"protocol_fewshot_{dataset}"
+
+
+def dataset_settings(settings: dict, dataset: str, protocol: str, need_root: bool = True) -> dict:
+    """The settings of a dataset's cells: the run's, the protocol preset's keys over them,
+    and the dataset's root from benchmark.roots (`need_root`: refuse a dataset without one)."""
+    from segfungi.config import resolve_config_path
+
+    preset = protocol_preset(dataset, protocol)
+    try:
+        resolve_config_path(preset)
+    except ConfigError:
+        raise ConfigError(f"benchmark.datasets: no {protocol}-data protocol for {dataset!r} "
+                          f"(configs/{preset}.yaml does not exist)") from None
+    root = settings["benchmark"]["roots"].get(dataset)
+    if not root and need_root:
+        raise ConfigError(f"benchmark.roots has no root folder for {dataset!r}: pass --root {dataset}=DIR "
+                          f"(or set benchmark.roots.{dataset})")
+    return load_config(preset, [{"data": {"root": str(root) if root else None}}], base=settings)
+
+
+def plan_cells(settings: dict) -> list[Cell]:
+    """Every cell the run asks for, dataset by dataset: full data at each size, then
+    each few-shot fraction's lists (a dataset without lists, e.g. Cityscapes, has none)."""
+    bench = settings["benchmark"]
+    cells = []
+    for dataset in dict.fromkeys(bench["datasets"]):
+        cells += [Cell(dataset, FULL, size=int(size)) for size in dict.fromkeys(bench["sizes"])]
+        for fraction in fewshot_fractions(settings):
+            cells += [Cell(dataset, FEWSHOT, fraction=fraction, subset_file=path)
+                      for path in subset_lists(settings, dataset, fraction)]
+    return cells
+
+
+def fewshot_fractions(settings: dict) -> list[Fraction]:
+    return [Fraction(f).limit_denominator(1 << 20) for f in dict.fromkeys(settings["benchmark"]["fractions"])]
+
+
+def subset_lists(settings: dict, dataset: str, fraction: Fraction) -> list[Path]:
+    """The list files of one fraction: `<folder>/<dataset>/1_div_<N>/*.txt` (the shipped
+    standard lists, or benchmark.subsets' folder); none for a dataset without lists."""
+    from segfungi.fewshot import standard_subset_files, standard_subsets_folder
+
+    subsets = settings["benchmark"]["subsets"]
+    folder = standard_subsets_folder() if subsets == "standard" else Path(subsets)
+    if not (folder / dataset).is_dir():
+        return []
+    return list(standard_subset_files(dataset, [float(fraction)], folder))

@@ -1,0 +1,99 @@
+"""A dataset's evaluated images, encoded once for every cell that evaluates on them.
+
+`segfungi.evaluate` resizes each validation image to the backbone's input size and runs
+the whole backbone on batches of `eval.batch_size` images; every bank of a benchmark
+(each size, each feature kind, each few-shot list) asks the same of the same images.
+The benchmark does it once: `EncodedQueries` keeps, per batch, the images' last-block
+inputs (float32: the very tensor `evaluate` computes), their resized masks and their
+pixel seeds (which seed a FUNGI query's kept negatives). An embeddings cell then runs
+only the last block, a FUNGI cell its forward and backward, and the mIoU is the one
+`evaluate` gives, bit for bit (tests/test_benchmark.py).
+
+The batches are stored under a folder named by what they depend on (the backbone's
+identity, the dataset and its images, the batches and this process's share of them
+under torchrun), each written atomically with checksums; what changes gives another
+folder, and a damaged batch is computed again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segfungi import distributed
+from segfungi.errors import BankError
+from segfungi.storage import load_array, settings_hash, verify_folder, write_arrays_atomic
+
+__all__ = ["EncodedQueries"]
+
+
+class EncodedQueries:
+    """The evaluated images of `dataset` (its first `spec.max_images`), encoded by
+    `extractor` in the batches `segfungi.evaluate.score_split` uses; `batch(i)` gives
+    batch i's (last-block inputs, masks, pixel seeds), computing it when it is missing."""
+
+    def __init__(self, folder: str | Path, extractor, dataset, spec, progress: bool = True):
+        from segfungi.evaluate import split_batches
+
+        self.extractor, self.dataset = extractor, dataset
+        self.batches = split_batches(len(dataset), spec)
+        key = settings_hash({
+            "backbone": extractor.backbone.identity(), "dataset": dataset.identity(), "batches": self.batches,
+            "rank": distributed.rank(), "world": distributed.world_size(),
+        })
+        self.folder = Path(folder) / key
+        self.progress = progress
+
+    def encode_all(self) -> "EncodedQueries":
+        """Compute every batch that is not stored yet (the one full backbone pass)."""
+        from tqdm.auto import tqdm
+
+        missing = [i for i in range(len(self.batches)) if self._load(i) is None]
+        for i in tqdm(missing, desc=f"encode {self.dataset.name} {self.dataset.split}", unit="batch",
+                      disable=not self.progress or not distributed.is_main()):
+            self._store(i)
+        return self
+
+    def batch(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(last-block inputs B×T×D float32, masks B×S×S uint8, pixel seeds B int64) of batch i."""
+        stored = self._load(i)
+        if stored is None:
+            stored = self._store(i)
+        return stored
+
+    def remove(self) -> None:
+        """Delete the stored batches (a later run encodes the images again)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _store(self, i: int):
+        from segfungi.data.augment import eval_transform
+        from segfungi.seeding import pixels_seed
+
+        size = self.extractor.backbone.img_size
+        pairs = [eval_transform(self.dataset[j].image, self.dataset[j].mask, size=size) for j in self.batches[i]]
+        images = np.stack([image for image, _ in pairs])
+        inputs = self.extractor.last_block_input(images).float().cpu().numpy()
+        masks = np.stack([mask for _, mask in pairs])
+        seeds = np.array([pixels_seed(image) for image in images], dtype=np.int64)
+        write_arrays_atomic(self._batch_folder(i), {"last_block_input": inputs, "masks": masks, "seeds": seeds},
+                            {"batch": i, "images": self.batches[i]})
+        return torch.from_numpy(inputs), masks, seeds
+
+    def _load(self, i: int):
+        folder = self._batch_folder(i)
+        if not folder.is_dir() or verify_folder(folder):
+            return None  # missing or damaged: computed again
+        try:
+            arrays = [load_array(folder / f"{name}.npy") for name in ("last_block_input", "masks", "seeds")]
+        except BankError:
+            return None
+        inputs, masks, seeds = arrays
+        if len(inputs) != len(self.batches[i]) or inputs.dtype != np.float32:
+            return None
+        return torch.from_numpy(np.ascontiguousarray(inputs)), masks, seeds
+
+    def _batch_folder(self, i: int) -> Path:
+        return self.folder / f"{i:05d}"
