@@ -69,18 +69,27 @@ def threads_per_process() -> int:
     return max(1, cores // max(1, local))
 
 
-def active() -> bool:
-    # No process group exists before torch is imported, so the answer needs no import.
+def _group():
+    """torch.distributed while a group of several processes runs, else None. No group can
+    exist before torch is imported, so a single process answers without importing it."""
     dist = sys.modules.get("torch.distributed")
-    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def active() -> bool:
+    return _group() is not None
 
 
 def rank() -> int:
-    return sys.modules["torch.distributed"].get_rank() if active() else 0
+    dist = _group()
+    return dist.get_rank() if dist else 0
 
 
 def world_size() -> int:
-    return sys.modules["torch.distributed"].get_world_size() if active() else 1
+    dist = _group()
+    return dist.get_world_size() if dist else 1
 
 
 def is_main() -> bool:
