@@ -58,12 +58,11 @@ def bank_settings(bank) -> dict:
 
 
 def load_backbone_from(settings: dict):
+    from segfungi.backbones import check_weights_source
+
     cfg = settings["backbone"]
-    if not (cfg["weights"] or cfg["pretrained"] or cfg["random_init"]):
-        raise ConfigError(
-            "backbone: no weights given (set backbone.weights to a checkpoint, "
-            "backbone.pretrained: true to download, or backbone.random_init: true)"
-        )
+    check_weights_source(cfg["name"], weights=cfg["weights"], pretrained=cfg["pretrained"],
+                         random_init=cfg["random_init"])
     return _cached_backbone(
         cfg["name"],
         cfg["weights"],

@@ -151,6 +151,17 @@ def _free_form_keys(defaults: dict, prefix: str = "") -> set[str]:
     return keys
 
 
+def _null_keys(defaults: dict, prefix: str = "") -> set[str]:
+    """Dotted keys whose default is null (optional keys)."""
+    keys: set[str] = set()
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            keys |= _null_keys(value, f"{prefix}{key}.")
+        elif value is None:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
 def _merge(
     base: dict, update: dict, origin: str, prefix: str = "",
     free_form: frozenset | set = frozenset(), nullable: frozenset | set = frozenset(), checks: dict = _CHECKS,
@@ -230,7 +241,8 @@ def load_config(
         settings = settings_schema.defaults()  # what configs/defaults.yaml says (generated from it)
     else:
         settings = copy.deepcopy(_read_yaml(Path(defaults) if defaults is not None else defaults_path(), section))
-    rules = {"free_form": _free_form_keys(settings), "nullable": frozenset(nullable),
+    # A key whose default is null takes null again after a preset set it (--set data.image_size=null).
+    rules = {"free_form": _free_form_keys(settings), "nullable": frozenset(nullable) | _null_keys(settings),
              "checks": _CHECKS if section is None else _SHARED_CHECKS}
     if base is not None:
         _merge(settings, base, "bank settings", **rules)

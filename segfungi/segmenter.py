@@ -90,7 +90,7 @@ class Segmenter:
             problems.append(f"backbone.dtype: bank has {built.get('compute_dtype', 'float32')!r}, query has {dtype!r}")
         # The order of segfungi.components.load_backbone_from: a file, else the hub, else random.
         wanted = ("file:" if cfg["weights"] else "timm-hub:" if cfg["pretrained"]
-                  else f"random-init:seed={int(cfg['init_seed'])}:" if cfg["random_init"] else None)
+                  else f"random-init:seed={int(cfg['init_seed'])}:" if cfg["random_init"] is not False else None)
         has = built["weights_id"]
         if wanted is not None and not has.startswith(wanted.split(":")[0] + ":"):
             asked = {"file:": f"weights file {cfg['weights']}", "timm-hub:": "hub weights (pretrained)"}.get(

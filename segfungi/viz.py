@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from segfungi.weights_source import weights_label  # noqa: E402 (also public here: plots use it)
+
 IGNORE = 255
 # Colour of ignore pixels when the palette has no entry 255 (VOC's own is (224, 224, 192)).
 IGNORE_COLOUR = (255, 255, 255)
@@ -178,19 +180,6 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
 
 
 # ------------------------------------------------------------------ what was run
-def weights_label(weights_id: str) -> str:
-    """A backbone's weights id (see segfungi.backbones) in words."""
-    kind, _, rest = str(weights_id).partition(":")
-    if kind == "random-init":
-        seed = rest.split(":")[0].removeprefix("seed=")
-        return f"random init (seed {seed}), no pretrained weights"
-    if kind == "timm-hub":
-        return f"pretrained weights {rest}"
-    if kind == "file":
-        return f"weights {rest.split(':')[0]}"
-    return str(weights_id)
-
-
 # Said under every plot of a random-init run, whose FUNGI numbers are no measurement of FUNGI.
 RANDOM_INIT_NOTE = "random-init backbone: a pipeline check; FUNGI's gain needs pretrained weights"
 

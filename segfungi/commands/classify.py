@@ -140,9 +140,11 @@ def run(args) -> int:
         write_report,
     )
     from segfungi.classify.settings import load_settings
+    from segfungi.weights_source import backbone_line
 
     settings = load_settings(args.modality, args.config, collect_overrides(args))
     report = run_classification(args.modality, settings, log=lambda m: print(m, file=sys.stderr))
+    print(backbone_line(report["encoder"]))
     print(format_table(report))
     if settings["run"]["out"]:
         path = write_report(report, settings["run"]["out"])

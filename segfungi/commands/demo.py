@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.weights_source import settings_backbone_line
 
 
 def register(subparsers) -> None:
@@ -44,27 +45,16 @@ def run(args) -> int:
     return 0
 
 
-def weights_in_words(settings: dict) -> str:
-    """Where the run's backbone weights come from, as the settings choose them."""
-    backbone = settings["backbone"]
-    if backbone["weights"]:
-        return f"weights from {backbone['weights']}"
-    if backbone["pretrained"]:
-        return "pretrained hub weights"
-    return f"random init (seed {backbone['init_seed']}), no pretrained weights"
-
-
 def is_random_init(settings: dict) -> bool:
     backbone = settings["backbone"]
     return not (backbone["weights"] or backbone["pretrained"])
 
 
 def describe_run(settings: dict, train_images: int, val_images: int) -> str:
-    """What the demo is about to run, before it runs it."""
+    """What the demo is about to run, before it runs it; the weights source first."""
     sizes = " and ".join(f"{int(s):,}" for s in settings["sweep"]["sizes"])
     return "\n".join([
-        "segfungi demo: what this run is",
-        f"  backbone  {settings['backbone']['name']}, {weights_in_words(settings)}",
+        f"segfungi demo: {settings_backbone_line(settings)}",
         f"  data      {train_images} train + {val_images} val generated images "
         f"({settings['data']['dataset']} layout, {settings['data']['root']})",
         f"  banks     {sizes} patches (at most {train_images} images × 1024), "

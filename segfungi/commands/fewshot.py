@@ -50,6 +50,7 @@ def run(args) -> int:
     from segfungi.config import dump_config
     from segfungi.errors import ConfigError
     from segfungi.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
+    from segfungi.weights_source import settings_backbone_line
 
     settings = settings_from_args(args, FEWSHOT_FLAGS)
     if args.seeds is not None and settings["fewshot"]["subsets"] != "random":
@@ -58,6 +59,7 @@ def run(args) -> int:
     if args.print_config:
         print(dump_config(settings))
         return 0
+    print(settings_backbone_line(settings), flush=True)
     report = run_fewshot(settings, subset_files=args.subset_files or (), progress=not args.quiet)
     print(fewshot_table(report["summary"]))
     out = settings["fewshot"]["out"]

@@ -19,13 +19,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from segfungi.bank import MemoryBank
     from segfungi.predict import predict_to_folder
+    from segfungi.weights_source import backbone_line
 
     # Start from the settings the bank was built with: the query must match them anyway.
-    base = MemoryBank(args.bank).settings
-    settings = settings_from_args(args, base=base)
-    warn_ignored_build_keys(args, "predict", base)
+    bank = MemoryBank(args.bank)
+    settings = settings_from_args(args, base=bank.settings)
+    warn_ignored_build_keys(args, "predict", bank.settings)
     records = predict_to_folder(args.bank, args.inputs, args.out, settings=settings, alpha=args.alpha,
                                 overlays=not args.no_overlay, progress=not args.quiet)
+    print(backbone_line(bank.manifest["identity"]["extractor"]["backbone"]))
     print(f"{len(records)} masks written to {args.out}/masks"
           + ("" if args.no_overlay else f", overlays to {args.out}/overlays"))
     return 0

@@ -1,0 +1,168 @@
+"""A newcomer's first hour, round two (issue 22): each item as a user meets it, through the CLI.
+
+1 a tagged backbone without weights, 3 predict and bad images, 4 demo reruns, 5 offline
+hub, 6 few-shot list folders, 7 bank info on damaged banks, 10 small things.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segfungi.backbones import check_weights_source, pretrained_tag
+from segfungi.cli import main
+from segfungi.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+# 6 training images at 64² (4×4 patches), one augmented image per shard: seconds to build.
+TINY = ["--config", "demo", "--quiet", "--set", "data.image_size=64", "--set", "bank.shard_images=1",
+        "--set", "bank.batch_size=1"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    from segfungi.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("first-hour") / "data", layout="voc", n_images=8, seed=0,
+                              n_val=2)
+
+
+@pytest.fixture(scope="module")
+def bank(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank") / "emb"
+    assert main(["build-bank", *TINY, "--root", str(root), "--bank-size", "48", "--features", "embeddings",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def cli(*argv, env=None, cwd=None):
+    """`python -m segfungi ARGV` in a fresh interpreter, as a user types it."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "segfungi", *map(str, argv)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+RANDOM_LINE = "backbone vit_tiny_patch16_224: random init (seed 0), no pretrained weights"
+
+
+# ------------------------------------------------------ 1: a forgotten --weights
+def test_a_forgotten_weights_flag_is_refused_before_anything_is_written(root, tmp_path, capsys):
+    out = tmp_path / "X"
+    code = main(["build-bank", "--root", str(root), "--bank-size", "1024", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "vit_small_patch16_224.dino" in err and "'dino'" in err and "random init" in err
+    for fix in ("--weights FILE", "--pretrained", "--random-init"):
+        assert fix in err
+    assert not out.exists()
+
+
+def test_random_init_of_a_pretrained_name_needs_random_init(root, tmp_path, capsys):
+    # The demo preset without its `random_init: true`: what a user's own preset looks like.
+    preset = tmp_path / "mine.yaml"
+    preset.write_text((REPO / "configs" / "demo.yaml").read_text().replace("  random_init: true\n", ""))
+    argv = ["build-bank", *TINY, "--config", str(preset), "--root", str(root), "--bank-size", "48",
+            "--features", "embeddings"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert "vit_tiny_patch16_224: names pretrained weights (timm tag 'augreg_in21k_ft_in1k')" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    # --random-init allows it, and the first line says what ran.
+    assert main([*argv, "--out", str(tmp_path / "b"), "--random-init"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == RANDOM_LINE
+
+
+def test_a_key_with_a_null_default_takes_null_after_a_preset():
+    from segfungi.config import load_config
+
+    assert load_config("demo", ["backbone.random_init=null"])["backbone"]["random_init"] is None
+    assert load_config("voc_vits16", ["data.image_size=null"])["data"]["image_size"] is None
+
+
+def test_pretrained_tags_come_from_timm():
+    assert pretrained_tag("vit_small_patch16_224.dino") == "dino"
+    assert pretrained_tag("vit_small_patch14_dinov2") == "lvd142m"  # the architecture's default tag
+    assert pretrained_tag("vit_small_patch16_18x2_224") is None  # timm has no weights for it
+    check_weights_source("vit_small_patch16_18x2_224", weights=None, pretrained=False, random_init=None)
+    with pytest.raises(ConfigError, match="--random-init"):
+        check_weights_source("vit_small_patch14_dinov2", weights=None, pretrained=False, random_init=None)
+    with pytest.raises(ConfigError, match="random_init is false"):
+        check_weights_source("vit_small_patch16_18x2_224", weights=None, pretrained=False, random_init=False)
+
+
+def test_every_command_that_prints_results_starts_with_the_weights_source(root, bank, tmp_path, capsys):
+    images = root / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    commands = [
+        ["eval", "--bank", bank, "--root", root, "--quiet"],
+        ["predict", "--bank", bank, images, "--out", tmp_path / "pred", "--quiet", "--no-overlay"],
+        ["sweep", *TINY, "--root", root, "--sizes", "48", "--features", "embeddings", "--out", tmp_path / "sweep"],
+        ["fewshot", *TINY, "--root", root, "--fractions", "0.5", "--seeds", "0", "--features", "embeddings",
+         "--bank-size", "48", "--out", tmp_path / "fewshot"],
+    ]
+    for argv in commands:
+        assert main(list(map(str, argv))) == 0, argv
+        assert capsys.readouterr().out.splitlines()[0] == RANDOM_LINE, argv[0]
+
+
+# ------------------------------------------------------ 5: offline hub
+@pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["offline-mode", "hub-unreachable"])
+def test_a_preset_without_weights_offline_fails_at_once_with_the_fixes(root, tmp_path, offline):
+    # No download: HF_HUB_OFFLINE forbids any request; 127.0.0.1:9 refuses the connection.
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache"), **offline}
+    done = cli("build-bank", "--config", "voc_vits16", "--root", root, "--set", "data.train_split=train",
+               "--out", tmp_path / "X", "--quiet", env=env)
+    assert done.returncode == 2
+    assert "Retrying" not in done.stderr  # one attempt, not huggingface_hub's ten
+    error = done.stderr.strip().splitlines()[-1]
+    assert "timm/vit_small_patch16_224.dino" in error and str(tmp_path / "empty-cache") in error
+    for fix in ("--weights FILE", "--random-init", "HF_HUB_CACHE"):
+        assert fix in error
+    assert not (tmp_path / "X").exists()
+
+
+# ------------------------------------------------------ 7: bank info on damaged banks
+def copy_bank(bank, to):
+    import shutil
+
+    shutil.copytree(bank, to)
+    return to
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_bank_info_says_damaged_for_a_deleted_or_truncated_shard(bank, tmp_path, capsys, damage):
+    broken = copy_bank(bank, tmp_path / "broken")
+    shard = broken / "shards" / "00002"
+    if damage == "delete":
+        import shutil
+
+        shutil.rmtree(shard)
+    else:
+        features = shard / "features.npy"
+        features.write_bytes(features.read_bytes()[:-8])
+    assert main(["bank", "info", str(broken)]) == 0
+    out = capsys.readouterr().out
+    assert f"status:     damaged: run `segfungi bank verify {broken}`" in out and "complete" not in out
+    assert "problem:" in out and "00002" in out
+    assert main(["bank", "info", str(bank)]) == 0
+    assert "status:     complete, 6 of 6 shards done" in capsys.readouterr().out
+
+
+def test_bank_info_on_a_build_that_stopped_before_its_first_shard(root, tmp_path, monkeypatch, capsys):
+    from segfungi.bank import _writers
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(_writers.ShardWriter, "write", fail)
+    out = tmp_path / "bank"
+    with pytest.raises(RuntimeError):
+        main(["build-bank", *TINY, "--root", str(root), "--bank-size", "48", "--features", "embeddings",
+              "--out", str(out)])
+    assert (out / "build.json").exists()
+    assert main(["bank", "info", str(out)]) == 0
+    status = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("status:"))
+    assert "resumable" not in status and "stopped before writing its first shard" in status
