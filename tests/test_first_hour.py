@@ -166,3 +166,31 @@ def test_bank_info_on_a_build_that_stopped_before_its_first_shard(root, tmp_path
     assert main(["bank", "info", str(out)]) == 0
     status = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("status:"))
     assert "resumable" not in status and "stopped before writing its first shard" in status
+
+
+# ------------------------------------------------------ 3: predict and bad images
+def test_predict_skips_an_unreadable_image_in_a_folder_and_lists_it(root, bank, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for source in sorted((root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))[:2]:
+        shutil.copy(source, folder)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+
+    assert main(["predict", "--bank", str(bank), str(folder), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "2 masks written" in captured.out and "1 unreadable image(s) skipped" in captured.out
+    assert "skipped 1 unreadable image(s):" in captured.err and str(folder / "broken.jpg") in captured.err
+    assert sorted(p.name for p in (tmp_path / "a" / "masks").iterdir()) == ["2012_000000.png", "2012_000001.png"]
+
+    assert main(["predict", "--bank", str(bank), str(folder), "--out", str(tmp_path / "b"), "--quiet",
+                 "--on-bad-sample", "error"]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    # An image named directly stops the run unless skip is asked for.
+    assert main(["predict", "--bank", str(bank), str(folder / "broken.jpg"), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    assert "broken.jpg: cannot read image" in capsys.readouterr().err
+    assert main(["predict", "--bank", str(bank), str(folder / "broken.jpg"), "--out", str(tmp_path / "d"),
+                 "--quiet", "--on-bad-sample", "skip"]) == 0
+    assert "0 masks written" in capsys.readouterr().out
