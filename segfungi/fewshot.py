@@ -45,10 +45,11 @@ from typing import Sequence
 
 import numpy as np
 
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank
 from segfungi.errors import ConfigError, DatasetError
 from segfungi.evaluate import evaluate
 from segfungi.storage import read_json, settings_hash, write_json_atomic
+from segfungi.sweep import build_or_reuse
 
 RESULTS_FILE = "fewshot.json"
 # The training split each standard list set was drawn from, and its file-name prefix.
@@ -243,8 +244,7 @@ def run_trial(settings: dict, trial: Trial, kinds: list[str], out: Path, progres
     top_kind = "fungi" if "fungi" in kinds else "embeddings"
     folder = out / "banks" / trial.folder
     # bank.size is a cap: a small subset gives every patch of its augmented images.
-    bank_dir = build_bank(settings, folder / top_kind, resume=True, kind=top_kind, progress=progress,
-                          warn_capped=False)
+    bank_dir = build_or_reuse(settings, folder / top_kind, top_kind, progress, warn_capped=False)
     rows = []
     for kind in kinds:
         path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank, planned_bank
+from segfungi.bank import MANIFEST, SUPPORT_DIR, MemoryBank, build_bank, planned_bank
 from segfungi.evaluate import evaluate
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
@@ -51,8 +51,7 @@ def run_sweep(settings: dict, out: str | Path | None = None, progress: bool = Tr
         bank_settings = copy.deepcopy(settings)
         bank_settings["bank"]["size"] = size  # the bank it resolves to: one build serves all requests
         top_kind = "fungi" if "fungi" in kinds else "embeddings"
-        bank_dir = build_bank(bank_settings, out / "banks" / f"{top_kind}-{size}", resume=True,
-                              kind=top_kind, progress=progress)
+        bank_dir = build_or_reuse(bank_settings, out / "banks" / f"{top_kind}-{size}", top_kind, progress)
         for kind in kinds:
             path = bank_dir if kind == top_kind else bank_dir / SUPPORT_DIR
             results = evaluate(path, bank_settings, progress=progress)
@@ -60,6 +59,17 @@ def run_sweep(settings: dict, out: str | Path | None = None, progress: bool = Tr
             print(f"{kind:>10}  bank {results['bank_size']:>9}  mIoU {100 * results['miou']:5.1f}", flush=True)
     write_table(rows, out)
     return rows
+
+
+def build_or_reuse(settings: dict, folder: Path, kind: str, progress: bool, **options) -> Path:
+    """build_bank(resume=True), saying so when a complete bank of an earlier run is reused."""
+    earlier = (Path(folder) / MANIFEST).exists()
+    path = build_bank(settings, folder, resume=True, kind=kind, progress=progress, **options)
+    if earlier:
+        created = MemoryBank(path, verify="off").manifest.get("created") or "earlier"
+        print(f"reusing {path} (built {created} from the same data and settings; delete it to build it again)",
+              flush=True)
+    return path
 
 
 def _row(kind: str, requested: list[int], results: dict, bank: MemoryBank) -> dict:

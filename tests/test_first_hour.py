@@ -194,3 +194,21 @@ def test_predict_skips_an_unreadable_image_in_a_folder_and_lists_it(root, bank, 
     assert main(["predict", "--bank", str(bank), str(folder / "broken.jpg"), "--out", str(tmp_path / "d"),
                  "--quiet", "--on-bad-sample", "skip"]) == 0
     assert "0 masks written" in capsys.readouterr().out
+
+
+# ------------------------------------------------------ 4: demo reruns
+def test_a_demo_rerun_on_other_data_writes_nothing_and_a_same_rerun_says_it_reuses(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--set", "sweep.sizes=[64]", "--set", "sweep.features=[embeddings]",
+            "--set", "data.image_size=64", "--quiet"]
+    assert main([*argv, "--train-images", "4", "--val-images", "2"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    assert main([*argv, "--train-images", "8", "--val-images", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "4 train + 2 val images" in err and "8 train + 4 val images" in err and "nothing was written" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    assert main([*argv, "--train-images", "4", "--val-images", "2"]) == 0
+    assert f"reusing {out / 'sweep' / 'banks' / 'embeddings-64'}" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.errors import ConfigError
 from segfungi.weights_source import settings_backbone_line
 
 
@@ -32,6 +33,8 @@ def run(args) -> int:
     # The generated data is written in the layout of the dataset asked for, so that
     # `--dataset ade20k` (or coco-stuff, folder) reads what the demo wrote.
     layout = args.dataset or "voc"
+    check_earlier_run(out, {"layout": layout, "n_images": args.train_images + args.val_images,
+                            "n_val": args.val_images, "seed": args.seed})
     root = write_demo_dataset(out / "data", layout=layout, n_images=args.train_images + args.val_images,
                               seed=args.seed, n_val=args.val_images)
     args.root = str(root)
@@ -43,6 +46,34 @@ def run(args) -> int:
     print(f"table: {out / 'sweep' / 'sweep.csv'}  plot: {out / 'sweep' / 'miou_vs_bank_size.png'}")
     print(interpretation(settings))
     return 0
+
+
+def check_earlier_run(out: Path, asked: dict) -> None:
+    """Refuse, before writing anything, a run into the folder of an earlier one whose banks
+    were built from other generated data: regenerating it would leave them (and the
+    earlier table and plot) describing data that no longer exists."""
+    from segfungi.bank import banks_inside
+    from segfungi.data.demo import MARKER
+    from segfungi.storage import read_json
+
+    marker = out / "data" / MARKER
+    if not marker.is_file():
+        return
+    earlier = read_json(marker)
+    banks = banks_inside(out / "sweep" / "banks", depth=1)
+    if not banks or all(earlier.get(key) == value for key, value in asked.items()):
+        return
+    raise ConfigError(
+        f"{out}: holds an earlier demo run whose {len(banks)} bank(s) were built from other generated data "
+        f"({_data_in_words(earlier)}; this run asks for {_data_in_words(asked)}); nothing was written: "
+        f"use another --out, or delete {out} first"
+    )
+
+
+def _data_in_words(data: dict) -> str:
+    n_val = data.get("n_val")
+    n_train = data["n_images"] - n_val if isinstance(data.get("n_images"), int) and isinstance(n_val, int) else "?"
+    return f"{n_train} train + {n_val} val images, seed {data.get('seed')}, {data.get('layout')} layout"
 
 
 def is_random_init(settings: dict) -> bool:
