@@ -162,11 +162,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     "fewshot": (
         Key("fractions", [0.0078125, 0.015625], "1/128 and 1/64 of the training split", check="fractions"),
         Key("seeds", [0, 1, 2], "one trial per seed (random subsets)", check="non_negative"),
-        Key("subsets", "random", "random | standard | a folder (see above)", note=(
+        Key("subsets", "random", "random | standard | demo | a folder (see above)", note=(
             "random: seeded draws of each fraction (one trial per seed) | standard: the field's",
             "fixed lists (open-hummingbird-eval's, VOC trainaug / ADE20K training, 1/8 1/64 1/128,",
-            "one trial per list file, five per fraction, bank seed bank.seed) | a folder laid out",
-            "like them (<folder>/<dataset>/1_div_<N>/*.txt)",
+            "one trial per list file, five per fraction, bank seed bank.seed) | demo: small lists",
+            "of the generated VOC data's ids (1/8, 1/16) | a folder laid out like them",
+            "(<folder>/<dataset>/1_div_<N>/*.txt). With lists, fractions must be ones the folder holds",
+            "(segfungi fewshot: default the configured ones it holds, else all it holds).",
             "A trial's bank and evaluation use bank.*, eval.* and index.* (the fewshot_* presets set",
             "the paper's few-shot values there: bank.size 2048x10^4 as a cap, bank.aug_epochs 8,",
             "eval.k 90, eval.temperature 0.1, index.num_leaves_to_search 256, index.reorder 1800).",

@@ -212,3 +212,62 @@ def test_a_demo_rerun_on_other_data_writes_nothing_and_a_same_rerun_says_it_reus
 
     assert main([*argv, "--train-images", "4", "--val-images", "2"]) == 0
     assert f"reusing {out / 'sweep' / 'banks' / 'embeddings-64'}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------ 6: few-shot list folders
+@pytest.fixture(scope="module")
+def root32(tmp_path_factory):
+    """Generated VOC data with the 32 training images the demo lists draw from."""
+    assert main(["demo-data", str(tmp_path_factory.mktemp("fs") / "data"), "--images", "34",
+                 "--val-images", "2"]) == 0
+    return tmp_path_factory.getbasetemp() / "fs0" / "data"
+
+
+FEWSHOT = ["fewshot", *TINY, "--features", "embeddings", "--bank-size", "64", "--aug-epochs", "1"]
+
+
+def test_demo_lists_run_end_to_end_on_generated_data(root32, tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "d"), "--images", "34", "--val-images", "2"]) == 0
+    assert "--subsets demo" in capsys.readouterr().out  # demo-data says how to try it
+    out = tmp_path / "fs"
+    assert main([*FEWSHOT, "--root", str(root32), "--subsets", "demo", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "hold 1/8, 1/16: running them all" in captured.err  # the preset's 1/128, 1/64 are not there
+    table = captured.out[captured.out.index("few-shot mIoU"):]
+    assert [line.split()[:3] for line in table.splitlines()[2:4]] == [["1/8", "4", "5"], ["1/16", "2", "5"]]
+    # --fractions picks among the folder's fractions, and must be one of them.
+    assert main([*FEWSHOT, "--root", str(root32), "--subsets", "demo", "--fractions", "0.125",
+                 "--out", str(out)]) == 0
+    assert "1/16" not in capsys.readouterr().out.split("few-shot mIoU")[1]
+    assert main([*FEWSHOT, "--root", str(root32), "--subsets", "demo", "--fractions", "0.0078125",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no lists for fraction 1/128 (it holds 1/8, 1/16;" in err
+
+
+def test_a_list_folder_missing_its_dataset_level_says_so(root, tmp_path, capsys):
+    mine = tmp_path / "mysub"
+    (mine / "1_div_8").mkdir(parents=True)
+    (mine / "1_div_8" / "a.txt").write_text("2012_000000\n")
+    assert main([*FEWSHOT, "--root", str(root), "--subsets", str(mine), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}: holds 1_div_<N> folders directly" in err and f"move them into {mine / 'voc'}/" in err
+    # Laid out right, the folder's own fraction is the default.
+    (mine / "voc").mkdir()
+    (mine / "1_div_8").rename(mine / "voc" / "1_div_8")
+    assert main([*FEWSHOT, "--root", str(root), "--subsets", str(mine), "--out", str(tmp_path / "o")]) == 0
+    assert "1/8" in capsys.readouterr().out.split("few-shot mIoU")[1]
+
+
+def test_fewshot_help_shows_the_list_folder_layout(capsys):
+    with pytest.raises(SystemExit):
+        main(["fewshot", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "DIR/<dataset>/1_div_<N>/*.txt" in help_text and "demo:" in help_text
+
+
+def test_readme_names_the_shipped_fractions_alike():
+    readme = (REPO / "README.md").read_text()
+    # Every mention of the standard lists says what they hold (1/8, 1/64, 1/128) and what runs by default.
+    assert "1/128, 1/64 lists, 5 each" not in readme
+    assert readme.count("1/8, 1/64, 1/128") >= 2

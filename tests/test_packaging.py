@@ -46,8 +46,9 @@ def test_wheel_ships_configs_and_subset_lists(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (REPO / "configs").glob("*.yaml"):
         assert f"segfungi/configs/{config.name}" in names
-    lists = REPO / "segfungi" / "data" / "subsets"
-    for path in lists.rglob("*"):
-        if path.is_file():
-            assert f"segfungi/data/subsets/{path.relative_to(lists).as_posix()}" in names
+    for folder in ("subsets", "demo_subsets"):
+        lists = REPO / "segfungi" / "data" / folder
+        for path in lists.rglob("*"):
+            if path.is_file():
+                assert f"segfungi/data/{folder}/{path.relative_to(lists).as_posix()}" in names
     assert not any(n.startswith("configs/") for n in names)  # only inside the package
