@@ -4,7 +4,8 @@ From Python, `predict_images(bank, images)` returns one H×W uint8 class-id mask
 image, at the image's own size. `predict_to_folder` also writes, per image,
 `masks/<stem>.png` (mode 'P', the bank's palette, so the ids are the pixel values and
 viewers show colours, like VOC's SegmentationClass) and `overlays/<stem>.png` (the
-colours blended over the image, with a legend of the classes present).
+colours blended over the image, each region outlined so that dark classes show on dark
+images too, with a legend of the classes present).
 
 Images are read as the datasets read them (segfungi.data.imageio.read_image):
 grayscale, palette, RGBA (alpha dropped) and 16-bit inputs become RGB, and EXIF
