@@ -14,12 +14,12 @@ import types
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from segfungi import distributed
 from segfungi.bank import MemoryBank
 from segfungi.components import bank_settings, open_val_dataset
 from segfungi.errors import BankError, DatasetError
+from segfungi.progress import progress_iter
 from segfungi.segmenter import Segmenter
 
 
@@ -59,8 +59,8 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
     # Under torchrun each rank takes every world-th image; the matrices are summed.
     mine = list(range(distributed.rank(), count, distributed.world_size()))
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    for batch in tqdm(batches, desc=f"eval {Path(bank_path).name}", unit="batch",
-                      disable=not progress or not distributed.is_main()):
+    for batch in progress_iter(batches, f"eval {Path(bank_path).name}",
+                               enabled=progress and distributed.is_main()):
         pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
         scores = segmenter.predict_scores(np.stack([p[0] for p in pairs]))
         preds = scores_to_mask(scores, out_size=(size, size))

@@ -94,8 +94,7 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
     the default (None) skips the images found in a folder and stops at one named directly.
     Returns one record per image: its path, size, mask and overlay files, or for an image
     left out its path and why (`{"image", "skipped"}`)."""
-    from tqdm.auto import tqdm
-
+    from segfungi.progress import progress_iter
     from segfungi.viz import describe_banks, overlay_with_legend
 
     if on_bad_sample not in (None, "error", "skip"):
@@ -108,7 +107,7 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
              + describe_banks([segmenter.bank.manifest]))
     out = Path(out)
     records = []
-    for path, in_folder in tqdm(listed.items(), desc="predict", unit="img", disable=not progress):
+    for path, in_folder in progress_iter(listed.items(), "predict", enabled=progress):
         try:
             image = to_rgb(path)
         except DatasetError as err:

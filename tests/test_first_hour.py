@@ -271,3 +271,26 @@ def test_readme_names_the_shipped_fractions_alike():
     # Every mention of the standard lists says what they hold (1/8, 1/64, 1/128) and what runs by default.
     assert "1/128, 1/64 lists, 5 each" not in readme
     assert readme.count("1/8, 1/64, 1/128") >= 2
+
+
+# ------------------------------------------------------ 10: small things
+def test_progress_off_a_terminal_is_plain_lines(root, bank, tmp_path):
+    tiny = [a for a in TINY if a != "--quiet"]  # progress on, into a pipe
+    built = cli("build-bank", *tiny, "--root", root, "--bank-size", "48", "--features", "embeddings",
+                "--out", tmp_path / "b")
+    evaluated = cli("eval", "--bank", bank, "--root", root)
+    for done, desc in ((built, "embeddings bank b"), (evaluated, f"eval {bank.name}")):
+        assert done.returncode == 0, done.stderr
+        assert "\r" not in done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.startswith(desc)]
+        assert lines[0].startswith(f"{desc}: 0/") and "(100%)" in lines[-1], done.stderr
+
+
+def test_classify_presets_are_not_offered_to_segmentation_commands(root, tmp_path, capsys):
+    assert main(["build-bank", "--config", "no_such_preset", "--root", str(root)]) == 2
+    listed = capsys.readouterr().err
+    assert "voc_vits16" in listed and "classify_" not in listed and "defaults" not in listed
+    assert main(["build-bank", "--config", "classify_image", "--root", str(root), "--out", str(tmp_path / "b")]) == 2
+    assert "a `segfungi classify` preset" in capsys.readouterr().err
+    assert main(["classify", "image", "--config", "no_such_preset"]) == 2
+    assert "presets: classify_audio, classify_image, classify_text" in capsys.readouterr().err

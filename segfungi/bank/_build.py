@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from segfungi import __version__, distributed
 from segfungi.components import make_extractor, open_train_dataset, support_neighbours
@@ -52,6 +51,7 @@ from segfungi.bank._reader import MemoryBank
 from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, ShardWriter
 from segfungi.errors import BankError
+from segfungi.progress import progress_iter
 from segfungi.sampling import void_class
 from segfungi.storage import (
     BuildLock,
@@ -405,8 +405,8 @@ def _write_bank(build: _Build, target: _Target) -> None:
     distributed.barrier()
     mine = todo[distributed.rank() :: distributed.world_size()]
     try:
-        for shard in tqdm(mine, desc=f"{target.kind} bank {target.out.name}", unit="shard",
-                          disable=not build.progress or distributed.rank() != 0):
+        for shard in progress_iter(mine, f"{target.kind} bank {target.out.name}",
+                                   enabled=build.progress and distributed.rank() == 0):
             writer.write(shard)
     finally:
         build.loader.close()
