@@ -294,3 +294,18 @@ def test_classify_presets_are_not_offered_to_segmentation_commands(root, tmp_pat
     assert "a `segfungi classify` preset" in capsys.readouterr().err
     assert main(["classify", "image", "--config", "no_such_preset"]) == 2
     assert "presets: classify_audio, classify_image, classify_text" in capsys.readouterr().err
+
+
+def test_sweep_csv_names_its_fraction_columns(root, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TINY, "--root", str(root), "--sizes", "48", "--features", "embeddings",
+                 "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    with open(out / "sweep.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert "miou" not in row and 0 <= float(row["miou_fraction"]) <= 1
+    assert 0 <= float(row["pixel_accuracy_fraction"]) <= 1
+    shown = float(table.split("mIoU (%) by bank size")[1].splitlines()[2].split()[-1])  # the table's percent
+    assert shown == pytest.approx(100 * float(row["miou_fraction"]), abs=0.05)
