@@ -309,3 +309,32 @@ def test_sweep_csv_names_its_fraction_columns(root, tmp_path, capsys):
     assert 0 <= float(row["pixel_accuracy_fraction"]) <= 1
     shown = float(table.split("mIoU (%) by bank size")[1].splitlines()[2].split()[-1])  # the table's percent
     assert shown == pytest.approx(100 * float(row["miou_fraction"]), abs=0.05)
+
+
+def test_classify_max_train_takes_exactly_that_many_and_starts_with_the_weights(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    code = main(["classify", "image", "--dataset", "digits", "--max-train", "11", "--max-test", "13",
+                 "--losses", "kl", "--no-cache", "--quiet", "--set", "backbone.name=vit_tiny_patch16_224",
+                 "--out", str(tmp_path / "c.json")])
+    captured = capsys.readouterr()
+    assert code == 0
+    # Per-class rounding gave 10 of 11 (and --max-train 200 gave 199).
+    assert "image: 11 train / 13 test samples, 10 classes" in captured.err
+    assert captured.out.splitlines()[0] == RANDOM_LINE
+    assert main(["classify", "image", "--dataset", "digits", "--max-train", "5", "--losses", "kl", "--no-cache",
+                 "--quiet"]) == 2
+    assert "run.max_train 5: fewer than the 10 classes" in capsys.readouterr().err
+
+
+def test_stratified_sample_is_exact_and_proportional():
+    import numpy as np
+
+    from segfungi.classify.datasets import stratified_sample
+
+    labels = np.repeat(np.arange(10), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])  # digits' classes
+    for n in (11, 199, 200, 1000):
+        kept = stratified_sample(labels, n, seed=0)
+        assert len(kept) == n == len(set(kept.tolist()))
+        share = n * np.bincount(labels) / len(labels)
+        assert (np.abs(np.bincount(labels[kept], minlength=10) - share) < 1).all()
+    assert (stratified_sample(labels, 200, 3) == stratified_sample(labels, 200, 3)).all()
