@@ -338,3 +338,24 @@ def test_stratified_sample_is_exact_and_proportional():
         share = n * np.bincount(labels) / len(labels)
         assert (np.abs(np.bincount(labels[kept], minlength=10) - share) < 1).all()
     assert (stratified_sample(labels, 200, 3) == stratified_sample(labels, 200, 3)).all()
+
+
+def test_a_broken_torch_torchvision_pair_is_one_line_naming_the_fix(root, tmp_path):
+    # A torchvision that fails to load as one built for another torch does.
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = {"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    done = cli("build-bank", *TINY, "--root", root, "--bank-size", "48", "--out", tmp_path / "X", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    from importlib import metadata
+
+    from segfungi.install_check import matching_torchvision
+
+    torch_version = metadata.version("torch")
+    assert f"torch {torch_version}" in line and "and torchvision" in line and "operator torchvision::nms does not exist" in line
+    assert f"pip install 'torchvision=={matching_torchvision(torch_version)}'" in line
+    assert matching_torchvision("2.14.1+cpu") == "0.29.*" and matching_torchvision("2.2.0") == "0.17.*"
+    # Commands that load no model do not need torchvision.
+    assert cli("demo-data", tmp_path / "d", "--images", "4", env=env).returncode == 0

@@ -29,12 +29,12 @@ def register(subparsers) -> None:
     verify = actions.add_parser("verify", help="check every file of a bank against its manifest (exit 1 on problems)")
     verify.add_argument("dir", help="bank folder")
     verify.add_argument("--sizes-only", action="store_true", help="compare file sizes only (no reading; fast)")
-    verify.set_defaults(func=run_verify)
+    verify.set_defaults(func=run_verify, loads_models=False)
 
     info = actions.add_parser("info", help="what a bank holds and whether it is complete")
     info.add_argument("dir", help="bank folder")
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.set_defaults(func=run_info)
+    info.set_defaults(func=run_info, loads_models=False)
 
 
 # ----------------------------------------------------------------------- verify

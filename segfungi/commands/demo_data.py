@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--val-images", type=int, default=None,
                         help="how many of them go to val (default a quarter)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, loads_models=False)
 
 
 def run(args) -> int:
