@@ -359,3 +359,20 @@ def test_a_broken_torch_torchvision_pair_is_one_line_naming_the_fix(root, tmp_pa
     assert matching_torchvision("2.14.1+cpu") == "0.29.*" and matching_torchvision("2.2.0") == "0.17.*"
     # Commands that load no model do not need torchvision.
     assert cli("demo-data", tmp_path / "d", "--images", "4", env=env).returncode == 0
+
+
+# ------------------------------------------------------ 11: the protocol table
+def test_protocol_table_lists_the_references_known_input_differences():
+    from segfungi.backbones import load_backbone
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Protocol"):readme.index("## Using it")]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    normalisation, evaluation = rows["input normalisation"], rows["evaluation images"]
+    assert "(0.229, 0.224, **0.255**)" in normalisation and "typo for 0.225" in normalisation
+    assert "known difference" in normalisation and "known difference" in evaluation
+    assert "with antialiasing" in evaluation and "0.002" in table
+    # segfungi itself does not copy the typo.
+    small = dict(depth=1, embed_dim=32, num_heads=2)
+    for name in ("vit_small_patch16_224.dino", "vit_small_patch14_dinov2"):
+        assert load_backbone(name, model_kwargs=small, img_size=56 if "14" in name else 32).std == (0.229, 0.224, 0.225)
