@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from segfungi.backbones import check_weights_source, pretrained_tag
 from segfungi.cli import main
-from segfungi.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 # 6 training images at 64² (4×4 patches), one augmented image per shard: seconds to build.
@@ -83,6 +81,9 @@ def test_a_key_with_a_null_default_takes_null_after_a_preset():
 
 
 def test_pretrained_tags_come_from_timm():
+    from segfungi.backbones import check_weights_source, pretrained_tag
+    from segfungi.errors import ConfigError
+
     assert pretrained_tag("vit_small_patch16_224.dino") == "dino"
     assert pretrained_tag("vit_small_patch14_dinov2") == "lvd142m"  # the architecture's default tag
     assert pretrained_tag("vit_small_patch16_18x2_224") is None  # timm has no weights for it
