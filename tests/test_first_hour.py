@@ -152,23 +152,6 @@ def test_bank_info_says_damaged_for_a_deleted_or_truncated_shard(bank, tmp_path,
     assert "status:     complete, 6 of 6 shards done" in capsys.readouterr().out
 
 
-def test_bank_info_on_a_build_that_stopped_before_its_first_shard(root, tmp_path, monkeypatch, capsys):
-    from segfungi.bank import _writers
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("disk on fire")
-
-    monkeypatch.setattr(_writers.ShardWriter, "write", fail)
-    out = tmp_path / "bank"
-    with pytest.raises(RuntimeError):
-        main(["build-bank", *TINY, "--root", str(root), "--bank-size", "48", "--features", "embeddings",
-              "--out", str(out)])
-    assert (out / "build.json").exists()
-    assert main(["bank", "info", str(out)]) == 0
-    status = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("status:"))
-    assert "resumable" not in status and "stopped before writing its first shard" in status
-
-
 # ------------------------------------------------------ 3: predict and bad images
 def test_predict_skips_an_unreadable_image_in_a_folder_and_lists_it(root, bank, tmp_path, capsys):
     import shutil

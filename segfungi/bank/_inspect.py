@@ -67,17 +67,6 @@ def incomplete_state(path: Path) -> dict:
     return state
 
 
-def _incomplete_status(path: Path, shards_done: int) -> str:
-    """An interrupted build with work to keep is resumable; one that stopped before its
-    first shard (and, for FUNGI, before any of its support bank) holds nothing yet."""
-    support = path / SUPPORT_DIR
-    kept = shards_done or (support / MANIFEST).exists() or done_shards(support)
-    if kept:
-        return "incomplete (resumable with build-bank --resume)"
-    return ("started but empty: the build stopped before writing its first shard, so nothing is kept "
-            "(build-bank --resume starts it again; or delete the folder)")
-
-
 def bank_info(path: Path) -> dict:
     """A plain dict describing the bank (or interrupted build) at `path`."""
     path = Path(path)
@@ -105,7 +94,7 @@ def bank_info(path: Path) -> dict:
     elif (path / BUILD_RECORD).exists():
         state = incomplete_state(path)
         identity, settings = state["identity"], state["settings"] or {}
-        info.update(status=_incomplete_status(path, state["shards_done"]),
+        info.update(status="incomplete (resumable with build-bank --resume)",
                     shards_done=state["shards_done"], shards_total=state["shards_total"])
     else:
         raise BankError(not_a_bank(path))

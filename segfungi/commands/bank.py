@@ -11,8 +11,8 @@ the bank is complete and intact, 2 when DIR is not a bank at all.
 `info` prints what the bank is (features, dims, backbone, dataset, settings, creation
 time, size on disk) and its status: complete; damaged (a file missing or of the wrong
 size: sizes are compared, nothing is read, so it stays instant; `verify` also compares
-checksums); an incomplete, resumable build with its shards done / total; or a build that
-stopped before its first shard and holds nothing. `--json` prints the same as one JSON object.
+checksums); or an incomplete, resumable build with its shards done / total. `--json`
+prints the same as one JSON object.
 """
 
 from __future__ import annotations
