@@ -68,10 +68,9 @@ def build_or_reuse(settings: dict, folder: Path, kind: str, progress: bool, **op
     """build_bank(resume=True), saying so when a complete bank of an earlier run is reused."""
     earlier = (Path(folder) / MANIFEST).exists()
     path = build_bank(settings, folder, resume=True, kind=kind, progress=progress, **options)
-    if earlier:
-        created = MemoryBank(path, verify="off").manifest.get("created") or "earlier"
-        print(f"reusing {path} (built {created} from the same data and settings; delete it to build it again)",
-              flush=True)
+    if earlier:  # build_bank checked it is the same bank
+        print(f"segfungi: reusing the {kind} bank in {folder}, built before with these settings",
+              file=sys.stderr, flush=True)
     return path
 
 

@@ -195,7 +195,7 @@ def test_a_demo_rerun_on_other_data_writes_nothing_and_a_same_rerun_says_it_reus
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     assert main([*argv, "--train-images", "4", "--val-images", "2"]) == 0
-    assert f"reusing {out / 'sweep' / 'banks' / 'embeddings-64'}" in capsys.readouterr().out
+    assert f"reusing the embeddings bank in {out / 'sweep' / 'banks' / 'embeddings-64'}" in capsys.readouterr().err
 
 
 # ------------------------------------------------------ 6: few-shot list folders
