@@ -80,7 +80,7 @@ def progress_bar(total: int, desc: str, enabled: bool, interval: float = 30.0, s
 
 
 def progress_iter(items: Iterable[Item], desc: str, enabled: bool = True, total: int | None = None,
-             interval: float = 30.0, stream: TextIO | None = None) -> Iterator[Item]:
+                  interval: float = 30.0, stream: TextIO | None = None) -> Iterator[Item]:
     """Yield `items`, showing progress as `progress_bar` does (`total` defaults to len(items))."""
     items = list(items) if total is None and not hasattr(items, "__len__") else items
     bar = progress_bar(len(items) if total is None else total, desc, enabled, interval, stream)
