@@ -209,6 +209,43 @@ def load_backbone(
     return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs, compute_dtype=dtype)
 
 
+# --------------------------------------------------------------------------- weights source
+
+
+def pretrained_tag(name: str) -> str | None:
+    """The pretrained weights timm has for `name`, by their tag ('dino', 'lvd142m',
+    'augreg_in21k_ft_in1k', ...), or None when timm has none (an untrained architecture).
+    A bare architecture name stands for its default tag, the weights `pretrained=True` loads."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not know: the name still claims weights
+        return timm.models.split_model_name_tag(name)[1] or name
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        return None
+    return cfg.tag or name
+
+
+def check_weights_source(name: str, *, weights, pretrained: bool, random_init: bool | None) -> None:
+    """Refuse to run a random init under a name that promises trained weights, unless asked.
+
+    random_init: True allows a random init (`--random-init`); None (the default) allows it
+    only for names timm has no pretrained weights for; False never. A forgotten `--weights`
+    would otherwise give results of an untrained network labelled with a trained one's name."""
+    if weights or pretrained or random_init:
+        return
+    fixes = "--weights FILE (a local checkpoint), --pretrained (download the hub weights)"
+    if random_init is False:
+        raise ConfigError(f"backbone {name}: no weights given and backbone.random_init is false: pass {fixes}, "
+                          "or --random-init for a random-init network")
+    tag = pretrained_tag(name)
+    if tag is not None:
+        raise ConfigError(
+            f"backbone {name}: names pretrained weights (timm tag {tag!r}) but none were given, so it would "
+            f"run as an untrained random init: pass {fixes}, or --random-init (backbone.random_init: true) "
+            "to use a random init on purpose"
+        )
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -227,6 +264,8 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def _create_model(name: str, *, pretrained: bool, init_seed: int, model_kwargs: dict) -> nn.Module:
     if not timm.is_model(name):
         raise ConfigError(f"unknown timm model name {name!r} (see timm.list_models('vit_*'))")
+    if pretrained:
+        _check_hub_reachable(name)
     # timm initialises from the global RNG: seed it inside a fork so callers' state is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(init_seed))
@@ -238,6 +277,42 @@ def _create_model(name: str, *, pretrained: bool, init_seed: int, model_kwargs: 
             if pretrained:
                 raise CheckpointError(f"{name}: could not fetch timm hub weights: {err}") from err
             raise
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail at once, with the fixes, when the hub weights are neither cached nor reachable.
+
+    timm fetches them with huggingface_hub, which retries a network error five times with
+    back-off, for the safetensors file and again for the fallback .bin: about a minute
+    offline before an error that says nothing of --weights. One HEAD request without
+    retries (no download) tells instead; a hub that answers, even 404, is left to timm."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        return  # an unknown tag: timm.create_model says so
+    if cfg is None or not cfg.hf_hub_id:
+        return  # torch.hub URLs are tried once, without retries
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
+        return
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0], revision=revision or None),
+                                             timeout=10)
+    except HfHubHTTPError:
+        return  # the hub answered
+    except Exception as err:  # no answer: offline mode, no network, DNS, a proxy
+        reason = checkpoint_files.first_line(str(err)) or type(err).__name__
+        elsewhere = f", e.g. {cfg.url} fetched where there is internet" if cfg.url else ""
+        raise CheckpointError(
+            f"backbone {name}: its pretrained weights ({cfg.hf_hub_id}) are not in the Hugging Face cache "
+            f"({huggingface_hub.constants.HF_HUB_CACHE}) and the hub cannot be reached ({reason}). Fixes: "
+            f"--weights FILE (a local checkpoint{elsewhere}); --random-init (an untrained network, for a "
+            "pipeline check); or set HF_HUB_CACHE (or HF_HOME) to a cache directory that holds the weights"
+        ) from None
 
 
 def _require_vit(model: nn.Module, name: str) -> None:

@@ -2,6 +2,9 @@
 
 Exit status: 0 success, 2 an error the user can fix (one line, no traceback), 130
 interrupted (Ctrl-C); a command may define others (`bank verify` exits 1 on problems).
+Commands that load models first check that torch and torchvision work together
+(`segfungi.install_check`); `bank` and `demo-data` set `loads_models=False` and, like
+`--help`, import no torch at all.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import importlib
 import pkgutil
 import sys
 
-from segfungi import __version__, commands, distributed, logging_setup
+from segfungi import __version__, commands, distributed, install_check, logging_setup
 from segfungi.errors import SegfungiError
 
 
@@ -58,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         # instead of ending the command with a UnicodeEncodeError.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    distributed.init_from_env()  # a no-op unless launched by torchrun
     try:
+        if getattr(args, "loads_models", True):  # bank info/verify and demo-data need no torch
+            install_check.check_torch_pair()
+        distributed.init_from_env()  # a no-op unless launched by torchrun
         with logging_setup.verbose_while(bool(getattr(args, "verbose", False))):
             return int(args.func(args) or 0)
     except SegfungiError as err:

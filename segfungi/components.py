@@ -71,7 +71,7 @@ def requested_weights(settings: dict):
         return WeightsSource.file(cfg["weights"])
     if cfg["pretrained"]:
         return WeightsSource.hub(cfg["name"])
-    if cfg["random_init"]:
+    if cfg["random_init"] is not False:  # null: allowed where the name promises no weights (load_backbone_from)
         return WeightsSource.random_init(cfg["init_seed"])
     return None
 
@@ -86,19 +86,26 @@ class BackboneRequest:
     dtype: str  # backbone.dtype
 
 
+def requested_backbone_line(settings: dict) -> str:
+    """`backbone NAME: <weights>` as the settings ask for them, before anything runs."""
+    from segfungi.weights import backbone_line
+
+    source = requested_weights(settings)
+    return backbone_line(settings["backbone"]["name"], source if source is not None else "no weights given")
+
+
 def backbone_request(settings: dict) -> BackboneRequest:
     return BackboneRequest(settings["backbone"]["name"], requested_weights(settings),
                            settings["data"]["image_size"], settings["backbone"]["dtype"])
 
 
 def load_backbone_from(settings: dict):
+    from segfungi.backbones import check_weights_source
+
     cfg = settings["backbone"]
+    check_weights_source(cfg["name"], weights=cfg["weights"], pretrained=cfg["pretrained"],
+                         random_init=cfg["random_init"])
     source = requested_weights(settings)
-    if source is None:
-        raise ConfigError(
-            "backbone: no weights given (set backbone.weights to a checkpoint, "
-            "backbone.pretrained: true to download, or backbone.random_init: true)"
-        )
     return _cached_backbone(
         cfg["name"],
         cfg["weights"] if source.kind == "file" else None,

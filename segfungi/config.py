@@ -70,7 +70,20 @@ def _read_yaml(path: Path, section: str | None = None) -> dict:
     return inner
 
 
-def resolve_config_path(name: str | Path) -> Path:
+# configs/classify_<modality>.yaml hold `segfungi classify`'s settings, under one 'classify:' mapping.
+CLASSIFY_PREFIX = "classify_"
+
+
+def presets(section: str | None = None) -> list[str]:
+    """The preset names in configs/ of the segmentation commands (section None) or of
+    `segfungi classify` (section "classify"); defaults.yaml is the schema, not a preset."""
+    if not CONFIG_DIR.exists():
+        return []
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "defaults")
+    return [n for n in names if n.startswith(CLASSIFY_PREFIX) == (section == "classify")]
+
+
+def resolve_config_path(name: str | Path, section: str | None = None) -> Path:
     """`voc_vits16` or `configs/voc_vits16.yaml` or any path to a YAML file."""
     path = Path(name)
     if path.exists():
@@ -78,8 +91,7 @@ def resolve_config_path(name: str | Path) -> Path:
     candidate = CONFIG_DIR / f"{name}.yaml" if path.suffix == "" else CONFIG_DIR / path.name
     if candidate.exists():
         return candidate
-    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.exists() else []
-    raise ConfigError(f"config file not found: {name} (presets: {', '.join(available)})")
+    raise ConfigError(f"config file not found: {name} (presets: {', '.join(presets(section))})")
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -221,8 +233,12 @@ def load_config(
     if base is not None:
         _merge(settings, base, "bank settings", checks, free_form)
     if config is not None:
-        path = resolve_config_path(config)
-        _merge(settings, _read_yaml(path, section), str(path), checks, free_form)
+        path = resolve_config_path(config, section)
+        preset = _read_yaml(path, section)
+        if section is None and "classify" in preset:
+            raise ConfigError(f"{path}: a `segfungi classify` preset (its settings sit under 'classify:'), not one "
+                              f"for this command; its presets: {', '.join(presets())}")
+        _merge(settings, preset, str(path), checks, free_form)
     for override in overrides:
         if isinstance(override, str):
             _merge(settings, parse_override(override, section), f"--set {override}", checks, free_form)

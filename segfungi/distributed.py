@@ -27,18 +27,21 @@ import datetime
 import os
 import sys
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
 DEFAULT_TIMEOUT_S = 7200
 
 
 def init_from_env() -> None:
     """Join the process group torchrun describes in the environment, once: NCCL with
     one GPU per local rank when GPUs exist, gloo on CPUs. `SEGFUNGI_THREADS` sets the
-    CPU threads of a single process too."""
-    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    CPU threads of a single process too. A single process without SEGFUNGI_THREADS
+    imports nothing (the CLI calls this before every command, `bank info` included)."""
+    single = int(os.environ.get("WORLD_SIZE", "1")) < 2
+    if single and not os.environ.get("SEGFUNGI_THREADS"):
+        return
+    import torch
+    import torch.distributed as dist
+
+    if single or not dist.is_available() or dist.is_initialized():
         if os.environ.get("SEGFUNGI_THREADS"):
             torch.set_num_threads(threads_per_process())
         return
@@ -66,16 +69,27 @@ def threads_per_process() -> int:
     return max(1, cores // max(1, local))
 
 
+def _group():
+    """torch.distributed while a group of several processes runs, else None. No group can
+    exist before torch is imported, so a single process answers without importing it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _group() is not None
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    dist = _group()
+    return dist.get_rank() if dist else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if active() else 1
+    dist = _group()
+    return dist.get_world_size() if dist else 1
 
 
 def is_main() -> bool:
@@ -85,16 +99,23 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if active():
+        import torch
+        import torch.distributed as dist
+
         if dist.get_backend() == "nccl":
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
 
 
-def all_reduce_sum(array: np.ndarray) -> np.ndarray:
+def all_reduce_sum(array):
     """Sum an integer or float array over all processes (identity in one process)."""
     if not active():
         return array
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
         tensor = tensor.cuda()

@@ -19,3 +19,7 @@ class CheckpointError(SegfungiError):
 
 class BankError(SegfungiError):
     """A memory bank is incomplete, corrupt, locked, or incompatible with the query."""
+
+
+class InstallError(SegfungiError):
+    """The installed packages do not work together (e.g. torch and torchvision)."""

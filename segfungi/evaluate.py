@@ -14,12 +14,12 @@ import types
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from segfungi import distributed
 from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, evaluation_settings, open_val_dataset
 from segfungi.errors import BankError, DatasetError
+from segfungi.progress import progress_iter
 from segfungi.segmenter import Segmenter
 
 
@@ -77,8 +77,8 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     if encoded is not None and encoded.batches != batches:
         raise ValueError("the encoded images are not the batches this evaluation scores (eval.batch_size, "
                          "eval.max_images or the process count differ)")
-    for number, batch in enumerate(tqdm(batches, desc=f"eval {segmenter.bank.path.name}", unit="batch",
-                                        disable=not progress or not distributed.is_main())):
+    for number, batch in enumerate(progress_iter(batches, f"eval {segmenter.bank.path.name}",
+                                                 enabled=progress and distributed.is_main())):
         if encoded is None:
             pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
             masks = [mask for _, mask in pairs]

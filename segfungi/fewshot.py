@@ -18,7 +18,13 @@ segfungi/data/subsets/, MIT): for VOC trainaug and ADE20K training, fractions 1/
 1/64 and 1/128, five lists each. Each list file is one trial (the list is the subset;
 the number in its name only names the draw and seeds nothing), every trial uses the
 bank seed `bank.seed`, and the five trials of a fraction give its mean ± std. A folder
-laid out the same way (`<folder>/<dataset>/1_div_<N>/*.txt`) may be given instead.
+laid out the same way (`<folder>/<dataset>/1_div_<N>/*.txt`) may be given instead, and
+`demo` names small shipped lists (segfungi/data/demo_subsets/, 1/8 and 1/16 of 32
+images) whose ids are those of the generated VOC data (`segfungi demo-data`, `segfungi
+demo`), so the path can be tried end to end without the real dataset. With lists,
+`fewshot.fractions` chooses among the folder's 1_div_<N> folders and must name ones it
+holds (`list_fractions` tells which; the CLI's default is those of the configured
+fractions the folder holds, else all of them).
 
 Requests the data cannot tell apart are run once: on a small split, fractions whose
 subsets hold the same images (1/128 and 1/64 of 32 images are both 1 image) share
@@ -91,9 +97,9 @@ def plan_trials(settings: dict, subset_files: Sequence[str] = ()) -> list[Trial]
     if fewshot["subsets"] != "random":
         if files:
             raise ConfigError(f"fewshot.subsets is {fewshot['subsets']!r}: give no subset files as well ({files})")
-        folder = None if fewshot["subsets"] == "standard" else fewshot["subsets"]
-        if folder is None:
+        if fewshot["subsets"] == "standard":
             _check_standard_split(settings["data"])
+        folder = lists_folder(fewshot["subsets"])
         seed = int(settings["bank"]["seed"])
         return [Trial(seed=seed, subset_file=str(path), group=fraction_label(f))
                 for f in fractions
@@ -133,27 +139,65 @@ def standard_subsets_folder() -> Path:
     return Path(str(importlib.resources.files("segfungi.data") / "subsets"))
 
 
+def demo_subsets_folder() -> Path:
+    """The packaged demo lists (segfungi/data/demo_subsets/, see its README): ids of the
+    generated VOC data."""
+    return Path(str(importlib.resources.files("segfungi.data") / "demo_subsets"))
+
+
+def lists_folder(subsets: str) -> Path | None:
+    """The folder of subset lists `fewshot.subsets` names (None: the packaged standard lists)."""
+    if subsets == "standard":
+        return None
+    if subsets == "demo":
+        return demo_subsets_folder()
+    if not Path(subsets).is_dir():
+        raise ConfigError(f"fewshot.subsets: {subsets} is neither 'random', 'standard', 'demo' nor a folder "
+                          "of subset lists (<folder>/<dataset>/1_div_<N>/*.txt)")
+    return Path(subsets)
+
+
+def list_fractions(dataset: str, folder: str | Path | None = None) -> list[float]:
+    """The fractions 1/N whose lists a folder holds for `dataset` (its `<dataset>/1_div_<N>`
+    folders), largest first; `folder` defaults to the packaged standard lists."""
+    root = Path(folder) if folder is not None else standard_subsets_folder()
+    held = _held_denominators(root / dataset)
+    if not held:
+        raise ConfigError(_no_lists(root, dataset))
+    return [1 / n for n in held]
+
+
+def _held_denominators(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for d in folder.iterdir() if (m := re.fullmatch(r"1_div_(\d+)", d.name)) and d.is_dir())
+
+
+def _no_lists(root: Path, dataset: str) -> str:
+    """Why `root` holds no lists for `dataset`, naming the level that is wrong."""
+    layout = f"expected {root / dataset / '1_div_<N>'}/*.txt, one image id per line"
+    if (root / dataset).is_dir():
+        return f"{root / dataset}: no 1_div_<N> folders of subset lists ({layout})"
+    if _held_denominators(root):
+        return (f"{root}: holds 1_div_<N> folders directly, but lists are looked up per dataset: move them into "
+                f"{root / dataset}/ ({layout})")
+    datasets = sorted(d.name for d in root.iterdir() if d.is_dir() and _held_denominators(d)) if root.is_dir() else []
+    return (f"{root}: no subset lists for dataset {dataset!r} ({layout}"
+            + (f"; lists exist for datasets: {', '.join(datasets)})" if datasets else ")"))
+
+
 def standard_subset_files(dataset: str, fractions: Sequence[float], folder: str | Path | None = None) -> list[Path]:
     """The list files of each fraction 1/N: `<folder>/<dataset>/1_div_<N>/*.txt`, ordered
     by the draw number that ends their names. `folder` defaults to the packaged lists."""
     root = Path(folder) if folder is not None else standard_subsets_folder()
-    if folder is not None and not root.is_dir():
-        raise ConfigError(f"fewshot.subsets: {root} is neither 'random', 'standard' nor a folder of subset lists")
-    if (root / dataset).is_dir():
-        available = sorted(int(m.group(1)) for d in (root / dataset).iterdir()
-                           if (m := re.fullmatch(r"1_div_(\d+)", d.name)) and d.is_dir())
-    else:
-        available = []
-    if not available:
-        sets = ", ".join(sorted(d.name for d in root.iterdir() if d.is_dir())) if root.is_dir() else ""
-        raise ConfigError(f"{root / dataset}: no standard subsets for dataset {dataset!r} "
-                          f"(lists exist for: {sets or 'none'})")
+    available = [round(1 / f) for f in list_fractions(dataset, root)]
     files = []
     for fraction in fractions:
         n = round(1 / fraction)
         if n not in available or abs(1 / n - fraction) > 1e-9:
-            raise ConfigError(f"no standard {dataset} subsets for fraction {fraction_label(fraction)} "
-                              f"(available: {', '.join(f'1/{a}' for a in sorted(available))})")
+            raise ConfigError(f"fewshot.fractions: {root / dataset} holds no lists for fraction "
+                              f"{fraction_label(fraction)} (it holds {', '.join(f'1/{a}' for a in available)}; "
+                              "leave --fractions out to run them all)")
         found = sorted((root / dataset / f"1_div_{n}").glob("*.txt"), key=_draw_order)
         if not found:
             raise ConfigError(f"{root / dataset / f'1_div_{n}'}: no .txt subset lists")

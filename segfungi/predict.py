@@ -4,11 +4,14 @@ From Python, `predict_images(bank, images)` returns one H×W uint8 class-id mask
 image, at the image's own size. `predict_to_folder` also writes, per image,
 `masks/<stem>.png` (mode 'P', the bank's palette, so the ids are the pixel values and
 viewers show colours, like VOC's SegmentationClass) and `overlays/<stem>.png` (the
-colours blended over the image, with a legend of the classes present).
+colours blended over the image, each region outlined so that dark classes show on dark
+images too, with a legend of the classes present).
 
 Images are read as the datasets read them (segfungi.data.imageio.read_image):
 grayscale, palette, RGBA (alpha dropped) and 16-bit inputs become RGB, and EXIF
-orientation is ignored, so a mask lines up with the stored pixels.
+orientation is ignored, so a mask lines up with the stored pixels. An unreadable image
+found in a folder is left out and reported; one named directly stops the run
+(`on_bad_sample` chooses either for all).
 
 With a FUNGI bank, an image's kept negatives are seeded from its own (resized) pixels
 (`segfungi.segmenter.query_seeds`), so a mask is the one `eval` computes for the
@@ -24,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from segfungi.data.imageio import to_rgb
-from segfungi.errors import DatasetError
+from segfungi.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
@@ -46,12 +49,18 @@ def predict_images(bank, images: Iterable, settings: dict | None = None) -> list
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files named directly, plus the image files inside named folders (sorted)."""
-    found = []
+    return list(_listed_images(inputs))
+
+
+def _listed_images(inputs: Sequence[str | Path]) -> dict[Path, bool]:
+    """{image file: whether it was found in a named folder (else named directly)}, in order."""
+    found: dict[Path, bool] = {}
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found.update((p, True) for p in sorted(item.iterdir())
+                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         elif item.exists():
-            found.append(item)
+            found[item] = False
         else:
             raise DatasetError(f"{item}: no such image or folder")
     if not found:
@@ -77,15 +86,20 @@ def save_mask(mask: np.ndarray, palette, path: str | Path) -> Path:
 
 
 def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, settings: dict | None = None,
-                      alpha: float = 0.5, overlays: bool = True, progress: bool = True) -> list[dict]:
+                      alpha: float = 0.5, overlays: bool = True, progress: bool = True,
+                      on_bad_sample: str | None = None) -> list[dict]:
     """Segment every image of `inputs` (files or folders), writing masks and overlays under `out`.
 
-    Returns one record per image: its path, size, mask and overlay files."""
-    from tqdm.auto import tqdm
-
+    An unreadable image stops the run (`on_bad_sample="error"`) or is left out ("skip");
+    the default (None) skips the images found in a folder and stops at one named directly.
+    Returns one record per image: its path, size, mask and overlay files, or for an image
+    left out its path and why (`{"image", "skipped"}`)."""
+    from segfungi.progress import progress_iter
     from segfungi.viz import describe_banks, overlay_with_legend
 
-    paths = list_images(inputs)
+    if on_bad_sample not in (None, "error", "skip"):
+        raise ConfigError(f"on_bad_sample must be 'error', 'skip' or None, got {on_bad_sample!r}")
+    listed = _listed_images(inputs)
     segmenter = make_segmenter(bank, settings)
     classes, palette = segmenter.bank.classes, segmenter.bank.palette
     # Under each overlay: which bank (features, size, backbone, weights, data) drew it.
@@ -93,8 +107,14 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
              + describe_banks([segmenter.bank]))
     out = Path(out)
     records = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
-        image = to_rgb(path)
+    for path, in_folder in progress_iter(listed.items(), "predict", enabled=progress):
+        try:
+            image = to_rgb(path)
+        except DatasetError as err:
+            if (on_bad_sample or ("skip" if in_folder else "error")) == "error":
+                raise
+            records.append({"image": str(path), "skipped": str(err)})
+            continue
         mask = segmenter.predict(image)
         record = {"image": str(path), "height": mask.shape[0], "width": mask.shape[1],
                   "mask": str(save_mask(mask, palette, out / "masks" / f"{path.stem}.png"))}

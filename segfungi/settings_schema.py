@@ -82,7 +82,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("name", "vit_small_patch16_224.dino", "any timm ViT name"),
         Key("weights", None, "local checkpoint file (timm / DINO layout / safetensors)", kind="path"),
         Key("pretrained", False, "download hub weights (needs internet)"),
-        Key("random_init", True, "random-init backbone when no weights are given"),
+        Key("random_init", None, "true: a random init on purpose (--random-init) when no weights are given;",
+            kind=bool, more=("null: only for names timm has no pretrained weights for (a name such as",
+                             "*.dino, *_dinov2 or vit_tiny_patch16_224 without weights is refused)",)),
         Key("init_seed", 0, "seed of the random init", check="non_negative"),
         Key("device", "cpu", "torch device, e.g. cpu | cuda | cuda:1"),
         Key("dtype", "float32", "float32 | bfloat16 | float16 (autocast for the frozen part)",
@@ -175,11 +177,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     "fewshot": (
         Key("fractions", [0.0078125, 0.015625], "1/128 and 1/64 of the training split", check="fractions"),
         Key("seeds", [0, 1, 2], "one trial per seed (random subsets)", check="non_negative"),
-        Key("subsets", "random", "random | standard | a folder (see above)", note=(
+        Key("subsets", "random", "random | standard | demo | a folder (see above)", note=(
             "random: seeded draws of each fraction (one trial per seed) | standard: the field's",
             "fixed lists (open-hummingbird-eval's, VOC trainaug / ADE20K training, 1/8 1/64 1/128,",
-            "one trial per list file, five per fraction, bank seed bank.seed) | a folder laid out",
-            "like them (<folder>/<dataset>/1_div_<N>/*.txt)",
+            "one trial per list file, five per fraction, bank seed bank.seed) | demo: small lists",
+            "of the generated VOC data's ids (1/8, 1/16) | a folder laid out like them",
+            "(<folder>/<dataset>/1_div_<N>/*.txt). With lists, fractions must be ones the folder holds",
+            "(segfungi fewshot: default the configured ones it holds, else all it holds).",
             "A trial's bank and evaluation use bank.*, eval.* and index.* (the fewshot_* presets set",
             "the paper's few-shot values there: bank.size 2048x10^4 as a cap, bank.aug_epochs 8,",
             "eval.k 90, eval.temperature 0.1, index.num_leaves_to_search 256, index.reorder 1800).",
@@ -457,7 +461,8 @@ def checks(schema: dict | None = None) -> dict:
         "fraction": {name for name, key in table.items() if key.check == "fraction"},
         "fractions": {name for name, key in table.items() if key.check == "fractions"},
         "choices": {name: key.allowed() for name, key in table.items() if key.choices},
-        "nullable": {name for name, key in table.items() if key.nullable},
+        # A key whose default is null takes null again after a preset set it (--set data.image_size=null).
+        "nullable": {name for name, key in table.items() if key.nullable or key.default is None},
     }
 
 

@@ -21,6 +21,9 @@ from segfungi.cells import run_cell
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
            "eval_images_per_second", "bank"]
+# sweep.csv names its columns for what they hold: mIoU and pixel accuracy are fractions in
+# [0, 1] there (as in sweep.json and evaluate()'s results), while the table and plot show %.
+CSV_NAMES = {"miou": "miou_fraction", "pixel_accuracy": "pixel_accuracy_fraction"}
 
 
 def resolve_sizes(settings: dict, sizes) -> dict[int, list[int]]:
@@ -78,9 +81,9 @@ def write_table(rows: list[dict], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=[CSV_NAMES.get(c, c) for c in COLUMNS])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({CSV_NAMES.get(c, c): row[c] for c in COLUMNS} for row in rows)
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     plot_miou_vs_bank_size(rows, out / "miou_vs_bank_size.png",
                            context=describe_banks([r["bank"] for r in rows], [r["images"] for r in rows]))

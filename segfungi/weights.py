@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WeightsSource"]
+__all__ = ["WeightsSource", "backbone_line", "describe_id"]
 
 KINDS = ("file", "timm-hub", "random-init", "parameters")
 
@@ -93,7 +93,7 @@ class WeightsSource:
         if self.kind == "timm-hub":
             return f"pretrained weights {self.name}"
         if self.kind == "file":
-            return f"weights {Path(self.name).name}"
+            return f"weights {Path(self.name).name}" if self.digest else f"weights from {self.name}"
         return f"custom model parameters {self.id}"
 
     def asked_as(self) -> str:
@@ -112,3 +112,18 @@ class WeightsSource:
         if self.kind == "random-init" and requested.seed != self.seed:
             return f"backbone.init_seed: bank has {self.id!r}, query has init_seed {requested.seed}"
         return None
+
+
+def describe_id(text: str) -> str:
+    """A recorded weights id in words (the id itself when it is none of the forms)."""
+    try:
+        return WeightsSource.parse(text).describe()
+    except ValueError:
+        return str(text)
+
+
+def backbone_line(name: str, weights: WeightsSource | str) -> str:
+    """`backbone NAME: <where its weights come from>`: the first line of every command that
+    prints results, so that a random init under a trained network's name is never taken
+    for it (the name alone would promise the weights)."""
+    return f"backbone {name}: {weights.describe() if isinstance(weights, WeightsSource) else weights}"

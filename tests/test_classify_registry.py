@@ -16,7 +16,7 @@ from segfungi.classify.audio import AudioFungi, SpectrogramViT
 from segfungi.classify.image import ImageFungi
 from segfungi.classify.losses import ClassifyLoss, get_loss, loss_names, register_loss, simclr_loss, unregister_loss
 from segfungi.classify.modalities import get_modality, modality_names
-from segfungi.classify.progress import ProgressLines, progress_bar
+from segfungi.progress import ProgressLines, progress_bar, progress_iter
 from segfungi.classify.settings import defaults, load_settings
 from segfungi.classify.text import TextFungi
 from segfungi.cli import build_parser, main

@@ -27,3 +27,29 @@ def test_user_error_is_one_line_not_traceback(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err and "missing" in err
+
+
+# ------------------------------------------------ issue 22, item 9: start-up cost
+# A fresh interpreter: the CLI module, its parser and `--help` must not import torch
+# (it took 2 s and 650 MB before the parser ran); neither may `bank info`.
+_NO_TORCH = """
+import contextlib, io, sys
+from segfungi.cli import build_parser, main
+build_parser()
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+    for argv in sys.argv[1:]:
+        assert main(argv.split("|")) == 0, argv
+print(sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modules))
+"""
+
+
+def test_cli_help_and_bank_info_do_not_import_torch(fungi_bank):
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH, f"bank|info|{fungi_bank}",
+                             f"bank|info|--json|{fungi_bank}", f"bank|verify|--sizes-only|{fungi_bank}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -401,8 +401,9 @@ def test_each_command_shows_only_the_flags_it_uses():
     for flag in ("--k", "--temperature", "--max-images"):
         assert flag not in build
         assert flag in evaluate
-    for flag in ("--root", "--dataset", "--on-bad-sample", "--max-images"):
+    for flag in ("--root", "--dataset", "--max-images"):
         assert flag not in predict
+    assert predict["--on-bad-sample"].dest == "bad_image_policy"  # its own: images, not data.on_bad_sample
     for flag in ("--root", "--dataset", "--features", "--bank-size", "--aug-epochs", "--seed", "--resume", "--index"):
         assert flag in build
     assert {"--k", "--temperature", "--index", "--weights"} <= set(predict)

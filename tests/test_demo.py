@@ -15,8 +15,7 @@ def test_demo_runs_on_its_own_data_and_explains_a_random_init_run(dataset, tmp_p
                  "--set", "sweep.sizes=[1024]", "--set", "sweep.features=[embeddings]", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "segfungi demo: what this run is" in printed
-    assert "vit_tiny_patch16_224, random init (seed 0), no pretrained weights" in printed
+    assert printed.splitlines()[0] == "segfungi demo: backbone vit_tiny_patch16_224: random init (seed 0), no pretrained weights"
     assert f"2 train + 1 val generated images ({dataset} layout" in printed
     assert "1,024 patches" in printed
     assert "FUNGI's gain needs pretrained weights" in printed and PRETRAINED_COMMAND in printed

@@ -134,7 +134,7 @@ SECTION_KEYS = [(section, key) for section, values in DEFAULTS.items() for key i
 OPTIONAL = {"data.root": str, "data.subset_file": str, "data.val_subset_file": str,
             "backbone.weights": str, "eval.out": str,
             "data.subset_fraction": float, "fungi.proj_dim": int, "eval.max_images": int,
-            "data.image_size": int}
+            "data.image_size": int, "backbone.random_init": bool}
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**7),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))

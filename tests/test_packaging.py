@@ -47,7 +47,7 @@ def test_wheel_ships_configs_subset_lists_and_published_numbers(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (REPO / "configs").glob("*.yaml"):
         assert f"segfungi/configs/{config.name}" in names
-    for folder in ("subsets", "published"):
+    for folder in ("subsets", "published", "demo_subsets"):
         shipped = REPO / "segfungi" / "data" / folder
         for path in shipped.rglob("*"):
             if path.is_file():

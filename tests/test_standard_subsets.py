@@ -46,13 +46,13 @@ def test_packaged_lists_are_the_standard_ones():
 
 
 def test_unknown_fraction_or_dataset_is_refused():
-    with pytest.raises(ConfigError, match=r"fraction 1/4 \(available: 1/8, 1/64, 1/128\)"):
+    with pytest.raises(ConfigError, match=r"fraction 1/4 \(it holds 1/8, 1/64, 1/128;"):
         standard_subset_files("voc", [1 / 4])
-    with pytest.raises(ConfigError, match="no standard subsets for dataset 'folder'.*ade20k, voc"):
+    with pytest.raises(ConfigError, match="no subset lists for dataset 'folder'.*lists exist for datasets: ade20k, voc"):
         standard_subset_files("folder", [1 / 8])
     with pytest.raises(ConfigError, match="drawn from its trainaug split, but data.train_split is 'train'"):
         plan_trials(load_config("demo", overrides=["fewshot.subsets=standard"]))
-    with pytest.raises(ConfigError, match="neither 'random', 'standard' nor a folder"):
+    with pytest.raises(ConfigError, match="neither 'random', 'standard', 'demo' nor a folder"):
         plan_trials(load_config(overrides=["fewshot.subsets=no/such/folder"]))
 
 

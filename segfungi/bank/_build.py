@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from segfungi import __version__, distributed
 from segfungi.bank._cache import LastBlockCache
@@ -65,6 +64,7 @@ from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, ShardWriter
 from segfungi.components import bank_out, bank_spec, load_backbone_from, make_extractor, open_train_dataset
 from segfungi.errors import BankError
+from segfungi.progress import progress_iter
 from segfungi.sampling import void_class
 from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import (
@@ -400,8 +400,8 @@ def _write_shards(build: _Build, writer: ShardWriter, targets: list[_Target], fe
     mine = todo[distributed.rank() :: distributed.world_size()]
     names = ", ".join(t.out.name for t in targets)
     try:
-        for shard in tqdm(mine, desc=f"{features} bank{'s' * (len(targets) > 1)} {names}", unit="shard",
-                          disable=not build.progress or distributed.rank() != 0):
+        for shard in progress_iter(mine, f"{features} bank{'s' * (len(targets) > 1)} {names}",
+                                   enabled=build.progress and distributed.rank() == 0):
             writer.write(shard)
     finally:
         build.loader.close()

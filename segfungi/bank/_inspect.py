@@ -73,8 +73,11 @@ def bank_info(path: Path) -> dict:
     if (path / MANIFEST).exists():
         bank = MemoryBank(path, verify="off")
         identity, settings = bank.identity, bank.settings
+        # Presence and sizes only (no reading): a deleted or truncated shard shows at once.
+        problems, _ = verify_problems(path, full=False)
         info.update(
-            status="complete",
+            status=f"damaged: run `segfungi bank verify {path}`" if problems else "complete",
+            problems=problems,
             shards_done=len(bank.shards),
             shards_total=len(bank.shards),
             num_patches=bank.num_patches,

@@ -110,6 +110,26 @@ def stratified_split(labels, test_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(test, np.int64))
 
 
+def stratified_sample(labels, n: int, seed: int) -> np.ndarray:
+    """Exactly `n` seeded indices (sorted), each class getting its share of `n` by the
+    largest-remainder rule and at least one sample. Rounding each class's share on its own
+    (as `stratified_split` does) can miss `n` by a few: --max-train 200 gave 199."""
+    labels = np.asarray(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    if not len(classes) <= n <= len(labels):
+        raise DatasetError(f"a stratified sample of {n} needs between {len(classes)} (one per class) and "
+                           f"{len(labels)} (all) samples")
+    quota = n * sizes / sizes.sum()
+    counts = np.minimum(np.maximum(np.floor(quota).astype(np.int64), 1), sizes)
+    while counts.sum() < n:  # the classes furthest below their share first
+        counts[np.argmax(np.where(counts < sizes, quota - counts, -np.inf))] += 1
+    while counts.sum() > n:  # only when the one-per-class floor overshot
+        counts[np.argmax(np.where(counts > 1, counts - quota, -np.inf))] -= 1
+    rng = np.random.default_rng(int(seed))
+    keep = [rng.permutation(np.flatnonzero(labels == cls))[:k] for cls, k in zip(classes, counts)]
+    return np.sort(np.concatenate(keep).astype(np.int64))
+
+
 def _scan_class_folders(root: Path, extensions: tuple[str, ...], what: str, skip_prefix: str = "") -> tuple[list[str], list[Path], list[int]]:
     """``root/<class>/<file>`` -> (classes, files, labels). Every class folder must
     hold at least one file with one of ``extensions``."""

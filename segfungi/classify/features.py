@@ -38,7 +38,7 @@ import torch
 
 from segfungi.classify import augment
 from segfungi.classify.losses import get_loss, loss_names
-from segfungi.classify.progress import progress_bar
+from segfungi.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
 from segfungi.errors import BankError, ConfigError, SegfungiError
 from segfungi.gradients import gradient_pass, l2_normalize, make_projection, projection_options

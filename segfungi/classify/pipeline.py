@@ -26,18 +26,21 @@ def load_splits(modality: str, s: dict):
     train, test = get_modality(modality).load_splits(s["data"])
     run = s["run"]
     if run["max_train"]:
-        train = limit(train, int(run["max_train"]), int(run["subset_seed"]))
+        train = limit(train, int(run["max_train"]), int(run["subset_seed"]), "run.max_train")
     if run["max_test"]:
-        test = limit(test, int(run["max_test"]), int(run["subset_seed"]) + 1)
+        test = limit(test, int(run["max_test"]), int(run["subset_seed"]) + 1, "run.max_test")
     return train, test
 
 
-def limit(dataset, n: int, seed: int):
-    """A seeded stratified subset of about ``n`` samples (at least one per class)."""
+def limit(dataset, n: int, seed: int, key: str = "n"):
+    """A seeded stratified subset of exactly ``n`` samples (at least one per class)."""
     if n >= len(dataset):
         return dataset
-    _, keep = D.stratified_split(dataset.labels, n / len(dataset), seed)
-    return D.subset(dataset, keep)
+    classes = len(dataset.classes)
+    if n < classes:
+        raise ConfigError(f"{key} {n}: fewer than the {classes} classes, and a stratified subset keeps at "
+                          "least one sample of each")
+    return D.subset(dataset, D.stratified_sample(dataset.labels, n, seed))
 
 
 def build_extractor(modality: str, s: dict):

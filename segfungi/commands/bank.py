@@ -9,8 +9,10 @@ exits 1 when there is any (an incomplete build counts: it cannot be used yet), 0
 the bank is complete and intact, 2 when DIR is not a bank at all.
 
 `info` prints what the bank is (features, dims, backbone, dataset, settings, creation
-time, size on disk) and whether it is complete or an incomplete, resumable build with
-its shards done / total. `--json` prints the same as one JSON object.
+time, size on disk) and its status: complete; damaged (a file missing or of the wrong
+size: sizes are compared, nothing is read, so it stays instant; `verify` also compares
+checksums); or an incomplete, resumable build with its shards done / total. `--json`
+prints the same as one JSON object.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ def register(subparsers) -> None:
     verify = actions.add_parser("verify", help="check every file of a bank against its manifest (exit 1 on problems)")
     verify.add_argument("dir", help="bank folder")
     verify.add_argument("--sizes-only", action="store_true", help="compare file sizes only (no reading; fast)")
-    verify.set_defaults(func=run_verify)
+    verify.set_defaults(func=run_verify, loads_models=False)
 
     info = actions.add_parser("info", help="what a bank holds and whether it is complete")
     info.add_argument("dir", help="bank folder")
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.set_defaults(func=run_info)
+    info.set_defaults(func=run_info, loads_models=False)
 
 
 # ----------------------------------------------------------------------- verify
@@ -58,7 +60,8 @@ def format_info(info: dict) -> str:
     s = info["settings"]
     lines = [
         f"bank:       {info['path']}",
-        f"status:     {info['status']}, {info['shards_done']} of {info['shards_total'] or '?'} shards done",
+        f"status:     {info['status']}" + ("" if info.get("problems") else
+                                              f", {info['shards_done']} of {info['shards_total'] or '?'} shards done"),
         f"features:   {info['features']} (dim {info['feature_dim']})",
     ]
     if "num_patches" in info:
@@ -75,6 +78,10 @@ def format_info(info: dict) -> str:
         lines.append(f"created:    {info['created']} (build {info['build_seconds']} s, "
                      f"segfungi {info['segfungi_version']}), hash {info['hash']}")
     lines.append(f"size:       {format_bytes(info['size_bytes'])} on disk")
+    problems = info.get("problems") or []
+    lines += [f"problem:    {problem}" for problem in problems[:5]]
+    if len(problems) > 5:
+        lines.append(f"            and {len(problems) - 5} more (segfungi bank verify lists them all)")
     if "support" in info:
         sup = info["support"]
         lines.append(f"support:    {sup.get('status')}" + (

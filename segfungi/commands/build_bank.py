@@ -47,6 +47,7 @@ def run(args) -> int:
     from segfungi import distributed
     from segfungi.bank import MemoryBank, build_bank
     from segfungi.storage import remove_created_folders
+    from segfungi.weights import backbone_line
 
     settings = settings_from_args(args, BUILD_FLAGS)
     if args.print_config:
@@ -70,6 +71,7 @@ def run(args) -> int:
         print(f"skipped {len(skipped)} bad sample(s):", file=sys.stderr)
         for image_id, reason in skipped:
             print(f"  {image_id}: {reason}", file=sys.stderr)
+    print(backbone_line(bank.identity.backbone.name, bank.identity.backbone.weights))
     print(f"bank ready: {path} ({bank.num_patches} patches, {bank.features}, "
           f"dim {bank.feature_dim}, hash {bank.hash})"
           + (f", {len(skipped)} bad samples skipped" if skipped else ""))

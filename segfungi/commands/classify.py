@@ -135,9 +135,14 @@ def run(args) -> int:
         write_report,
     )
     from segfungi.classify.settings import load_settings
+    from segfungi.weights import backbone_line, describe_id
 
     settings = load_settings(args.modality, args.config, collect_overrides(args))
     report = run_classification(args.modality, settings, log=lambda m: print(m, file=sys.stderr))
+    encoder = report["encoder"]
+    weights = (describe_id(encoder["weights_id"]) if "weights_id" in encoder
+               else encoder.get("path") or "weights as loaded by its library")
+    print(backbone_line(encoder.get("custom") or encoder.get("name") or encoder.get("model"), weights))
     print(format_table(report))
     if settings["run"]["out"]:
         path = write_report(report, settings["run"]["out"])

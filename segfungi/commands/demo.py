@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.components import requested_backbone_line
+from segfungi.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -31,6 +33,8 @@ def run(args) -> int:
     # The generated data is written in the layout of the dataset asked for, so that
     # `--dataset ade20k` (or cityscapes, coco-stuff, folder) reads what the demo wrote.
     layout = args.dataset or "voc"
+    check_earlier_run(out, {"layout": layout, "n_images": args.train_images + args.val_images,
+                            "n_val": args.val_images, "seed": args.seed})
     root = write_demo_dataset(out / "data", layout=layout, n_images=args.train_images + args.val_images,
                               seed=args.seed, n_val=args.val_images)
     args.root = str(root)
@@ -44,14 +48,32 @@ def run(args) -> int:
     return 0
 
 
-def weights_in_words(settings: dict) -> str:
-    """Where the run's backbone weights come from, as the settings choose them."""
-    backbone = settings["backbone"]
-    if backbone["weights"]:
-        return f"weights from {backbone['weights']}"
-    if backbone["pretrained"]:
-        return "pretrained hub weights"
-    return f"random init (seed {backbone['init_seed']}), no pretrained weights"
+def check_earlier_run(out: Path, asked: dict) -> None:
+    """Refuse, before writing anything, a run into the folder of an earlier one whose banks
+    were built from other generated data: regenerating it would leave them (and the
+    earlier table and plot) describing data that no longer exists."""
+    from segfungi.bank import banks_inside
+    from segfungi.data.demo import MARKER
+    from segfungi.storage import read_json
+
+    marker = out / "data" / MARKER
+    if not marker.is_file():
+        return
+    earlier = read_json(marker)
+    banks = banks_inside(out / "sweep" / "banks", depth=1)
+    if not banks or all(earlier.get(key) == value for key, value in asked.items()):
+        return
+    raise ConfigError(
+        f"{out}: holds an earlier demo run whose {len(banks)} bank(s) were built from other generated data "
+        f"({_data_in_words(earlier)}; this run asks for {_data_in_words(asked)}); nothing was written: "
+        f"use another --out, or delete {out} first"
+    )
+
+
+def _data_in_words(data: dict) -> str:
+    n_val = data.get("n_val")
+    n_train = data["n_images"] - n_val if isinstance(data.get("n_images"), int) and isinstance(n_val, int) else "?"
+    return f"{n_train} train + {n_val} val images, seed {data.get('seed')}, {data.get('layout')} layout"
 
 
 def is_random_init(settings: dict) -> bool:
@@ -60,11 +82,10 @@ def is_random_init(settings: dict) -> bool:
 
 
 def describe_run(settings: dict, train_images: int, val_images: int) -> str:
-    """What the demo is about to run, before it runs it."""
+    """What the demo is about to run, before it runs it; the weights source first."""
     sizes = " and ".join(f"{int(s):,}" for s in settings["sweep"]["sizes"])
     return "\n".join([
-        "segfungi demo: what this run is",
-        f"  backbone  {settings['backbone']['name']}, {weights_in_words(settings)}",
+        f"segfungi demo: {requested_backbone_line(settings)}",
         f"  data      {train_images} train + {val_images} val generated images "
         f"({settings['data']['dataset']} layout, {settings['data']['root']})",
         f"  banks     {sizes} patches (at most {train_images} images × 1024), "

@@ -5,6 +5,8 @@ from __future__ import annotations
 # The same as segfungi.data.demo.LAYOUTS, spelled out so building the parser stays
 # free of the image libraries (every CLI call builds every sub-command's parser).
 LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation", "cityscapes")
+# `segfungi fewshot --subsets demo` lists ids of the first 32 training images of the VOC layouts.
+DEMO_LIST_IMAGES = 32
 
 
 def register(subparsers) -> None:
@@ -13,7 +15,9 @@ def register(subparsers) -> None:
         help="write a small generated dataset (images + real label files) in a real layout",
         description="Generated images whose classes differ in colour and texture, written as "
         "Pascal VOC (VOCdevkit, or open-hummingbird-eval's VOCSegmentation layout), ADE20K, "
-        "Cityscapes, a plain folder or COCO-Stuff; splits train and val.",
+        "Cityscapes, a plain folder or COCO-Stuff; splits train and val. The VOC layouts' training ids "
+        f"(with {DEMO_LIST_IMAGES} or more training images) are those of the few-shot lists `segfungi fewshot "
+        "--subsets demo` ships, so the list path can be tried end to end.",
     )
     parser.add_argument("out", help="output folder (must be empty or an earlier demo-data folder)")
     parser.add_argument("--layout", choices=LAYOUTS, default="voc", help="folder layout and label format (default voc)")
@@ -21,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--val-images", type=int, default=None,
                         help="how many of them go to val (default a quarter)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, loads_models=False)
 
 
 def run(args) -> int:
@@ -32,4 +36,6 @@ def run(args) -> int:
     n_val = args.val_images if args.val_images is not None else max(1, args.images // 4)
     print(f"wrote {args.images} {args.layout} images ({args.images - n_val} train, {n_val} val) to {root}")
     print(f"use it with: --dataset {DATASET_OF_LAYOUT.get(args.layout, args.layout)} --root {root}")
+    if args.layout in ("voc", "vocsegmentation") and args.images - n_val >= DEMO_LIST_IMAGES:
+        print(f"few-shot lists of these ids: segfungi fewshot --config demo --root {root} --subsets demo")
     return 0

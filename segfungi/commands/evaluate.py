@@ -22,12 +22,14 @@ def run(args) -> int:
     from segfungi.bank import MemoryBank
     from segfungi.evaluate import evaluate, results_table
     from segfungi.storage import write_json_atomic
+    from segfungi.weights import backbone_line
 
     # Start from the settings the bank was built with, so only what differs is typed.
-    base = MemoryBank(args.bank).settings
-    settings = settings_from_args(args, EVAL_FLAGS, base=base)
-    warn_ignored_build_keys(args, "eval", base)
+    bank = MemoryBank(args.bank)
+    settings = settings_from_args(args, EVAL_FLAGS, base=bank.settings)
+    warn_ignored_build_keys(args, "eval", bank.settings)
     results = evaluate(args.bank, settings, progress=not args.quiet)
+    print(backbone_line(bank.identity.backbone.name, bank.identity.backbone.weights))
     print(results_table(results))
     if settings["eval"]["out"]:
         out = Path(settings["eval"]["out"])

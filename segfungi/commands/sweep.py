@@ -18,10 +18,12 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from segfungi.sweep import run_sweep, sweep_table
+    from segfungi.components import requested_backbone_line
 
     extra = {"sizes": "sweep.sizes", "features": "sweep.features", "aug_epochs": "bank.aug_epochs",
              "out": "sweep.out"}
     settings = settings_from_args(args, extra)
+    print(requested_backbone_line(settings), flush=True)
     rows = run_sweep(settings, progress=not args.quiet)
     print(sweep_table(rows))
     print(f"table and plot written to {settings['sweep']['out']}")

@@ -1,22 +1,26 @@
-"""Progress of classify's long loops (negatives batch, feature extraction).
+"""Progress of every long loop (bank shards, evaluation batches, predicted images,
+classify's negatives batch and feature extraction).
 
-On a terminal: a tqdm bar, as the segmentation commands show. Anywhere else (a log
-file, CI, a pipe) a redrawn bar is one line of carriage returns that says nothing until
-the loop ends, so there :class:`ProgressLines` writes a plain line when the loop starts,
-then at most one every ``interval`` seconds, and one when it ends:
+On a terminal: a tqdm bar. Anywhere else (a log file, CI, a pipe) a redrawn bar is one
+line of carriage returns that says nothing until the loop ends, so there
+:class:`ProgressLines` writes a plain line when the loop starts, then at most one every
+``interval`` seconds, and one when it ends:
 
     simclr negatives: 40/256 (16%), 310 s, 0.13/s, ~1662 s left
 
-The rate is samples per second since the start; the estimate assumes it stays.
+The rate is items per second since the start; the estimate assumes it stays.
+`progress_bar` is the bar to `update()` by hand; `progress_iter` wraps an iterable.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO, TypeVar
 
-__all__ = ["ProgressLines", "progress_bar"]
+__all__ = ["ProgressLines", "progress_bar", "progress_iter"]
+
+Item = TypeVar("Item")
 
 
 class ProgressLines:
@@ -73,3 +77,16 @@ def progress_bar(total: int, desc: str, enabled: bool, interval: float = 30.0, s
     if isatty is not None and isatty():
         return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=stream)
     return ProgressLines(total, desc, interval, stream)
+
+
+def progress_iter(items: Iterable[Item], desc: str, enabled: bool = True, total: int | None = None,
+                  interval: float = 30.0, stream: TextIO | None = None) -> Iterator[Item]:
+    """Yield `items`, showing progress as `progress_bar` does (`total` defaults to len(items))."""
+    items = list(items) if total is None and not hasattr(items, "__len__") else items
+    bar = progress_bar(len(items) if total is None else total, desc, enabled, interval, stream)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
