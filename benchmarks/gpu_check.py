@@ -53,7 +53,9 @@ def main() -> int:
         print("check cuda available: FAILED (torch sees no GPU)")
         return 1
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
-    print(f"segfungi {__version__}, torch {torch.__version__}, device {args.device} ({name})", flush=True)
+    tf32 = (f", TF32 matmul {torch.backends.cuda.matmul.allow_tf32} / cudnn {torch.backends.cudnn.allow_tf32}"
+            if args.device.startswith("cuda") else "")
+    print(f"segfungi {__version__}, torch {torch.__version__}, device {args.device} ({name}){tf32}", flush=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     root = write_demo_dataset(work / "data", layout="voc", n_images=24, seed=0, n_val=8)
     size = 64 if args.quick else 512
@@ -108,10 +110,10 @@ def compare_devices(root, device: str, size: int) -> int:
                                 fungi={"projection_dtype": dtype})
         extractor = make_extractor(settings, features="fungi")
         tokens = extractor.embeddings(images, normalize=False)
-        # Fixed negatives: each token's two neighbours are the tokens of the other image.
-        negatives = torch.nn.functional.normalize(tokens.flip(0), dim=-1)
-        cls = negatives.mean(dim=1, keepdim=True)
-        negatives = torch.cat([cls, negatives], dim=1)[:, :, None, :].expand(-1, -1, 2, -1)
+        # Fixed negatives: a patch's are the other image's tokens (the CLS's: their mean).
+        other = tokens.flip(0)
+        negatives = torch.nn.functional.normalize(torch.cat([other.mean(dim=1, keepdim=True), other], dim=1), dim=-1)
+        negatives = negatives[:, :, None, :].expand(-1, -1, 2, -1)
         generator = torch.Generator().manual_seed(0)
         out = extractor.fungi(images, negatives.cpu() if where == "cpu" else negatives, generator=generator)
         features[(where, dtype)] = torch.stack(out.features).float().cpu()
