@@ -16,10 +16,11 @@ Nothing is unpickled: safetensors, or ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import safetensors.torch
@@ -40,6 +41,25 @@ _UNUSED_PREFIXES = ("head.", "head_drop.", "fc_norm.", "attn_pool.")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 # Sub-dicts that hold the weights, in order of preference (DINO evaluates the teacher).
 _NESTED_KEYS = ("teacher", "student", "model", "state_dict")
+
+
+@contextlib.contextmanager
+def full_float32(device: str | torch.device) -> Iterator[None]:
+    """Float32 computed in float32 on a GPU: TF32 off for cuDNN convolutions (the patch
+    embedding) and for matmuls while segfungi computes features, whatever the process set.
+    torch keeps cuDNN's TF32 on by default, which moved FUNGI features by 5e-4 (relative)
+    against the CPU on an H200; with it off, by 5e-6 (benchmarks/gpu_check.py). Nothing
+    changes on a CPU, or under the bfloat16/float16 autocast of `backbone.dtype`."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 class PatchEncoder:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from segfungi.backbones import Backbone
+from segfungi.backbones import Backbone, full_float32
 from segfungi.gradients import (
     TokenGradients,
     gradient_pass,
@@ -152,7 +152,8 @@ class FeatureExtractor:
     def last_block_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Tokens entering the last block, B×T×D (no autograd).  Worth keeping from the
         support-index embeddings pass: the FUNGI pass then only reruns the last block."""
-        return self.backbone.forward_until_last_block(self.network_input(images))
+        with full_float32(self.backbone.device):
+            return self.backbone.forward_until_last_block(self.network_input(images))
 
     # ---- embeddings
     def embeddings(self, images: np.ndarray | torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -162,7 +163,7 @@ class FeatureExtractor:
 
     def embeddings_from_last_block_input(self, last_block_input: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """:meth:`embeddings` from :meth:`last_block_input`'s output."""
-        with torch.no_grad():
+        with torch.no_grad(), full_float32(self.backbone.device):
             tokens = self.backbone.forward_last_block(last_block_input.to(self.backbone.device, self.backbone.dtype))
         patches = tokens[:, self.backbone.num_prefix_tokens :]
         return l2_normalize(patches) if normalize else patches
@@ -221,7 +222,8 @@ class FeatureExtractor:
     def project(self, kept: KeptGradients) -> torch.Tensor:
         """FUNGI features of the kept patches, R×(proj_dim + D): their projected gradients
         (one streamed pass over all rows) joined to their embeddings, each L2-normalised."""
-        return fungi_concat([self.projection.project_tokens(kept.delta, kept.inputs)], kept.embeddings)
+        with full_float32(self.backbone.device):
+            return fungi_concat([self.projection.project_tokens(kept.delta, kept.inputs)], kept.embeddings)
 
     def patch_gradients(
         self, last_block_input: torch.Tensor, negatives: Negatives, generator=None
@@ -242,7 +244,8 @@ class FeatureExtractor:
             return seg_simclr_loss(l2_normalize(self.head(loss_tokens)), l2_normalize(self.head(kept)), self.tau,
                                    neg_mask=mask, tau_in_denominator=self.variant == "paper")
 
-        grads, tokens, losses = gradient_pass(bb.grad_layer, lambda: bb.forward_last_block(inputs), per_image_loss)
+        with full_float32(bb.device):
+            grads, tokens, losses = gradient_pass(bb.grad_layer, lambda: bb.forward_last_block(inputs), per_image_loss)
         patches = slice(bb.num_prefix_tokens, None)
         patch_grads = TokenGradients(grads.delta[:, patches], grads.inputs[:, patches], grads.bias)
         return patch_grads, tokens.detach()[:, patches], losses

@@ -178,3 +178,21 @@ def test_fungi_input_checks(reg14):
         fe.fungi(x, negatives, patch_index=[torch.tensor([1]), torch.tensor([2])])
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         fe.fungi(x, negatives)
+
+
+def test_full_float32_turns_tf32_off_on_a_gpu_only_and_restores_it():
+    """On a GPU, cuDNN's TF32 (on by default in torch) would compute the float32 patch
+    embedding with 10-bit mantissas; features are computed with it off."""
+    from segfungi.backbones import full_float32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        with full_float32("cuda"):
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+        with full_float32("cpu"):
+            assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
