@@ -1,0 +1,1 @@
+"""The benchmark package (engine by the coordinator)."""
