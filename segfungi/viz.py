@@ -428,7 +428,9 @@ def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
         ax.plot([r["bank_size"] for r in mine], means, marker="o", color=colour, label=kind)
         highest += means + _published_points(ax, [r["bank_size_requested"] for r in mine],
                                              [r["published_percent"] for r in mine], colour, f"{kind}, published")
-    sizes = sorted({int(r[key]) for r in rows for key in ("bank_size", "bank_size_requested")})
+    # Ticks where points are: the sizes held, and the sizes asked for where a published number sits.
+    sizes = sorted({int(r["bank_size"]) for r in rows}
+                   | {int(r["bank_size_requested"]) for r in rows if r["published_percent"] is not None})
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the sizes: minor labels collide
     ax.set_xticks(sizes, [format_bank_size(s) for s in sizes], rotation=30, ha="right", fontsize=8)

@@ -42,7 +42,7 @@ def record(dataset, features, miou, *, size=None, fraction=None, trial=None, wei
     fewshot = fraction is not None
     return {
         "dataset": dataset, "protocol": "fewshot" if fewshot else "full", "features": features,
-        "bank_size_requested": 20480000 if fewshot else size, "fraction": fraction, "trial": trial,
+        "bank_size_requested": None if fewshot else size, "fraction": fraction, "trial": trial,
         "bank_size": held or (679936 if fewshot else size), "patches_per_view": 1024,
         "train_images": 83 if fewshot else 10582, "aug_epochs": 8 if fewshot else 1, "eval_images": 1449,
         "miou": miou, "pixel_accuracy": 0.75 + miou / 10,
@@ -52,6 +52,7 @@ def record(dataset, features, miou, *, size=None, fraction=None, trial=None, wei
         "image_size": 512, "device": "cuda", "versions": dict(VERSIONS),
         "timings": {"build_seconds": 12.5, "eval_seconds": 3.25},
         "settings": {"data": {"dataset": dataset, "train_split": SPLITS[dataset][0], "val_split": SPLITS[dataset][1]},
+                     "bank": {"size": 20480000 if fewshot else size, "aug_epochs": 8 if fewshot else 1},
                      "eval": {"k": 90 if fewshot else 30, "temperature": 0.1 if fewshot else 0.02}},
     }
 
@@ -175,13 +176,17 @@ def test_settings_that_differ_are_marked_and_said(tmp_path):
 
 
 def test_a_bank_the_images_cannot_fill_shows_the_size_it_holds(tmp_path):
-    records = [record("voc", f, 0.4, size=10240000, held=1499136) for f in ("embeddings", "fungi")]
-    run = make_run() | {"datasets": ["voc"], "sizes": [10240000], "fractions": []}
-    written = write_report(tmp_path, records, run)
+    # 1,464 images × 1 epoch × 1024 patches = 1,499,136 < 1024×10⁴: capped. 10,582 images
+    # at 1024×10²: 9 patches per view, 95,238 held: whole patches per view, not a cap.
+    kinds = ("embeddings", "fungi")
+    capped = [record("voc", f, 0.4, size=10240000, held=1499136) | {"train_images": 1464} for f in kinds]
+    rounded = [record("voc", f, 0.3, size=102400, held=95238) | {"patches_per_view": 9} for f in kinds]
+    run = make_run() | {"datasets": ["voc"], "sizes": [102400, 10240000], "fractions": []}
+    written = write_report(tmp_path, capped + rounded, run)
     text = written["results.md"].read_text(encoding="utf-8")
-    assert "| features | 1024×10⁴ (holds 1,499,136) |" in text
+    assert "| features | 1024×10² | 1024×10⁴ (holds 1,499,136) |" in text
     assert "the bank holds all of them" in text
-    assert r"1024$\times 10^{4}$ (holds 1,499,136)" in written["results.tex"].read_text()
+    assert r"1024$\times 10^{2}$ & 1024$\times 10^{4}$ (holds 1,499,136)" in written["results.tex"].read_text()
 
 
 def test_csv_and_json_round_trip_every_record(report):
@@ -194,13 +199,14 @@ def test_csv_and_json_round_trip_every_record(report):
     header = written["results.csv"].read_text().splitlines()[0].split(",")
     assert "miou_fraction" in header and "published_miou_percent" in header
     assert "miou" not in header and "miou_percent" not in header  # each name says its unit
+    assert "published for" not in written["results.md"].read_text(encoding="utf-8")  # cells match the sources
     rows = json.loads(written["results.json"].read_text())
     assert rows["run"] == make_run()
     by_cell = {(r["dataset"], r["features"], r["bank_size_requested"], r["trial"]): r for r in rows["records"]}
     voc = by_cell[("voc", "embeddings", 102400, None)]
     assert (voc["published_miou_percent"], voc["published_source"], voc["miou_fraction"]) == \
         (37.2, "FUNGI paper, Table 3", 0.401)
-    trial = by_cell[("ade20k", "fungi", 20480000, "training_128_400")]
+    trial = by_cell[("ade20k", "fungi", None, "training_128_400")]
     assert (trial["published_miou_percent"], trial["published_source"]) == (10.2, "FUNGI paper, Table 4")
     assert trial["per_class_iou_fraction"] == {"background": 0.8, "aeroplane": 0.110, "bicycle": None}
 
@@ -289,3 +295,41 @@ def test_bad_records_are_refused_naming_the_record_and_field(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match="not a segfungi benchmark results.csv"):
         read_records(tmp_path / "other.csv")
+
+
+def test_a_run_with_no_cell_done_yet_writes_empty_tables_and_no_figure(tmp_path):
+    written = write_report(tmp_path, [], make_run())
+    text = written["results.md"].read_text(encoding="utf-8")
+    assert "0 of 12 cells done" in text and "No cell of this table has been run yet." in text
+    assert markdown_tables(text)[("ADE20K", "few-shot")] == {"embeddings": ["–"], "FUNGI": ["–"]}
+    assert set(written) == {"results.md", "results.csv", "results.json", "results.tex"}
+    assert read_records(written["results.csv"]) == [] and read_records(written["results.json"]) == []
+
+
+def test_cells_measured_on_another_device_or_versions_are_said(tmp_path):
+    records = make_records()[:2]
+    records[1] = records[1] | {"device": "cpu", "versions": VERSIONS | {"torch": "2.6.0"}}
+    text = write_report(tmp_path, records, make_run())["results.md"].read_text(encoding="utf-8")
+    assert "| other devices | some cells were measured on cpu |" in text
+    assert "some cells were measured with segfungi 0.4.0 · torch 2.6.0 · timm 1.0.12 · scann 1.3.5" in text
+
+
+def test_engine_records_with_extra_keys_and_numpy_numbers_are_written_plain(tmp_path):
+    import numpy as np
+
+    records = make_records()[:1]
+    engine = records[0] | {"cache_key": "abc", "bank_size": np.int64(102400), "miou": np.float32(0.5)}
+    written = write_report(tmp_path, [engine], make_run())
+    back = read_records(written["results.json"])
+    assert back == [records[0] | {"miou": float(np.float32(0.5))}]
+    assert type(back[0]["bank_size"]) is int and "cache_key" not in written["results.csv"].read_text()
+
+
+def test_the_engines_plan_of_fewshot_lists_sets_the_cells_and_their_trials(tmp_path):
+    records = [record("voc", "fungi", 0.3 + i / 100, fraction="1/8", trial=f"trainaug_8_{i}") for i in range(3)]
+    run = make_run() | {"datasets": ["voc", "cityscapes"], "sizes": [], "fractions": ["1/8"], "features": ["fungi"],
+                        "fewshot_lists": {"voc": {"1/8": 3}}}  # three lists; cityscapes has none
+    text = write_report(tmp_path, records, run)["results.md"].read_text(encoding="utf-8")
+    assert "1 of 1 cells done" in text and "## Cityscapes" not in text
+    assert "| FUNGI | 31.0 ± 1.0 |" in text  # no published 1/8 number; no n=3: all its lists are in
+    assert "No published numbers: no published fungi number for DINO ViT-S/16 on voc at 1/8 of the training" in text

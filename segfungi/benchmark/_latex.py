@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from segfungi.benchmark._markdown import weights_words
+from segfungi.benchmark._markdown import versions_text, weights_words
 from segfungi.benchmark._tables import DATASET_TITLES, FEATURE_LABELS, PROTOCOL_TITLES, Table
 
 __all__ = ["latex_text", "render_latex"]
@@ -43,7 +43,7 @@ def _measured(table: Table, kind: str, column) -> str:
     text = f"{cell.mean_percent:.1f}"
     if table.protocol == "fewshot":
         text += f" $\\pm$ {cell.std_percent:.1f}"
-    if cell.trials != table.trials_planned:
+    if cell.trials != table.trials_planned[column]:
         text += f"\\,(n{{=}}{cell.trials})"
     return text
 
@@ -103,8 +103,8 @@ def _table(table: Table, run: dict) -> list[str]:
 
 
 def render_latex(tables: list[Table], run: dict) -> str:
-    versions = ", ".join(f"{name} {version}" for name, version in run["versions"].items())
-    lines = [f"% segfungi benchmark of {run['model']} ({run['weights']}), {run['device']}; {versions}",
+    lines = [f"% segfungi benchmark of {run['model']} ({run['weights']}), {run['device']}; "
+             f"{versions_text(run['versions'], ', ')}",
              f"% started {run['started']}, finished {run['finished']}. Needs \\usepackage{{booktabs}}.", ""]
     for table in tables:
         lines += _table(table, run)

@@ -13,7 +13,8 @@ from segfungi.benchmark._tables import (DATASET_TITLES, FEATURE_LABELS, PROTOCOL
                                         progress)
 from segfungi.weights import WeightsSource
 
-__all__ = ["cell_text", "render_markdown", "setup_line", "summary_text", "weights_words"]
+__all__ = ["cell_text", "markdown_text", "render_markdown", "setup_line", "summary_text", "versions_text",
+           "weights_words"]
 
 MISSING = "–"
 DIFFERS = "†"
@@ -23,6 +24,11 @@ SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 def markdown_text(text: str) -> str:
     """Text from the published files in Markdown: a lone `*` (voc_* presets) starts no emphasis."""
     return str(text).replace("*", r"\*").replace("|", r"\|")
+
+
+def versions_text(versions: dict, separator: str = " · ") -> str:
+    """'segfungi 0.4.0 · torch 2.5.1 · scann not installed'."""
+    return separator.join(f"{name} {version or 'not installed'}" for name, version in versions.items())
 
 
 def weights_words(weights_id: str) -> tuple[str, bool]:
@@ -46,7 +52,7 @@ def cell_text(table: Table, kind: str, column, footnote_marks: bool = True) -> s
         text += f" ({entry.miou:.1f}{DIFFERS if note else ''})"
         if footnote_marks:
             text += str(table.notes.marks[(kind, column)].number).translate(SUPERSCRIPTS)
-    if cell.trials != table.trials_planned:
+    if cell.trials != table.trials_planned[column]:
         text += f", n={cell.trials}"
     return text
 
@@ -94,7 +100,8 @@ def _markdown_table(table: Table) -> list[str]:
         lines += [f"No published number{' for ' + ', '.join(cells) if cells else 's'}: {markdown_text(note)}.", ""]
     if table.underfilled():
         lines += ["(holds …): the training images × augmentation epochs × patches per view give fewer patches than "
-                  "the column asks for; the bank holds all of them.", ""]
+                  "the column asks for; the bank holds all of them. (Elsewhere a bank holds up to one patch per "
+                  "view less than asked: every view gives the same whole number of patches.)", ""]
     return lines
 
 
@@ -110,7 +117,6 @@ def _header(tables: list[Table], run: dict) -> list[str]:
     words, is_random = weights_words(run["weights"])
     done, planned, missing = progress(tables)
     records = [r for t in tables for r in t.records]
-    versions = " · ".join(f"{name} {version}" for name, version in run["versions"].items())
     lines = [f"# In-context segmentation benchmark: `{run['model']}`", ""]
     if is_random:
         lines += [f"> **⚠ RANDOM-INIT BACKBONE: these numbers measure nothing about FUNGI.** {words}: a pipeline "
@@ -119,16 +125,19 @@ def _header(tables: list[Table], run: dict) -> list[str]:
     if missing:
         progress_text += f"; not done: {', '.join(missing)}"
     lines += ["| | |", "|---|---|", f"| model | `{run['model']}` |", f"| weights | {words} (`{run['weights']}`) |",
-              f"| device | {run['device']} |", f"| versions | {versions} |",
+              f"| device | {run['device']} |", f"| versions | {versions_text(run['versions'])} |",
               f"| date | started {run['started']}, finished {run['finished'] or 'not yet'} |",
               f"| cells | {progress_text} |"]
-    for key, said in (("device", "devices"), ("versions", "versions")):
-        other = {str(r[key]) for r in records} - {str(run[key])}
-        if other:
-            lines.append(f"| other {said} | some cells were measured on {', '.join(sorted(other))} |")
+    other_devices = sorted({r["device"] for r in records} - {run["device"]})
+    if other_devices:
+        lines.append(f"| other devices | some cells were measured on {', '.join(other_devices)} |")
+    other_versions = sorted({versions_text(r["versions"]) for r in records} - {versions_text(run["versions"])})
+    if other_versions:
+        lines.append(f"| other versions | some cells were measured with {'; '.join(other_versions)} |")
     lines += ["", "mIoU (%) on each validation split: measured, then in parentheses the published number where the "
               "model, dataset and cell match a source (footnotes). Few-shot cells: mean ± sample std over the "
-              f"trials (fixed lists), with n=trials where a cell has other than {PROTOCOL_TRIALS}. "
+              "trials (fixed lists), with n=trials where a cell has other than its planned lists "
+              f"({PROTOCOL_TRIALS} per fraction in the protocol). "
               f"{MISSING}: not run yet.", ""]
     return lines
 

@@ -3,10 +3,11 @@ results.csv / results.json that hold them.
 
 A record is one evaluated bank: a cell of the full-data protocol (a dataset, a feature
 kind, a bank size) or one trial (one fixed list) of a few-shot cell (a dataset, a
-feature kind, a fraction). Its fields are RECORD_FIELDS. In the files, fields holding a
-fraction 0..1 are named for it (`miou_fraction`: the sweep CSV's `miou` was read as %),
-nested fields are JSON text in the CSV, and the published number of the cell is added
-(`published_miou_percent`, its source, and the note of segfungi.published.published_for).
+feature kind, a fraction). Its fields are RECORD_FIELDS (other keys are left out of the
+report). In the files, fields holding a fraction 0..1 are named for it (`miou_fraction`:
+the sweep CSV's `miou` was read as %), nested fields are JSON text in the CSV, and the
+published number of the cell is added (`published_miou_percent`, its source, and the
+note of segfungi.published.published_for).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 from fractions import Fraction
 
 from segfungi.errors import ConfigError
 from segfungi.settings_schema import FEATURE_KINDS
 
-__all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "check_records", "fraction_label",
-           "record_from_row", "row_of_record", "rows_from_csv", "rows_to_csv"]
+__all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "checked_records", "fewshot_bank_cap",
+           "fraction_label", "record_from_row", "row_of_record", "rows_from_csv", "rows_to_csv"]
 
 PROTOCOLS = ("full", "fewshot")
 RECORD_FIELDS = {  # field: the types it may hold (None only where listed)
@@ -46,26 +48,35 @@ def fraction_label(value) -> str:
 
 
 # --------------------------------------------------------------------- checks
-def _where(number: int, record: dict) -> str:
+def _where(number: int, record) -> str:
     said = " ".join(str(record[k]) for k in ("dataset", "protocol", "features", "bank_size_requested",
                                               "fraction", "trial") if isinstance(record, dict) and record.get(k))
     return f"benchmark record {number}" + (f" ({said})" if said else "")
 
 
-def _check_record(number: int, record) -> None:
+def _plain(field: str, value, where: str):
+    """The value as the plain Python type its field holds (numpy's ints and floats too)."""
+    types = RECORD_FIELDS[field]
+    if value is None and type(None) in types:
+        return None
+    if int in types and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if float in types and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tuple(t for t in types if t not in (int, float))):
+        return value
+    allowed = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+    raise ConfigError(f"{where}: {field} must be {allowed}, got {value!r}")
+
+
+def _checked(number: int, record) -> dict:
     where = _where(number, record)
     if not isinstance(record, dict):
         raise ConfigError(f"{where}: must be a mapping of the fields {', '.join(RECORD_FIELDS)}")
     missing = [k for k in RECORD_FIELDS if k not in record]
-    unknown = [k for k in record if k not in RECORD_FIELDS]
-    if missing or unknown:
-        raise ConfigError(f"{where}: missing fields {missing}, unknown fields {unknown} "
-                          f"(segfungi.benchmark reports exactly {', '.join(RECORD_FIELDS)})")
-    for field, types in RECORD_FIELDS.items():
-        value = record[field]
-        if isinstance(value, bool) or not isinstance(value, types):
-            allowed = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-            raise ConfigError(f"{where}: {field} must be {allowed}, got {value!r}")
+    if missing:
+        raise ConfigError(f"{where}: missing fields {missing} (a benchmark record has {', '.join(RECORD_FIELDS)})")
+    record = {field: _plain(field, record[field], where) for field in RECORD_FIELDS}
     if record["protocol"] not in PROTOCOLS:
         raise ConfigError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got {record['protocol']!r}")
     if record["features"] not in FEATURE_KINDS:
@@ -83,9 +94,24 @@ def _check_record(number: int, record) -> None:
             fraction_label(record["fraction"])
         except (ValueError, ZeroDivisionError):
             raise ConfigError(f"{where}: fraction must read like 1/128, got {record['fraction']!r}") from None
-    data = record["settings"].get("data")
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("train_split", "val_split")):
+        if record["bank_size_requested"] is None and not isinstance(_setting(record, "bank", "size"), int):
+            raise ConfigError(f"{where}: a few-shot record without bank_size_requested needs settings.bank.size "
+                              "(the bank cap its published number is compared at)")
+    if not all(isinstance(_setting(record, "data", k), str) for k in ("train_split", "val_split")):
         raise ConfigError(f"{where}: settings must hold data.train_split and data.val_split (the cell's settings)")
+    return record
+
+
+def _setting(record: dict, section: str, key: str):
+    """settings[section][key] of a record, None where the record's settings lack it."""
+    values = record["settings"].get(section)
+    return values.get(key) if isinstance(values, dict) else None
+
+
+def fewshot_bank_cap(record: dict) -> int:
+    """The bank size a few-shot record asked for (a cap): bank_size_requested, else settings.bank.size."""
+    requested = record["bank_size_requested"]
+    return requested if requested is not None else record["settings"]["bank"]["size"]
 
 
 def _cell_key(record: dict) -> tuple:
@@ -93,22 +119,25 @@ def _cell_key(record: dict) -> tuple:
     return record["dataset"], record["protocol"], record["features"], column, record["trial"]
 
 
-def check_records(records: list[dict]) -> None:
-    """ConfigError naming the record and the field for a record that is not one the
-    benchmark writes, for two records of one cell and trial, and for records of more
-    than one model (a report is one model's row of the tables)."""
-    seen: dict[tuple, int] = {}
+def checked_records(records: list[dict]) -> list[dict]:
+    """The records with exactly RECORD_FIELDS, as plain Python values (other keys, such as
+    the engine's cache key, left out). ConfigError naming the record and the field for a
+    record that is not one the benchmark writes, for two records of one cell and trial,
+    and for records of more than one model (a report is one model's row of the tables)."""
+    checked, seen = [], {}
     for number, record in enumerate(records):
-        _check_record(number, record)
+        record = _checked(number, record)
         key = _cell_key(record)
         if key in seen:
             raise ConfigError(f"{_where(number, record)}: the same cell and trial as record {seen[key]}: "
                               "a report counts each once (rerun the benchmark, which resumes, to rewrite them)")
         seen[key] = number
-    models = sorted({(r["backbone"], r["weights"]) for r in records})
+        checked.append(record)
+    models = sorted({(r["backbone"], r["weights"]) for r in checked})
     if len(models) > 1:
         raise ConfigError(f"benchmark records of {len(models)} models ({'; '.join(' '.join(m) for m in models)}): "
                           "write one report per model")
+    return checked
 
 
 # ------------------------------------------------------------------ file rows

@@ -14,7 +14,8 @@ field's in-context segmentation tables, beside the published numbers.
 Every file is written to a temporary name and renamed into place, so a reader (or a
 report rewritten after each cell) never sees half a file. `records` are the engine's
 per-cell records (segfungi.benchmark._records.RECORD_FIELDS); `run` says what was asked
-for (RUN_FIELDS).
+for (RUN_FIELDS, and optionally `fewshot_lists`: {dataset: {fraction: number of lists}},
+the few-shot cells planned; without it every dataset plans 5 lists of every fraction).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from segfungi.benchmark._latex import render_latex
 from segfungi.benchmark._markdown import render_markdown, summary_text, weights_words
-from segfungi.benchmark._records import (PUBLISHED_COLUMNS, check_records, record_from_row, row_of_record,
+from segfungi.benchmark._records import (PUBLISHED_COLUMNS, checked_records, record_from_row, row_of_record,
                                          rows_from_csv, rows_to_csv)
 from segfungi.benchmark._tables import DATASET_TITLES, FEATURE_LABELS, Table, build_tables, progress
 from segfungi.errors import ConfigError
@@ -45,9 +46,13 @@ def _check_run(run) -> None:
     unknown = [k for k in run["features"] if k not in FEATURE_KINDS]
     if unknown:
         raise ConfigError(f"benchmark run description: features {unknown} (known: {', '.join(FEATURE_KINDS)})")
-    if not isinstance(run["fractions"], (list, tuple, dict)) or not isinstance(run["sizes"], (list, tuple)):
-        raise ConfigError("benchmark run description: sizes is a list of bank sizes, fractions a list "
-                          f"(or dataset -> list), got {run['sizes']!r} and {run['fractions']!r}")
+    if not isinstance(run["fractions"], (list, tuple)) or not isinstance(run["sizes"], (list, tuple)):
+        raise ConfigError("benchmark run description: sizes is a list of bank sizes and fractions a list, "
+                          f"got {run['sizes']!r} and {run['fractions']!r}")
+    lists = run.get("fewshot_lists", {})  # optional: {dataset: {fraction: number of lists}}
+    if not isinstance(lists, dict) or not all(isinstance(v, dict) for v in lists.values()):
+        raise ConfigError("benchmark run description: fewshot_lists maps dataset -> {fraction: number of lists}, "
+                          f"got {lists!r}")
 
 
 def _published_columns(comparison: Comparison) -> dict:
@@ -80,8 +85,10 @@ def _figure_rows(table: Table) -> list[dict]:
     for (kind, column), cell in table.cells.items():
         published = cell.comparison.entry.miou if cell.comparison.entry else None
         row = {"features": FEATURE_LABELS[kind], "published_percent": published}
-        if table.protocol == "full":
-            row.update(bank_size=cell.held[0], bank_size_requested=column, miou=cell.mean_percent / 100)
+        if table.protocol == "full":  # at the size asked for, unless the images could not fill it
+            held = table.capped(column)
+            row.update(bank_size=held[0] if held else column, bank_size_requested=column,
+                       miou=cell.mean_percent / 100)
         else:
             row.update(fraction=column, miou_mean=cell.mean_percent / 100, miou_std=cell.std_percent / 100)
         rows.append(row)
@@ -89,12 +96,13 @@ def _figure_rows(table: Table) -> list[dict]:
 
 
 def _write_figure(path: Path, tables: list[Table], run: dict) -> None:
+    """The figure of one dataset's tables (its cells done counted over all of them)."""
     import matplotlib.pyplot as plt
 
     from segfungi.viz import RANDOM_INIT_NOTE, benchmark_figure
 
     words, is_random = weights_words(run["weights"])
-    by_protocol = {t.protocol: _figure_rows(t) for t in tables}
+    by_protocol = {t.protocol: _figure_rows(t) for t in tables if t.cells}
     done, planned, _ = progress(tables)
     context = f"{words}; {run['device']}; {done} of {planned} cells done"
     if is_random:
@@ -130,10 +138,10 @@ def write_report(out: str | Path, records: list[dict], run: dict) -> dict[str, P
     write_json_atomic(written["results.json"], {"run": run, "records": rows})
     _write_text_atomic(written["results.tex"], render_latex(tables, run))
     for dataset in dict.fromkeys(t.dataset for t in tables):
-        measured = [t for t in tables if t.dataset == dataset and t.cells]
-        if measured:
+        mine = [t for t in tables if t.dataset == dataset]
+        if any(t.cells for t in mine):  # nothing measured yet: nothing to plot
             written[f"{dataset}.png"] = out / f"{dataset}.png"
-            _write_figure(written[f"{dataset}.png"], measured, run)
+            _write_figure(written[f"{dataset}.png"], mine, run)
     return written
 
 
@@ -164,5 +172,4 @@ def read_records(path: str | Path) -> list[dict]:
         records = [record_from_row(row) for row in rows]
     except (KeyError, TypeError) as err:
         raise ConfigError(f"{path}: a row lacks the column {err}: not a segfungi benchmark results file") from None
-    check_records(records)
-    return records
+    return checked_records(records)

@@ -12,8 +12,9 @@ segfungi.published.published_for's for the model, weights, dataset, feature kind
 cell (bank size asked for and augmentation epochs; few-shot: the fraction and the bank
 cap), with the run's image size and training split.
 
-The cells a run planned are its datasets × feature kinds × (sizes + fractions); a
-full-data cell is done with its record, a few-shot cell with its PROTOCOL_TRIALS trials.
+The cells a run planned are its datasets × feature kinds × (sizes + fractions with
+lists); a full-data cell is done with its record, a few-shot cell with all its lists'
+trials (PROTOCOL_TRIALS, unless run["fewshot_lists"] says otherwise).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import statistics
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from segfungi.benchmark._records import check_records, fraction_label
+from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
 from segfungi.published import Cell, Comparison, Published, Run, format_bank_size, published_for
 from segfungi.settings_schema import FEATURE_KINDS
 
@@ -61,10 +62,6 @@ class Measured:
     def trials(self) -> int:
         return len(self.records)
 
-    @property
-    def held(self) -> list[int]:
-        """The bank sizes (patches) the cell's banks hold."""
-        return sorted({r["bank_size"] for r in self.records})
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ class Table:
     features: tuple[str, ...]
     columns: tuple
     cells: dict = field(default_factory=dict)
-    trials_planned: int = 1
+    trials_planned: dict = field(default_factory=dict)  # column -> trials (lists) planned: 1 for full data
 
     @property
     def title(self) -> str:
@@ -91,23 +88,37 @@ class Table:
 
     def done(self, kind: str, column) -> bool:
         cell = self.cells.get((kind, column))
-        return cell is not None and cell.trials >= self.trials_planned
+        return cell is not None and cell.trials >= self.trials_planned[column]
+
+    def capped(self, column) -> list[int]:
+        """The sizes a full-data column's banks hold where its training images cannot fill
+        the size asked for (fewer patches than views × patches per view give); [] where
+        they can. Holding up to one patch per view less than asked, from giving every
+        view the same whole number of patches, is not a cap."""
+        if self.protocol != "full":
+            return []
+        held = set()
+        for kind in self.features:
+            cell = self.cells.get((kind, column))
+            for r in cell.records if cell else ():
+                if r["patches_per_view"] < column // (r["train_images"] * r["aug_epochs"]):
+                    held.add(r["bank_size"])
+        return sorted(held)
 
     def column_label(self, column) -> str:
         """1024×10² (full) or 1/128 (few-shot); a bank the training images could not fill
         to the size asked for says what it holds: '1024×10⁴ (holds 1,499,136)'."""
         if self.protocol == "fewshot":
             return str(column)
-        held = sorted({size for kind in self.features if (kind, column) in self.cells
-                       for size in self.cells[(kind, column)].held})
+        held = self.capped(column)
         label = format_bank_size(column)
-        if held and held != [column]:
+        if held:
             label += f" (holds {' / '.join(format_bank_size(h) for h in held)})"
         return label
 
     def underfilled(self) -> bool:
-        """Whether a full-data bank holds fewer patches than its column asks for."""
-        return self.protocol == "full" and any(c.held != [column] for (_, column), c in self.cells.items())
+        """Whether a full-data column is capped by its training images (see `capped`)."""
+        return any(self.capped(column) for column in self.columns)
 
     @functools.cached_property
     def notes(self) -> "Notes":
@@ -143,27 +154,27 @@ class Notes:
     missing: list  # (why no published number, the cells it is missing from: [] = all measured cells)
 
 
-def _planned_columns(run: dict | None, dataset: str, protocol: str) -> list:
-    """The bank sizes (full) or fraction labels (few-shot) `run` asked for on `dataset`.
-    run["fractions"] is one list for every dataset or a mapping dataset -> list (a
-    dataset without few-shot lists, e.g. cityscapes, maps to none)."""
+def _planned_columns(run: dict | None, dataset: str, protocol: str) -> dict:
+    """{column: trials planned} of what `run` asked for on `dataset`: each bank size
+    (full data, one trial), each fraction (few-shot). Few-shot: run["fewshot_lists"]
+    ({dataset: {fraction: number of lists}}, from the engine's plan) where given, so a
+    dataset without lists (Cityscapes) plans none; else every fraction of run["fractions"]
+    on every dataset, with the protocol's PROTOCOL_TRIALS lists."""
     if run is None:
-        return []
+        return {}
     if protocol == "full":
-        return [int(size) for size in run["sizes"]]
-    fractions = run["fractions"]
-    if isinstance(fractions, dict):
-        fractions = fractions.get(dataset, [])
-    return [fraction_label(f) for f in fractions]
+        return {int(size): 1 for size in run["sizes"]}
+    if "fewshot_lists" in run:
+        return {fraction_label(f): int(n) for f, n in run["fewshot_lists"].get(dataset, {}).items()}
+    return {fraction_label(f): PROTOCOL_TRIALS for f in run["fractions"]}
 
 
 def _comparison(records: list[dict], column) -> Comparison:
     first = records[0]
     if first["protocol"] == "full":
         cell = Cell.full(column, first["aug_epochs"])
-    else:  # the bank cap asked for; a record that names none compares the size it holds
-        cap = first["bank_size_requested"] if first["bank_size_requested"] is not None else first["bank_size"]
-        cell = Cell.fewshot(Fraction(column), cap, first["aug_epochs"])
+    else:
+        cell = Cell.fewshot(Fraction(column), fewshot_bank_cap(first), first["aug_epochs"])
     return published_for(Run(first["backbone"], first["weights"], first["dataset"], first["features"], cell,
                              first["image_size"], first["settings"]["data"]["train_split"]))
 
@@ -173,9 +184,9 @@ def _column(record: dict):
 
 
 def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
-    """The tables of these records (checked with check_records) and of the cells `run`
+    """The tables of these records (checked with checked_records) and of the cells `run`
     planned (None: only the records' cells), in the run's dataset order, full data first."""
-    check_records(records)
+    records = checked_records(records)
     datasets = list(dict.fromkeys([*(run["datasets"] if run else []), *(r["dataset"] for r in records)]))
     kinds_asked = [*(run["features"] if run else []), *(r["features"] for r in records)]
     kinds = tuple(k for k in FEATURE_KINDS if k in kinds_asked)
@@ -183,8 +194,10 @@ def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
     for dataset in datasets:
         for protocol in ("full", "fewshot"):
             mine = [r for r in records if (r["dataset"], r["protocol"]) == (dataset, protocol)]
-            columns = set(_planned_columns(run, dataset, protocol)) | {_column(r) for r in mine}
-            columns = tuple(sorted(columns, key=int if protocol == "full" else Fraction))
+            planned = _planned_columns(run, dataset, protocol)
+            for record in mine:  # a cell the run did not plan (e.g. no run given) still shows
+                planned.setdefault(_column(record), 1 if protocol == "full" else PROTOCOL_TRIALS)
+            columns = tuple(sorted(planned, key=int if protocol == "full" else Fraction))
             if not columns:
                 continue
             cells = {}
@@ -193,8 +206,7 @@ def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
                     trials = [r for r in mine if r["features"] == kind and _column(r) == column]
                     if trials:
                         cells[(kind, column)] = Measured(tuple(trials), _comparison(trials, column))
-            tables.append(Table(dataset, protocol, kinds, columns, cells,
-                                PROTOCOL_TRIALS if protocol == "fewshot" else 1))
+            tables.append(Table(dataset, protocol, kinds, columns, cells, planned))
     return tables
 
 
@@ -212,6 +224,6 @@ def progress(tables: list[Table]) -> tuple[int, int, list[str]]:
                 said = f"{table.dataset} {FEATURE_LABELS[kind]} {table.column_label(column)}"
                 cell = table.cells.get((kind, column))
                 if cell is not None:
-                    said += f" ({cell.trials} of {table.trials_planned} trials)"
+                    said += f" ({cell.trials} of {table.trials_planned[column]} trials)"
                 missing.append(said)
     return done, planned, missing
