@@ -402,7 +402,10 @@ def benchmark_figure(full: list[dict], fewshot: list[dict], title: str | None = 
         draw(ax, rows, colours)
         ax.set_ylabel("mIoU (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        # Each kind's measured entry, then its published one (error bars would come last).
+        entries = sorted(zip(*ax.get_legend_handles_labels()),
+                         key=lambda entry: (kinds.index(entry[1].split(",")[0]), "published" in entry[1]))
+        ax.legend(*zip(*entries), fontsize=8)
     _titled(fig, title or "in-context segmentation benchmark", context)
     return fig
 

@@ -138,6 +138,8 @@ def test_partial_run_says_k_of_n_cells_done(report):
     assert "ade20k FUNGI 1024×10³" in text and "voc embeddings 1/128 (2 of 5 trials)" in text
     summary = summary_table(make_records())
     assert "31.9 ± 2.5 (26.3), n=2" in summary and "40.1 (37.2)" in summary
+    planned = summary_table(make_records(), make_run() | {"sizes": [102400, 1024000, 10240000]})
+    assert "1024×10⁴" not in summary and re.search(r"^FUNGI +16\.4 \(16\.1\) +– +–$", planned, re.M)
 
 
 def test_fewshot_cell_with_all_its_trials_is_done_and_says_no_n(tmp_path):

@@ -145,9 +145,12 @@ def write_report(out: str | Path, records: list[dict], run: dict) -> dict[str, P
     return written
 
 
-def summary_table(records: list[dict]) -> str:
-    """The records' tables as plain text (mIoU %, measured (published)), for a terminal."""
-    return summary_text(build_tables(records))
+def summary_table(records: list[dict], run: dict | None = None) -> str:
+    """The records' tables as plain text (mIoU %, measured (published)), for a terminal;
+    with `run`, also its planned cells not done yet ("–")."""
+    if run is not None:
+        _check_run(run)
+    return summary_text(build_tables(records, run))
 
 
 def read_records(path: str | Path) -> list[dict]:
