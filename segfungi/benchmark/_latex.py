@@ -105,7 +105,7 @@ def _table(table: Table, run: dict) -> list[str]:
 def render_latex(tables: list[Table], run: dict) -> str:
     lines = [f"% segfungi benchmark of {run['model']} ({run['weights']}), {run['device']}; "
              f"{versions_text(run['versions'], ', ')}",
-             f"% started {run['started']}, finished {run['finished']}. Needs \\usepackage{{booktabs}}.", ""]
+             f"% started {run['started']}, finished {run['finished'] or 'not yet'}. Needs \\usepackage{{booktabs}}.", ""]
     for table in tables:
         lines += _table(table, run)
     return "\n".join(lines)
