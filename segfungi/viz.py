@@ -425,3 +425,87 @@ def plot_fewshot(summary: list[dict], path: str | Path, context: str | None = No
     image count and labelled with the images and bank size used. `context` (e.g. from
     describe_banks) goes under the title."""
     return _save(fewshot_figure(summary, title, context), path)
+
+
+# ------------------------------------------------------------- benchmark figures
+def benchmark_figure(full: list[dict], fewshot: list[dict], title: str | None = None, context: str | None = None):
+    """mIoU (%) of one dataset's benchmark cells: against bank size (full training split,
+    log x, ticks at the sizes) and against the few-shot fraction (mean ± std error bars),
+    a panel for each protocol that has rows. One colour per feature kind; a published
+    number is a hollow marker of its kind's colour.
+
+    `full` rows: features, bank_size (patches held), bank_size_requested (where the
+    published number sits), miou (a fraction), published_percent (% or None).
+    `fewshot` rows: features, fraction ("1/128"), miou_mean, miou_std (fractions),
+    published_percent (% or None); fractions are placed in order of their value."""
+    panels = [(draw, rows) for draw, rows in ((_bank_size_panel, full), (_fraction_panel, fewshot)) if rows]
+    if not panels:
+        raise ValueError("benchmark_figure: no rows to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), layout="constrained", squeeze=False)
+    kinds = list(dict.fromkeys(r["features"] for _, rows in panels for r in rows))
+    colours = {kind: f"C{i}" for i, kind in enumerate(kinds)}
+    for ax, (draw, rows) in zip(axes[0], panels):
+        draw(ax, rows, colours)
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(True, alpha=0.3)
+        # Each kind's measured entry, then its published one (error bars would come last).
+        entries = sorted(zip(*ax.get_legend_handles_labels()),
+                         key=lambda entry: (kinds.index(entry[1].split(",")[0]), "published" in entry[1]))
+        ax.legend(*zip(*entries), fontsize=8)
+    _titled(fig, title or "in-context segmentation benchmark", context)
+    return fig
+
+
+def _published_points(ax, xs, values, colour, label) -> list[float]:
+    """Hollow markers of `colour` at the published values (None: no number); the values drawn."""
+    shown = [(x, v) for x, v in zip(xs, values) if v is not None]
+    if shown:
+        ax.plot([x for x, _ in shown], [v for _, v in shown], linestyle="none", marker="o", markersize=9,
+                markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.5, label=label)
+    return [v for _, v in shown]
+
+
+def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
+    from segfungi.published import format_bank_size
+
+    highest = []
+    for kind, colour in colours.items():
+        mine = sorted((r for r in rows if r["features"] == kind), key=lambda r: r["bank_size"])
+        if not mine:
+            continue
+        means = [100 * r["miou"] for r in mine]
+        ax.plot([r["bank_size"] for r in mine], means, marker="o", color=colour, label=kind)
+        highest += means + _published_points(ax, [r["bank_size_requested"] for r in mine],
+                                             [r["published_percent"] for r in mine], colour, f"{kind}, published")
+    # Ticks where points are: the sizes held, and the sizes asked for where a published number sits.
+    sizes = sorted({int(r["bank_size"]) for r in rows}
+                   | {int(r["bank_size_requested"]) for r in rows if r["published_percent"] is not None})
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the sizes: minor labels collide
+    ax.set_xticks(sizes, [format_bank_size(s) for s in sizes], rotation=30, ha="right", fontsize=8)
+    ax.set_xmargin(0.1)
+    _y_from_zero(ax, max(highest))
+    ax.set_xlabel("memory bank size (patches, log scale)")
+
+
+def _fraction_panel(ax, rows: list[dict], colours: dict) -> None:
+    from fractions import Fraction
+
+    fractions = sorted({r["fraction"] for r in rows}, key=Fraction)
+    shift = 0.06  # kinds side by side, so their error bars do not hide each other
+    highest = []
+    for i, (kind, colour) in enumerate(colours.items()):
+        mine = {r["fraction"]: r for r in rows if r["features"] == kind}
+        if not mine:
+            continue
+        xs = [j + (i - (len(colours) - 1) / 2) * shift for j, f in enumerate(fractions) if f in mine]
+        cells = [mine[f] for f in fractions if f in mine]
+        means = [100 * r["miou_mean"] for r in cells]
+        stds = [100 * r["miou_std"] for r in cells]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, color=colour, label=f"{kind}, mean ± std")
+        highest += [m + s for m, s in zip(means, stds)]
+        highest += _published_points(ax, xs, [r["published_percent"] for r in cells], colour, f"{kind}, published")
+    ax.set_xticks(range(len(fractions)), fractions)
+    ax.set_xlim(-0.5, len(fractions) - 0.5)
+    _y_from_zero(ax, max(highest))
+    ax.set_xlabel("few-shot fraction of the training split")

@@ -17,7 +17,7 @@ from segfungi.data import build_dataset
 from segfungi.errors import ConfigError
 from segfungi.evaluate import evaluate
 
-SIZES = (2048, 4096)  # exact below 3000 patches, ScaNN above: both index paths
+SIZES = (1024, 2048)  # exact below 1500 patches, ScaNN above: both index paths
 
 
 def lists_folder(root: Path, folder: Path) -> Path:
@@ -33,20 +33,20 @@ def lists_folder(root: Path, folder: Path) -> Path:
 def benchmark_settings(root: Path, lists: Path, **sections) -> dict:
     overrides = {"benchmark": {"datasets": ["voc"], "roots": {"voc": str(root)}, "sizes": list(SIZES),
                                "fractions": [0.125], "subsets": str(lists)},
-                 "index": {"exact_below": 3000}, **sections}
+                 "index": {"exact_below": 1500}, "data": {"image_size": 256}, **sections}
     return tiny_settings(root, **overrides)
 
 
 @pytest.fixture(scope="module")
-def benchmark(tmp_path_factory, demo_voc_root):
+def finished_run(tmp_path_factory, demo_voc_root):
     folder = tmp_path_factory.mktemp("benchmark")
     settings = benchmark_settings(demo_voc_root, lists_folder(demo_voc_root, folder / "lists"))
     report = run_benchmark(settings, folder / "out", progress=False)
     return settings, folder / "out", report
 
 
-def test_every_cell_equals_a_separate_build_bank_and_eval(benchmark, tmp_path):
-    settings, out, report = benchmark
+def test_every_cell_equals_a_separate_build_bank_and_eval(finished_run, tmp_path):
+    settings, out, report = finished_run
     records = report["records"]
     assert len(records) == 2 * (len(SIZES) + 2)  # (2 sizes + 2 lists) × 2 feature kinds
     for record in records:
@@ -64,16 +64,17 @@ def test_every_cell_equals_a_separate_build_bank_and_eval(benchmark, tmp_path):
         assert (out / name).is_file(), name
 
 
-def test_a_killed_run_resumes_and_reads_back_finished_cells(benchmark, tmp_path, monkeypatch):
-    settings, done, report = benchmark
+def test_a_killed_run_resumes_and_reads_back_finished_cells(finished_run, tmp_path, monkeypatch):
+    settings, done, report = finished_run
     out = tmp_path / "out"
     import segfungi.evaluate as evaluation
 
-    real, calls = evaluation.evaluate, []
+    real, calls, killed = evaluation.evaluate, [], []
 
     def killed_at_the_third(*args, **kwargs):
         calls.append(args[0])
-        if len(calls) == 3:
+        if len(calls) == 3 and not killed:
+            killed.append(True)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -90,8 +91,8 @@ def test_a_killed_run_resumes_and_reads_back_finished_cells(benchmark, tmp_path,
            sorted((key(r), r["miou"], r["bank_hash"]) for r in report["records"])
 
 
-def test_a_results_folder_of_another_model_is_refused(benchmark):
-    settings, out, _ = benchmark
+def test_a_results_folder_of_another_model_is_refused(finished_run):
+    settings, out, _ = finished_run
     other = copy.deepcopy(settings)
     other["fungi"]["proj_seed"] = 7
     with pytest.raises(ConfigError, match=r"holds benchmark results of another model or other settings "
@@ -125,8 +126,8 @@ def test_the_cli_dry_run_prints_the_plan_without_building(demo_voc_root, tmp_pat
     assert not (tmp_path / "o").exists()
 
 
-def test_a_missing_root_and_a_list_of_unknown_ids_are_named(benchmark, demo_voc_root, tmp_path):
-    settings, _, _ = benchmark
+def test_a_missing_root_and_a_list_of_unknown_ids_are_named(finished_run, demo_voc_root, tmp_path):
+    settings, _, _ = finished_run
     no_root = copy.deepcopy(settings)
     no_root["benchmark"]["roots"] = {}
     with pytest.raises(ConfigError, match=r"benchmark.roots has no root folder for 'voc': pass --root voc=DIR"):
@@ -140,8 +141,8 @@ def test_a_missing_root_and_a_list_of_unknown_ids_are_named(benchmark, demo_voc_
         run_benchmark(bad, tmp_path / "b", progress=False)
 
 
-def test_records_carry_what_produced_them(benchmark):
-    _, out, report = benchmark
+def test_records_carry_what_produced_them(finished_run):
+    _, out, report = finished_run
     record = report["records"][0]
     assert record["weights"].startswith("random-init:") and record["versions"]["torch"]
     assert set(record["per_class_iou"]) == set(MemoryBank(record["bank"]).classes)

@@ -5,7 +5,9 @@ dataset; few-shot (FUNGI Table 4): mean ± std over the five standard lists of 1
 and 1/8 of the training split; each for embeddings and FUNGI features. Each expensive
 pass runs once (`_run`), the cells and their settings come from the protocol presets
 (`_protocol`), `--dry-run` prints the plan with disk, memory and time (`_dryrun`), and the
-results folder gets the tables beside the published numbers (`_report`)::
+results folder gets the tables beside the published numbers (`_report`: `_records` checks
+the per-cell records, `_tables` lays out the paper's tables, `_markdown` and `_latex` write
+them)::
 
     import segfungi
 
@@ -15,7 +17,7 @@ results folder gets the tables beside the published numbers (`_report`)::
     segfungi.benchmark(settings, "results/dino-s16")   # = segfungi.benchmark.run_benchmark
 
 Public here: `run_benchmark`, `dry_run`, `plan_cells`, `Cell`, `EncodedQueries`,
-`write_report`, `summary_table`, `RUN_FILE`. The package is callable as `run_benchmark`.
+`write_report`, `summary_table`, `read_records`, `RUN_FILE`. The package is callable as `run_benchmark`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _PUBLIC = {
     "EncodedQueries": "._queries",
     "write_report": "._report",
     "summary_table": "._report",
+    "read_records": "._report",
 }
 
 __all__ = sorted(_PUBLIC)

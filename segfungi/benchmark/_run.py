@@ -206,6 +206,7 @@ def _start(settings: dict, out: Path, backbone) -> dict:
         "sizes": list(settings["benchmark"]["sizes"]),
         "fractions": list(settings["benchmark"]["fractions"]),
         "features": list(settings["benchmark"]["features"]),
+        "fewshot_lists": fewshot_lists(plan_cells(settings)),
     }
     if path.exists() and read_json(path).get("weights") not in (None, run["weights"]):
         raise ConfigError(f"{out}: holds benchmark results of other weights ({read_json(path)['weights']}, "
@@ -214,6 +215,16 @@ def _start(settings: dict, out: Path, backbone) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"identity": identity, **run})
     return run
+
+
+def fewshot_lists(cells: list[Cell]) -> dict:
+    """{dataset: {fraction: number of lists}}: the few-shot trials the run plans."""
+    lists: dict = {}
+    for cell in cells:
+        if cell.protocol != FULL:
+            counts = lists.setdefault(cell.dataset, {})
+            counts[cell.fraction_label] = counts.get(cell.fraction_label, 0) + 1
+    return lists
 
 
 def _now() -> str:

@@ -69,6 +69,6 @@ def run(args) -> int:
     from segfungi.benchmark import summary_table
 
     report = run_benchmark(settings, progress=not args.quiet)
-    print(summary_table(report["records"]))
+    print(summary_table(report["records"], report["run"]))
     print(f"results: {settings['benchmark']['out']}/results.md (.csv, .json, .tex, one figure per dataset)")
     return 0

@@ -1,0 +1,229 @@
+"""The benchmark's records laid out like the field's tables, with the published numbers.
+
+A table is one dataset under one protocol: rows are the feature kinds, columns the bank
+sizes asked for (full training split: FUNGI paper Tables 3 and 7) or the few-shot
+fractions (Table 4). A cell holds the records of its position: one for full data, one
+per trial (fixed list) for few-shot, summarised as
+
+    mean = (1/n) Σ_i m_i,    std = sqrt(Σ_i (m_i − mean)² / (n − 1))    (0 for n = 1),
+
+the sample std of segfungi.fewshot.summarise. Its published number is
+segfungi.published.published_for's for the model, weights, dataset, feature kind and
+cell (bank size asked for and augmentation epochs; few-shot: the fraction and the bank
+cap), with the run's image size and training split.
+
+The cells a run planned are its datasets × feature kinds × (sizes + fractions with
+lists); a full-data cell is done with its record, a few-shot cell with all its lists'
+trials (PROTOCOL_TRIALS, unless run["fewshot_lists"] says otherwise).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
+from segfungi.published import Cell, Comparison, Published, Run, format_bank_size, published_for
+from segfungi.settings_schema import FEATURE_KINDS
+
+__all__ = ["DATASET_TITLES", "FEATURE_LABELS", "PROTOCOL_TITLES", "PROTOCOL_TRIALS", "Footnote", "Measured", "Notes",
+           "Table", "build_tables", "progress"]
+
+DATASET_TITLES = {"voc": "Pascal VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
+FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}
+PROTOCOL_TRIALS = 5  # the few-shot protocol's fixed lists per fraction
+PROTOCOL_TITLES = {"full": "full training split, by memory-bank size (patches)",
+                   "fewshot": "few-shot, by fraction of the training split"}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The records of one table cell (trials in the order given) and its published number."""
+
+    records: tuple[dict, ...]
+    comparison: Comparison
+
+    @property
+    def mious_percent(self) -> list[float]:
+        return [100 * r["miou"] for r in self.records]
+
+    @property
+    def mean_percent(self) -> float:
+        return statistics.fmean(self.mious_percent)
+
+    @property
+    def std_percent(self) -> float:
+        """Sample std (n − 1) over the trials; 0 for one trial."""
+        return statistics.stdev(self.mious_percent) if len(self.records) > 1 else 0.0
+
+    @property
+    def trials(self) -> int:
+        return len(self.records)
+
+
+
+@dataclass(frozen=True)
+class Table:
+    """One dataset under one protocol; `cells` maps (feature kind, column) to what was
+    measured there (absent: not run yet). Columns are bank sizes asked for (full) or
+    fraction labels ("1/128", few-shot), in increasing order."""
+
+    dataset: str
+    protocol: str
+    features: tuple[str, ...]
+    columns: tuple
+    cells: dict = field(default_factory=dict)
+    trials_planned: dict = field(default_factory=dict)  # column -> trials (lists) planned: 1 for full data
+
+    @property
+    def title(self) -> str:
+        return f"{DATASET_TITLES.get(self.dataset, self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
+
+    @property
+    def records(self) -> list[dict]:
+        return [r for kind in self.features for c in self.columns if (kind, c) in self.cells
+                for r in self.cells[(kind, c)].records]
+
+    def done(self, kind: str, column) -> bool:
+        cell = self.cells.get((kind, column))
+        return cell is not None and cell.trials >= self.trials_planned[column]
+
+    def capped(self, column) -> list[int]:
+        """The sizes a full-data column's banks hold where its training images cannot fill
+        the size asked for (fewer patches than views × patches per view give); [] where
+        they can. Holding up to one patch per view less than asked, from giving every
+        view the same whole number of patches, is not a cap."""
+        if self.protocol != "full":
+            return []
+        held = set()
+        for kind in self.features:
+            cell = self.cells.get((kind, column))
+            for r in cell.records if cell else ():
+                if r["patches_per_view"] < column // (r["train_images"] * r["aug_epochs"]):
+                    held.add(r["bank_size"])
+        return sorted(held)
+
+    def column_label(self, column) -> str:
+        """1024×10² (full) or 1/128 (few-shot); a bank the training images could not fill
+        to the size asked for says what it holds: '1024×10⁴ (holds 1,499,136)'."""
+        if self.protocol == "fewshot":
+            return str(column)
+        held = self.capped(column)
+        label = format_bank_size(column)
+        if held:
+            label += f" (holds {' / '.join(format_bank_size(h) for h in held)})"
+        return label
+
+    def underfilled(self) -> bool:
+        """Whether a full-data column is capped by its training images (see `capped`)."""
+        return any(self.capped(column) for column in self.columns)
+
+    @functools.cached_property
+    def notes(self) -> "Notes":
+        """The footnotes of the published numbers shown and why the others are missing."""
+        marks, footnotes, missing = {}, {}, {}
+        for (kind, column), cell in self.cells.items():
+            entry, note = cell.comparison.entry, cell.comparison.note
+            if entry is None:
+                missing.setdefault(note, []).append(f"{FEATURE_LABELS[kind]} {self.column_label(column)}")
+                continue
+            key = (entry.reference, entry.citation, entry.url, entry.settings_note, note)
+            footnotes.setdefault(key, Footnote(len(footnotes) + 1, entry, note))
+            marks[(kind, column)] = footnotes[key]
+        everywhere = [note for note, cells in missing.items() if len(cells) == len(self.cells)]
+        return Notes(marks, list(footnotes.values()),
+                     [(note, [] if note in everywhere else cells) for note, cells in missing.items()])
+
+
+@dataclass(frozen=True)
+class Footnote:
+    """A published number's source; `differs` says how the run's settings differ from
+    the source's ("" where they match)."""
+
+    number: int
+    entry: Published
+    differs: str
+
+
+@dataclass(frozen=True)
+class Notes:
+    marks: dict  # (feature kind, column) -> the Footnote of its published number
+    footnotes: list  # Footnote, numbered from 1
+    missing: list  # (why no published number, the cells it is missing from: [] = all measured cells)
+
+
+def _planned_columns(run: dict | None, dataset: str, protocol: str) -> dict:
+    """{column: trials planned} of what `run` asked for on `dataset`: each bank size
+    (full data, one trial), each fraction (few-shot). Few-shot: run["fewshot_lists"]
+    ({dataset: {fraction: number of lists}}, from the engine's plan) where given, so a
+    dataset without lists (Cityscapes) plans none; else every fraction of run["fractions"]
+    on every dataset, with the protocol's PROTOCOL_TRIALS lists."""
+    if run is None:
+        return {}
+    if protocol == "full":
+        return {int(size): 1 for size in run["sizes"]}
+    if "fewshot_lists" in run:
+        return {fraction_label(f): int(n) for f, n in run["fewshot_lists"].get(dataset, {}).items()}
+    return {fraction_label(f): PROTOCOL_TRIALS for f in run["fractions"]}
+
+
+def _comparison(records: list[dict], column) -> Comparison:
+    first = records[0]
+    if first["protocol"] == "full":
+        cell = Cell.full(column, first["aug_epochs"])
+    else:
+        cell = Cell.fewshot(Fraction(column), fewshot_bank_cap(first), first["aug_epochs"])
+    return published_for(Run(first["backbone"], first["weights"], first["dataset"], first["features"], cell,
+                             first["image_size"], first["settings"]["data"]["train_split"]))
+
+
+def _column(record: dict):
+    return record["bank_size_requested"] if record["protocol"] == "full" else fraction_label(record["fraction"])
+
+
+def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
+    """The tables of these records (checked with checked_records) and of the cells `run`
+    planned (None: only the records' cells), in the run's dataset order, full data first."""
+    records = checked_records(records)
+    datasets = list(dict.fromkeys([*(run["datasets"] if run else []), *(r["dataset"] for r in records)]))
+    kinds_asked = [*(run["features"] if run else []), *(r["features"] for r in records)]
+    kinds = tuple(k for k in FEATURE_KINDS if k in kinds_asked)
+    tables = []
+    for dataset in datasets:
+        for protocol in ("full", "fewshot"):
+            mine = [r for r in records if (r["dataset"], r["protocol"]) == (dataset, protocol)]
+            planned = _planned_columns(run, dataset, protocol)
+            for record in mine:  # a cell the run did not plan (e.g. no run given) still shows
+                planned.setdefault(_column(record), 1 if protocol == "full" else PROTOCOL_TRIALS)
+            columns = tuple(sorted(planned, key=int if protocol == "full" else Fraction))
+            if not columns:
+                continue
+            cells = {}
+            for kind in kinds:
+                for column in columns:
+                    trials = [r for r in mine if r["features"] == kind and _column(r) == column]
+                    if trials:
+                        cells[(kind, column)] = Measured(tuple(trials), _comparison(trials, column))
+            tables.append(Table(dataset, protocol, kinds, columns, cells, planned))
+    return tables
+
+
+def progress(tables: list[Table]) -> tuple[int, int, list[str]]:
+    """(cells done, cells planned, the cells not done in words: 'voc FUNGI 1024×10⁴',
+    'ade20k embeddings 1/8 (3 of 5 trials)')."""
+    done, planned, missing = 0, 0, []
+    for table in tables:
+        for kind in table.features:
+            for column in table.columns:
+                planned += 1
+                if table.done(kind, column):
+                    done += 1
+                    continue
+                said = f"{table.dataset} {FEATURE_LABELS[kind]} {table.column_label(column)}"
+                cell = table.cells.get((kind, column))
+                if cell is not None:
+                    said += f" ({cell.trials} of {table.trials_planned[column]} trials)"
+                missing.append(said)
+    return done, planned, missing
