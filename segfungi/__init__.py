@@ -35,6 +35,7 @@ _PUBLIC = {
     "predict_to_folder": "segfungi.predict",
     "run_sweep": "segfungi.sweep",
     "run_fewshot": "segfungi.fewshot",
+    "benchmark": "segfungi.benchmark",
     # models and features
     "load_backbone": "segfungi.backbones",
     "Backbone": "segfungi.backbones",
