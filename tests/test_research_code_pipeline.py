@@ -14,7 +14,15 @@ import torch
 from conftest import tiny_settings
 from segfungi import components
 from segfungi.backbones import load_backbone
-from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, bank_identity, build_bank, build_banks
+from segfungi.bank import (
+    SUPPORT_DIR,
+    MemoryBank,
+    SupportIndex,
+    bank_identity,
+    bank_info,
+    build_bank,
+    build_banks,
+)
 from segfungi.bank import _cache, _writers
 from segfungi.components import bank_spec, make_extractor, open_train_dataset
 from segfungi.config import load_config
@@ -88,6 +96,8 @@ def test_independent_support_is_the_embeddings_bank_of_its_own_seed(banks, demo_
     assert support.identity.sampling.seed == seed and support.settings["bank"]["seed"] == seed
     assert support.manifest["support_views"]["views"] == "independent"
     assert support.manifest["support_views"]["seed"] == seed
+    assert bank_info(out)["support"]["views"] == f"its own (seed {seed})"
+    assert "views" not in bank_info(banks["shared"][0])["support"]
     # Exactly the embeddings bank that bank.seed = the support seed builds.
     alone = tiny_settings(demo_voc_root, bank={"size": 2048, "features": "embeddings", "seed": seed})
     assert_same_bank(build_bank(alone, tmp_path / "alone", progress=False), out / SUPPORT_DIR)
