@@ -573,13 +573,13 @@ def _finish(build: _Build, size: _Size, target: _Target, seconds: float) -> None
     (out / BUILD_RECORD).unlink(missing_ok=True)
 
 
-def _views_note(bank: BankSpec, target: _Target) -> dict:
+def _views_note(fungi: BankSpec, target: _Target) -> dict:
     """What the manifest of a support of its own views says it is (nothing otherwise)."""
-    if target.features != "embeddings" or not independent_support(bank):
+    if target.features != "embeddings" or not independent_support(fungi):
         return {}
     return {"support_views": {
-        "views": "independent", "bank_seed": bank.seed, "seed": target.spec.seed,
-        "note": f"the support of a FUNGI bank (bank.seed {bank.seed}) drawn from views of its own: an embeddings "
+        "views": "independent", "bank_seed": fungi.seed, "seed": target.spec.seed,
+        "note": f"the support of a FUNGI bank (bank.seed {fungi.seed}) drawn from views of its own: an embeddings "
                 f"bank in its own right, the one bank.seed {target.spec.seed} builds",
     }}
 

@@ -317,28 +317,29 @@ class FungiWriter(ShardWriter):
             yield self._gradients(batch, inputs, keeps), _Labels.of(prepared, self.size)
 
     def _read_cache(self, shard: int, items):
-        """(last-block inputs float16 items×T×D, the support shard's labels) or None to recompute."""
+        """(last-block inputs float16 items×T×D, their kept patches' labels) or None to recompute."""
         if self.cache is None:
             return None
-        name, keep = shard_name(shard), self.plan.keep_per_item
-        if self.labels_in_cache:
-            inputs = self.cache.load(shard, len(items))
-            stored = self.cache.load_labels(shard, keep) if inputs is not None else None
-            if stored is None:
-                return None
-            labels = _Labels(stored["label_ids"], stored["label_weights"], stored["provenance"])
-        else:
-            if not any(s["name"] == name for s in self.support.bank.shards):
-                return None
-            inputs = self.cache.load(shard, len(items))
-            if inputs is None:
-                return None
-            labels = _Labels(*(self.support.bank.array(name, key)
-                               for key in ("label_ids", "label_weights", "provenance")))
+        inputs = self.cache.load(shard, len(items))
+        labels = self._kept_labels(shard) if inputs is not None else None
+        keep = self.plan.keep_per_item
         expected = np.repeat(np.asarray(items, dtype=np.int64)[:, ::-1], keep, axis=0)  # (image, epoch) rows
-        if labels.provenance.shape[0] != len(items) * keep or not np.array_equal(labels.provenance[:, :2], expected):
+        if labels is None or labels.provenance.shape[0] != len(items) * keep \
+                or not np.array_equal(labels.provenance[:, :2], expected):
             return None
         return inputs, labels
+
+    def _kept_labels(self, shard: int) -> _Labels | None:
+        """The labels of a shard's kept patches: the support shard's (the same views), or
+        the cache's (a support of its own views); None when they are not there."""
+        keys = ("label_ids", "label_weights", "provenance")
+        if self.labels_in_cache:
+            stored = self.cache.load_labels(shard, self.plan.keep_per_item)
+            return None if stored is None else _Labels(*(stored[key] for key in keys))
+        name = shard_name(shard)
+        if not any(s["name"] == name for s in self.support.bank.shards):
+            return None
+        return _Labels(*(self.support.bank.array(name, key) for key in keys))
 
     def _from_cache(self, items, inputs: np.ndarray, support: _Labels):
         keep = self.plan.keep_per_item
