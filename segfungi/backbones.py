@@ -102,6 +102,10 @@ class PatchEncoder:
 class Backbone(PatchEncoder):
     """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
 
+    # (key, (R, G, B)) of data.mean / data.std when given; none: the model's own
+    # (subclasses that skip __init__, e.g. segfungi.classify's TimmViT, keep this).
+    normalisation: tuple = ()
+
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
                  compute_dtype: str | torch.dtype = "float32", mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None):
@@ -127,10 +131,11 @@ class Backbone(PatchEncoder):
         cfg = getattr(model, "pretrained_cfg", None) or {}
         # data.mean / data.std replace the model's own normalisation (kept as given, so the
         # identity records them); None keeps the model's own.
-        self.normalisation = {key: _rgb(key, value) for key, value in (("mean", mean), ("std", std))
-                              if value is not None}
-        self.mean = self.normalisation.get("mean") or tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
-        self.std = self.normalisation.get("std") or tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
+        self.normalisation = tuple((key, _rgb(key, value)) for key, value in (("mean", mean), ("std", std))
+                                   if value is not None)
+        given = dict(self.normalisation)
+        self.mean = given.get("mean") or tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
+        self.std = given.get("std") or tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +178,7 @@ class Backbone(PatchEncoder):
             **({"compute_dtype": str(self.compute_dtype).removeprefix("torch.")}
                if self.compute_dtype != torch.float32 else {}),
             # Only when set (data.mean, data.std), for the same reason.
-            **{key: list(value) for key, value in self.normalisation.items()},
+            **{key: list(value) for key, value in self.normalisation},
         }
 
 
