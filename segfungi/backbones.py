@@ -122,8 +122,13 @@ class PatchEncoder:
 class Backbone(PatchEncoder):
     """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
 
+    # (key, (R, G, B)) of data.mean / data.std when given; none: the model's own
+    # (subclasses that skip __init__, e.g. segfungi.classify's TimmViT, keep this).
+    normalisation: tuple = ()
+
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
-                 compute_dtype: str | torch.dtype = "float32"):
+                 compute_dtype: str | torch.dtype = "float32", mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None):
         _require_vit(model, name)
         # The blocks before the last run under autocast in this dtype (float32: no autocast);
         # the last block, the loss and the gradients always run in float32.
@@ -144,8 +149,13 @@ class Backbone(PatchEncoder):
         self.embed_dim = int(model.embed_dim)
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
-        self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
+        # data.mean / data.std replace the model's own normalisation (kept as given, so the
+        # identity records them); None keeps the model's own.
+        self.normalisation = tuple((key, _rgb(key, value)) for key, value in (("mean", mean), ("std", std))
+                                   if value is not None)
+        given = dict(self.normalisation)
+        self.mean = given.get("mean") or tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
+        self.std = given.get("std") or tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
 
     @property
     def device(self) -> torch.device:
@@ -187,7 +197,18 @@ class Backbone(PatchEncoder):
             # Only when not float32, so banks built before the setting keep their hash.
             **({"compute_dtype": str(self.compute_dtype).removeprefix("torch.")}
                if self.compute_dtype != torch.float32 else {}),
+            # Only when set (data.mean, data.std), for the same reason.
+            **{key: list(value) for key, value in self.normalisation},
         }
+
+
+def _rgb(key: str, value) -> tuple[float, float, float]:
+    values = tuple(value)
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
+            or (key == "std" and min(values) <= 0):
+        raise ConfigError(f"{key} (data.{key}) must be three {'positive ' if key == 'std' else ''}numbers "
+                          f"(R, G, B), got {value!r}")
+    return tuple(float(v) for v in values)
 
 
 def load_backbone(
@@ -200,6 +221,8 @@ def load_backbone(
     device: str | torch.device = "cpu",
     model_kwargs: dict | None = None,
     dtype: str | torch.dtype = "float32",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> Backbone:
     """Build a frozen timm ViT ``name`` at ``img_size`` (default 32 × patch size).
 
@@ -209,7 +232,9 @@ def load_backbone(
     architecture arguments (e.g. ``depth=2`` for tests) and are part of the identity.
     ``dtype`` (setting ``backbone.dtype``): autocast dtype of the blocks before the last
     (float32 = none); bfloat16 is ~3× faster on CPUs with AMX, at a feature error that
-    benchmarks/README.md reports.
+    benchmarks/README.md reports. ``mean``, ``std`` (settings ``data.mean``, ``data.std``):
+    the input normalisation instead of the model's own (its ``pretrained_cfg``); recorded
+    in the identity when given.
     """
     if weights is not None and pretrained:
         raise ConfigError(f"{name}: give either weights= (a file) or pretrained=True, not both")
@@ -226,7 +251,8 @@ def load_backbone(
     else:
         weights_id = WeightsSource.random_init(init_seed, timm.__version__).id
     model.to(device)
-    return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs, compute_dtype=dtype)
+    return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs, compute_dtype=dtype,
+                    mean=mean, std=std)
 
 
 # --------------------------------------------------------------------------- weights source

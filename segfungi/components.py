@@ -84,6 +84,8 @@ class BackboneRequest:
     weights: object  # WeightsSource | None
     image_size: int | None  # data.image_size; None = 32 × the patch size
     dtype: str  # backbone.dtype
+    mean: tuple[float, ...] | None = None  # data.mean; None = the backbone's own
+    std: tuple[float, ...] | None = None  # data.std; None = the backbone's own
 
 
 def requested_backbone_line(settings: dict) -> str:
@@ -95,8 +97,17 @@ def requested_backbone_line(settings: dict) -> str:
 
 
 def backbone_request(settings: dict) -> BackboneRequest:
+    mean, std = normalisation(settings)
     return BackboneRequest(settings["backbone"]["name"], requested_weights(settings),
-                           settings["data"]["image_size"], settings["backbone"]["dtype"])
+                           settings["data"]["image_size"], settings["backbone"]["dtype"], mean, std)
+
+
+def normalisation(settings: dict) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) the network input is normalised with instead of the backbone's own
+    (data.mean, data.std); None where the backbone's own applies."""
+    data = settings["data"]
+    return (tuple(data["mean"]) if data["mean"] is not None else None,
+            tuple(data["std"]) if data["std"] is not None else None)
 
 
 def load_backbone_from(settings: dict):
@@ -106,6 +117,7 @@ def load_backbone_from(settings: dict):
     check_weights_source(cfg["name"], weights=cfg["weights"], pretrained=cfg["pretrained"],
                          random_init=cfg["random_init"])
     source = requested_weights(settings)
+    mean, std = normalisation(settings)
     return _cached_backbone(
         cfg["name"],
         cfg["weights"] if source.kind == "file" else None,
@@ -115,6 +127,8 @@ def load_backbone_from(settings: dict):
         cfg["device"],
         _modified_time(cfg["weights"]),
         cfg["dtype"],
+        mean,
+        std,
     )
 
 
@@ -124,13 +138,14 @@ def _modified_time(path) -> float | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, weights_mtime, dtype="float32"):
+def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, weights_mtime, dtype="float32",
+                     mean=None, std=None):
     """The backbone is frozen, so a sweep or few-shot run can share one instance
     across its banks and evaluations instead of rebuilding it each time."""
     from segfungi.backbones import load_backbone
 
     return load_backbone(name, weights=weights, pretrained=pretrained, img_size=img_size,
-                         init_seed=init_seed, device=device, dtype=dtype)
+                         init_seed=init_seed, device=device, dtype=dtype, mean=mean, std=std)
 
 
 def make_extractor(settings: dict, features: str | None = None, backbone=None, projection_dtype: str | None = None):
@@ -178,7 +193,8 @@ def support_spec(settings: dict):
 
     fungi = settings["fungi"]
     neighbours = fungi["research_code_neighbours"] if fungi["variant"] == "research-code" else fungi["support_neighbours"]
-    return SupportSpec(neighbours=int(neighbours), exclude_self=bool(fungi["exclude_self"]), negatives=fungi["negatives"])
+    return SupportSpec(neighbours=int(neighbours), exclude_self=bool(fungi["exclude_self"]), negatives=fungi["negatives"],
+                       views=fungi["support_views"])
 
 
 def index_settings(settings: dict):

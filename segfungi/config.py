@@ -122,6 +122,11 @@ def _check_value(dotted: str, default: Any, value: Any, origin: str, checks: dic
         if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
             fail("a str (a path)")
         value = str(value)
+    elif kind == "rgb":
+        if not (isinstance(value, list) and len(value) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            fail("three numbers [R, G, B] or null")
+        value = [float(v) for v in value]  # 1 and 1.0 are one setting (and one bank identity)
     elif kind is not None and not _type_ok(kind(), value):
         fail(f"{kind.__name__} or null")
     items = value if isinstance(value, list) else [value]

@@ -32,3 +32,7 @@ def pixels_seed(image: np.ndarray) -> int:
 
 # Purposes keep the streams of one work item independent of each other.
 AUGMENT, SAMPLE, NEGATIVES, QUERY_NEGATIVES = 1, 2, 3, 4
+# The seed of a FUNGI bank's support drawn from its own views (fungi.support_views:
+# independent): derive_seed(bank seed, SUPPORT_VIEWS) seeds that support's augmentation
+# and sampling as bank.seed seeds the bank's.
+SUPPORT_VIEWS = 5

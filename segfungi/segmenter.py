@@ -151,10 +151,15 @@ def seeded_generators(seeds) -> list[torch.Generator]:
 
 
 
+def _normalisation(values) -> str:
+    return "null (the backbone's own)" if values is None else repr(list(values))
+
+
 def backbone_mismatches(built: BackboneIdentity, request: BackboneRequest) -> list[str]:
     """What a query's backbone would differ in from the bank's, read without loading it:
-    name, input size, compute dtype and where the weights come from (a file, the hub, a
-    random init and its seed; a checkpoint's content is compared after loading)."""
+    name, input size, compute dtype, input normalisation (data.mean, data.std; None on
+    either side is the backbone's own) and where the weights come from (a file, the hub,
+    a random init and its seed; a checkpoint's content is compared after loading)."""
     if built.custom is not None:
         return [f"backbone: the bank was built with the custom model {built.custom!r}; pass it as "
                 "backbone= (a segfungi.CustomBackbone), the settings cannot load it"]
@@ -167,5 +172,9 @@ def backbone_mismatches(built: BackboneIdentity, request: BackboneRequest) -> li
         problems.append(f"data.image_size: bank has {built.img_size!r}, query has {size!r}")
     if request.dtype != built.compute_dtype:
         problems.append(f"backbone.dtype: bank has {built.compute_dtype!r}, query has {request.dtype!r}")
+    for key in ("mean", "std"):
+        bank, query = getattr(built, key), getattr(request, key)
+        if bank != query:
+            problems.append(f"data.{key}: bank has {_normalisation(bank)}, query has {_normalisation(query)}")
     weights = built.weights.mismatch(request.weights)
     return problems + ([weights] if weights else [])

@@ -11,8 +11,8 @@ ones; after changing a key here run
 segfungi.config reads the defaults and the checks from here (`defaults()`, `checks()`)
 and does the merging and the error messages. A schema maps sections to keys; a dotted
 section (`fungi.kl`) nests in its parent. A key's type is its default's type; a key
-whose default is null names its type in `kind` ("path", int, float, str or list); a
-`nullable` key also takes null. `check` is "positive", "non_negative", "fraction" (in
+whose default is null names its type in `kind` ("path", "rgb": three numbers, int,
+float, str or list); a `nullable` key also takes null. `check` is "positive", "non_negative", "fraction" (in
 (0, 1]) or "fractions" (each in (0, 1]); for a list it applies to every element, and so
 do `choices`. Choices that a registry holds (`fungi.projection`, `index.kind`,
 `data.dataset`) are read from it at each check, so a projection, index kind or dataset
@@ -42,7 +42,7 @@ class Key:
     name: str
     default: Any
     doc: str
-    kind: Any = None  # the type of a null default: "path", int, float, str or list
+    kind: Any = None  # the type of a null default: "path", "rgb" (three numbers), int, float, str or list
     choices: tuple | Callable[[], tuple] = ()  # or a registry's names, read at each check
     check: str | None = None  # positive | non_negative | fraction | fractions
     more: tuple[str, ...] = ()  # further comment lines under the doc
@@ -71,6 +71,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("val_split", "val", "split evaluated"),
         Key("image_size", None, "side of the square input; null = 32 x the backbone's patch size", kind=int,
             check="positive", more=("(512 for /16, 448 for /14: a 32x32 patch grid)",)),
+        Key("mean", None, "input normalisation mean (R, G, B); null = the backbone's own", kind="rgb"),
+        Key("std", None, "input normalisation std (R, G, B); null = the backbone's own", kind="rgb",
+            check="positive", more=("(*_research_code presets: 0.229, 0.224, 0.255, the authors' typo)",)),
         Key("on_bad_sample", "error", "error | skip (skipped samples are reported)", choices=("error", "skip")),
         Key("subset_file", None, "optional file of image ids (one per line)", kind="path"),
         Key("subset_fraction", None, "optional fraction, e.g. 0.0078125 for 1/128", kind=float, check="fraction"),
@@ -110,6 +113,10 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             check="positive", more=("recall bar on ViT-S or ViT-Ti, 16 meets it: benchmarks/README.md)",)),
         Key("support_neighbours", 2, "neighbours retrieved per token, one kept at random", check="positive"),
         Key("exclude_self", True, "a training image never uses its own patches as negatives"),
+        Key("support_views", "shared", "shared | independent: the views the support is sampled from",
+            choices=("shared", "independent"), more=(
+                "(shared: the bank's own views and kept patches; independent: its own views",
+                "and patches, seeded from bank.seed, as the authors' separate support run)",)),
         Key("negatives", "normalised", "raw | normalised: the space neighbours enter the loss head in",
             choices=("raw", "normalised"),
             more=("(normalised: the authors' code, which produced the paper's numbers)",)),

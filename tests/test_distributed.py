@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import SUPPORT_DIR, MemoryBank
+from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
 from segfungi.evaluate import evaluate
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance"]
@@ -76,3 +76,19 @@ def test_an_error_on_one_rank_ends_the_run(tmp_path, demo_voc_root):
                     "--out", str(out), timeout=120)
     assert done.returncode != 0
     assert "has shards but no build.json" in done.stderr
+
+
+def test_two_processes_build_the_single_process_bank_with_independent_support_views(tmp_path, demo_voc_root):
+    # The support's own views (fungi.support_views: independent) and the pass over the
+    # bank's views that fills the cache are dealt out over the ranks like the others.
+    views = ["--set", "fungi.support_views=independent", "--bank-size", "2048", "--features", "fungi"]
+    done = torchrun("build-bank", *options(demo_voc_root), *views, "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = tiny_settings(demo_voc_root, bank={"size": 2048, "features": "fungi"},
+                             fungi={"support_views": "independent"})
+    one = build_bank(settings, tmp_path / "one", progress=False)
+    for part in ["", SUPPORT_DIR]:
+        two_bank, one_bank = MemoryBank(tmp_path / "two" / part), MemoryBank(one / part)
+        assert two_bank.hash == one_bank.hash
+        assert [s["checksums"] for s in two_bank.shards] == [s["checksums"] for s in one_bank.shards]
+    assert not (tmp_path / "two" / "last_block_input").exists()

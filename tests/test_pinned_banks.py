@@ -33,6 +33,12 @@ IDENTITY_HASHES = {
                                  "void_label": "ignore"}}, "b46adff82c5f2f4c"),
     "embeddings-subset": ({"bank": {"size": 1024, "features": "embeddings"},
                            "data": {"subset_fraction": 0.5, "subset_seed": 1}}, "24d196d8b2065c6c"),
+    # Pinned when the settings came (issue 24): a support of its own views, the authors' std.
+    "fungi-research-code-independent": ({"bank": {"size": 4096, "features": "fungi"},
+                                         "fungi": {"variant": "research-code", "exclude_self": False,
+                                                   "support_views": "independent"}}, "ae019e692b516e86"),
+    "fungi-std": ({"bank": {"size": 4096, "features": "fungi"}, "data": {"std": [0.229, 0.224, 0.255]}},
+                  "28bc3cce488e7b66"),
 }
 
 

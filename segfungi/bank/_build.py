@@ -8,8 +8,9 @@ with `build.json` but no `manifest.json` is incomplete and resumable.
 runs a straight sequence of named steps over one `_Build` context, computed once
 (images, model, plan, identities of the bank and of its support bank):
 `_check_output_folder` → `_prepare` → `_exists` → `_check_disk_space` → (locked)
-`_start_or_resume` → `_write_support` (FUNGI banks) → `_write_bank` (shards, then
-`_finish`: index and manifest).
+`_start_or_resume` → `_write_embeddings` (the support of a FUNGI bank, or the bank) →
+`_write_last_block_inputs` (a support of its own views only) → `_write_fungi` (FUNGI
+banks); each bank's shards, then `_finish`: index and manifest.
 
 Work is cut into shards of `bank.shard_images` augmented images. Every random choice
 of an augmented image (augmentation, kept patches, dropped negatives) is seeded from
@@ -19,11 +20,25 @@ or one whose shards were spread over several processes, equals an uninterrupted 
 FUNGI banks need a support index of plain embeddings sampled the same way and of the
 same size: that is exactly an embeddings bank with the same settings, built first into
 `<bank>/support/` (and usable on its own as the embeddings baseline).
+
+Where the support's views come from (`fungi.support_views`):
+
+* shared (default): the bank's own views and kept patches. One embeddings pass encodes
+  each view once, writes every size's support and keeps the views' last-block inputs
+  for every size's FUNGI pass.
+* independent: views and kept patches of their own, drawn from the support seed
+  derive_seed(bank seed, SUPPORT_VIEWS), as the authors' separate support run. The
+  support is then exactly the embeddings bank of that seed (its identity's
+  sampling.seed and its manifest's settings say so). Two passes over different views:
+  the support's (every size's support bank, no cache), then the bank's own (only their
+  last-block inputs and kept patches, cached for every size's FUNGI pass:
+  `_write_last_block_inputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import shutil
@@ -31,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -61,11 +76,12 @@ from segfungi.bank._reader import MemoryBank
 from segfungi.bank._records import read_build_record, write_build_record
 from segfungi.bank._spec import BankSpec
 from segfungi.bank._support import SupportIndex
-from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, ShardWriter
+from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, LastBlockInputWriter
 from segfungi.components import bank_out, bank_spec, load_backbone_from, make_extractor, open_train_dataset
 from segfungi.errors import BankError
 from segfungi.progress import progress_iter
 from segfungi.sampling import void_class
+from segfungi.seeding import SUPPORT_VIEWS, derive_seed
 from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import (
     BuildLock,
@@ -148,8 +164,26 @@ def bank_identity(spec: BankSpec, extractor, dataset) -> BankIdentity:
             neighbours=spec.support.neighbours, exclude_self=spec.support.exclude_self,
             # The FUNGI pass starts from float16 last-block inputs when they are cached.
             last_block_input="float16" if caches_last_block_input(spec, extractor) else "float32",
+            views="independent" if independent_support(spec) else None,  # recorded then only: hashes kept
         )
     return BankIdentity(ExtractorIdentity.from_record(extractor.identity()), data, sampling, support)
+
+
+def independent_support(spec: BankSpec) -> bool:
+    """Whether a FUNGI bank's support is drawn from views of its own (fungi.support_views)."""
+    return spec.features == "fungi" and spec.support.views == "independent"
+
+
+def support_bank_spec(spec: BankSpec) -> BankSpec:
+    """The spec of a FUNGI bank's support bank: the bank's own (shared views), or, for
+    independent views, the same with the support seed derive_seed(bank seed,
+    SUPPORT_VIEWS) as its bank.seed, in the settings its manifest keeps too: it is the
+    embeddings bank of that seed."""
+    if not independent_support(spec):
+        return spec
+    seed = derive_seed(spec.seed, SUPPORT_VIEWS)
+    record = None if spec.record is None else {**spec.record, "bank": {**spec.record["bank"], "seed": seed}}
+    return dataclasses.replace(spec, seed=seed, record=record)
 
 
 def _ids_hash(dataset) -> str:
@@ -169,6 +203,7 @@ class _Target:
     out: Path
     extractor: object
     identity: BankIdentity
+    spec: BankSpec  # what it is built from (a support of its own views: the support seed)
 
     @property
     def features(self) -> str:
@@ -210,13 +245,22 @@ class _Build:
     embeddings_extractor: object  # of the embeddings pass (the same for an embeddings build)
     sizes: list[_Size]
     progress: bool
-    cache: LastBlockCache | None = None  # the embeddings pass's last-block inputs, for the FUNGI passes
-    loader: ItemLoader | None = None
+    cache: LastBlockCache | None = None  # the bank's views' last-block inputs, for the FUNGI passes
+    loader: ItemLoader | None = None  # the bank's own views
+    support_loader: ItemLoader | None = None  # the support's views when they are its own (independent)
 
     @property
     def spec(self) -> BankSpec:
         """What every size shares (seed, augmentation, batch size, workers, device)."""
         return self.sizes[0].spec
+
+    @property
+    def independent(self) -> bool:
+        """The support has views of its own (fungi.support_views: independent)."""
+        return independent_support(self.spec)
+
+    def loaders(self) -> list[ItemLoader]:
+        return [loader for loader in (self.loader, self.support_loader) if loader is not None]
 
 
 def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
@@ -238,8 +282,10 @@ def build_bank(settings: dict, out: str | Path | None = None, resume: bool = Fal
     The steps, in order (`build_banks`, for one size): check the output folder; open the
     images and the model and name the bank (`_prepare`); stop if it exists already; check
     the disk space; then, holding the folders' locks, start or resume the records, run the
-    embeddings pass (the support bank of a FUNGI bank, keeping the last-block inputs), then
-    the FUNGI pass; each bank ends with its index and manifest (`_finish`)."""
+    embeddings pass (the support bank of a FUNGI bank, keeping the last-block inputs; with
+    fungi.support_views independent, over the support's own views and then a pass over the
+    bank's views keeping only those inputs), then the FUNGI pass; each bank ends with its
+    index and manifest (`_finish`)."""
     out = Path(out or bank_out(settings))
     size = bank_spec(settings).size
     built = build_banks(settings, {size: out}, resume=resume, features=features, progress=progress,
@@ -258,8 +304,10 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
     the patches a smaller bank keeps are among a larger one's; the embeddings pass
     encodes each view once and writes each size's rows, and keeps the views' last-block
     inputs in `cache_dir` (default: `last_block_input/` beside the first folder) for the
-    FUNGI pass of every size. Each bank equals, byte for byte, the one `build_bank`
-    builds for that size. Returns {size: folder}."""
+    FUNGI pass of every size (with fungi.support_views independent: one pass over the
+    support's views for every size's support, one over the bank's views for the cache).
+    Each bank equals, byte for byte, the one `build_bank` builds for that size.
+    Returns {size: folder}."""
     outs = {int(size): Path(out) for size, out in outs.items()}
     specs = {size: bank_spec(settings, features, given_dataset=dataset is not None, size=size) for size in outs}
     for spec in specs.values():
@@ -277,8 +325,10 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
         if warn_capped:
             for size in build.sizes:
                 warn_if_capped(size.plan)
-    build.loader = ItemLoader(build.dataset, build.extractor, tuple(s.plan.keep_per_item for s in build.sizes),
-                              build.spec)
+    keeps = tuple(s.plan.keep_per_item for s in build.sizes)
+    build.loader = ItemLoader(build.dataset, build.extractor, keeps, build.spec)
+    if build.independent:
+        build.support_loader = ItemLoader(build.dataset, build.extractor, keeps, support_bank_spec(build.spec))
     try:
         with contextlib.ExitStack() as locks:
             for size in build.sizes:
@@ -287,11 +337,13 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
                         locks.enter_context(_lock(target.out))
             if distributed.rank() == 0:
                 for size in build.sizes:
-                    _start_or_resume(size.spec, size.target, resume)
+                    _start_or_resume(size.target, resume)
                     if size.support is not None and not _exists(size.support):
-                        _start_or_resume(size.spec, size.support, resume=True)
+                        _start_or_resume(size.support, resume=True)
             distributed.barrier()
             _write_embeddings(build)
+            if build.independent and build.cache is not None:
+                _write_last_block_inputs(build)
             for index, size in enumerate(build.sizes):
                 if size.support is not None:
                     _write_fungi(build, index)
@@ -299,7 +351,8 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
                 build.cache.remove()  # finished: the last-block inputs are not needed
             distributed.barrier()
     finally:
-        build.loader.close()
+        for loader in build.loaders():
+            loader.close()
     return outs
 
 
@@ -332,9 +385,12 @@ def _prepare(settings: dict, specs: dict[int, BankSpec], outs: dict[int, Path], 
     sizes = []
     for size, spec in specs.items():
         plan = make_plan(spec, len(dataset), extractor.backbone.num_patches)
-        target = _Target(outs[size], extractor, bank_identity(spec, extractor, dataset))
-        support = (_Target(outs[size] / SUPPORT_DIR, embeddings, bank_identity(spec, embeddings, dataset))
-                   if spec.features == "fungi" else None)
+        target = _Target(outs[size], extractor, bank_identity(spec, extractor, dataset), spec)
+        support = None
+        if spec.features == "fungi":
+            support_spec = support_bank_spec(spec)
+            support = _Target(outs[size] / SUPPORT_DIR, embeddings, bank_identity(support_spec, embeddings, dataset),
+                              support_spec)
         sizes.append(_Size(spec, plan, target, support))
     cache = None
     if first.features == "fungi" and caches_last_block_input(first, extractor):
@@ -359,19 +415,33 @@ def _exists(target: _Target) -> bool:
 
 def _write_embeddings(build: _Build) -> None:
     """The embeddings pass: every embeddings bank still to write (a FUNGI bank's support,
-    or the bank itself), all sizes from one network pass per shard; it keeps each shard's
-    last-block inputs for the FUNGI pass. Then (rank 0) each bank's index and manifest."""
+    or the bank itself), all sizes from one network pass per shard; over the bank's views
+    it keeps each shard's last-block inputs for the FUNGI pass (a support of its own views
+    keeps none). Then (rank 0) each bank's index and manifest."""
     todo = [(index, size.embeddings) for index, size in enumerate(build.sizes)
             if not (size.embeddings.out / MANIFEST).exists()]
     if not todo:
         return
-    writer = EmbeddingsWriter([target.out for _, target in todo], build.loader, build.embeddings_extractor,
-                              build.sizes[0].plan, cache=build.cache, keep_sets=[index for index, _ in todo])
-    seconds = _write_shards(build, writer, [target for _, target in todo], "embeddings")
+    targets = [target for _, target in todo]
+    loader, cache = (build.support_loader, None) if build.independent else (build.loader, build.cache)
+    writer = EmbeddingsWriter([target.out for target in targets], loader, build.embeddings_extractor,
+                              build.sizes[0].plan, cache=cache, keep_sets=[index for index, _ in todo])
+    seconds = _write_shards(build, writer, _lacking(targets), _what("embeddings", targets))
     if distributed.rank() == 0:
         for index, target in todo:
             _finish(build, build.sizes[index], target, seconds)
     distributed.barrier()  # the FUNGI passes open these banks
+
+
+def _write_last_block_inputs(build: _Build) -> None:
+    """A support of its own views holds none of the bank's: one pass over the bank's own
+    views keeps their last-block inputs and every size's kept patches in the cache, for
+    the shards some FUNGI bank still lacks and the cache does not hold yet."""
+    targets = [size.target for size in build.sizes]
+    lacking = _lacking(targets)
+    writer = LastBlockInputWriter(build.loader, build.extractor, build.sizes[0].plan, build.cache)
+    _write_shards(build, writer, lambda shard: lacking(shard) and not build.cache.has(shard),
+                  "last-block inputs of the views of " + ", ".join(t.out.name for t in targets))
 
 
 def _write_fungi(build: _Build, index: int) -> None:
@@ -380,8 +450,9 @@ def _write_fungi(build: _Build, index: int) -> None:
     spec = size.spec
     support = SupportIndex(size.support.out, spec.support, spec.index, spec.device)
     writer = FungiWriter(size.target.out, build.loader, build.extractor, size.plan, spec.seed, support,
-                         cache=build.cache, size=index, keep_cache=len(build.sizes) > 1)
-    seconds = _write_shards(build, writer, [size.target], "fungi")
+                         cache=build.cache, size=index, keep_cache=len(build.sizes) > 1,
+                         labels_in_cache=build.independent)
+    seconds = _write_shards(build, writer, _lacking([size.target]), _what("fungi", [size.target]))
     # The support index is not needed any more: free it before the bank's own index is built.
     del writer, support
     if distributed.rank() == 0:
@@ -389,22 +460,28 @@ def _write_fungi(build: _Build, index: int) -> None:
     distributed.barrier()
 
 
-def _write_shards(build: _Build, writer: ShardWriter, targets: list[_Target], features: str) -> float:
-    """The shards some target still lacks, dealt out over the ranks; their seconds."""
+def _lacking(targets: list[_Target]) -> Callable[[int], bool]:
+    """Whether some of `targets` still lacks shard s."""
+    return lambda shard: any(not (t.out / SHARDS_DIR / shard_name(shard)).exists() for t in targets)
+
+
+def _what(features: str, targets: list[_Target]) -> str:
+    return f"{features} bank{'s' * (len(targets) > 1)} {', '.join(t.out.name for t in targets)}"
+
+
+def _write_shards(build: _Build, writer, needed: Callable[[int], bool], what: str) -> float:
+    """The shards `needed` says are to do, dealt out over the ranks (`writer.write`); their seconds."""
     started = time.perf_counter()
     plan = build.sizes[0].plan  # shards are the same items for every size
     # Every rank lists them before any rank writes one, so all see one list.
-    todo = [s for s in range(plan.num_shards)
-            if any(not (t.out / SHARDS_DIR / shard_name(s)).exists() for t in targets)]
+    todo = [s for s in range(plan.num_shards) if needed(s)]
     distributed.barrier()
     mine = todo[distributed.rank() :: distributed.world_size()]
-    names = ", ".join(t.out.name for t in targets)
     try:
-        for shard in progress_iter(mine, f"{features} bank{'s' * (len(targets) > 1)} {names}",
-                                   enabled=build.progress and distributed.rank() == 0):
+        for shard in progress_iter(mine, what, enabled=build.progress and distributed.rank() == 0):
             writer.write(shard)
     finally:
-        build.loader.close()
+        writer.loader.close()
     distributed.barrier()
     return time.perf_counter() - started
 
@@ -417,7 +494,7 @@ def warn_if_capped(plan: BankPlan) -> None:
               f"{plan.num_patches} patches", file=sys.stderr, flush=True)
 
 
-def _start_or_resume(spec: BankSpec, target: _Target, resume: bool) -> None:
+def _start_or_resume(target: _Target, resume: bool) -> None:
     """A fresh build writes build.json; a resumed one must have the same hash, and its
     damaged shards are dropped. A record left by a build that stopped before writing any
     shard (e.g. at a corrupt image) holds nothing worth keeping: this build takes it over."""
@@ -445,7 +522,7 @@ def _start_or_resume(spec: BankSpec, target: _Target, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if any((out / SHARDS_DIR).glob("*")):
         raise BankError(f"{out}: has shards but no {BUILD_RECORD}; remove the folder first")
-    write_build_record(out, target.identity, spec.record)
+    write_build_record(out, target.identity, target.spec.record)
 
 
 def describe_raw(stored: dict, identity: BankIdentity):
@@ -471,7 +548,7 @@ def _drop_damaged_shards(out: Path) -> None:
 
 def _finish(build: _Build, size: _Size, target: _Target, seconds: float) -> None:
     """The index, then the manifest (written last: the bank is complete)."""
-    out, plan, spec, dataset = target.out, size.plan, size.spec, build.dataset
+    out, plan, spec, dataset = target.out, size.plan, target.spec, build.dataset
     shards = [shard_entry(out / SHARDS_DIR / shard_name(shard)) for shard in range(plan.num_shards)]
     bank = MemoryBank(out, shards_override=shards)  # reading the shards checks their checksums
     index_info = build_index(bank, spec.index, out / INDEX_DIR, spec.device)
@@ -488,11 +565,23 @@ def _finish(build: _Build, size: _Size, target: _Target, seconds: float) -> None
         "index": index_info,
         "identity": target.identity.record(),
         "settings": spec.record,
+        **_views_note(size.spec, target),
         "skipped_samples": [[str(i), str(reason)] for i, reason in getattr(dataset, "bad_samples", [])],
         "shards": shards,
     }
     write_json_atomic(out / MANIFEST, manifest)
     (out / BUILD_RECORD).unlink(missing_ok=True)
+
+
+def _views_note(fungi: BankSpec, target: _Target) -> dict:
+    """What the manifest of a support of its own views says it is (nothing otherwise)."""
+    if target.features != "embeddings" or not independent_support(fungi):
+        return {}
+    return {"support_views": {
+        "views": "independent", "bank_seed": fungi.seed, "seed": target.spec.seed,
+        "note": f"the support of a FUNGI bank (bank.seed {fungi.seed}) drawn from views of its own: an embeddings "
+                f"bank in its own right, the one bank.seed {target.spec.seed} builds",
+    }}
 
 
 def shard_entry(folder: Path) -> dict:

@@ -101,10 +101,14 @@ class BackboneIdentity:
     num_prefix_tokens: int
     compute_dtype: str = "float32"  # recorded only when not float32 (older hashes kept)
     custom: str | None = None  # a segfungi.CustomBackbone's own name
+    # The input normalisation when it is not the model's own (data.mean, data.std; a
+    # CustomBackbone always records its own): None = the model's own, not recorded.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
     _NAMED = ("name", "weights_id", "img_size", "patch_size", "embed_dim", "num_prefix_tokens", "compute_dtype",
-              "custom")
+              "custom", "mean", "std")
 
     @classmethod
     def from_record(cls, record: Mapping) -> "BackboneIdentity":
@@ -112,7 +116,8 @@ class BackboneIdentity:
             name=record["name"], weights=WeightsSource.parse(record["weights_id"]), img_size=record["img_size"],
             patch_size=record["patch_size"], embed_dim=record["embed_dim"],
             num_prefix_tokens=record["num_prefix_tokens"], compute_dtype=record.get("compute_dtype", "float32"),
-            custom=record.get("custom"), details={k: v for k, v in record.items() if k not in cls._NAMED},
+            custom=record.get("custom"), mean=_floats(record.get("mean")), std=_floats(record.get("std")),
+            details={k: v for k, v in record.items() if k not in cls._NAMED},
         )
 
     def record(self) -> dict:
@@ -122,7 +127,14 @@ class BackboneIdentity:
             out["compute_dtype"] = self.compute_dtype
         if self.custom is not None:
             out["custom"] = self.custom
+        for key in ("mean", "std"):
+            if getattr(self, key) is not None:
+                out[key] = list(getattr(self, key))
         return out
+
+
+def _floats(values) -> tuple[float, ...] | None:
+    return tuple(values) if values is not None else None
 
 
 @dataclass(frozen=True)
@@ -208,6 +220,9 @@ class SupportIdentity:
     neighbours: int
     exclude_self: bool
     last_block_input: str  # float16 (cached) | float32: what the FUNGI pass starts from
+    # "independent": the support is an embeddings bank of its own views (sampling seed
+    # derived from the bank's); None (not recorded): the bank's own views, as banks had.
+    views: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -127,6 +127,8 @@ def bank_info(path: Path) -> dict:
         try:
             sub = bank_info(support)
             info["support"] = {k: sub.get(k) for k in ("status", "shards_done", "shards_total", "num_patches")}
+            if identity is not None and identity.support is not None and identity.support.views == "independent":
+                info["support"]["views"] = f"its own (seed {sub['settings']['seed']})"
         except BankError as err:
             info["support"] = {"status": f"unreadable ({err})"}
     return info

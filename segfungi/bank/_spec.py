@@ -25,6 +25,7 @@ class SupportSpec:
     neighbours: int  # K retrieved per loss token (paper: 2, one kept; research-code: 5)
     exclude_self: bool  # a training image never takes its own patches as negatives
     negatives: str  # raw | normalised: the space the neighbours enter the loss head in
+    views: str = "shared"  # shared: the bank's own views | independent: views of a seed of its own
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,14 @@
   inputs (`_cache.LastBlockCache`).
 * `FungiWriter`: FUNGI features, whose loss negatives come from the support index; it
   starts from the cached last-block inputs when they are there, and takes the kept
-  patches, labels and provenance from the support shard then.
+  patches, labels and provenance from the support shard then (or, when the support has
+  views of its own, from the cache).
+* `LastBlockInputWriter`: when the support has views of its own
+  (`fungi.support_views: independent`), the pass over the bank's own views that keeps
+  their last-block inputs and every size's kept patches in the cache, for the FUNGI passes.
 
-Both write a shard through `ShardWriter.write`: arrays first computed in memory, then
-one atomic shard folder `shards/NNNNN/` with checksums.
+The first two write a shard through `ShardWriter.write`: arrays first computed in
+memory, then one atomic shard folder `shards/NNNNN/` with checksums.
 """
 
 from __future__ import annotations
@@ -275,14 +279,17 @@ class FungiWriter(ShardWriter):
 
     With a `cache` (bank.cache_last_block_input), the last-block inputs come from the
     support pass when they are there (`_read_cache`); the kept patches, labels and
-    provenance then come from the support shard. When they are not, they are recomputed
-    from the images and rounded to float16 as the cache would have held them. A shard's
-    cache is dropped once used, unless `keep_cache` (banks of other sizes still need it)."""
+    provenance then come from the support shard, or from the cache with
+    `labels_in_cache` (a support of its own views, `LastBlockInputWriter`). When they are
+    not, they are recomputed from the images and rounded to float16 as the cache would
+    have held them. A shard's cache is dropped once used, unless `keep_cache` (banks of
+    other sizes still need it)."""
 
     def __init__(self, out, loader, extractor, plan, seed: int, support, cache=None, size: int = 0,
-                 keep_cache: bool = False):
+                 keep_cache: bool = False, labels_in_cache: bool = False):
         super().__init__([out], loader, extractor, plan)
         self.seed, self.support, self.cache, self.size, self.keep_cache = seed, support, cache, size, keep_cache
+        self.labels_in_cache = labels_in_cache
 
     def shard_arrays(self, shard, items):
         cached = self._read_cache(shard, items)
@@ -310,21 +317,29 @@ class FungiWriter(ShardWriter):
             yield self._gradients(batch, inputs, keeps), _Labels.of(prepared, self.size)
 
     def _read_cache(self, shard: int, items):
-        """(last-block inputs float16 items×T×D, the support shard's labels) or None to recompute."""
+        """(last-block inputs float16 items×T×D, their kept patches' labels) or None to recompute."""
         if self.cache is None:
             return None
+        inputs = self.cache.load(shard, len(items))
+        labels = self._kept_labels(shard) if inputs is not None else None
+        keep = self.plan.keep_per_item
+        expected = np.repeat(np.asarray(items, dtype=np.int64)[:, ::-1], keep, axis=0)  # (image, epoch) rows
+        if labels is None or labels.provenance.shape[0] != len(items) * keep \
+                or not np.array_equal(labels.provenance[:, :2], expected):
+            return None
+        return inputs, labels
+
+    def _kept_labels(self, shard: int) -> _Labels | None:
+        """The labels of a shard's kept patches: the support shard's (the same views), or
+        the cache's (a support of its own views); None when they are not there."""
+        keys = ("label_ids", "label_weights", "provenance")
+        if self.labels_in_cache:
+            stored = self.cache.load_labels(shard, self.plan.keep_per_item)
+            return None if stored is None else _Labels(*(stored[key] for key in keys))
         name = shard_name(shard)
         if not any(s["name"] == name for s in self.support.bank.shards):
             return None
-        inputs = self.cache.load(shard, len(items))
-        if inputs is None:
-            return None
-        labels = _Labels(*(self.support.bank.array(name, key) for key in ("label_ids", "label_weights", "provenance")))
-        keep = self.plan.keep_per_item
-        expected = np.repeat(np.asarray(items, dtype=np.int64)[:, ::-1], keep, axis=0)  # (image, epoch) rows
-        if labels.provenance.shape[0] != len(items) * keep or not np.array_equal(labels.provenance[:, :2], expected):
-            return None
-        return inputs, labels
+        return _Labels(*(self.support.bank.array(name, key) for key in keys))
 
     def _from_cache(self, items, inputs: np.ndarray, support: _Labels):
         keep = self.plan.keep_per_item
@@ -346,3 +361,26 @@ class FungiWriter(ShardWriter):
         negatives = self.support.negatives_for([image for _, image in items])
         kept, _, _ = self.extractor.kept_gradients(last_block_input, negatives, generators, keeps)
         return kept
+
+
+class LastBlockInputWriter:
+    """The bank's own views of a FUNGI build whose support has views of its own
+    (`fungi.support_views: independent`): per shard, their last-block inputs (float16,
+    as `EmbeddingsWriter` keeps them) and, for each keep count of the loader (one per bank
+    size), the kept patches' labels and provenance, into the cache; `FungiWriter` reads
+    them with `labels_in_cache`. Nothing else is written."""
+
+    def __init__(self, loader: ItemLoader, extractor, plan, cache):
+        self.loader, self.extractor, self.plan, self.cache = loader, extractor, plan, cache
+
+    def write(self, shard: int) -> None:
+        items = self.plan.shard_items(shard)
+        keeps = self.loader.preparer.keeps
+        inputs, labels = [], [[] for _ in keeps]
+        for prepared in self.loader.prepared(self.loader.batches(items)):
+            last_input = self.extractor.last_block_input(np.stack([item.image for item in prepared]))
+            inputs.append(last_input.to(torch.float16).cpu().numpy())
+            for size, parts in enumerate(labels):
+                parts.append(_Labels.of(prepared, size))
+        self.cache.store(shard, np.concatenate(inputs),
+                         {keep: _Labels.joined(parts).arrays() for keep, parts in zip(keeps, labels)})

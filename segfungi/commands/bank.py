@@ -85,7 +85,8 @@ def format_info(info: dict) -> str:
     if "support" in info:
         sup = info["support"]
         lines.append(f"support:    {sup.get('status')}" + (
-            f", {sup.get('shards_done')} of {sup.get('shards_total') or '?'} shards" if "shards_done" in sup else ""))
+            f", {sup.get('shards_done')} of {sup.get('shards_total') or '?'} shards" if "shards_done" in sup else "")
+            + (f", views {sup['views']}" if "views" in sup else ""))
     return "\n".join(lines)
 
 
