@@ -82,7 +82,8 @@ def _write_atomic(path: Path, mode: str, write) -> None:
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        # Text as given: no newline translation (a CSV writes its own line ends).
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -95,6 +96,10 @@ def _write_atomic(path: Path, mode: str, write) -> None:
 
 def write_json_atomic(path: Path, data: Mapping) -> None:
     _write_atomic(path, "w", lambda f: json.dump(data, f, indent=2, sort_keys=False, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, "w", lambda f: f.write(text))
 
 
 def write_array_atomic(path: Path, array: np.ndarray) -> None:

@@ -31,7 +31,7 @@ from segfungi.benchmark._tables import DATASET_TITLES, FEATURE_LABELS, Table, bu
 from segfungi.errors import ConfigError
 from segfungi.published import Comparison
 from segfungi.settings_schema import FEATURE_KINDS
-from segfungi.storage import fsync_dir, read_json, temporary_name, write_failed, write_json_atomic
+from segfungi.storage import read_json, temporary_name, write_failed, write_json_atomic, write_text_atomic
 
 __all__ = ["RUN_FIELDS", "read_records", "summary_table", "write_report"]
 
@@ -64,20 +64,6 @@ def _published_columns(comparison: Comparison) -> dict:
 def _file_rows(tables: list[Table]) -> list[dict]:
     return [row_of_record(record, _published_columns(cell.comparison))
             for table in tables for cell in table.cells.values() for record in cell.records]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(path, err) from None
-    fsync_dir(path.parent)
 
 
 def _figure_rows(table: Table) -> list[dict]:
@@ -133,10 +119,10 @@ def write_report(out: str | Path, records: list[dict], run: dict) -> dict[str, P
     rows = _file_rows(tables)
     written = {"results.md": out / "results.md", "results.csv": out / "results.csv",
                "results.json": out / "results.json", "results.tex": out / "results.tex"}
-    _write_text_atomic(written["results.md"], render_markdown(tables, run))
-    _write_text_atomic(written["results.csv"], rows_to_csv(rows))
+    write_text_atomic(written["results.md"], render_markdown(tables, run))
+    write_text_atomic(written["results.csv"], rows_to_csv(rows))
     write_json_atomic(written["results.json"], {"run": run, "records": rows})
-    _write_text_atomic(written["results.tex"], render_latex(tables, run))
+    write_text_atomic(written["results.tex"], render_latex(tables, run))
     for dataset in dict.fromkeys(t.dataset for t in tables):
         mine = [t for t in tables if t.dataset == dataset]
         if any(t.cells for t in mine):  # nothing measured yet: nothing to plot

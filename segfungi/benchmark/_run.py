@@ -180,7 +180,7 @@ def folder_identity(settings: dict, backbone=None) -> dict:
         "bank": {k: v for k, v in settings["bank"].items() if k not in ("out", "size", "features", "aug_epochs")},
         "index": {k: v for k, v in settings["index"].items() if k not in ("num_leaves_to_search", "reorder")},
         "eval": {k: settings["eval"][k] for k in ("batch_size", "max_images")},
-        "data": {k: settings["data"][k] for k in ("image_size", "on_bad_sample")},
+        "data": {k: settings["data"][k] for k in ("image_size", "on_bad_sample", "mean", "std")},
     }
     return copy.deepcopy(keep)
 
