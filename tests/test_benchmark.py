@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,8 @@ def test_the_cli_dry_run_prints_the_plan_without_building(demo_voc_root, tmp_pat
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "forward" in text and "s/image" in text and "peak memory" in text
+    assert re.search(r"separate build-bank \+ eval runs of these cells would take ~[\d:]+: the shared passes "
+                     r"take 0\.\d\d× that", text), text
     assert "voc full 2,048" in text and "voc 1/8 trainaug_2_0" in text and "ade20k full 102,400" in text
     assert "assumed the reference 20210 training / 2000 validation images" in text
     assert not (tmp_path / "o").exists()

@@ -11,6 +11,9 @@ model on this machine (a forward, the FUNGI gradient pass, the projection of a q
     embeddings query per cell           V · last block (≈ forward / depth) + search
     FUNGI query per cell                V · (gradient pass + 1024 projections) + search
 
+and the same work as separate `build-bank` + `eval` runs would do it (the views encoded
+once per size, the evaluated images once per bank and feature kind), for comparison.
+
 with N training images, E augmentation epochs, K = S // (N·E) patches kept per view
 and V evaluated images. Index build and search times scale figures measured with
 benchmarks/bench_index.py on a 2-core CPU (ScaNN at 10⁵ and 10⁶ × 768 rows); peak
@@ -133,12 +136,18 @@ def dry_run(settings: dict, backbone=None) -> str:
     extractor = make_extractor(settings, features="fungi" if fungi else "embeddings", backbone=backbone)
     bb = extractor.backbone
     emb_dim, fungi_dim = bb.embed_dim, extractor.feature_dim
-    lines, notes, shared_disk, shared_seconds = [], [], 0.0, 0.0
+    lines, notes, shared_disk, shared_seconds, saved = [], [], 0.0, 0.0, 0.0
     for dataset in dict.fromkeys(cell.dataset for cell in cells):
         full = dataset_settings(settings, dataset, FULL, need_root=False)
         train, val = _split_sizes(full, notes)
         index = index_settings(full)
         shared_seconds += (train + val) * timing.forward  # views once, evaluated images once
+        banks = [c for c in cells if c.dataset == dataset]
+        sizes = sum(1 for c in banks if c.protocol == FULL)
+        # What separate build-bank + eval runs would add: the views encoded once per size, the
+        # evaluated images once per bank and feature kind (less the last block the shared pass reruns).
+        saved += timing.forward * (max(0, sizes - 1) * train + (len(banks) * len(features) - 1) * val
+                                   - len(banks) * val / timing.depth)
         tokens = (bb.num_prefix_tokens + bb.num_patches) * bb.embed_dim
         shared_disk += val * tokens * 4 + train * tokens * 2  # encoded queries (float32), view cache (float16)
         for cell in (c for c in cells if c.dataset == dataset):
@@ -152,7 +161,7 @@ def dry_run(settings: dict, backbone=None) -> str:
                 extra = count * epochs * timing.forward  # its own views are encoded
                 lines.append(_line(cell, count, epochs, fs["bank"]["size"], index_settings(fs), timing, val,
                                    emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra))
-    return _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, features)
+    return _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features)
 
 
 def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe, val: int, emb_dim: int,
@@ -197,7 +206,7 @@ def _available_memory() -> int:
         return 0
 
 
-def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, features) -> str:
+def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features) -> str:
     from segfungi.benchmark._run import _duration
 
     out = [
@@ -219,7 +228,9 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, fea
     out += ["", f"  shared passes: views and evaluated images encoded once per dataset, {_duration(shared_seconds)}; "
             f"temporary caches {format_bytes(shared_disk)}",
             f"  total    {len(lines)} banks, disk {format_bytes(disk)} (+ {format_bytes(shared_disk)} temporary), "
-            f"time {_duration(seconds)}, peak memory {format_bytes(peak)}"]
+            f"time {_duration(seconds)}, peak memory {format_bytes(peak)}",
+            f"  separate build-bank + eval runs of these cells would take ~{_duration(seconds + saved)}: the shared "
+            f"passes take {seconds / (seconds + saved):.2f}× that"]
     available = _available_memory()
     if available and peak > available:
         fits = next((dtype for dtype in ("bfloat16", "int8")
