@@ -68,3 +68,10 @@ def test_bench_index_batched_support_queries_find_the_same_neighbours(tmp_path):
     rows = re.findall(r"scann float32 (l8r120\S*) .* (\d\.\d{4}) +\d+\.\d+$", out, re.MULTILINE)
     assert [name for name, _ in rows] == ["l8r120", "l8r120b50"], out
     assert rows[0][1] == rows[1][1]
+
+
+def test_bench_benchmark_cells_equal_separate_runs(tmp_path):
+    out = run_benchmark("bench_benchmark.py", "--train", "12", "--val", "4", "--image-size", "64",
+                        "--per-view", "2", "8", "16", "--workdir", str(tmp_path))
+    assert "every cell's mIoU and bank hash identical: True" in out, out
+    assert re.search(r"shared / independent time: \d\.\d\d× wall, \d\.\d\d× CPU", out), out
