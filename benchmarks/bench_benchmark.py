@@ -49,8 +49,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
-    from segfungi.benchmark import run_benchmark
-    from segfungi.benchmark._protocol import FULL, dataset_settings
+    from segfungi.benchmark import dataset_settings, run_benchmark
     from segfungi.config import load_config
     from segfungi.data.demo import write_demo_dataset
     from segfungi.evaluate import evaluate
@@ -63,7 +62,7 @@ def main() -> None:
         {"data": {"image_size": args.image_size}},
         {"benchmark": {"datasets": ["voc"], "roots": {"voc": str(root)}, "sizes": sizes, "fractions": []}},
     ])
-    cell_settings = dataset_settings(settings, "voc", FULL)
+    cell_settings = dataset_settings(settings, "voc", "full")
     print(f"{args.backbone} at {args.image_size}², {args.train} training / {args.val} validation images, "
           f"sizes {sizes}, {args.threads} thread(s); work in {work}", flush=True)
     from segfungi.components import load_backbone_from

@@ -59,6 +59,7 @@ from segfungi.bank._identity import (
     SamplingIdentity,
     SupportIdentity,
     describe_differences,
+    differences,
 )
 from segfungi.bank._layout import (
     BUILD_RECORD,
@@ -512,7 +513,7 @@ def _start_or_resume(target: _Target, resume: bool) -> None:
         record = read_build_record(out)
         if record.hash != target.digest:
             found = (record.identity.diff(target.identity) if record.identity is not None
-                     else describe_raw(record.identity_record, target.identity))
+                     else differences(record.identity_record, target.identity.record()))
             raise BankError(
                 f"{out}: the incomplete build there used other settings "
                 f"(hash {record.hash} vs {target.digest}; {describe_differences(found)}); cannot resume it with "
@@ -523,13 +524,6 @@ def _start_or_resume(target: _Target, resume: bool) -> None:
     if any((out / SHARDS_DIR).glob("*")):
         raise BankError(f"{out}: has shards but no {BUILD_RECORD}; remove the folder first")
     write_build_record(out, target.identity, target.spec.record)
-
-
-def describe_raw(stored: dict, identity: BankIdentity):
-    """Differences between a stored record this segfungi cannot type and an identity."""
-    from segfungi.bank._identity import differences
-
-    return differences(stored, identity.record())
 
 
 def _drop_damaged_shards(out: Path) -> None:

@@ -16,7 +16,7 @@ them)::
                                                "benchmark.roots={voc: /data/VOCdevkit, ade20k: /data/ADE}"])
     segfungi.benchmark(settings, "results/dino-s16")   # = segfungi.benchmark.run_benchmark
 
-Public here: `run_benchmark`, `dry_run`, `plan_cells`, `Cell`, `EncodedQueries`,
+Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `Cell`, `EncodedQueries`,
 `write_report`, `summary_table`, `read_records`, `RUN_FILE`. The package is callable as `run_benchmark`.
 """
 
@@ -33,6 +33,7 @@ _PUBLIC = {
     "RUN_FILE": "._run",
     "dry_run": "._dryrun",
     "plan_cells": "._protocol",
+    "dataset_settings": "._protocol",
     "Cell": "._protocol",
     "EncodedQueries": "._queries",
     "write_report": "._report",
