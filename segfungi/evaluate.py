@@ -7,15 +7,13 @@ matrix over the split (255 ignored); per-class IoU and mIoU come from it.
 
 from __future__ import annotations
 
-import inspect
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 
 from segfungi import distributed
+from segfungi.lazy import callable_as
 from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, evaluation_settings, open_val_dataset
 from segfungi.errors import BankError, DatasetError
@@ -136,16 +134,4 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-class _CallableModule(types.ModuleType):
-    """This module, callable as `evaluate`: `segfungi.evaluate` names both the module
-    (bound on the package by any `import segfungi.evaluate`) and the public function."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-    @property
-    def __signature__(self):
-        return inspect.signature(evaluate)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_as(__name__, "evaluate")

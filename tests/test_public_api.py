@@ -54,6 +54,9 @@ def test_evaluate_is_the_function_and_its_module():
     assert importlib.import_module("segfungi.segmenter").Segmenter is segfungi.Segmenter
     assert list(inspect.signature(segfungi.evaluate).parameters)[:2] == ["bank", "settings"]
     assert list(inspect.signature(segfungi.Segmenter).parameters)[:2] == ["bank", "settings"]
+    # segfungi.benchmark, likewise: the package and run_benchmark
+    assert callable(segfungi.benchmark) and segfungi.benchmark.run_benchmark.__name__ == "run_benchmark"
+    assert list(inspect.signature(segfungi.benchmark).parameters)[:2] == ["settings", "out"]
 
 
 def test_evaluate_without_settings_uses_the_banks(fungi_bank):

@@ -22,11 +22,7 @@ Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `Cell
 
 from __future__ import annotations
 
-import inspect
-import sys
-import types
-
-from segfungi.lazy import lazy_exports
+from segfungi.lazy import callable_as, lazy_exports
 
 _PUBLIC = {
     "run_benchmark": "._run",
@@ -44,17 +40,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
-
-
-class _CallableModule(types.ModuleType):
-    """This package, callable as `run_benchmark` (`segfungi.benchmark(settings, out)`)."""
-
-    def __call__(self, *args, **kwargs):
-        return self.run_benchmark(*args, **kwargs)
-
-    @property
-    def __signature__(self):
-        return inspect.signature(self.run_benchmark)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_as(__name__, "run_benchmark")  # segfungi.benchmark(settings, out)
