@@ -22,7 +22,7 @@ from segfungi.components import evaluation_settings
 from segfungi.evaluate import evaluate
 from segfungi.storage import read_json, settings_hash, write_json_atomic
 
-__all__ = ["CellResult", "evaluate_once", "run_cell"]
+__all__ = ["CellResult", "bank_features", "evaluate_once", "evaluation_key", "features_bank", "run_cell"]
 
 
 @dataclass
@@ -32,12 +32,28 @@ class CellResult:
     bank: MemoryBank
 
 
+def bank_features(features: Sequence[str]) -> str:
+    """The features of the bank that serves every kind in `features`: a FUNGI bank when
+    they list fungi (its support is the embeddings bank), else an embeddings bank."""
+    return "fungi" if "fungi" in features else "embeddings"
+
+
+def features_bank(bank_dir: str | Path, features: str, built: str) -> Path:
+    """The folder of `features`' bank inside a bank of `built` features (its support/)."""
+    return Path(bank_dir) if features == built else Path(bank_dir) / SUPPORT_DIR
+
+
+def evaluation_key(bank_hash: str, settings: dict) -> str:
+    """What an evaluation's results depend on: the bank and the evaluation settings."""
+    return settings_hash({"bank": bank_hash, **evaluation_settings(settings)})
+
+
 def run_cell(settings: dict, folder: str | Path, features: Sequence[str], progress: bool = True,
              warn_capped: bool = True, results_dir: str | Path | None = None) -> list[CellResult]:
     """Build (or reuse) the bank the settings describe in `folder` (a FUNGI bank when
     `features` lists fungi) and evaluate it once per feature kind in `features`."""
     folder = Path(folder)
-    top = "fungi" if "fungi" in features else "embeddings"
+    top = bank_features(features)
     existed = (folder / MANIFEST).exists()
     bank_dir = build_bank(settings, folder, resume=True, features=top, progress=progress, warn_capped=warn_capped)
     if existed:  # build_bank checked it is the same bank
@@ -45,7 +61,7 @@ def run_cell(settings: dict, folder: str | Path, features: Sequence[str], progre
               file=sys.stderr, flush=True)
     cells = []
     for kind in features:
-        path = bank_dir if kind == top else bank_dir / SUPPORT_DIR
+        path = features_bank(bank_dir, kind, top)
         cache = Path(results_dir) / f"results-{kind}.json" if results_dir is not None else None
         cells.append(CellResult(kind, evaluate_once(settings, path, cache, progress), MemoryBank(path)))
     return cells
@@ -55,7 +71,7 @@ def evaluate_once(settings: dict, bank_path: Path, cache: Path | None, progress:
     """`evaluate`, unless `cache` holds the results of this very bank and evaluation."""
     if cache is None:
         return evaluate(bank_path, settings, progress=progress)
-    key = settings_hash({"bank": MemoryBank(bank_path).hash, **evaluation_settings(settings)})
+    key = evaluation_key(MemoryBank(bank_path).hash, settings)
     if cache.exists():
         cached = read_json(cache)
         if cached.get("cache_key") == key:

@@ -52,7 +52,7 @@ from typing import Sequence
 import numpy as np
 
 from segfungi.bank import MemoryBank
-from segfungi.cells import run_cell
+from segfungi.cells import bank_features, run_cell
 from segfungi.errors import ConfigError
 from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import write_json_atomic
@@ -285,7 +285,7 @@ def _feature_kinds(settings: dict) -> list[str]:
 
 def run_trial(settings: dict, trial: Trial, kinds: list[str], out: Path, progress: bool = True) -> list[dict]:
     """Build (or reuse) the trial's bank and evaluate it for each feature kind."""
-    top_kind = "fungi" if "fungi" in kinds else "embeddings"
+    top_kind = bank_features(kinds)
     folder = out / "banks" / trial.folder
     rows = []
     # bank.size is a cap: a small subset gives every patch of its augmented images.

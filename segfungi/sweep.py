@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from segfungi.bank import MemoryBank, planned_bank
-from segfungi.cells import run_cell
+from segfungi.cells import bank_features, run_cell
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
            "eval_images_per_second", "bank"]
@@ -49,7 +49,7 @@ def resolve_sizes(settings: dict, sizes) -> dict[int, list[int]]:
 def run_sweep(settings: dict, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     out = Path(out or settings["sweep"]["out"])
     kinds = list(settings["sweep"]["features"])
-    top_kind = "fungi" if "fungi" in kinds else "embeddings"
+    top_kind = bank_features(kinds)
     rows = []
     for size, requested in resolve_sizes(settings, settings["sweep"]["sizes"]).items():
         bank_settings = copy.deepcopy(settings)

@@ -70,14 +70,14 @@ class EncodedQueries:
 
     def _store(self, i: int):
         from segfungi.data.augment import eval_transform
-        from segfungi.seeding import pixels_seed
+        from segfungi.segmenter import query_seeds
 
         size = self.extractor.backbone.img_size
         pairs = [eval_transform(self.dataset[j].image, self.dataset[j].mask, size=size) for j in self.batches[i]]
         images = np.stack([image for image, _ in pairs])
         inputs = self.extractor.last_block_input(images).float().cpu().numpy()
         masks = np.stack([mask for _, mask in pairs])
-        seeds = np.array([pixels_seed(image) for image in images], dtype=np.int64)
+        seeds = query_seeds(images)
         write_arrays_atomic(self._batch_folder(i), {"last_block_input": inputs, "masks": masks, "seeds": seeds},
                             {"batch": i, "images": self.batches[i]})
         return torch.from_numpy(inputs), masks, seeds

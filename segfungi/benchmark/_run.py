@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 
 from segfungi import distributed
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank, build_banks, describe_differences, differences
+from segfungi.bank import MemoryBank, build_bank, build_banks, describe_differences, differences
 from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
 from segfungi.benchmark._queries import EncodedQueries
-from segfungi.components import device, eval_spec, evaluation_settings, make_extractor, open_val_dataset
+from segfungi.cells import bank_features, evaluation_key, features_bank
+from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
 from segfungi.errors import ConfigError
-from segfungi.storage import read_json, settings_hash, write_json_atomic
+from segfungi.storage import read_json, write_json_atomic
 
 __all__ = ["RUN_FILE", "run_benchmark"]
 
@@ -71,9 +72,9 @@ def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progr
     queries = EncodedQueries(out / CACHE_DIR / dataset / "queries", extractor, val, eval_spec(full), progress)
     queries.encode_all()
     records = []
+    top = bank_features(features)
     sized = [cell for cell in cells if cell.protocol == FULL]
     if sized:
-        top = "fungi" if "fungi" in features else "embeddings"
         folders = {cell.size: out / cell.folder / top for cell in sized}
         build_banks(full, folders, features=top, progress=progress, backbone=backbone,
                     cache_dir=out / CACHE_DIR / dataset / "last_block_input")
@@ -86,7 +87,6 @@ def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progr
         base = dataset_settings(settings, dataset, "fewshot")
         for cell in fewshot:
             trial = _trial_settings(base, cell)
-            top = "fungi" if "fungi" in features else "embeddings"
             bank = build_bank(trial, out / cell.folder / top, resume=True, features=top, progress=progress,
                               warn_capped=False, backbone=backbone)
             records += _evaluate_cell(trial, cell, bank, features, out, val, queries, backbone, clock, progress)
@@ -105,11 +105,11 @@ def _trial_settings(settings: dict, cell: Cell) -> dict:
 def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbone, clock, progress) -> list[dict]:
     """Each feature kind of one cell's bank, read back when its record is there."""
     records = []
-    top = "fungi" if "fungi" in features else "embeddings"
+    top = bank_features(features)
     for kind in features:
-        path = Path(bank_dir) if kind == top else Path(bank_dir) / SUPPORT_DIR
+        path = features_bank(bank_dir, kind, top)
         bank = MemoryBank(path)
-        key = settings_hash({"bank": bank.hash, **evaluation_settings(settings)})
+        key = evaluation_key(bank.hash, settings)
         file = out / CELLS_DIR / cell.folder.relative_to("banks") / f"{kind}.json"
         record = read_json(file) if file.exists() else None
         computed = record is None or record.get("cache_key") != key
