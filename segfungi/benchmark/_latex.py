@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from segfungi.benchmark._markdown import versions_text, weights_words
-from segfungi.benchmark._tables import DATASET_TITLES, FEATURE_LABELS, PROTOCOL_TITLES, Table
+from segfungi.benchmark._tables import FEATURE_LABELS, PROTOCOL_TITLES, Table
+from segfungi.data.registry import dataset_title
 
 __all__ = ["latex_text", "render_latex"]
 
@@ -65,7 +66,7 @@ def _published(table: Table, kind: str, column) -> str:
 
 def _caption(table: Table, run: dict) -> str:
     words, is_random = weights_words(run["weights"])
-    dataset = DATASET_TITLES.get(table.dataset, table.dataset)
+    dataset = dataset_title(table.dataset)
     parts = [f"In-context segmentation on {dataset}, {PROTOCOL_TITLES[table.protocol]}: mIoU (%) of "
              f"{run['model']} ({words})"]
     if table.protocol == "fewshot":

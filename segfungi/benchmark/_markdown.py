@@ -9,8 +9,9 @@ std over the trials), with `n=3` when the cell has other than the protocol's tri
 
 from __future__ import annotations
 
-from segfungi.benchmark._tables import (DATASET_TITLES, FEATURE_LABELS, PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
+from segfungi.benchmark._tables import (FEATURE_LABELS, PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
                                         progress)
+from segfungi.data.registry import dataset_title
 from segfungi.weights import WeightsSource
 
 __all__ = ["cell_text", "markdown_text", "render_markdown", "setup_line", "summary_text", "versions_text",
@@ -146,7 +147,7 @@ def render_markdown(tables: list[Table], run: dict) -> str:
     lines = _header(tables, run)
     for dataset in dict.fromkeys(t.dataset for t in tables):
         mine = [t for t in tables if t.dataset == dataset]
-        lines += [f"## {DATASET_TITLES.get(dataset, dataset)}", ""]
+        lines += [f"## {dataset_title(dataset)}", ""]
         for table in mine:
             lines += _markdown_table(table)
     lines += _sources(tables)

@@ -27,7 +27,8 @@ from segfungi.benchmark._latex import render_latex
 from segfungi.benchmark._markdown import render_markdown, summary_text, weights_words
 from segfungi.benchmark._records import (PUBLISHED_COLUMNS, checked_records, record_from_row, row_of_record,
                                          rows_from_csv, rows_to_csv)
-from segfungi.benchmark._tables import DATASET_TITLES, FEATURE_LABELS, Table, build_tables, progress
+from segfungi.benchmark._tables import FEATURE_LABELS, Table, build_tables, progress
+from segfungi.data.registry import dataset_title
 from segfungi.errors import ConfigError
 from segfungi.published import Comparison
 from segfungi.settings_schema import FEATURE_KINDS
@@ -93,7 +94,7 @@ def _write_figure(path: Path, tables: list[Table], run: dict) -> None:
     context = f"{words}; {run['device']}; {done} of {planned} cells done"
     if is_random:
         context += f"\n{RANDOM_INIT_NOTE}"
-    title = f"{run['model']}, {DATASET_TITLES.get(tables[0].dataset, tables[0].dataset)}: in-context segmentation"
+    title = f"{run['model']}, {dataset_title(tables[0].dataset)}: in-context segmentation"
     fig = benchmark_figure(by_protocol.get("full", []), by_protocol.get("fewshot", []), title, context)
     tmp = temporary_name(path)
     try:

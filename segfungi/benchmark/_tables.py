@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
+from segfungi.data.registry import dataset_title
 from segfungi.published import Cell, Comparison, Published, Run, format_bank_size, published_for
 from segfungi.settings_schema import FEATURE_KINDS
 
-__all__ = ["DATASET_TITLES", "FEATURE_LABELS", "PROTOCOL_TITLES", "PROTOCOL_TRIALS", "Footnote", "Measured", "Notes",
+__all__ = ["FEATURE_LABELS", "PROTOCOL_TITLES", "PROTOCOL_TRIALS", "Footnote", "Measured", "Notes",
            "Table", "build_tables", "progress"]
 
-DATASET_TITLES = {"voc": "Pascal VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}
 PROTOCOL_TRIALS = 5  # the few-shot protocol's fixed lists per fraction
 PROTOCOL_TITLES = {"full": "full training split, by memory-bank size (patches)",
@@ -79,7 +79,7 @@ class Table:
 
     @property
     def title(self) -> str:
-        return f"{DATASET_TITLES.get(self.dataset, self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
+        return f"{dataset_title(self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
 
     @property
     def records(self) -> list[dict]:
