@@ -33,7 +33,7 @@ from typing import Any, Callable
 import yaml
 
 from segfungi.data import dataset_names
-from segfungi.gradients import projection_names
+from segfungi.gradients import projection_defaults, projection_names
 from segfungi.index import index_kinds
 
 
@@ -105,11 +105,12 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             choices=("auto", "float32", "bfloat16"), more=(
                 "(auto: bfloat16 only on CPUs with AMX-BF16 / AVX-512-BF16 or a CUDA device with",
                 "bfloat16, else float32; banks record the resolved dtype and queries use the bank's)",)),
-        Key("projection_kernel", "auto", "auto | lookup | gemm: how the dense projection multiplies, the same",
+        Key("projection_kernel", projection_defaults("dense")["kernel"], "auto | lookup | gemm: how the dense projection multiplies, the same",
             choices=("auto", "lookup", "gemm"), more=(
                 "numbers up to float rounding (auto: table lookups on a CPU in float32, 2-2.6x faster",
                 "than the GEMM on AVX2; the GEMM for bfloat16 and on GPUs). Not part of a bank's identity",)),
-        Key("structured_terms", 16, "structured: outer products summed per row (1, 4 and 8 miss the",
+        Key("structured_terms", projection_defaults("structured")["terms"],
+            "structured: outer products summed per row (1, 4 and 8 miss the",
             check="positive", more=("recall bar on ViT-S or ViT-Ti, 16 meets it: benchmarks/README.md)",)),
         Key("support_neighbours", 2, "neighbours retrieved per token, one kept at random", check="positive"),
         Key("exclude_self", True, "a training image never uses its own patches as negatives"),
@@ -250,7 +251,8 @@ def _classify_fungi(losses: list[str], view_seed_doc: str, row_chunk: int = 64) 
         Key("projection_batch", 128, "samples whose gradients are projected in one call"),
         Key("projection", "dense", "dense (Achlioptas, the paper's) | structured (outer-product rows, cheaper)",
             choices=projection_names),
-        Key("structured_terms", 16, "structured: outer products summed per row (see configs/defaults.yaml)",
+        Key("structured_terms", projection_defaults("structured")["terms"],
+            "structured: outer products summed per row (see configs/defaults.yaml)",
             check="positive"),
     )
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from segfungi import settings_schema
 from segfungi.classify import augment
 from segfungi.classify.features import SplitViTFungi
-from segfungi.classify.settings import defaults
 from segfungi.classify.vit import as_split_vit
 
 
@@ -35,7 +35,7 @@ class ImageFungi(SplitViTFungi):
         """``fungi``, ``views``: those sections of the image settings (``views`` not
         given: its defaults)."""
         vit = as_split_vit(backbone, device=device)
-        self.views = dict(views) if views is not None else defaults("image")["views"]
+        self.views = dict(views) if views is not None else settings_schema.defaults(settings_schema.classify_schema("image"))["views"]
         self.size = int(vit.img_size)
         self._mean = torch.tensor(vit.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(vit.std, dtype=torch.float32).view(1, 3, 1, 1)

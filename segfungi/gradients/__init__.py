@@ -36,7 +36,7 @@ _MODULES = {
     "._dense": ("DENSE_KERNELS", "AchlioptasProjection"),
     "._structured": ("OuterProductProjection",),
     "._registry": ("RegisteredProjection", "register_projection", "unregister_projection", "projection_names",
-                   "projection_options", "make_projection"),
+                   "projection_defaults", "projection_options", "make_projection"),
     "._normalize": ("l2_normalize", "fungi_concat"),
 }
 _PUBLIC = {name: module for module, names in _MODULES.items() for name in names}

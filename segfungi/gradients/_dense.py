@@ -15,7 +15,6 @@ import torch
 from segfungi import sign_lookup
 from segfungi.gradients._capture import augment_inputs
 from segfungi.gradients._projection import Projection, bits_to_signs, sign_bits
-from segfungi.gradients._registry import RegisteredProjection
 
 DENSE_KERNELS = ("auto", "lookup", "gemm")
 
@@ -230,9 +229,3 @@ class AchlioptasProjection(Projection):
             out[:, rows.start : rows.stop] = (operand @ chunk.T).to(flat.dtype)
         return out
 
-
-# Registered as "dense" by segfungi.gradients._registry, which imports this module on first use.
-DENSE = RegisteredProjection(
-    AchlioptasProjection.kind, AchlioptasProjection,
-    options_from_settings=lambda fungi: {"kernel": fungi["projection_kernel"]},
-)

@@ -6,7 +6,6 @@ import torch
 
 from segfungi.gradients._capture import augment_inputs
 from segfungi.gradients._projection import Projection, sign_bits
-from segfungi.gradients._registry import RegisteredProjection
 
 _STRUCTURED_ROW_OFFSET = 2**63  # keeps structured rows on other Philox keys than dense rows
 
@@ -89,10 +88,3 @@ class OuterProductProjection(Projection):
 
     def identity(self) -> dict:
         return {**super().identity(), "terms": self.terms}
-
-
-# Registered as "structured" by segfungi.gradients._registry, which imports this module on first use.
-STRUCTURED = RegisteredProjection(
-    OuterProductProjection.kind, OuterProductProjection,
-    options_from_settings=lambda fungi: {"terms": int(fungi["structured_terms"])},
-)
