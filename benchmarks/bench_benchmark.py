@@ -48,7 +48,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
+    from segfungi.api import build_bank
+    from segfungi.bank import SUPPORT_DIR, MemoryBank
     from segfungi.benchmark import dataset_settings, run_benchmark
     from segfungi.config import load_config
     from segfungi.data.demo import write_demo_dataset

@@ -77,7 +77,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     job = json.loads(args.worker)
-    from segfungi.bank import build_bank
+    from segfungi.api import build_bank
     from segfungi.evaluate import evaluate
 
     settings = settings_for(args, Path(job["root"]), job["kind"], job["projection"])

@@ -106,7 +106,8 @@ def fungi_features(grad_proj: torch.Tensor, embedding: torch.Tensor) -> torch.Te
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    from segfungi.bank import MemoryBank, SupportIndex, build_bank
+    from segfungi.api import build_bank
+    from segfungi.bank import MemoryBank, SupportIndex
     from segfungi.components import index_settings, make_extractor, open_dataset, support_spec
     from segfungi.config import load_config
     from segfungi.data.augment import eval_transform

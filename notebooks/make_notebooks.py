@@ -97,7 +97,7 @@ def mask_visualisation() -> nbformat.NotebookNode:
             "sampling, so one build gives both feature kinds."
         ),
         new_code_cell(
-            "from segfungi.bank import SUPPORT_DIR, build_bank\n\n"
+            "from segfungi.api import build_bank\nfrom segfungi.bank import SUPPORT_DIR\n\n"
             'settings = settings_for(bank={"features": "fungi", "size": BANK_SIZE},\n'
             '                        eval={"max_images": VAL_IMAGES})\n'
             'fungi_bank = build_bank(settings, WORK / "bank", resume=True)\n'

@@ -25,7 +25,9 @@ _PUBLIC = {
     # settings
     "load_config": "segfungi.config",
     # banks and evaluation
-    "build_bank": "segfungi.bank",
+    "build_bank": "segfungi.api",
+    "build_banks": "segfungi.api",
+    "planned_bank": "segfungi.api",
     "MemoryBank": "segfungi.bank",
     "evaluate": "segfungi.evaluate",
     "Segmenter": "segfungi.segmenter",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from segfungi.bank import MANIFEST, SUPPORT_DIR, MemoryBank, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import MANIFEST, SUPPORT_DIR, MemoryBank
 from segfungi.components import evaluation_settings
 from segfungi.evaluate import evaluate
 from segfungi.storage import read_json, settings_hash, write_json_atomic

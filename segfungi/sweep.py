@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from segfungi.bank import MemoryBank, planned_bank
+from segfungi.api import planned_bank
+from segfungi.bank import MemoryBank
 from segfungi.cells import bank_features, run_cell
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",

@@ -54,7 +54,7 @@ def demo_voc_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fungi_bank(tmp_path_factory, demo_voc_root):
     """A FUNGI bank of 4096 patches; its support/ folder is the embeddings bank."""
-    from segfungi.bank import build_bank
+    from segfungi.api import build_bank
 
     settings = tiny_settings(demo_voc_root, bank={"size": 4096, "features": "fungi"})
     return build_bank(settings, tmp_path_factory.mktemp("banks") / "fungi", progress=False)

@@ -8,7 +8,8 @@ import torch
 
 from conftest import tiny_settings
 from segfungi.bank._writers import FungiWriter, ShardWriter
-from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
 from segfungi.components import device, index_settings, support_spec
 from segfungi.errors import BankError
 from segfungi.evaluate import evaluate

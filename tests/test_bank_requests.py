@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import MemoryBank, build_bank, planned_bank
+from segfungi.api import build_bank, planned_bank
+from segfungi.bank import MemoryBank
 from segfungi.cli import main
 from segfungi.sweep import run_sweep, sweep_table
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import LAST_BLOCK_INPUT_DIR, SUPPORT_DIR, MemoryBank, build_bank, build_banks
+from segfungi.api import build_bank, build_banks
+from segfungi.bank import LAST_BLOCK_INPUT_DIR, SUPPORT_DIR, MemoryBank
 from segfungi.bank import _writers as writers
 
 # 2048 patches are searched exactly, 4096 through a saved ScaNN index: both index paths.

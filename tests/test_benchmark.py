@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank
 from segfungi.benchmark import plan_cells, run_benchmark
 from segfungi.cli import main
 from segfungi.data import build_dataset

@@ -121,12 +121,12 @@ def test_interrupted_fungi_build_names_both_banks(root, tmp_path, monkeypatch, c
 
 
 def test_interrupt_before_the_build_started_leaves_nothing(root, tmp_path, monkeypatch, capsys):
-    from segfungi.bank import _build as bank
+    from segfungi import api as front_door
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bank, "make_extractor", interrupt)  # Ctrl-C while the model loads
+    monkeypatch.setattr(front_door, "make_extractor", interrupt)  # Ctrl-C while the model loads
     out = tmp_path / "new" / "bank"
     assert main(build_args(root, out)) == 130
     err = capsys.readouterr().err

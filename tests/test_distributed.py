@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import SUPPORT_DIR, MemoryBank, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank
 from segfungi.evaluate import evaluate
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance"]

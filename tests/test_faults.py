@@ -31,10 +31,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
+from segfungi import api
 from segfungi.bank import _build as bank_module
 from segfungi.components import bank_spec, index_settings
 from segfungi import storage
-from segfungi.bank import MANIFEST, MemoryBank, build_bank, estimate_bank_bytes, make_plan
+from segfungi.api import build_bank
+from segfungi.bank import MANIFEST, MemoryBank, estimate_bank_bytes, make_plan
 from segfungi.cli import main
 from segfungi.errors import BankError
 
@@ -278,7 +280,7 @@ def test_unwritable_output_folder_is_refused_up_front(root, tmp_path, monkeypatc
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(storage, "open", read_only_open, raising=False)
-    monkeypatch.setattr(bank_module, "open_train_dataset", lambda s: pytest.fail("work started"))
+    monkeypatch.setattr(api, "open_train_dataset", lambda s: pytest.fail("work started"))
     with pytest.raises(BankError, match=rf"{re.escape(str(out))}: output folder is not writable \(Permission denied\)"):
         build_bank(tiny_settings(root, **SETTINGS), out, progress=False)
 

@@ -12,7 +12,8 @@ import torch
 
 from conftest import tiny_settings
 from segfungi.backbones import load_backbone
-from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
 from segfungi.components import index_settings, support_spec
 from segfungi.errors import BankError, ConfigError
 from segfungi.features import FeatureExtractor

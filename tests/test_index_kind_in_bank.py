@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import MemoryBank, build_bank, verify_problems
+from segfungi.api import build_bank
+from segfungi.bank import MemoryBank, verify_problems
 from segfungi.evaluate import evaluate
 from segfungi.index import ExactIndex, register_index_kind, unregister_index_kind
 

@@ -33,7 +33,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_settings
-from segfungi.bank import MemoryBank, bank_identity, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import MemoryBank, bank_identity
 from segfungi.components import bank_spec, make_extractor, open_train_dataset
 
 REFERENCE = Path(__file__).parent / "data" / "pinned_banks.npz"

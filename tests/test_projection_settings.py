@@ -77,7 +77,7 @@ def test_the_default_float32_keeps_the_features(tiny):
 
 @pytest.fixture(scope="module")
 def bfloat16_bank(demo_voc_root, tmp_path_factory):
-    from segfungi.bank import build_bank
+    from segfungi.api import build_bank
 
     settings = tiny_settings(demo_voc_root, bank={"size": 512, "features": "fungi"}, data={"image_size": 128},
                              fungi={"projection_dtype": "bfloat16"})

@@ -14,15 +14,8 @@ import torch
 from conftest import tiny_settings
 from segfungi import components
 from segfungi.backbones import load_backbone
-from segfungi.bank import (
-    SUPPORT_DIR,
-    MemoryBank,
-    SupportIndex,
-    bank_identity,
-    bank_info,
-    build_bank,
-    build_banks,
-)
+from segfungi.api import build_bank, build_banks
+from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, bank_identity, bank_info
 from segfungi.bank import _cache, _writers
 from segfungi.components import bank_spec, make_extractor, open_train_dataset
 from segfungi.config import load_config

@@ -21,7 +21,8 @@ import pytest
 import bad_inputs
 from conftest import tiny_settings
 from segfungi.backbones import load_backbone
-from segfungi.bank import MANIFEST, MemoryBank, build_bank
+from segfungi.api import build_bank
+from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import index_settings
 from segfungi.cli import main
 from segfungi.config import load_config

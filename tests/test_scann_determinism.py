@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from segfungi import bank as bank_module
+from segfungi.api import build_bank
 from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.config import load_config
 root, out, mode = sys.argv[2:5]
@@ -37,11 +37,11 @@ if mode == "crash":
         real_write(self, shard)
     ShardWriter.write = crash_after_one
     try:
-        bank_module.build_bank(settings, out, progress=False)
+        build_bank(settings, out, progress=False)
     except KeyboardInterrupt:
         sys.exit(0)
     sys.exit("the simulated kill did not happen")
-bank_module.build_bank(settings, out, resume=(mode == "resume"), progress=False)
+build_bank(settings, out, resume=(mode == "resume"), progress=False)
 """
 
 

@@ -6,9 +6,10 @@ Public here (everything else in the package is internal):
   dataset, sampling, support), its hash, and `diff` (`_identity`).
 * `BankSpec`, `SupportSpec`: what a build is asked for; `segfungi.components` makes them
   from the settings once (`_spec`). `BankPlan`: images × epochs, patches kept, shards (`_plan`).
-* `build_bank(settings, out, ...)`: build, resume or reuse the bank the settings describe
-  (`_build`: a linear sequence of named steps; `_writers`: one shard's arrays; `_cache`:
-  the FUNGI pass's last-block inputs; `_records`: build.json).
+* `build(specs, outs, extractor=, embeddings_extractor=, dataset=)`: build, resume or reuse
+  banks of one or several sizes (`_build`: a linear sequence of named steps; `_writers`: one
+  shard's arrays; `_cache`: the FUNGI pass's last-block inputs; `_records`: build.json). It
+  takes specs, never settings: `segfungi.api.build_bank(settings, out)` is the front door.
 * `MemoryBank(path)`: a complete bank, read-only, checked on read (`_reader`); the one
   reader of manifest.json.
 * `SupportIndex(path, spec, index, device)`: nearest plain-embedding neighbours, the
@@ -28,11 +29,11 @@ from segfungi.lazy import lazy_exports
 # Public name -> the internal module that defines it.
 _PUBLIC = {
     # building
-    "build_bank": "._build",
-    "build_banks": "._build",
+    "build": "._build",
+    "check_specs": "._build",
+    "check_output_folders": "._build",
     "build_index": "._build",
     "bank_identity": "._build",
-    "planned_bank": "._build",
     "make_plan": "._build",
     "BankPlan": "._plan",
     "estimate_bank_bytes": "._plan",

@@ -4,10 +4,11 @@ A bank folder (layout: _layout) holds `shards/NNNNN/`, `index/` and `manifest.js
 written last. While a build runs, `build.json` records its identity (_records); a folder
 with `build.json` but no `manifest.json` is incomplete and resumable.
 
-`build_bank` turns the settings into a `BankSpec` once (segfungi.components) and then
-runs a straight sequence of named steps over one `_Build` context, computed once
-(images, model, plan, identities of the bank and of its support bank):
-`_check_output_folder` → `_prepare` → `_exists` → `_check_disk_space` → (locked)
+`build(specs, outs, extractor, embeddings_extractor, dataset)` takes what it builds as
+specs and components already made (settings stop above the bank: `segfungi.api.build_bank`
+turns them into these) and runs a straight sequence of named steps over one `_Build`
+context, computed once (plan, identities of each bank and of its support bank):
+`check_output_folders` → `_prepare` → `_exists` → `_check_disk_space` → (locked)
 `_start_or_resume` → `_write_embeddings` (the support of a FUNGI bank, or the bank) →
 `_write_last_block_inputs` (a support of its own views only) → `_write_fungi` (FUNGI
 banks); each bank's shards, then `_finish`: index and manifest.
@@ -78,7 +79,6 @@ from segfungi.bank._records import read_build_record, write_build_record
 from segfungi.bank._spec import BankSpec
 from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, LastBlockInputWriter
-from segfungi.components import bank_out, bank_spec, load_backbone_from, make_extractor, open_train_dataset
 from segfungi.errors import BankError
 from segfungi.progress import progress_iter
 from segfungi.sampling import void_class
@@ -100,12 +100,6 @@ from segfungi.storage import (
 
 
 # --------------------------------------------------------------------------- plan
-def planned_bank(settings: dict) -> BankPlan:
-    """The plan build_bank follows for these settings (opens the training split and the
-    backbone; both are cheap next to a build), e.g. to learn the bank size it will hold."""
-    return make_plan(bank_spec(settings), len(open_train_dataset(settings)), load_backbone_from(settings).num_patches)
-
-
 def make_plan(spec: BankSpec, num_images: int, grid_patches: int) -> BankPlan:
     return BankPlan(num_images=num_images, aug_epochs=spec.aug_epochs, bank_size=spec.size,
                     shard_images=spec.shard_images, patches_per_image=grid_patches)
@@ -264,42 +258,13 @@ class _Build:
         return [loader for loader in (self.loader, self.support_loader) if loader is not None]
 
 
-def build_bank(settings: dict, out: str | Path | None = None, resume: bool = False,
-               features: str | None = None, progress: bool = True, warn_capped: bool = True,
-               *, backbone=None, dataset=None) -> Path:
-    """Build (or resume, or reuse) the bank that `settings` describe; returns its folder.
-
-    `features`: embeddings | fungi (default bank.features). A bank.size the images cannot
-    fill (more than images × epochs × patches) gives the largest bank they can, with one
-    warning unless `warn_capped` is False (few-shot banks are capped by design). The
-    manifest records the paths of the settings (dataset root, subset file, weights) as
-    absolute paths, so the bank can be evaluated from any working directory.
-
-    `backbone`: a model not built from the settings (a `segfungi.CustomBackbone`; the
-    settings' backbone section is then unused). `dataset`: the training images instead of
-    the settings' data section (anything `segfungi.as_dataset` takes: (image, mask) pairs
-    with a class list). The other settings (bank, fungi, index) apply as usual.
-
-    The steps, in order (`build_banks`, for one size): check the output folder; open the
-    images and the model and name the bank (`_prepare`); stop if it exists already; check
-    the disk space; then, holding the folders' locks, start or resume the records, run the
-    embeddings pass (the support bank of a FUNGI bank, keeping the last-block inputs; with
-    fungi.support_views independent, over the support's own views and then a pass over the
-    bank's views keeping only those inputs), then the FUNGI pass; each bank ends with its
-    index and manifest (`_finish`)."""
-    out = Path(out or bank_out(settings))
-    size = bank_spec(settings).size
-    built = build_banks(settings, {size: out}, resume=resume, features=features, progress=progress,
-                        warn_capped=warn_capped, backbone=backbone, dataset=dataset,
-                        cache_dir=out / LAST_BLOCK_INPUT_DIR)
-    return built[size]
-
-
-def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = True, features: str | None = None,
-                progress: bool = True, warn_capped: bool = True, *, backbone=None, dataset=None,
-                cache_dir: str | Path | None = None) -> dict[int, Path]:
-    """Banks of several sizes (`outs`: {bank.size: folder}) of the same images, sampling
-    seed and features, from one pass of the backbone over the augmented views.
+def build(specs: Mapping[int, BankSpec], outs: Mapping[int, str | Path], *, extractor, embeddings_extractor,
+          dataset, resume: bool = True, progress: bool = True, warn_capped: bool = True,
+          cache_dir: str | Path | None = None) -> dict[int, Path]:
+    """Banks of several sizes (`outs`: {bank.size: folder}, `specs`: {bank.size: BankSpec}) of
+    the same images (`dataset`), sampling seed and features, from one pass of the backbone over
+    the augmented views. `extractor` computes the banks' features, `embeddings_extractor` those
+    of the embeddings pass (a FUNGI bank's support; the same extractor for an embeddings bank).
 
     Every size keeps the first K = S // (N·E) patches of the same per-view ranking, so
     the patches a smaller bank keeps are among a larger one's; the embeddings pass
@@ -307,17 +272,13 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
     inputs in `cache_dir` (default: `last_block_input/` beside the first folder) for the
     FUNGI pass of every size (with fungi.support_views independent: one pass over the
     support's views for every size's support, one over the bank's views for the cache).
-    Each bank equals, byte for byte, the one `build_bank` builds for that size.
+    Each bank equals, byte for byte, the one built for that size alone.
     Returns {size: folder}."""
     outs = {int(size): Path(out) for size, out in outs.items()}
-    specs = {size: bank_spec(settings, features, given_dataset=dataset is not None, size=size) for size in outs}
-    for spec in specs.values():
-        if spec.features not in FEATURE_KINDS:
-            raise BankError(f"bank.features must be one of {', '.join(FEATURE_KINDS)}, got {spec.features!r}")
-    for size in outs:
-        _check_output_folder(outs[size])
+    check_specs(specs)
+    check_output_folders(outs.values())
     cache_dir = Path(cache_dir) if cache_dir is not None else next(iter(outs.values())).parent / LAST_BLOCK_INPUT_DIR
-    build = _prepare(settings, specs, outs, progress, backbone, dataset, cache_dir)
+    build = _prepare(specs, outs, progress, dataset, extractor, embeddings_extractor, cache_dir)
     build.sizes = [size for size in build.sizes if not _exists(size.target)]
     if not build.sizes:
         return outs  # the same banks exist already
@@ -357,10 +318,19 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
     return outs
 
 
-def _check_output_folder(out: Path) -> None:
-    if not (out / MANIFEST).exists() and distributed.rank() == 0:
-        ensure_writable_dir(out)  # before any slow work: a bad --out fails now,
-        BuildLock(out).check_free()  # and so does a folder another build is writing
+def check_specs(specs: Mapping[int, BankSpec]) -> None:
+    for spec in specs.values():
+        if spec.features not in FEATURE_KINDS:
+            raise BankError(f"bank.features must be one of {', '.join(FEATURE_KINDS)}, got {spec.features!r}")
+
+
+def check_output_folders(outs) -> None:
+    """Before any slow work (opening images and models included): a bad --out fails now,
+    and so does a folder another build is writing."""
+    for out in map(Path, outs):
+        if not (out / MANIFEST).exists() and distributed.rank() == 0:
+            ensure_writable_dir(out)
+            BuildLock(out).check_free()
 
 
 def _lock(out: Path):
@@ -369,20 +339,11 @@ def _lock(out: Path):
     return BuildLock(out) if distributed.rank() == 0 else contextlib.nullcontext()
 
 
-def _prepare(settings: dict, specs: dict[int, BankSpec], outs: dict[int, Path], progress: bool, backbone, dataset,
+def _prepare(specs: Mapping[int, BankSpec], outs: dict[int, Path], progress: bool, dataset, extractor, embeddings,
              cache_dir: Path) -> _Build:
-    """The images, the model, each size's plan and identities, each computed once."""
-    if dataset is not None:
-        from segfungi.data.pairs import as_dataset
-
-        dataset = as_dataset(dataset)
-    else:
-        dataset = open_train_dataset(settings)
+    """Each size's plan and identities, computed once (the support banks are embeddings
+    banks of the same images and sampling, computed by `embeddings`)."""
     first = next(iter(specs.values()))
-    extractor = make_extractor(settings, features=first.features, backbone=backbone)
-    # The support banks are embeddings banks of the same images and sampling.
-    embeddings = (make_extractor(settings, features="embeddings", backbone=extractor.backbone)
-                  if first.features == "fungi" else extractor)
     sizes = []
     for size, spec in specs.items():
         plan = make_plan(spec, len(dataset), extractor.backbone.num_patches)

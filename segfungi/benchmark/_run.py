@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from segfungi import distributed
-from segfungi.bank import MemoryBank, build_bank, build_banks, describe_differences, differences
+from segfungi.api import build_bank, build_banks
+from segfungi.bank import MemoryBank, describe_differences, differences
 from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
 from segfungi.benchmark._queries import EncodedQueries
 from segfungi.cells import bank_features, evaluation_key, features_bank

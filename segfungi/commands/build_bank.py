@@ -45,7 +45,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from segfungi import distributed
-    from segfungi.bank import MemoryBank, build_bank
+    from segfungi.api import build_bank
+    from segfungi.bank import MemoryBank
     from segfungi.storage import remove_created_folders
     from segfungi.weights import backbone_line
 
