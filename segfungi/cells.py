@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from segfungi.api import build_bank
 from segfungi.bank import MANIFEST, SUPPORT_DIR, MemoryBank
@@ -23,7 +23,7 @@ from segfungi.components import evaluation_settings
 from segfungi.evaluate import evaluate
 from segfungi.storage import read_json, settings_hash, write_json_atomic
 
-__all__ = ["CellResult", "bank_features", "evaluate_once", "evaluation_key", "features_bank", "run_cell"]
+__all__ = ["CellResult", "bank_features", "cached_results", "evaluate_once", "evaluation_key", "features_bank", "run_cell"]
 
 
 @dataclass
@@ -73,11 +73,19 @@ def evaluate_once(settings: dict, bank_path: Path, cache: Path | None, progress:
     if cache is None:
         return evaluate(bank_path, settings, progress=progress)
     key = evaluation_key(MemoryBank(bank_path).hash, settings)
-    if cache.exists():
-        cached = read_json(cache)
-        if cached.get("cache_key") == key:
-            return cached
-    results = {**evaluate(bank_path, settings, progress=progress), "cache_key": key}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cache, results)
-    return results
+    return cached_results(cache, key, lambda: evaluate(bank_path, settings, progress=progress))[0]
+
+
+def cached_results(file: Path, key: str, compute: Callable[[], dict], write: bool = True) -> tuple[dict, bool]:
+    """The one results cache: the record in `file` when it was computed for `key` (an
+    `evaluation_key`), else `compute()` with its key, written to `file` atomically (`write`:
+    False on the ranks of a distributed run that do not own the file). Returns (record,
+    whether it was computed now)."""
+    record = read_json(file) if file.exists() else None
+    if record is not None and record.get("cache_key") == key:
+        return record, False
+    record = {**compute(), "cache_key": key}
+    if write:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(file, record)
+    return record, True

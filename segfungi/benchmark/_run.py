@@ -34,7 +34,7 @@ from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
 from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
 from segfungi.benchmark._queries import EncodedQueries
-from segfungi.cells import bank_features, evaluation_key, features_bank
+from segfungi.cells import bank_features, cached_results, evaluation_key, features_bank
 from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
 from segfungi.errors import ConfigError
 from segfungi.storage import read_json, write_json_atomic
@@ -110,18 +110,16 @@ def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbo
     for kind in features:
         path = features_bank(bank_dir, kind, top)
         bank = MemoryBank(path)
-        key = evaluation_key(bank.hash, settings)
         file = out / CELLS_DIR / cell.folder.relative_to("banks") / f"{kind}.json"
-        record = read_json(file) if file.exists() else None
-        computed = record is None or record.get("cache_key") != key
-        if computed:
+
+        def compute(path=path, bank=bank, kind=kind) -> dict:
             from segfungi.evaluate import evaluate
 
             results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val, encoded=queries)
-            record = {**cell_record(cell, kind, results, bank, settings), "cache_key": key}
-            if distributed.is_main():
-                file.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(file, record)
+            return cell_record(cell, kind, results, bank, settings)
+
+        record, computed = cached_results(file, evaluation_key(bank.hash, settings), compute,
+                                          write=distributed.is_main())
         records.append(record)
         clock.done(f"{cell.label} {kind}", record["miou"], computed)
     return records
