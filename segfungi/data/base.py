@@ -102,7 +102,31 @@ def check_policy(on_bad_sample: str) -> None:
         raise ConfigError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
 
 
-class SegDataset:
+class LabelledImages:
+    """What every segfungi dataset offers besides reading a sample (`SegDataset` on disk,
+    `segfungi.data.pairs.PairDataset` in memory): `classes`, `num_classes`, `ids`, `len`,
+    iteration in id order. Subclasses set `classes` and `_ids` and define `__getitem__`."""
+
+    classes: tuple[str, ...]
+    _ids: tuple[str, ...]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self._ids
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self._ids)):
+            yield self[index]
+
+
+class SegDataset(LabelledImages):
     """Indexable by position or by image id; `dataset[i] -> Sample(image, mask, id)`."""
 
     def __init__(self, *, name: str, root: Path, split: str, classes: Sequence[str],
@@ -127,27 +151,12 @@ class SegDataset:
         self._ids = tuple(self._files)
 
     # ------------------------------------------------------------------ access
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return self._ids
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
     def __getitem__(self, key: int | str) -> Sample:
         if isinstance(key, str):
             if key not in self._files:
                 raise KeyError(f"{self.name} {self.split}: no image with id {key!r}")
             return self.load(self._files[key])
         return self.load(self._files[self._ids[key]])
-
-    def __iter__(self) -> Iterator[Sample]:
-        for image_id in self._ids:
-            yield self.load(self._files[image_id])
 
     def files(self, image_id: str) -> SampleFiles:
         return self._files[image_id]

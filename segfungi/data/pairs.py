@@ -18,12 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segfungi.data.base import Sample
+from segfungi.data.base import LabelledImages, Sample
 from segfungi.data.labels import IGNORE, distinct_palette
 from segfungi.errors import DatasetError
 
 
-class PairDataset:
+class PairDataset(LabelledImages):
     """(image, mask) items with a class list, read like a `SegDataset`: `classes`,
     `num_classes`, `palette`, `ids`, `name`, `bad_samples`, `[i] -> Sample`."""
 
@@ -45,17 +45,6 @@ class PairDataset:
         if not len(items):
             raise DatasetError(f"dataset {name!r}: has no items")
         self.bad_samples: list[tuple[str, str]] = []
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return self._ids
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
     def __getitem__(self, index: int) -> Sample:
         item = self.items[index]
@@ -87,9 +76,7 @@ def from_pairs(items: Any, classes: Sequence[str], *, name: str = "custom",
 def as_dataset(data: Any, classes: Sequence[str] | None = None, *, name: str | None = None):
     """`data` as a segfungi dataset: a `SegDataset` or `PairDataset` as it is; any other
     object yielding (image, mask) pairs with `classes` (given here or as its attribute)."""
-    from segfungi.data.base import SegDataset
-
-    if isinstance(data, (SegDataset, PairDataset)) and classes is None and name is None:
+    if isinstance(data, LabelledImages) and classes is None and name is None:
         return data
     classes = classes if classes is not None else getattr(data, "classes", None)
     if classes is None:
