@@ -19,6 +19,7 @@ from typing import Mapping
 from segfungi import bank
 from segfungi.bank import LAST_BLOCK_INPUT_DIR, BankPlan
 from segfungi.components import bank_out, bank_spec, load_backbone_from, make_extractor, open_train_dataset
+from segfungi.feature_kinds import FeatureKind
 
 __all__ = ["build_bank", "build_banks", "planned_bank"]
 
@@ -81,7 +82,7 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
     kind = next(iter(specs.values())).features
     extractor = make_extractor(settings, features=kind, backbone=backbone)
     # A FUNGI bank's support is an embeddings bank of the same images and sampling.
-    embeddings = (make_extractor(settings, features="embeddings", backbone=extractor.backbone)
-                  if kind == "fungi" else extractor)
+    embeddings = (make_extractor(settings, features=FeatureKind.EMBEDDINGS, backbone=extractor.backbone)
+                  if kind == FeatureKind.FUNGI else extractor)
     return bank.build(specs, outs, extractor=extractor, embeddings_extractor=embeddings, dataset=dataset,
                       resume=resume, progress=progress, warn_capped=warn_capped, cache_dir=cache_dir)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from segfungi.backbones import Backbone, full_float32
+from segfungi.feature_kinds import FeatureKind, check_feature_kind
 from segfungi.gradients import (
     TokenGradients,
     gradient_pass,
@@ -42,7 +43,6 @@ from segfungi.gradients import (
     resolve_compute_dtype,
 )
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
 from segfungi.seg_loss import make_head, seg_simclr_loss
 
@@ -107,8 +107,7 @@ class FeatureExtractor:
         research_code_kept: int = 5,
         research_code_keep_fraction: float = 0.5,
     ):
-        if features not in FEATURE_KINDS:
-            raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
+        features = check_feature_kind(features, "features").value  # records keep the plain word
         _check_variant(negatives, variant, research_code_neighbours, research_code_kept, research_code_keep_fraction)
         self.backbone = backbone
         self.features = features
@@ -118,7 +117,7 @@ class FeatureExtractor:
         self.head_dim, self.tau, self.head_seed = int(head_dim), float(tau), int(head_seed)
         self.head = make_head(backbone.embed_dim, self.head_dim, self.head_seed).to(backbone.device)
         layer = backbone.grad_layer
-        if layer is None and features == "fungi":  # a segfungi.CustomBackbone given no grad_layer
+        if layer is None and features == FeatureKind.FUNGI:  # a segfungi.CustomBackbone given no grad_layer
             raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
         # Resolved here, once: the projection (and so the bank identity) records float32 or
         # bfloat16, never "auto", which means different things on different machines.
@@ -137,7 +136,7 @@ class FeatureExtractor:
     @property
     def feature_dim(self) -> int:
         """Width of one patch feature of this extractor's kind."""
-        if self.features == "embeddings":
+        if self.features == FeatureKind.EMBEDDINGS:
             return self.backbone.embed_dim
         return self.projection.dim + self.backbone.embed_dim
 
@@ -253,7 +252,7 @@ class FeatureExtractor:
     def identity(self) -> dict[str, Any]:
         """Everything a bank and its queries must share (the record `segfungi.bank` types)."""
         ident = {"backbone": self.backbone.identity(), "kind": self.features, "feature_dim": self.feature_dim}
-        if self.features == "fungi":
+        if self.features == FeatureKind.FUNGI:
             ident.update(
                 head_dim=self.head_dim,
                 head_seed=self.head_seed,

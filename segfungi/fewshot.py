@@ -55,7 +55,7 @@ from segfungi.bank import MemoryBank
 from segfungi.cells import bank_features, run_cell
 from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 from segfungi.storage import write_json_atomic
 
 RESULTS_FILE = "fewshot.json"

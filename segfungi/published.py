@@ -39,7 +39,7 @@ import yaml
 
 from segfungi.data.registry import dataset_names
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 
 __all__ = [
     "FEWSHOT_BANK_SIZE", "FEWSHOT_FRACTIONS", "FULL_BANK_SIZES", "PUBLISHED_DIR", "Cell", "Comparison",
@@ -214,7 +214,7 @@ def _entries_of_block(path: Path, where: str, block, source: dict) -> list[Publi
         _check_keys(path, at, row, ROW_KEYS)
         if not isinstance(row["model"], str) or not TIMM_NAME.match(row["model"]):
             _fail(path, f"{at}.model", f"must be a timm name with its pretrained tag, got {row['model']!r}")
-        if row["features"] not in FEATURE_KINDS:
+        if row["features"] not in FEATURE_KINDS:  # _fail names the file and place
             _fail(path, f"{at}.features", f"must be one of {', '.join(FEATURE_KINDS)}, got {row['features']!r}")
         label = _text(path, f"{at}.label", row["label"])
         if not isinstance(row["miou"], dict) or not row["miou"]:

@@ -30,6 +30,7 @@ from segfungi.components import (
     support_spec,
 )
 from segfungi.errors import BankError
+from segfungi.feature_kinds import FeatureKind
 
 
 class Segmenter:
@@ -57,7 +58,7 @@ class Segmenter:
         index, where = index_settings(settings), device(settings)
         self.index = self.bank.index(index, where)
         self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
-        fungi = built.features == "fungi"
+        fungi = built.features == FeatureKind.FUNGI
         self.support = SupportIndex(self.bank.support_path, support_spec(settings), index, where) if fungi else None
         transfer = eval_spec(settings)
         self.k, self.temperature = transfer.k, transfer.temperature

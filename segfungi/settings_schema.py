@@ -33,6 +33,7 @@ from typing import Any, Callable
 import yaml
 
 from segfungi.data import dataset_names
+from segfungi.feature_kinds import FEATURE_KINDS
 from segfungi.gradients import projection_defaults, projection_names
 from segfungi.index import index_kinds
 
@@ -61,7 +62,6 @@ HEADER = (
     "Generated from segfungi/settings_schema.py (python -m segfungi.settings_schema --write): edit it there.",
 )
 
-FEATURE_KINDS = ("embeddings", "fungi")
 
 SCHEMA: dict[str, tuple[Key, ...]] = {
     "data": (

@@ -80,10 +80,10 @@ from segfungi.bank._spec import BankSpec
 from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, LastBlockInputWriter
 from segfungi.errors import BankError
+from segfungi.feature_kinds import FeatureKind, check_feature_kind
 from segfungi.progress import progress_iter
 from segfungi.sampling import void_class
 from segfungi.seeding import SUPPORT_VIEWS, derive_seed
-from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import (
     BuildLock,
     check_free_space,
@@ -154,7 +154,7 @@ def bank_identity(spec: BankSpec, extractor, dataset) -> BankIdentity:
         void_label="background" if void_class(spec.void_label, dataset.classes) is not None else "ignore",
     )
     support = None
-    if extractor.features == "fungi":
+    if extractor.features == FeatureKind.FUNGI:
         support = SupportIdentity(
             neighbours=spec.support.neighbours, exclude_self=spec.support.exclude_self,
             # The FUNGI pass starts from float16 last-block inputs when they are cached.
@@ -166,7 +166,7 @@ def bank_identity(spec: BankSpec, extractor, dataset) -> BankIdentity:
 
 def independent_support(spec: BankSpec) -> bool:
     """Whether a FUNGI bank's support is drawn from views of its own (fungi.support_views)."""
-    return spec.features == "fungi" and spec.support.views == "independent"
+    return spec.features == FeatureKind.FUNGI and spec.support.views == "independent"
 
 
 def support_bank_spec(spec: BankSpec) -> BankSpec:
@@ -320,8 +320,7 @@ def build(specs: Mapping[int, BankSpec], outs: Mapping[int, str | Path], *, extr
 
 def check_specs(specs: Mapping[int, BankSpec]) -> None:
     for spec in specs.values():
-        if spec.features not in FEATURE_KINDS:
-            raise BankError(f"bank.features must be one of {', '.join(FEATURE_KINDS)}, got {spec.features!r}")
+        check_feature_kind(spec.features, "bank.features", BankError)
 
 
 def check_output_folders(outs) -> None:
@@ -349,13 +348,13 @@ def _prepare(specs: Mapping[int, BankSpec], outs: dict[int, Path], progress: boo
         plan = make_plan(spec, len(dataset), extractor.backbone.num_patches)
         target = _Target(outs[size], extractor, bank_identity(spec, extractor, dataset), spec)
         support = None
-        if spec.features == "fungi":
+        if spec.features == FeatureKind.FUNGI:
             support_spec = support_bank_spec(spec)
             support = _Target(outs[size] / SUPPORT_DIR, embeddings, bank_identity(support_spec, embeddings, dataset),
                               support_spec)
         sizes.append(_Size(spec, plan, target, support))
     cache = None
-    if first.features == "fungi" and caches_last_block_input(first, extractor):
+    if first.features == FeatureKind.FUNGI and caches_last_block_input(first, extractor):
         backbone = extractor.backbone
         cache = LastBlockCache(cache_dir, backbone.num_prefix_tokens + backbone.num_patches, backbone.embed_dim)
     return _Build(dataset=dataset, extractor=extractor, embeddings_extractor=embeddings, sizes=sizes,
@@ -530,7 +529,7 @@ def _finish(build: _Build, size: _Size, target: _Target, seconds: float) -> None
 
 def _views_note(fungi: BankSpec, target: _Target) -> dict:
     """What the manifest of a support of its own views says it is (nothing otherwise)."""
-    if target.features != "embeddings" or not independent_support(fungi):
+    if target.features != FeatureKind.EMBEDDINGS or not independent_support(fungi):
         return {}
     return {"support_views": {
         "views": "independent", "bank_seed": fungi.seed, "seed": target.spec.seed,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from segfungi.feature_kinds import FeatureKind
+
 __all__ = ["BankPlan", "estimate_bank_bytes"]
 
 
@@ -57,7 +59,7 @@ def estimate_bank_bytes(plan: BankPlan, feature_dim: int, features: str, label_t
     (float32/bfloat16/int8 reorder copy, one byte per AH block, tree and codebook).
     `index`: the bank's `IndexSettings`; other saved kinds are not estimated."""
     patches = plan.num_patches
-    per_patch = feature_dim * 2 + label_topk * (2 + 2) + 3 * 4 + (4 if features == "embeddings" else 0)
+    per_patch = feature_dim * 2 + label_topk * (2 + 2) + 3 * 4 + (4 if features == FeatureKind.EMBEDDINGS else 0)
     shards = patches * per_patch + plan.num_shards * 4096  # .npy headers + meta.json
     saved = 0
     if index.kind_for(patches) == "scann":

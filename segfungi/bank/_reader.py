@@ -20,7 +20,7 @@ from segfungi.bank._identity import BankIdentity
 from segfungi.index import index_kinds
 from segfungi.bank._layout import INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, not_a_bank
 from segfungi.errors import BankError
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import check_feature_kind
 from segfungi.storage import (
     ARRAY_NAME,
     check_file,
@@ -322,8 +322,7 @@ def _check_manifest(manifest, where: Path) -> None:
     need("patches_per_image", int, lambda v: v > 0)
     need("index", dict, lambda v: v.get("kind") in index_kinds(), f"{{'kind': one of {', '.join(index_kinds())}}}")
     identity = BankIdentity.from_record(manifest["identity"], where)
-    if identity.features not in FEATURE_KINDS:
-        raise BankError(f"{where}: identity.features must be one of {', '.join(FEATURE_KINDS)}")
+    check_feature_kind(identity.features, f"{where}: identity.features", BankError)
     shards = _check_shards(manifest.get("shards"), where)
     if sum(s["patches"] for s in shards) != manifest["num_patches"]:
         raise BankError(f"{where}: shard patch counts do not add up to num_patches")

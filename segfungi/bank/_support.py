@@ -20,6 +20,7 @@ import torch
 
 from segfungi.errors import BankError
 from segfungi.bank._reader import MemoryBank
+from segfungi.feature_kinds import FeatureKind
 
 
 class _RawTokens:
@@ -76,7 +77,7 @@ class SupportIndex:
         """`spec`: a `SupportSpec` (K, self-exclusion, negatives space); `index`: the
         `IndexSettings` searches use; `device`: where an exact index searches."""
         self.bank = MemoryBank(path)
-        if self.bank.features != "embeddings":
+        if self.bank.features != FeatureKind.EMBEDDINGS:
             raise BankError(f"{path}: a support index must be an embeddings bank")
         self.k = spec.neighbours
         self.exclude_self = spec.exclude_self

@@ -19,7 +19,7 @@ import numbers
 from fractions import Fraction
 
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import check_feature_kind
 
 __all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "checked_records", "fewshot_bank_cap",
            "fraction_label", "record_from_row", "row_of_record", "rows_from_csv", "rows_to_csv"]
@@ -79,8 +79,7 @@ def _checked(number: int, record) -> dict:
     record = {field: _plain(field, record[field], where) for field in RECORD_FIELDS}
     if record["protocol"] not in PROTOCOLS:
         raise ConfigError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got {record['protocol']!r}")
-    if record["features"] not in FEATURE_KINDS:
-        raise ConfigError(f"{where}: features must be one of {', '.join(FEATURE_KINDS)}, got {record['features']!r}")
+    check_feature_kind(record["features"], f"{where}: features", ConfigError)
     for field in ("miou", "pixel_accuracy"):
         if not 0 <= record[field] <= 1:
             raise ConfigError(f"{where}: {field} is a fraction 0..1, got {record[field]!r}")

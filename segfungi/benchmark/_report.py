@@ -31,7 +31,7 @@ from segfungi.benchmark._tables import FEATURE_LABELS, Table, build_tables, prog
 from segfungi.data.registry import dataset_title
 from segfungi.errors import ConfigError
 from segfungi.published import Comparison
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 from segfungi.storage import read_json, temporary_name, write_failed, write_json_atomic, write_text_atomic
 
 __all__ = ["RUN_FIELDS", "read_records", "summary_table", "write_report"]

@@ -27,7 +27,7 @@ from fractions import Fraction
 from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
 from segfungi.data.registry import dataset_title
 from segfungi.published import Cell, Comparison, Published, Run, format_bank_size, published_for
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 
 __all__ = ["FEATURE_LABELS", "PROTOCOL_TITLES", "PROTOCOL_TRIALS", "Footnote", "Measured", "Notes",
            "Table", "build_tables", "progress"]

@@ -7,7 +7,7 @@ import sys
 
 from segfungi.config import load_config, parse_override, set_key
 from segfungi.errors import ConfigError
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 from segfungi.settings_schema import keys as schema_keys
 
 # flag -> dotted config key; a flag left out keeps the config's value.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from segfungi.commands._options import add_config_options, settings_from_args
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 
 FLAGS = {"datasets": "benchmark.datasets", "features": "benchmark.features", "sizes": "benchmark.sizes",
          "fractions": "benchmark.fractions", "subsets": "benchmark.subsets", "out": "benchmark.out"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from segfungi.commands._options import add_config_options, settings_from_args
-from segfungi.settings_schema import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS
 
 
 def register(subparsers) -> None:
