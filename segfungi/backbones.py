@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import pickle
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -120,16 +121,21 @@ class PatchEncoder:
 
 
 class Backbone(PatchEncoder):
-    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
+    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md).
+
+    The timm-vit family; the other timm families (segfungi.families.timm_eva,
+    timm_naflex) subclass it and override the split, the geometry and `family`."""
 
     # (key, (R, G, B)) of data.mean / data.std when given; none: the model's own
     # (subclasses that skip __init__, e.g. segfungi.classify's TimmViT, keep this).
     normalisation: tuple = ()
+    # The family recorded in the identity; None for timm-vit, whose banks predate families.
+    family: str | None = None
 
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
                  compute_dtype: str | torch.dtype = "float32", mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None):
-        _require_vit(model, name)
+                 std: tuple[float, ...] | None = None, img_size: int | None = None):
+        self._check_model(model, name)
         # The blocks before the last run under autocast in this dtype (float32: no autocast);
         # the last block, the loss and the gradients always run in float32.
         self.compute_dtype = _as_dtype(compute_dtype)
@@ -137,15 +143,14 @@ class Backbone(PatchEncoder):
         self.name = name
         self.weights_id = weights_id
         self.model_kwargs = dict(model_kwargs or {})
-        height, width = model.patch_embed.img_size
-        patch_h, patch_w = model.patch_embed.patch_size
+        (height, width), (patch_h, patch_w) = self._input_geometry(model, img_size)
         if height != width or patch_h != patch_w:
             raise ConfigError(
                 f"{name}: only square images and patches are supported, got {height}×{width}/{patch_h}×{patch_w}"
             )
         self.img_size = int(height)
         self.patch_size = int(patch_h)
-        self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.grid = (self.img_size // self.patch_size, self.img_size // self.patch_size)
         self.embed_dim = int(model.embed_dim)
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -157,22 +162,62 @@ class Backbone(PatchEncoder):
         self.mean = given.get("mean") or tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
         self.std = given.get("std") or tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
 
+    # ---- what a timm family overrides
+    @classmethod
+    def _check_model_class(cls, model: nn.Module, name: str) -> None:
+        _require_vit(model, name)
+
+    def _check_model(self, model: nn.Module, name: str) -> None:
+        self._check_model_class(model, name)
+
+    @staticmethod
+    def patch_size_of(model: nn.Module) -> int:
+        patch_h, patch_w = model.patch_embed.patch_size
+        return int(patch_h)
+
+    @staticmethod
+    def resize(model: nn.Module, size: int) -> None:
+        """The model at size×size inputs (timm resamples the position embedding, re-grids RoPE)."""
+        if tuple(model.patch_embed.img_size) != (size, size):
+            model.set_input_size(img_size=(size, size))
+
+    def _input_geometry(self, model: nn.Module, img_size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((height, width), (patch height, patch width)) the model runs at (timm-vit:
+        its patch embedding's; `img_size` is for models without a fixed one)."""
+        return tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
+
     @property
     def device(self) -> torch.device:
-        return self.model.patch_embed.proj.weight.device
+        return self._first_weight().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.patch_embed.proj.weight.dtype
+        return self._first_weight().dtype
+
+    def _first_weight(self) -> torch.Tensor:
+        return self.model.patch_embed.proj.weight
 
     @property
     def has_class_token(self) -> bool:
-        return self.model.cls_token is not None
+        return getattr(self.model, "cls_token", None) is not None
 
     @property
-    def grad_layer(self) -> nn.Linear:
-        """The FUNGI gradient source: the attention output projection of the last block."""
-        return self.model.blocks[-1].attn.proj
+    def grad_layer(self) -> nn.Linear | None:
+        """The FUNGI gradient source: the attention output projection of the last block
+        (None when the last block has none: `grad_layer_problem` says why)."""
+        layer = getattr(getattr(self.model.blocks[-1], "attn", None), "proj", None)
+        return layer if isinstance(layer, nn.Linear) else None
+
+    @property
+    def grad_layer_problem(self) -> str | None:
+        """Why there is no gradient layer, with the fix; None when there is one."""
+        if self.grad_layer is not None:
+            return None
+        block = self.model.blocks[-1]
+        return (f"{self.name}: the last block ({type(block).__name__}) has no attention output projection "
+                "(attn.proj, an nn.Linear), which FUNGI takes its per-token gradients from; use "
+                "bank.features=embeddings, or wrap the model in segfungi.CustomBackbone(..., grad_layer=<the "
+                "nn.Linear to use>)")
 
     def forward_until_last_block(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×S×S → B×T×D tokens entering the last block (no autograd)."""
@@ -192,6 +237,8 @@ class Backbone(PatchEncoder):
         """What must match between a bank and its queries."""
         return {
             **self.encoder_identity(),
+            # Only for the families added after timm-vit, so its banks keep their hash.
+            **({"family": self.family} if self.family else {}),
             "grad_layer": f"blocks.{len(self.model.blocks) - 1}.attn.proj",
             "model_kwargs": dict(self.model_kwargs),
             # Only when not float32, so banks built before the setting keep their hash.
@@ -223,36 +270,74 @@ def load_backbone(
     dtype: str | torch.dtype = "float32",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-) -> Backbone:
-    """Build a frozen timm ViT ``name`` at ``img_size`` (default 32 × patch size).
+) -> PatchEncoder:
+    """Build a frozen backbone ``name`` at ``img_size`` (default 32 × patch size).
 
-    Weights: ``weights`` (a local checkpoint: timm state dict, original DINO layout, or
-    safetensors — detected from the content), or ``pretrained=True`` (timm hub), or
-    neither (random init seeded by ``init_seed``).  ``model_kwargs`` override timm's
-    architecture arguments (e.g. ``depth=2`` for tests) and are part of the identity.
+    ``name``: a timm name (its family is picked from the class timm creates: a
+    VisionTransformer, an Eva such as DINOv3 or EVA-02, a NaFlexVit such as C-RADIO), or
+    ``hf:<hub id or snapshot folder>``, or ``open_clip:<arch>[:<pretrained tag or
+    file>]`` (segfungi.families). Weights: ``weights`` (a local checkpoint: timm state
+    dict, original DINO layout, or safetensors — detected from the content; for ``hf:``
+    also a snapshot folder), or ``pretrained=True`` (the hub), or neither (random init
+    seeded by ``init_seed``).  ``model_kwargs`` override the architecture arguments (e.g.
+    ``depth=2`` for tests) and are part of the identity.
     ``dtype`` (setting ``backbone.dtype``): autocast dtype of the blocks before the last
     (float32 = none); bfloat16 is ~3× faster on CPUs with AMX, at a feature error that
     benchmarks/README.md reports. ``mean``, ``std`` (settings ``data.mean``, ``data.std``):
     the input normalisation instead of the model's own (its ``pretrained_cfg``); recorded
     in the identity when given.
     """
+    from segfungi.families import LoadOptions, family_for_prefixed_name
+
     if weights is not None and pretrained:
         raise ConfigError(f"{name}: give either weights= (a file) or pretrained=True, not both")
-    model_kwargs = dict(model_kwargs or {})
-    model = _create_model(name, pretrained=pretrained, init_seed=init_seed, model_kwargs=model_kwargs)
-    _require_vit(model, name)
-    size = _resolve_img_size(name, model, img_size)
-    if tuple(model.patch_embed.img_size) != (size, size):
-        model.set_input_size(img_size=(size, size))
-    if weights is not None:
-        weights_id = load_checkpoint(model, weights, name=name)
-    elif pretrained:
+    options = LoadOptions(weights=weights, pretrained=bool(pretrained), img_size=img_size, init_seed=int(init_seed),
+                          device=device, model_kwargs=dict(model_kwargs or {}), dtype=dtype, mean=mean, std=std)
+    family = family_for_prefixed_name(name)
+    if family is not None:
+        return family.load(name, options)
+    model = _create_model(name, pretrained=pretrained, init_seed=init_seed, model_kwargs=options.model_kwargs)
+    return timm_family_of(model, name).load(name, options, model=model)
+
+
+def timm_family_of(model: nn.Module, name: str):
+    """The backbone family of a timm model, by its class (or a base class)."""
+    from segfungi.families import family_for_timm_class, timm_classes
+
+    family = family_for_timm_class([cls.__name__ for cls in type(model).__mro__])
+    if family is None:
+        raise ConfigError(
+            f"{name}: is a {type(model).__name__}, but segfungi needs a timm VisionTransformer or another ViT "
+            f"class a backbone family handles ({', '.join(timm_classes())}); pick such a model, or register a "
+            "family for it (segfungi.families.register_backbone_family) or wrap it in segfungi.CustomBackbone"
+        )
+    return family
+
+
+def load_timm_vit(name: str, options, model: nn.Module | None = None) -> "Backbone":
+    """The timm-vit family's loader (`model`: created from `name` when not given)."""
+    return load_timm(Backbone, name, options, model)
+
+
+def load_timm(encoder: type, name: str, options, model: nn.Module | None = None) -> "Backbone":
+    """What the timm families share: the model at the working size (``encoder.resize``),
+    its weights (a local checkpoint, the hub, or the seeded random init it was created
+    with) and the frozen ``encoder`` over it."""
+    if model is None:
+        model = _create_model(name, pretrained=options.pretrained, init_seed=options.init_seed,
+                              model_kwargs=options.model_kwargs)
+    encoder._check_model_class(model, name)
+    size = _resolve_img_size(name, encoder.patch_size_of(model), options.img_size)
+    encoder.resize(model, size)
+    if options.weights is not None:
+        weights_id = load_checkpoint(model, options.weights, name=name)
+    elif options.pretrained:
         weights_id = WeightsSource.hub(_hub_tag(model, name)).id
     else:
-        weights_id = WeightsSource.random_init(init_seed, timm.__version__).id
-    model.to(device)
-    return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs, compute_dtype=dtype,
-                    mean=mean, std=std)
+        weights_id = WeightsSource.random_init(options.init_seed, timm.__version__).id
+    model.to(options.device)
+    return encoder(model, name=name, weights_id=weights_id, model_kwargs=options.model_kwargs,
+                   compute_dtype=options.dtype, mean=options.mean, std=options.std, img_size=size)
 
 
 # --------------------------------------------------------------------------- weights source
@@ -261,7 +346,19 @@ def load_backbone(
 def pretrained_tag(name: str) -> str | None:
     """The pretrained weights timm has for `name`, by their tag ('dino', 'lvd142m',
     'augreg_in21k_ft_in1k', ...), or None when timm has none (an untrained architecture).
-    A bare architecture name stands for its default tag, the weights `pretrained=True` loads."""
+    A bare architecture name stands for its default tag, the weights `pretrained=True` loads.
+    A family-prefixed name: ``hf:<hub id>`` names the hub's weights (the id);
+    ``open_clip:<arch>:<tag>`` the tag; ``hf:<folder>`` and ``open_clip:<arch>`` none."""
+    from segfungi.families import family_for_prefixed_name
+
+    family = family_for_prefixed_name(name)
+    if family is not None:
+        rest = name[len(family.prefix):]
+        if family.name == "hf":
+            return None if Path(rest).expanduser().is_dir() else rest
+        if family.name == "open_clip":
+            return rest.partition(":")[2] or None
+        return None
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # a tag timm does not know: the name still claims weights
@@ -277,7 +374,9 @@ def check_weights_source(name: str, *, weights, pretrained: bool, random_init: b
     random_init: True allows a random init (`--random-init`); None (the default) allows it
     only for names timm has no pretrained weights for; False never. A forgotten `--weights`
     would otherwise give results of an untrained network labelled with a trained one's name."""
-    if weights or pretrained or random_init:
+    from segfungi.families import implied_weights
+
+    if weights or pretrained or random_init or implied_weights(name):
         return
     fixes = "--weights FILE (a local checkpoint), --pretrained (download the hub weights)"
     if random_init is False:
@@ -286,7 +385,8 @@ def check_weights_source(name: str, *, weights, pretrained: bool, random_init: b
     tag = pretrained_tag(name)
     if tag is not None:
         raise ConfigError(
-            f"backbone {name}: names pretrained weights (timm tag {tag!r}) but none were given, so it would "
+            f"backbone {name}: names pretrained weights ({'timm tag' if ':' not in name else 'hub'} {tag!r}) but "
+            "none were given, so it would "
             f"run as an untrained random init: pass {fixes}, or --random-init (backbone.random_init: true) "
             "to use a random init on purpose"
         )
@@ -309,7 +409,9 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def _create_model(name: str, *, pretrained: bool, init_seed: int, model_kwargs: dict) -> nn.Module:
     if not timm.is_model(name):
-        raise ConfigError(f"unknown timm model name {name!r} (see timm.list_models('vit_*'))")
+        raise ConfigError(f"unknown backbone name {name!r}: not a timm model name (see timm.list_models('vit_*')) "
+                          "and no backbone family's prefix (hf:<hub id or folder>, open_clip:<arch>[:<pretrained>], "
+                          "custom:); segfungi.families.backbone_families() lists the families")
     if pretrained:
         _check_hub_reachable(name)
     # timm initialises from the global RNG: seed it inside a fork so callers' state is untouched.
@@ -366,11 +468,12 @@ def _require_vit(model: nn.Module, name: str) -> None:
         raise ConfigError(f"{name}: is a {type(model).__name__}, but segfungi needs a timm VisionTransformer")
 
 
-def _resolve_img_size(name: str, model: VisionTransformer, img_size: int | None) -> int:
-    patch = int(model.patch_embed.patch_size[0])
+def _resolve_img_size(name: str, patch: int, img_size: int | None) -> int:
     size = DEFAULT_GRID * patch if img_size is None else int(img_size)
     if size <= 0 or size % patch:
-        raise ConfigError(f"{name}: img_size {size} is not a positive multiple of the patch size {patch}")
+        raise ConfigError(f"{name}: img_size {size} (data.image_size) is not a positive multiple of the patch size "
+                          f"{patch}: use a multiple of {patch}, e.g. {DEFAULT_GRID * patch} (a {DEFAULT_GRID}×"
+                          f"{DEFAULT_GRID} grid)")
     return size
 
 
@@ -390,12 +493,21 @@ def load_checkpoint(model: VisionTransformer, path: str | Path, *, name: str = "
     state = _to_timm_layout(_read_checkpoint(path), path)
     _check_patch_size(state, model, path)
     try:
-        state = checkpoint_filter_fn(state, model)
+        state = _checkpoint_filter(model)(state, model)
     except Exception as err:  # timm's converters assume a fitting checkpoint
         raise CheckpointError(f"{path}: cannot adapt checkpoint to {name or 'the model'}: {err}") from err
     _check_fits(state, model, path, name)
     model.load_state_dict(state, strict=False)  # only the unused parts may be absent (checked above)
     return WeightsSource.file(path.name, _file_digest(path)[:16]).id
+
+
+def _checkpoint_filter(model: nn.Module):
+    """timm's converter of original checkpoints for the model's class (its module's
+    checkpoint_filter_fn: VisionTransformer, Eva, NaFlexVit each have one)."""
+    if isinstance(model, VisionTransformer):
+        return checkpoint_filter_fn
+    own = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    return own if own is not None else (lambda state, _model: state)
 
 
 def _read_checkpoint(path: Path) -> Any:
