@@ -501,6 +501,26 @@ def load_checkpoint(model: VisionTransformer, path: str | Path, *, name: str = "
     return WeightsSource.file(path.name, _file_digest(path)[:16]).id
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """The tensors of a local checkpoint (safetensors, or a torch file read with
+    weights_only=True: nothing is unpickled), as stored; CheckpointError naming the file
+    and what it is when it is no checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return _read_checkpoint(path)
+
+
+def as_compute_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """backbone.dtype as a torch dtype (float32 | bfloat16 | float16); ConfigError otherwise."""
+    return _as_dtype(dtype)
+
+
+def normalisation_value(key: str, value) -> tuple[float, float, float]:
+    """data.mean / data.std checked: three numbers (std: positive)."""
+    return _rgb(key, value)
+
+
 def _checkpoint_filter(model: nn.Module):
     """timm's converter of original checkpoints for the model's class (its module's
     checkpoint_filter_fn: VisionTransformer, Eva, NaFlexVit each have one)."""

@@ -66,9 +66,12 @@ def requested_weights(settings: dict):
     else the hub, else a random init; None when they ask for none."""
     from segfungi.weights import WeightsSource
 
+    from segfungi.families import implied_weights
+
     cfg = settings["backbone"]
-    if cfg["weights"]:
-        return WeightsSource.file(cfg["weights"])
+    weights = cfg["weights"] or implied_weights(cfg["name"])  # hf:<snapshot folder>, open_clip:<arch>:<file>
+    if weights:
+        return WeightsSource.file(weights)
     if cfg["pretrained"]:
         return WeightsSource.hub(cfg["name"])
     if cfg["random_init"] is not False:  # null: allowed where the name promises no weights (load_backbone_from)
