@@ -434,9 +434,6 @@ def _check_hub_reachable(name: str) -> None:
     back-off, for the safetensors file and again for the fallback .bin: about a minute
     offline before an error that says nothing of --weights. One HEAD request without
     retries (no download) tells instead; a hub that answers, even 404, is left to timm."""
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
@@ -445,15 +442,10 @@ def _check_hub_reachable(name: str) -> None:
         return  # torch.hub URLs are tried once, without retries
     repo, _, revision = cfg.hf_hub_id.partition("@")
     files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
-        return
-    try:
-        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0], revision=revision or None),
-                                             timeout=10)
-    except HfHubHTTPError:
-        return  # the hub answered
-    except Exception as err:  # no answer: offline mode, no network, DNS, a proxy
-        reason = checkpoint_files.first_line(str(err)) or type(err).__name__
+    reason = hub_unreachable(repo, files, revision or None)
+    if reason is not None:
+        import huggingface_hub
+
         elsewhere = f", e.g. {cfg.url} fetched where there is internet" if cfg.url else ""
         raise CheckpointError(
             f"backbone {name}: its pretrained weights ({cfg.hf_hub_id}) are not in the Hugging Face cache "
@@ -461,6 +453,28 @@ def _check_hub_reachable(name: str) -> None:
             f"--weights FILE (a local checkpoint{elsewhere}); --random-init (an untrained network, for a "
             "pipeline check); or set HF_HUB_CACHE (or HF_HOME) to a cache directory that holds the weights"
         ) from None
+
+
+def hub_unreachable(repo: str, files: list[str], revision: str | None = None) -> str | None:
+    """Why Hugging Face hub files can be neither read from the cache nor fetched (no
+    answer from the hub: offline mode, no network, DNS, a proxy), or None when one of
+    `files` is cached or the hub answers (even 404: the loader then says what is wrong).
+
+    huggingface_hub retries a network error five times with back-off, per file: minutes
+    offline before an error that names no fix. One HEAD request without retries tells."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f, revision=revision), str) for f in files):
+        return None
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0], revision=revision),
+                                             timeout=10)
+    except HfHubHTTPError:
+        return None  # the hub answered
+    except Exception as err:  # no answer
+        return checkpoint_files.first_line(str(err)) or type(err).__name__
+    return None
 
 
 def _require_vit(model: nn.Module, name: str) -> None:

@@ -41,7 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from segfungi.backbones import DEFAULT_GRID, PatchEncoder, as_compute_dtype, normalisation_value, read_checkpoint
+from segfungi.backbones import (
+    DEFAULT_GRID,
+    PatchEncoder,
+    as_compute_dtype,
+    hub_unreachable,
+    normalisation_value,
+    read_checkpoint,
+)
 from segfungi.errors import CheckpointError, ConfigError
 from segfungi.families import hf_weight_files
 from segfungi.weights import WeightsSource
@@ -270,7 +277,7 @@ def load(name: str, options, model: nn.Module | None = None) -> HfBackbone:
         _check_snapshot(weights, name)
         config = transformers.AutoConfig.from_pretrained(str(weights), local_files_only=True)
     else:
-        config = _hub_config(transformers, source, name)
+        config = _hub_config(transformers, source, name, options.pretrained)
     if options.model_kwargs:
         _override_config(config, options.model_kwargs, name)
     model = _build(transformers, config, options, name, source, weights)
@@ -301,18 +308,22 @@ def _check_snapshot(folder: Path, name: str) -> None:
         raise ConfigError(f"{name}: {folder} is not a Hugging Face snapshot ({what}); {SNAPSHOT_FIX}")
 
 
-def _hub_config(transformers, repo: str, name: str):
+def _hub_config(transformers, repo: str, name: str, pretrained: bool):
     """The hub model's config, from the Hugging Face cache or the hub; offline: an error
-    that names the files to fetch."""
-    try:
-        return transformers.AutoConfig.from_pretrained(repo)
-    except OSError as err:
-        raise CheckpointError(
-            f"backbone {name}: cannot read {repo}'s config.json from the Hugging Face cache or the hub "
-            f"({_first_line(err)}). Fixes: download the snapshot (config.json and model.safetensors) where there "
-            f"is internet: `hf download {repo} --local-dir DIR`, then --backbone hf:DIR; or set HF_HOME to a "
-            "cache that holds it"
-        ) from None
+    at once (no retries) that names the files to fetch."""
+    files = ["model.safetensors", "pytorch_model.bin"] if pretrained else ["config.json"]
+    reason = hub_unreachable(repo, files)
+    if reason is None:
+        try:
+            return transformers.AutoConfig.from_pretrained(repo)
+        except OSError as err:
+            reason = _first_line(err)
+    raise CheckpointError(
+        f"backbone {name}: {repo}'s {'weights are' if pretrained else 'config.json is'} neither in the Hugging Face "
+        f"cache nor on a reachable hub ({reason}). Fixes: download the snapshot (config.json and "
+        f"model.safetensors) where there is internet: `hf download {repo} --local-dir DIR`, then --backbone "
+        "hf:DIR; or set HF_HOME to a cache that holds it"
+    ) from None
 
 
 def _override_config(config, overrides: dict, name: str) -> None:

@@ -180,6 +180,8 @@ def load(name: str, options, model: nn.Module | None = None) -> OpenClipBackbone
     if options.pretrained and not tag:
         raise ConfigError(f"backbone {name}: --pretrained needs a pretrained tag: open_clip:{arch}:<tag> "
                           f"({', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none known'})")
+    if weights is None and pretrained is not None:
+        _check_hub(open_clip, name, arch, tag)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(options.init_seed))
         try:
@@ -214,6 +216,23 @@ def _weights_file(name: str, tag: str | None, options) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found (backbone {name})")
     return path
+
+
+def _check_hub(open_clip, name: str, arch: str, tag: str) -> None:
+    """Offline and not cached: an error at once (huggingface_hub would retry for minutes)."""
+    from segfungi.backbones import hub_unreachable
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    repo = str(cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return  # a URL download, tried once
+    files = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    reason = hub_unreachable(repo, files)
+    if reason is not None:
+        raise CheckpointError(
+            f"backbone {name}: open_clip's {arch}:{tag} weights ({repo}) are not in the Hugging Face cache and the "
+            f"hub cannot be reached ({reason}). Fixes: download {repo}/{files[0]} (or {files[1]}) where there is "
+            f"internet and pass open_clip:{arch}:<that file>; or --random-init for an untrained network")
 
 
 def _weights_problem(open_clip, name: str, arch: str, tag: str | None, weights: Path | None, err: Exception) -> str:
