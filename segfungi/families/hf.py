@@ -266,6 +266,9 @@ def load(name: str, options, model: nn.Module | None = None) -> HfBackbone:
                           "hf:facebook/dinov2-small or hf:/models/dinov2-small")
     folder = Path(source).expanduser()
     weights = Path(options.weights).expanduser() if options.weights is not None else None
+    if weights is not None and not weights.exists():
+        raise CheckpointError(f"{weights}: weights not found (backbone {name}: a snapshot folder or a safetensors "
+                              "file of the model)")
     if folder.exists():
         _check_snapshot(folder, name)
         if weights is not None and weights.resolve() != folder.resolve():
