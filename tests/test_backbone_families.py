@@ -404,3 +404,14 @@ def test_names_that_promise_weights_need_them():
     check_weights_source("vit_small_patch16_dinov3", weights=None, pretrained=False, random_init=True)
     with pytest.raises(ConfigError, match="timm tag 'lvd1689m'"):
         check_weights_source("vit_small_patch16_dinov3", weights=None, pretrained=False, random_init=None)
+
+
+def test_dinov3_presets_name_an_eva_at_a_32x32_grid():
+    from segfungi.config import load_config
+
+    for preset, width in (("voc_vits16_dinov3", 384), ("voc_vitb16_dinov3", 768)):
+        settings = load_config(preset)
+        backbone = settings["backbone"]
+        assert backbone["name"].endswith("_patch16_dinov3.lvd1689m") and backbone["pretrained"] is True
+        bb = load_backbone(backbone["name"], img_size=settings["data"]["image_size"], model_kwargs=dict(depth=1))
+        assert (bb.family, bb.grid, bb.num_prefix_tokens, bb.embed_dim) == ("timm-eva", (32, 32), 5, width)
