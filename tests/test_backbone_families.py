@@ -415,3 +415,31 @@ def test_dinov3_presets_name_an_eva_at_a_32x32_grid():
         assert backbone["name"].endswith("_patch16_dinov3.lvd1689m") and backbone["pretrained"] is True
         bb = load_backbone(backbone["name"], img_size=settings["data"]["image_size"], model_kwargs=dict(depth=1))
         assert (bb.family, bb.grid, bb.num_prefix_tokens, bb.embed_dim) == ("timm-eva", (32, 32), 5, width)
+
+
+def test_the_cli_builds_and_evaluates_an_hf_snapshot(hf_snapshots, demo_voc_root, tmp_path, capsys):
+    from segfungi.cli import main
+
+    folder = hf_snapshots["hf-dinov2-reg"]
+    common = ["--root", str(demo_voc_root), "--set", "data.image_size=64", "--quiet"]
+    assert main(["build-bank", "--backbone", f"hf:{folder}", "--bank-size", "256", "--features", "fungi",
+                 "--set", "bank.shard_images=4", "--out", str(tmp_path / "bank"), *common]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == f"backbone hf:{folder}: weights {folder.name}"
+    assert main(["eval", "--bank", str(tmp_path / "bank"), "--max-images", "2", *common]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith(f"backbone hf:{folder}: weights {folder.name}") and "mIoU" in printed
+
+
+def test_weights_ids_of_the_new_sources_read_back():
+    from segfungi.weights import WeightsSource
+
+    for text in ("hf-hub:facebook/dinov2-small", "open_clip-hub:ViT-B-16:openai",
+                 "random-init:seed=3:transformers=5.25.0", "random-init:seed=0:open_clip=3.3.0",
+                 "random-init:seed=1:timm=1.0.31", "file:snapshot:sha256:0123456789abcdef"):
+        assert WeightsSource.parse(text).id == text
+    hf = WeightsSource.parse("hf-hub:facebook/dinov2-small")
+    assert hf.describe() == "pretrained weights facebook/dinov2-small"
+    assert hf.mismatch(WeightsSource.hub("hf:facebook/dinov2-small")) is None  # --pretrained asks for "the hub"
+    assert "query asks for a random init" in hf.mismatch(WeightsSource.random_init(0))
+    assert WeightsSource.parse("random-init:seed=3:transformers=5.25.0").library == "transformers"
