@@ -619,9 +619,11 @@ def _to_timm_layout(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _check_patch_size(state: dict, model: VisionTransformer, path: Path) -> None:
     # timm would silently resample a foreign patch kernel; that is another architecture.
-    kernel = state.get("patch_embed.proj.weight")
-    expected = tuple(model.patch_embed.proj.weight.shape[-2:])
-    if kernel is not None and kernel.ndim == 4 and tuple(kernel.shape[-2:]) != expected:
+    key = "patch_embed.proj.weight"  # a NaFlexVit's patch embedding is a Linear: no kernel to compare
+    kernel = state.get(key)
+    own = model.get_parameter(key) if hasattr(model, "patch_embed") else None
+    expected = tuple(own.shape[-2:]) if own is not None else None
+    if kernel is not None and kernel.ndim == 4 and expected is not None and tuple(kernel.shape[-2:]) != expected:
         raise CheckpointError(
             f"{path}: checkpoint has {tuple(kernel.shape[-2:])} patches but the model uses {expected}: "
             "checkpoint for another architecture"

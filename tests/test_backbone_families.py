@@ -443,3 +443,36 @@ def test_weights_ids_of_the_new_sources_read_back():
     assert hf.mismatch(WeightsSource.hub("hf:facebook/dinov2-small")) is None  # --pretrained asks for "the hub"
     assert "query asks for a random init" in hf.mismatch(WeightsSource.random_init(0))
     assert WeightsSource.parse("random-init:seed=3:transformers=5.25.0").library == "transformers"
+
+
+@pytest.mark.parametrize("case", ["dinov3", "eva02", "radio"])
+def test_timm_family_checkpoints_load_through_their_classes_filter(case, backbones, tmp_path):
+    """A local checkpoint of an Eva / NaFlexVit (saved at another resolution) loads into the
+    model at the working size; the random init's seed no longer matters."""
+    import safetensors.torch
+
+    _, name, size = TIMM_CASES[case]
+    source = load_backbone(name, model_kwargs=TINY, img_size=size * 2, init_seed=5)
+    path = tmp_path / f"{case}.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
+    loaded = load_backbone(name, model_kwargs=TINY, img_size=size, init_seed=99, weights=path)
+    assert loaded.weights_id.startswith(f"file:{case}.safetensors:sha256:")
+    torch.testing.assert_close(loaded.grad_layer.weight, source.grad_layer.weight, rtol=0, atol=0)
+    other = load_backbone(name, model_kwargs=TINY, img_size=size, init_seed=99)
+    assert not torch.equal(other.grad_layer.weight, loaded.grad_layer.weight)
+
+
+def test_an_open_clip_checkpoint_file_in_the_name(open_clip_arch, tmp_path):
+    import open_clip
+
+    torch.manual_seed(5)
+    clip = open_clip.create_model(open_clip_arch)
+    path = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), path)
+    bb = load_backbone(f"open_clip:{open_clip_arch}:{path}", img_size=64)  # saved at 32²: resampled to 64²
+    assert bb.weights_id.startswith("file:tiny.pt:sha256:") and bb.grid == (8, 8)
+    torch.testing.assert_close(bb.grad_layer.weight, clip.visual.transformer.resblocks[-1].attn.out_proj.weight)
+    from segfungi.components import requested_weights
+
+    settings = segfungi.load_config(overrides=[{"backbone": {"name": f"open_clip:{open_clip_arch}:{path}"}}])
+    assert requested_weights(settings).kind == "file"
