@@ -429,6 +429,8 @@ def test_the_cli_builds_and_evaluates_an_hf_snapshot(hf_snapshots, demo_voc_root
     assert main(["eval", "--bank", str(tmp_path / "bank"), "--max-images", "2", *common]) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].startswith(f"backbone hf:{folder}: weights {folder.name}") and "mIoU" in printed
+    assert main(["bank", "info", str(tmp_path / "bank")]) == 0
+    assert f"hf:{folder}" in capsys.readouterr().out
 
 
 def test_weights_ids_of_the_new_sources_read_back():
@@ -476,3 +478,13 @@ def test_an_open_clip_checkpoint_file_in_the_name(open_clip_arch, tmp_path):
 
     settings = segfungi.load_config(overrides=[{"backbone": {"name": f"open_clip:{open_clip_arch}:{path}"}}])
     assert requested_weights(settings).kind == "file"
+
+
+def test_an_hf_model_type_the_family_does_not_read(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Siglip2VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                              intermediate_size=64, patch_size=8, num_patches=16)
+    transformers.AutoModel.from_config(config).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="model_type 'siglip2_vision_model' is not one the hf family reads.*"
+                                          "naflexvit_base_patch16_siglip.v2_webli"):
+        load_backbone(f"hf:{tmp_path}", img_size=64)

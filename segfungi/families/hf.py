@@ -87,6 +87,15 @@ ARCHITECTURES: dict[str, HfArchitecture] = {
 }
 
 
+# Models the hf family does not read, and where segfungi does read them.
+ELSEWHERE = {
+    "siglip2_vision_model": "SigLIP 2 takes pre-patchified inputs in transformers; timm reads the same weights "
+                            "(naflexvit_base_patch16_siglip.v2_webli, vit_base_patch16_siglip_224.v2_webli): use "
+                            "that name, or ",
+    "dinov3_convnext": "a ConvNeXt is no ViT (no patch tokens or attention projection); ",
+}
+
+
 class _Stop(Exception):
     """Raised by the hook on the last block: the rest of the forward is not needed."""
 
@@ -102,8 +111,9 @@ class HfBackbone(PatchEncoder):
         self.model_type = config.model_type
         if self.model_type not in ARCHITECTURES:
             raise ConfigError(f"{name}: transformers model_type {self.model_type!r} is not one the hf family reads "
-                              f"({', '.join(ARCHITECTURES)}); add an HfArchitecture for it "
-                              "(segfungi.families.hf.ARCHITECTURES) or wrap it in segfungi.CustomBackbone")
+                              f"({', '.join(ARCHITECTURES)}); {ELSEWHERE.get(self.model_type, '')}add an "
+                              "HfArchitecture for it (segfungi.families.hf.ARCHITECTURES) or wrap it in "
+                              "segfungi.CustomBackbone")
         arch = ARCHITECTURES[self.model_type]
         self.arch = arch
         self.model = tower.eval().requires_grad_(False)
