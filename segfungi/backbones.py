@@ -483,12 +483,9 @@ def _require_vit(model: nn.Module, name: str) -> None:
 
 
 def _resolve_img_size(name: str, patch: int, img_size: int | None) -> int:
-    size = DEFAULT_GRID * patch if img_size is None else int(img_size)
-    if size <= 0 or size % patch:
-        raise ConfigError(f"{name}: img_size {size} (data.image_size) is not a positive multiple of the patch size "
-                          f"{patch}: use a multiple of {patch}, e.g. {DEFAULT_GRID * patch} (a {DEFAULT_GRID}×"
-                          f"{DEFAULT_GRID} grid)")
-    return size
+    from segfungi.families import check_image_size
+
+    return check_image_size(name, patch, img_size, DEFAULT_GRID)
 
 
 def _hub_tag(model: nn.Module, name: str) -> str:

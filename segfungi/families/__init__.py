@@ -36,12 +36,17 @@ from segfungi.registry import Registry
 
 __all__ = [
     "BackboneFamily",
+    "FAMILIES",
     "LoadOptions",
     "backbone_families",
+    "check_image_size",
     "family_for_prefixed_name",
+    "family_for_timm_class",
     "get_backbone_family",
+    "hf_weight_files",
     "implied_weights",
     "register_backbone_family",
+    "timm_classes",
     "unregister_backbone_family",
 ]
 
@@ -159,11 +164,13 @@ def hf_weight_files(folder: Path) -> list[Path]:
 def check_image_size(name: str, patch_size: int, img_size: int | None, default_grid: int) -> int:
     """The working input side: `img_size`, or 32 × the patch size; refused unless a
     positive multiple of the patch size."""
-    size = default_grid * int(patch_size) if img_size is None else int(img_size)
-    if size <= 0 or size % int(patch_size):
+    patch = int(patch_size)
+    size = default_grid * patch if img_size is None else int(img_size)
+    if size <= 0 or size % patch:
         raise ConfigError(f"{name}: img_size {size} (data.image_size) is not a positive multiple of the patch size "
-                          f"{patch_size}: use a multiple of {patch_size}, e.g. {default_grid * int(patch_size)}")
+                          f"{patch}: use a multiple of {patch}, e.g. {default_grid * patch} (a {default_grid}×"
+                          f"{default_grid} grid)")
     return size
 
 
-from segfungi.families import _builtin  # noqa: E402  (registers the built-in families)
+from segfungi.families import _builtin  # noqa: E402,F401  (registers the built-in families)

@@ -50,7 +50,7 @@ from segfungi.backbones import (
     read_checkpoint,
 )
 from segfungi.errors import CheckpointError, ConfigError
-from segfungi.families import hf_weight_files
+from segfungi.families import check_image_size, hf_weight_files
 from segfungi.weights import WeightsSource
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -296,7 +296,7 @@ def load(name: str, options, model: nn.Module | None = None) -> HfBackbone:
     model = _build(transformers, config, options, name, source, weights)
     tower = model.vision_model if hasattr(model, "vision_model") else model
     patch = int(tower.config.patch_size)
-    size = _image_size(name, patch, options.img_size)
+    size = check_image_size(name, patch, options.img_size, DEFAULT_GRID)
     weights_id = _weights_id(transformers, options, source, weights)
     tower.to(options.device)
     own = _snapshot_normalisation(weights if weights is not None and weights.is_dir() else None,
@@ -373,14 +373,6 @@ def _from_pretrained(transformers, where: str, config, name: str, local: bool):
             f"where there is internet (`hf download {where} --local-dir DIR`, then --backbone hf:DIR); or "
             "--random-init for an untrained network"
         ) from None
-
-
-def _image_size(name: str, patch: int, img_size: int | None) -> int:
-    size = DEFAULT_GRID * patch if img_size is None else int(img_size)
-    if size <= 0 or size % patch:
-        raise ConfigError(f"{name}: img_size {size} (data.image_size) is not a positive multiple of the patch size "
-                          f"{patch}: use a multiple of {patch}, e.g. {DEFAULT_GRID * patch}")
-    return size
 
 
 def _weights_id(transformers, options, source: str, weights: Path | None) -> str:

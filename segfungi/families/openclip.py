@@ -34,6 +34,7 @@ from torch import nn
 
 from segfungi.backbones import DEFAULT_GRID, PatchEncoder, as_compute_dtype, normalisation_value
 from segfungi.errors import CheckpointError, ConfigError
+from segfungi.families import check_image_size
 from segfungi.weights import WeightsSource
 
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -171,10 +172,7 @@ def load(name: str, options, model: nn.Module | None = None) -> OpenClipBackbone
     if not patch:
         raise ConfigError(f"backbone {name}: {arch} has no ViT patch size (a ResNet or timm tower?): segfungi needs an "
                           "open_clip ViT")
-    size = DEFAULT_GRID * patch if options.img_size is None else int(options.img_size)
-    if size <= 0 or size % patch:
-        raise ConfigError(f"{name}: img_size {size} (data.image_size) is not a positive multiple of the patch size "
-                          f"{patch}: use a multiple of {patch}, e.g. {DEFAULT_GRID * patch}")
+    size = check_image_size(name, patch, options.img_size, DEFAULT_GRID)
     weights = _weights_file(name, tag, options)
     pretrained = str(weights) if weights is not None else (tag if options.pretrained else None)
     if options.pretrained and not tag:
