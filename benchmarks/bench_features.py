@@ -53,7 +53,7 @@ import time
 import numpy as np
 import torch
 
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import TokenGradients, cpu_has_fast_bfloat16, gradient_pass, l2_normalize
 from segfungi.seg_loss import seg_simclr_loss

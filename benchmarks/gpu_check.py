@@ -164,7 +164,7 @@ def time_ratio(backbone: str, device: str, size: int, batch: int) -> None:
     """Step 4: seconds per image of embeddings and of FUNGI query features."""
     import torch
 
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
     from segfungi.features import FeatureExtractor
 
     bb = load_backbone(backbone, img_size=size, device=device)

@@ -39,7 +39,7 @@ _PUBLIC = {
     "run_fewshot": "segfungi.fewshot",
     "benchmark": "segfungi.benchmark",
     # models and features
-    "load_backbone": "segfungi.backbones",
+    "load_backbone": "segfungi.families",
     "Backbone": "segfungi.backbones",
     "CustomBackbone": "segfungi.custom",
     "FeatureExtractor": "segfungi.features",

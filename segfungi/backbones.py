@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import pickle
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -120,16 +121,21 @@ class PatchEncoder:
 
 
 class Backbone(PatchEncoder):
-    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md)."""
+    """A frozen timm ViT with the pieces the FUNGI pass needs (see docs/architecture.md).
+
+    The timm-vit family; the other timm families (segfungi.families.timm_eva,
+    timm_naflex) subclass it and override the split, the geometry and `family`."""
 
     # (key, (R, G, B)) of data.mean / data.std when given; none: the model's own
     # (subclasses that skip __init__, e.g. segfungi.classify's TimmViT, keep this).
     normalisation: tuple = ()
+    # The family recorded in the identity; None for timm-vit, whose banks predate families.
+    family: str | None = None
 
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
                  compute_dtype: str | torch.dtype = "float32", mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None):
-        _require_vit(model, name)
+                 std: tuple[float, ...] | None = None, img_size: int | None = None):
+        self._check_model(model, name)
         # The blocks before the last run under autocast in this dtype (float32: no autocast);
         # the last block, the loss and the gradients always run in float32.
         self.compute_dtype = _as_dtype(compute_dtype)
@@ -137,15 +143,14 @@ class Backbone(PatchEncoder):
         self.name = name
         self.weights_id = weights_id
         self.model_kwargs = dict(model_kwargs or {})
-        height, width = model.patch_embed.img_size
-        patch_h, patch_w = model.patch_embed.patch_size
+        (height, width), (patch_h, patch_w) = self._input_geometry(model, img_size)
         if height != width or patch_h != patch_w:
             raise ConfigError(
                 f"{name}: only square images and patches are supported, got {height}×{width}/{patch_h}×{patch_w}"
             )
         self.img_size = int(height)
         self.patch_size = int(patch_h)
-        self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.grid = (self.img_size // self.patch_size, self.img_size // self.patch_size)
         self.embed_dim = int(model.embed_dim)
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -157,22 +162,62 @@ class Backbone(PatchEncoder):
         self.mean = given.get("mean") or tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
         self.std = given.get("std") or tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
 
+    # ---- what a timm family overrides
+    @classmethod
+    def _check_model_class(cls, model: nn.Module, name: str) -> None:
+        _require_vit(model, name)
+
+    def _check_model(self, model: nn.Module, name: str) -> None:
+        self._check_model_class(model, name)
+
+    @staticmethod
+    def patch_size_of(model: nn.Module) -> int:
+        patch_h, patch_w = model.patch_embed.patch_size
+        return int(patch_h)
+
+    @staticmethod
+    def resize(model: nn.Module, size: int) -> None:
+        """The model at size×size inputs (timm resamples the position embedding, re-grids RoPE)."""
+        if tuple(model.patch_embed.img_size) != (size, size):
+            model.set_input_size(img_size=(size, size))
+
+    def _input_geometry(self, model: nn.Module, img_size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((height, width), (patch height, patch width)) the model runs at (timm-vit:
+        its patch embedding's; `img_size` is for models without a fixed one)."""
+        return tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
+
     @property
     def device(self) -> torch.device:
-        return self.model.patch_embed.proj.weight.device
+        return self._first_weight().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.patch_embed.proj.weight.dtype
+        return self._first_weight().dtype
+
+    def _first_weight(self) -> torch.Tensor:
+        return self.model.patch_embed.proj.weight
 
     @property
     def has_class_token(self) -> bool:
-        return self.model.cls_token is not None
+        return getattr(self.model, "cls_token", None) is not None
 
     @property
-    def grad_layer(self) -> nn.Linear:
-        """The FUNGI gradient source: the attention output projection of the last block."""
-        return self.model.blocks[-1].attn.proj
+    def grad_layer(self) -> nn.Linear | None:
+        """The FUNGI gradient source: the attention output projection of the last block
+        (None when the last block has none: `grad_layer_problem` says why)."""
+        layer = getattr(getattr(self.model.blocks[-1], "attn", None), "proj", None)
+        return layer if isinstance(layer, nn.Linear) else None
+
+    @property
+    def grad_layer_problem(self) -> str | None:
+        """Why there is no gradient layer, with the fix; None when there is one."""
+        if self.grad_layer is not None:
+            return None
+        block = self.model.blocks[-1]
+        return (f"{self.name}: the last block ({type(block).__name__}) has no attention output projection "
+                "(attn.proj, an nn.Linear), which FUNGI takes its per-token gradients from; use "
+                "bank.features=embeddings, or wrap the model in segfungi.CustomBackbone(..., grad_layer=<the "
+                "nn.Linear to use>)")
 
     def forward_until_last_block(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×S×S → B×T×D tokens entering the last block (no autograd)."""
@@ -192,6 +237,8 @@ class Backbone(PatchEncoder):
         """What must match between a bank and its queries."""
         return {
             **self.encoder_identity(),
+            # Only for the families added after timm-vit, so its banks keep their hash.
+            **({"family": self.family} if self.family else {}),
             "grad_layer": f"blocks.{len(self.model.blocks) - 1}.attn.proj",
             "model_kwargs": dict(self.model_kwargs),
             # Only when not float32, so banks built before the setting keep their hash.
@@ -211,85 +258,33 @@ def _rgb(key: str, value) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)
 
 
-def load_backbone(
-    name: str,
-    *,
-    weights: str | Path | None = None,
-    pretrained: bool = False,
-    img_size: int | None = None,
-    init_seed: int = 0,
-    device: str | torch.device = "cpu",
-    model_kwargs: dict | None = None,
-    dtype: str | torch.dtype = "float32",
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-) -> Backbone:
-    """Build a frozen timm ViT ``name`` at ``img_size`` (default 32 × patch size).
+def load_timm_vit(name: str, options, model: nn.Module | None = None) -> "Backbone":
+    """The timm-vit family's loader (`model`: created from `name` when not given)."""
+    return load_timm(Backbone, name, options, model)
 
-    Weights: ``weights`` (a local checkpoint: timm state dict, original DINO layout, or
-    safetensors — detected from the content), or ``pretrained=True`` (timm hub), or
-    neither (random init seeded by ``init_seed``).  ``model_kwargs`` override timm's
-    architecture arguments (e.g. ``depth=2`` for tests) and are part of the identity.
-    ``dtype`` (setting ``backbone.dtype``): autocast dtype of the blocks before the last
-    (float32 = none); bfloat16 is ~3× faster on CPUs with AMX, at a feature error that
-    benchmarks/README.md reports. ``mean``, ``std`` (settings ``data.mean``, ``data.std``):
-    the input normalisation instead of the model's own (its ``pretrained_cfg``); recorded
-    in the identity when given.
-    """
-    if weights is not None and pretrained:
-        raise ConfigError(f"{name}: give either weights= (a file) or pretrained=True, not both")
-    model_kwargs = dict(model_kwargs or {})
-    model = _create_model(name, pretrained=pretrained, init_seed=init_seed, model_kwargs=model_kwargs)
-    _require_vit(model, name)
-    size = _resolve_img_size(name, model, img_size)
-    if tuple(model.patch_embed.img_size) != (size, size):
-        model.set_input_size(img_size=(size, size))
-    if weights is not None:
-        weights_id = load_checkpoint(model, weights, name=name)
-    elif pretrained:
+
+def load_timm(encoder: type, name: str, options, model: nn.Module | None = None) -> "Backbone":
+    """What the timm families share: the model at the working size (``encoder.resize``),
+    its weights (a local checkpoint, the hub, or the seeded random init it was created
+    with) and the frozen ``encoder`` over it."""
+    if model is None:
+        model = create_timm_model(name, pretrained=options.pretrained, init_seed=options.init_seed,
+                              model_kwargs=options.model_kwargs)
+    encoder._check_model_class(model, name)
+    size = _resolve_img_size(name, encoder.patch_size_of(model), options.img_size)
+    encoder.resize(model, size)
+    if options.weights is not None:
+        weights_id = load_checkpoint(model, options.weights, name=name)
+    elif options.pretrained:
         weights_id = WeightsSource.hub(_hub_tag(model, name)).id
     else:
-        weights_id = WeightsSource.random_init(init_seed, timm.__version__).id
-    model.to(device)
-    return Backbone(model, name=name, weights_id=weights_id, model_kwargs=model_kwargs, compute_dtype=dtype,
-                    mean=mean, std=std)
+        weights_id = WeightsSource.random_init(options.init_seed, timm.__version__).id
+    model.to(options.device)
+    return encoder(model, name=name, weights_id=weights_id, model_kwargs=options.model_kwargs,
+                   compute_dtype=options.dtype, mean=options.mean, std=options.std, img_size=size)
 
 
 # --------------------------------------------------------------------------- weights source
-
-
-def pretrained_tag(name: str) -> str | None:
-    """The pretrained weights timm has for `name`, by their tag ('dino', 'lvd142m',
-    'augreg_in21k_ft_in1k', ...), or None when timm has none (an untrained architecture).
-    A bare architecture name stands for its default tag, the weights `pretrained=True` loads."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except RuntimeError:  # a tag timm does not know: the name still claims weights
-        return timm.models.split_model_name_tag(name)[1] or name
-    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        return None
-    return cfg.tag or name
-
-
-def check_weights_source(name: str, *, weights, pretrained: bool, random_init: bool | None) -> None:
-    """Refuse to run a random init under a name that promises trained weights, unless asked.
-
-    random_init: True allows a random init (`--random-init`); None (the default) allows it
-    only for names timm has no pretrained weights for; False never. A forgotten `--weights`
-    would otherwise give results of an untrained network labelled with a trained one's name."""
-    if weights or pretrained or random_init:
-        return
-    fixes = "--weights FILE (a local checkpoint), --pretrained (download the hub weights)"
-    if random_init is False:
-        raise ConfigError(f"backbone {name}: no weights given and backbone.random_init is false: pass {fixes}, "
-                          "or --random-init for a random-init network")
-    tag = pretrained_tag(name)
-    if tag is not None:
-        raise ConfigError(
-            f"backbone {name}: names pretrained weights (timm tag {tag!r}) but none were given, so it would "
-            f"run as an untrained random init: pass {fixes}, or --random-init (backbone.random_init: true) "
-            "to use a random init on purpose"
-        )
 
 
 # --------------------------------------------------------------------------- building
@@ -307,9 +302,11 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _create_model(name: str, *, pretrained: bool, init_seed: int, model_kwargs: dict) -> nn.Module:
+def create_timm_model(name: str, *, pretrained: bool, init_seed: int, model_kwargs: dict) -> nn.Module:
     if not timm.is_model(name):
-        raise ConfigError(f"unknown timm model name {name!r} (see timm.list_models('vit_*'))")
+        raise ConfigError(f"unknown backbone name {name!r}: not a timm model name (see timm.list_models('vit_*')) "
+                          "and no backbone family's prefix (hf:<hub id or folder>, open_clip:<arch>[:<pretrained>], "
+                          "custom:); segfungi.families.backbone_families() lists the families")
     if pretrained:
         _check_hub_reachable(name)
     # timm initialises from the global RNG: seed it inside a fork so callers' state is untouched.
@@ -332,9 +329,6 @@ def _check_hub_reachable(name: str) -> None:
     back-off, for the safetensors file and again for the fallback .bin: about a minute
     offline before an error that says nothing of --weights. One HEAD request without
     retries (no download) tells instead; a hub that answers, even 404, is left to timm."""
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
@@ -343,15 +337,10 @@ def _check_hub_reachable(name: str) -> None:
         return  # torch.hub URLs are tried once, without retries
     repo, _, revision = cfg.hf_hub_id.partition("@")
     files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
-        return
-    try:
-        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0], revision=revision or None),
-                                             timeout=10)
-    except HfHubHTTPError:
-        return  # the hub answered
-    except Exception as err:  # no answer: offline mode, no network, DNS, a proxy
-        reason = checkpoint_files.first_line(str(err)) or type(err).__name__
+    reason = hub_unreachable(repo, files, revision or None)
+    if reason is not None:
+        import huggingface_hub
+
         elsewhere = f", e.g. {cfg.url} fetched where there is internet" if cfg.url else ""
         raise CheckpointError(
             f"backbone {name}: its pretrained weights ({cfg.hf_hub_id}) are not in the Hugging Face cache "
@@ -361,16 +350,46 @@ def _check_hub_reachable(name: str) -> None:
         ) from None
 
 
+def hub_unreachable(repo: str, files: list[str], revision: str | None = None) -> str | None:
+    """Why Hugging Face hub files can be neither read from the cache nor fetched (no
+    answer from the hub: offline mode, no network, DNS, a proxy), or None when one of
+    `files` is cached or the hub answers (even 404: the loader then says what is wrong).
+
+    huggingface_hub retries a network error five times with back-off, per file: minutes
+    offline before an error that names no fix. One HEAD request without retries tells."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f, revision=revision), str) for f in files):
+        return None
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0], revision=revision),
+                                             timeout=10)
+    except HfHubHTTPError:
+        return None  # the hub answered
+    except Exception as err:  # no answer
+        return checkpoint_files.first_line(str(err)) or type(err).__name__
+    return None
+
+
 def _require_vit(model: nn.Module, name: str) -> None:
     if not isinstance(model, VisionTransformer):
         raise ConfigError(f"{name}: is a {type(model).__name__}, but segfungi needs a timm VisionTransformer")
 
 
-def _resolve_img_size(name: str, model: VisionTransformer, img_size: int | None) -> int:
-    patch = int(model.patch_embed.patch_size[0])
-    size = DEFAULT_GRID * patch if img_size is None else int(img_size)
+def _resolve_img_size(name: str, patch: int, img_size: int | None) -> int:
+    return check_image_size(name, patch, img_size, DEFAULT_GRID)
+
+
+def check_image_size(name: str, patch_size: int, img_size: int | None, default_grid: int) -> int:
+    """The working input side: `img_size`, or 32 × the patch size; refused unless a
+    positive multiple of the patch size."""
+    patch = int(patch_size)
+    size = default_grid * patch if img_size is None else int(img_size)
     if size <= 0 or size % patch:
-        raise ConfigError(f"{name}: img_size {size} is not a positive multiple of the patch size {patch}")
+        raise ConfigError(f"{name}: img_size {size} (data.image_size) is not a positive multiple of the patch size "
+                          f"{patch}: use a multiple of {patch}, e.g. {default_grid * patch} (a {default_grid}×"
+                          f"{default_grid} grid)")
     return size
 
 
@@ -390,12 +409,41 @@ def load_checkpoint(model: VisionTransformer, path: str | Path, *, name: str = "
     state = _to_timm_layout(_read_checkpoint(path), path)
     _check_patch_size(state, model, path)
     try:
-        state = checkpoint_filter_fn(state, model)
+        state = _checkpoint_filter(model)(state, model)
     except Exception as err:  # timm's converters assume a fitting checkpoint
         raise CheckpointError(f"{path}: cannot adapt checkpoint to {name or 'the model'}: {err}") from err
     _check_fits(state, model, path, name)
     model.load_state_dict(state, strict=False)  # only the unused parts may be absent (checked above)
     return WeightsSource.file(path.name, _file_digest(path)[:16]).id
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The tensors of a local checkpoint (safetensors, or a torch file read with
+    weights_only=True: nothing is unpickled), as stored; CheckpointError naming the file
+    and what it is when it is no checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return _read_checkpoint(path)
+
+
+def as_compute_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """backbone.dtype as a torch dtype (float32 | bfloat16 | float16); ConfigError otherwise."""
+    return _as_dtype(dtype)
+
+
+def normalisation_value(key: str, value) -> tuple[float, float, float]:
+    """data.mean / data.std checked: three numbers (std: positive)."""
+    return _rgb(key, value)
+
+
+def _checkpoint_filter(model: nn.Module):
+    """timm's converter of original checkpoints for the model's class (its module's
+    checkpoint_filter_fn: VisionTransformer, Eva, NaFlexVit each have one)."""
+    if isinstance(model, VisionTransformer):
+        return checkpoint_filter_fn
+    own = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    return own if own is not None else (lambda state, _model: state)
 
 
 def _read_checkpoint(path: Path) -> Any:
@@ -473,9 +521,11 @@ def _to_timm_layout(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _check_patch_size(state: dict, model: VisionTransformer, path: Path) -> None:
     # timm would silently resample a foreign patch kernel; that is another architecture.
-    kernel = state.get("patch_embed.proj.weight")
-    expected = tuple(model.patch_embed.proj.weight.shape[-2:])
-    if kernel is not None and kernel.ndim == 4 and tuple(kernel.shape[-2:]) != expected:
+    key = "patch_embed.proj.weight"  # a NaFlexVit's patch embedding is a Linear: no kernel to compare
+    kernel = state.get(key)
+    own = model.get_parameter(key) if hasattr(model, "patch_embed") else None
+    expected = tuple(own.shape[-2:]) if own is not None else None
+    if kernel is not None and kernel.ndim == 4 and expected is not None and tuple(kernel.shape[-2:]) != expected:
         raise CheckpointError(
             f"{path}: checkpoint has {tuple(kernel.shape[-2:])} patches but the model uses {expected}: "
             "checkpoint for another architecture"

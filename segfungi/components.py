@@ -66,9 +66,12 @@ def requested_weights(settings: dict):
     else the hub, else a random init; None when they ask for none."""
     from segfungi.weights import WeightsSource
 
+    from segfungi.families import implied_weights
+
     cfg = settings["backbone"]
-    if cfg["weights"]:
-        return WeightsSource.file(cfg["weights"])
+    weights = cfg["weights"] or implied_weights(cfg["name"])  # hf:<snapshot folder>, open_clip:<arch>:<file>
+    if weights:
+        return WeightsSource.file(weights)
     if cfg["pretrained"]:
         return WeightsSource.hub(cfg["name"])
     if cfg["random_init"] is not False:  # null: allowed where the name promises no weights (load_backbone_from)
@@ -111,7 +114,7 @@ def normalisation(settings: dict) -> tuple[tuple[float, ...] | None, tuple[float
 
 
 def load_backbone_from(settings: dict):
-    from segfungi.backbones import check_weights_source
+    from segfungi.families import check_weights_source
 
     cfg = settings["backbone"]
     check_weights_source(cfg["name"], weights=cfg["weights"], pretrained=cfg["pretrained"],
@@ -142,7 +145,7 @@ def _cached_backbone(name, weights, pretrained, img_size, init_seed, device, wei
                      mean=None, std=None):
     """The backbone is frozen, so a sweep or few-shot run can share one instance
     across its banks and evaluations instead of rebuilding it each time."""
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
 
     return load_backbone(name, weights=weights, pretrained=pretrained, img_size=img_size,
                          init_seed=init_seed, device=device, dtype=dtype, mean=mean, std=std)

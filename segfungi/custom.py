@@ -221,3 +221,9 @@ def _find_linear(model: nn.Module, layer: nn.Linear | str | None, identity: str)
         raise ConfigError(f"CustomBackbone {identity}: grad_layer {name!r} is a {type(found).__name__}, "
                           "FUNGI needs an nn.Linear")
     return found, name
+
+
+def load_by_name(name: str, options, model: nn.Module | None = None):
+    """The custom family's loader: a custom model has no name to load it by."""
+    raise ConfigError(f"backbone {name}: a custom model cannot be loaded from the settings; build it and pass it as "
+                      "backbone= (a segfungi.CustomBackbone) to build_bank, Segmenter or evaluate")

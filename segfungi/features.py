@@ -117,8 +117,9 @@ class FeatureExtractor:
         self.head_dim, self.tau, self.head_seed = int(head_dim), float(tau), int(head_seed)
         self.head = make_head(backbone.embed_dim, self.head_dim, self.head_seed).to(backbone.device)
         layer = backbone.grad_layer
-        if layer is None and features == FeatureKind.FUNGI:  # a segfungi.CustomBackbone given no grad_layer
-            raise ConfigError(f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
+        if layer is None and features == FeatureKind.FUNGI:  # a CustomBackbone given no grad_layer, or a block without one
+            raise ConfigError(getattr(backbone, "grad_layer_problem", None)
+                              or f"{backbone.name}: FUNGI features need the backbone's grad_layer (an nn.Linear)")
         # Resolved here, once: the projection (and so the bank identity) records float32 or
         # bfloat16, never "auto", which means different things on different machines.
         self.projection_dtype = resolve_compute_dtype(projection_dtype, backbone.device)

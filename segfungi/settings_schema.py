@@ -82,8 +82,10 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("num_workers", 0, "data-loading worker processes", check="non_negative"),
     ),
     "backbone": (
-        Key("name", "vit_small_patch16_224.dino", "any timm ViT name"),
-        Key("weights", None, "local checkpoint file (timm / DINO layout / safetensors)", kind="path"),
+        Key("name", "vit_small_patch16_224.dino", "a timm ViT name (VisionTransformer, Eva: DINOv3/EVA-02,",
+            more=("NaFlexVit: RADIO), hf:<hub id or snapshot folder>, open_clip:<arch>[:<tag or file>]",)),
+        Key("weights", None, "local checkpoint file (timm / DINO layout / safetensors; hf: a snapshot folder)",
+            kind="path"),
         Key("pretrained", False, "download hub weights (needs internet)"),
         Key("random_init", None, "true: a random init on purpose (--random-init) when no weights are given;",
             kind=bool, more=("null: only for names timm has no pretrained weights for (a name such as",

@@ -5,8 +5,12 @@ writes or reads these strings::
 
     file:<file name>:sha256:<16 hex>       a local checkpoint (digest of the file's bytes)
     timm-hub:<hub id or URL>               timm's pretrained weights, downloaded
+    hf-hub:<repo id>                       a Hugging Face transformers model's hub weights
+    open_clip-hub:<arch>:<tag>             open_clip's pretrained weights (its tag)
     random-init:seed=<n>:timm=<version>    an untrained network (timm's initialisers, seeded;
-                                           the version is recorded because they may change)
+                                           the version is recorded because they may change;
+                                           transformers=<version>, open_clip=<version> for
+                                           networks those libraries initialise)
     sha256:<16 hex>                        a `segfungi.CustomBackbone`'s parameters
     unchecked                              a `CustomBackbone` made with fingerprint=False
 
@@ -22,7 +26,10 @@ from pathlib import Path
 
 __all__ = ["WeightsSource", "backbone_line", "describe_id"]
 
-KINDS = ("file", "timm-hub", "random-init", "parameters")
+KINDS = ("file", "timm-hub", "hf-hub", "open_clip-hub", "random-init", "parameters")
+# Weights a library downloads by name: a query asking for "the hub" (pretrained) matches
+# any of them (the backbone name says which hub).
+HUB_KINDS = ("timm-hub", "hf-hub", "open_clip-hub")
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,8 @@ class WeightsSource:
     name: str = ""  # file: the file's name (a request may hold the whole path); timm-hub: the hub id
     digest: str | None = None  # file, parameters: sha256 prefix (None: not computed / unchecked)
     seed: int | None = None  # random-init
-    timm_version: str | None = None  # random-init
+    timm_version: str | None = None  # random-init: the initialising library's version
+    library: str = "timm"  # random-init: the library whose initialisers ran
 
     # ---- making one
     @classmethod
@@ -39,12 +47,14 @@ class WeightsSource:
         return cls("file", str(path), digest)
 
     @classmethod
-    def hub(cls, tag: str) -> "WeightsSource":
-        return cls("timm-hub", str(tag))
+    def hub(cls, tag: str, kind: str = "timm-hub") -> "WeightsSource":
+        if kind not in HUB_KINDS:
+            raise ValueError(f"not a hub kind: {kind!r} (one of {', '.join(HUB_KINDS)})")
+        return cls(kind, str(tag))
 
     @classmethod
-    def random_init(cls, seed: int, timm_version: str | None = None) -> "WeightsSource":
-        return cls("random-init", seed=int(seed), timm_version=timm_version)
+    def random_init(cls, seed: int, timm_version: str | None = None, library: str = "timm") -> "WeightsSource":
+        return cls("random-init", seed=int(seed), timm_version=timm_version, library=library)
 
     @classmethod
     def parameters(cls, digest: str | None) -> "WeightsSource":
@@ -55,10 +65,10 @@ class WeightsSource:
     def id(self) -> str:
         if self.kind == "file":
             return f"file:{Path(self.name).name}:sha256:{self.digest}"
-        if self.kind == "timm-hub":
-            return f"timm-hub:{self.name}"
+        if self.kind in HUB_KINDS:
+            return f"{self.kind}:{self.name}"
         if self.kind == "random-init":
-            return f"random-init:seed={self.seed}:timm={self.timm_version}"
+            return f"random-init:seed={self.seed}:{self.library}={self.timm_version}"
         return f"sha256:{self.digest}" if self.digest else "unchecked"
 
     @classmethod
@@ -69,17 +79,19 @@ class WeightsSource:
         if kind == "file" and ":sha256:" in rest:
             name, _, digest = rest.rpartition(":sha256:")
             return cls.file(name, digest)
-        if kind == "timm-hub" and rest:
-            return cls.hub(rest)
+        if kind in HUB_KINDS and rest:
+            return cls.hub(rest, kind)
         if kind == "random-init" and rest.startswith("seed="):
-            seed, _, version = rest.removeprefix("seed=").partition(":timm=")
-            if seed.isdigit():
-                return cls.random_init(int(seed), version or None)
+            seed, _, versioned = rest.removeprefix("seed=").partition(":")
+            library, _, version = versioned.partition("=")
+            if seed.isdigit() and library:
+                return cls.random_init(int(seed), version if version and version != "None" else None, library)
         if kind == "sha256" and rest:
             return cls.parameters(rest)
         if text == "unchecked":
             return cls.parameters(None)
-        raise ValueError(f"not a weights id: {text!r} (expected file:…, timm-hub:…, random-init:… or sha256:…)")
+        raise ValueError(f"not a weights id: {text!r} (expected file:…, timm-hub:…, hf-hub:…, open_clip-hub:…, "
+                         "random-init:… or sha256:…)")
 
     # ---- reading one
     @property
@@ -90,7 +102,7 @@ class WeightsSource:
         """In words, for titles and first lines: where the weights come from."""
         if self.kind == "random-init":
             return f"random init (seed {self.seed}), no pretrained weights"
-        if self.kind == "timm-hub":
+        if self.kind in HUB_KINDS:
             return f"pretrained weights {self.name}"
         if self.kind == "file":
             return f"weights {Path(self.name).name}" if self.digest else f"weights from {self.name}"
@@ -98,8 +110,9 @@ class WeightsSource:
 
     def asked_as(self) -> str:
         """What settings asking for this source say, in an error message."""
-        return {"file": f"weights file {self.name}", "timm-hub": "hub weights (pretrained)"}.get(
-            self.kind, "a random init")
+        if self.kind in HUB_KINDS:
+            return "hub weights (pretrained)"
+        return {"file": f"weights file {self.name}"}.get(self.kind, "a random init")
 
     def mismatch(self, requested: "WeightsSource | None") -> str | None:
         """Why a bank built from these weights cannot answer a query that asks for
@@ -107,7 +120,7 @@ class WeightsSource:
         random init's timm version are compared once the model is loaded."""
         if requested is None or self.kind == "parameters":
             return None
-        if requested.kind != self.kind:
+        if requested.kind != self.kind and not (requested.kind in HUB_KINDS and self.kind in HUB_KINDS):
             return f"backbone weights: bank has {self.id!r}, query asks for {requested.asked_as()}"
         if self.kind == "random-init" and requested.seed != self.seed:
             return f"backbone.init_seed: bank has {self.id!r}, query has init_seed {requested.seed}"

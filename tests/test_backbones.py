@@ -7,7 +7,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.errors import CheckpointError, ConfigError
 
 # Small variants of registered names (timm accepts architecture overrides) keep files tiny.

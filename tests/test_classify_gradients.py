@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.classify import augment
 from segfungi.classify.image import ImageFungi
 from segfungi.classify.settings import defaults

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.classify.audio import AudioFungi, SpectrogramViT
 from segfungi.classify.image import ImageFungi
 from segfungi.classify.losses import ClassifyLoss, get_loss, loss_names, register_loss, simclr_loss, unregister_loss

@@ -192,7 +192,7 @@ def test_ensure_writable_dir_creates_nothing(tmp_path):
 
 # ------------------------------------------- 10: files that are not checkpoints
 def _weights_error(path: Path) -> str:
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
 
     with pytest.raises(CheckpointError) as info:
         load_backbone("vit_tiny_patch16_224", weights=path, img_size=64)
@@ -249,7 +249,7 @@ def test_zip_that_is_not_a_torch_checkpoint(tmp_path):
 def test_real_checkpoints_still_load(tmp_path):
     import timm
 
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
 
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64)
     for legacy in (False, True):

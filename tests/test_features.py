@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import l2_normalize
 from segfungi.seg_loss import seg_simclr_loss

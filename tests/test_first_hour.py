@@ -81,7 +81,7 @@ def test_a_key_with_a_null_default_takes_null_after_a_preset():
 
 
 def test_pretrained_tags_come_from_timm():
-    from segfungi.backbones import check_weights_source, pretrained_tag
+    from segfungi.families import check_weights_source, pretrained_tag
     from segfungi.errors import ConfigError
 
     assert pretrained_tag("vit_small_patch16_224.dino") == "dino"
@@ -347,7 +347,7 @@ def test_a_broken_torch_torchvision_pair_is_one_line_naming_the_fix(root, tmp_pa
 
 # ------------------------------------------------------ 11: the protocol table
 def test_protocol_table_lists_the_references_known_input_differences():
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
 
     readme = (REPO / "README.md").read_text()
     table = readme[readme.index("## Protocol"):readme.index("## Using it")]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
 from segfungi.components import index_settings, support_spec

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.components import make_extractor
 from segfungi.config import load_config
 from segfungi.errors import BankError

@@ -13,7 +13,7 @@ import torch
 
 from conftest import tiny_settings
 from segfungi import components
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, bank_identity, bank_info
 from segfungi.bank import _cache, _writers

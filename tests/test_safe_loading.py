@@ -20,7 +20,7 @@ import pytest
 
 import bad_inputs
 from conftest import tiny_settings
-from segfungi.backbones import load_backbone
+from segfungi.families import load_backbone
 from segfungi.api import build_bank
 from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import index_settings

@@ -144,7 +144,7 @@ TINY = dict(depth=3, embed_dim=32, num_heads=2)
 
 
 def _tiny_fungi(**options):
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
     from segfungi.features import FeatureExtractor
 
     bb = load_backbone("vit_tiny_patch16_224", img_size=128, model_kwargs=TINY, dtype=options.pop("dtype", "float32"))

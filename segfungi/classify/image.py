@@ -88,9 +88,9 @@ class ImageFungi(SplitViTFungi):
 
 def load_image_backbone(settings: dict, device: str = "cpu"):
     """Backbone from the ``backbone`` mapping of a classify image config, through
-    :func:`segfungi.backbones.load_backbone` (hub weights, local checkpoint or seeded
+    :func:`segfungi.families.load_backbone` (hub weights, local checkpoint or seeded
     random init), at ``img_size`` (224 for classification)."""
-    from segfungi.backbones import load_backbone
+    from segfungi.families import load_backbone
 
     return load_backbone(
         settings["name"],

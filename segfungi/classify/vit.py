@@ -4,7 +4,7 @@ autograd, the last block, whose attention output projection is the gradient sour
 and the final norm with it), followed by the model's own pooling
 (``forward_head(..., pre_logits=True)``: CLS token, average, attention pooling …).
 
-* images loaded by name: :func:`segfungi.backbones.load_backbone` gives a ``Backbone``;
+* images loaded by name: :func:`segfungi.families.load_backbone` gives a ``Backbone``;
 * a timm VisionTransformer module given as is, and the spectrogram transformer:
   :class:`TimmViT`, a ``Backbone`` over a ready-made module. Its inputs may be
   rectangular (filter banks are ``n_mels × frames``), which ``Backbone``'s

@@ -44,9 +44,12 @@ def add_config_options(parser: argparse.ArgumentParser, *, data: bool = True, tr
         parser.add_argument("--dataset", choices=schema["data.dataset"].allowed(),
                             help="dataset layout under --root")
         parser.add_argument("--root", help="dataset root folder")
-    parser.add_argument("--backbone", help="timm model name, e.g. vit_small_patch16_224.dino")
+    parser.add_argument("--backbone", help="a timm name (vit_small_patch16_224.dino, vit_small_patch16_dinov3, "
+                        "eva02_small_patch14_224, naflexvit_base_patch16_radio_v3), hf:<hub id or snapshot folder> "
+                        "or open_clip:<arch>[:<pretrained tag or file>]")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--weights", help="local checkpoint (timm, DINO layout or safetensors)")
+    weights.add_argument("--weights", help="local checkpoint (timm, DINO layout or safetensors; for hf: names a "
+                         "snapshot folder)")
     weights.add_argument("--random-init", action="store_true", help="random-init backbone (tests, demos)")
     weights.add_argument("--pretrained", action="store_true", help="download hub weights (needs internet)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")

@@ -1,0 +1,172 @@
+"""Backbone families: how segfungi builds, splits and reads each kind of ViT.
+
+A family is one registration of a :class:`BackboneFamily`, a frozen record of its facts
+(which names it owns, which pip extra it needs, what the tests check) and a reference
+``"module:function"`` to its loader. The loader gets the name and the
+:class:`LoadOptions` and returns a :class:`segfungi.backbones.PatchEncoder`: a frozen
+model that can
+
+* prepare images (its own normalisation, or ``data.mean``/``data.std``),
+* run up to the last block's input without autograd (``forward_until_last_block``),
+* run the last block and the final norm (``forward_last_block``),
+* name the FUNGI gradient layer (``grad_layer``: the last block's attention output
+  projection, an ``nn.Linear`` applied token by token),
+* and say its token layout (``num_prefix_tokens``, ``has_class_token``) and grid at
+  the working resolution (a 32×32 patch grid by default: 512² for /16, 448² for /14).
+
+Which family a name belongs to: a name with a family's ``prefix`` (``hf:``,
+``open_clip:``, ``custom:``) is that family's; any other name is a timm name, and the
+family is the one whose ``timm_class`` is the class of the model timm creates (so
+``vit_small_patch16_dinov3`` is an ``Eva`` and goes to ``timm-eva``).
+
+Names load no torch: built-in families are registered by reference
+(``segfungi.families._builtin``), their loaders import torch, timm, transformers or
+open_clip only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segfungi.lazy import lazy_exports
+from segfungi.registry import Registry
+
+__all__ = [
+    "BackboneFamily",
+    "FAMILIES",
+    "LoadOptions",
+    "backbone_families",
+    "check_weights_source",
+    "family_for_prefixed_name",
+    "family_for_timm_class",
+    "get_backbone_family",
+    "hf_weight_files",
+    "implied_weights",
+    "load_backbone",
+    "pretrained_tag",
+    "register_backbone_family",
+    "timm_classes",
+    "timm_family_of",
+    "unregister_backbone_family",
+]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a loader is asked for (the `backbone` settings and `data.image_size`,
+    `data.mean`, `data.std`); see :func:`segfungi.families.load_backbone`."""
+
+    weights: str | None = None  # a local file or folder
+    pretrained: bool = False  # the hub's weights (downloaded, or from its cache)
+    img_size: int | None = None  # None: 32 × the patch size
+    init_seed: int = 0
+    device: Any = "cpu"
+    model_kwargs: dict = field(default_factory=dict)
+    dtype: Any = "float32"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """One family's facts. ``loader``: ``"module:function"``, called as
+    ``function(name, options, model=None)`` (``model``: the timm model already created,
+    for families chosen by ``timm_class``). ``prefix``: names starting with it are this
+    family's. ``timm_class``: the timm model class this family handles. ``extra``: the
+    pip extra it needs (``pip install segfungi[extra]``). ``examples`` and ``tested``
+    feed the README's Models table."""
+
+    name: str
+    description: str
+    loader: str
+    prefix: str | None = None
+    timm_class: str | None = None
+    extra: str | None = None
+    examples: tuple[str, ...] = ()
+    tested: str = ""
+
+    def load(self, name: str, options: LoadOptions, model=None):
+        module, _, attribute = self.loader.partition(":")
+        function = getattr(importlib.import_module(module), attribute)
+        return function(name, options, model=model)
+
+
+FAMILIES: Registry[BackboneFamily] = Registry("backbone family")
+
+
+def register_backbone_family(family: BackboneFamily) -> BackboneFamily:
+    """Make a family available (its prefix, or its timm class, picks it)."""
+    if not isinstance(family, BackboneFamily):
+        raise TypeError(f"register_backbone_family takes a BackboneFamily, got {type(family).__name__}")
+    return FAMILIES.register(family.name, family)
+
+
+def unregister_backbone_family(name: str) -> None:
+    FAMILIES.unregister(name)
+
+
+def backbone_families() -> tuple[str, ...]:
+    """The registered family names, in registration order (nothing heavy is imported)."""
+    return FAMILIES.names()
+
+
+def get_backbone_family(name: str) -> BackboneFamily:
+    return FAMILIES.get(name)
+
+
+def family_for_prefixed_name(name: str) -> BackboneFamily | None:
+    """The family whose prefix `name` starts with; None for a plain (timm) name."""
+    for family_name in FAMILIES.names():
+        family = FAMILIES.get(family_name)
+        if family.prefix and str(name).startswith(family.prefix):
+            return family
+    return None
+
+
+def family_for_timm_class(class_names: list[str]) -> BackboneFamily | None:
+    """The family for a timm model whose class (or a base class) is named in `class_names`."""
+    for class_name in class_names:
+        for family_name in FAMILIES.names():
+            family = FAMILIES.get(family_name)
+            if family.timm_class == class_name:
+                return family
+    return None
+
+
+def timm_classes() -> list[str]:
+    """'VisionTransformer (timm-vit)', … for error messages."""
+    return [f"{f.timm_class} ({f.name})" for f in map(FAMILIES.get, FAMILIES.names()) if f.timm_class]
+
+
+def implied_weights(name: str) -> str | None:
+    """The local weights a backbone name itself points at, read without loading anything:
+    ``hf:<folder>`` holding a snapshot's weights → the folder; ``open_clip:<arch>:<file>``
+    → the file; else None (the weights come from backbone.weights, the hub or a random
+    init)."""
+    name = str(name)
+    if name.startswith("hf:"):
+        folder = Path(name[3:]).expanduser()
+        return str(folder) if folder.is_dir() and hf_weight_files(folder) else None
+    if name.startswith("open_clip:"):
+        _, _, tag = name[len("open_clip:"):].partition(":")
+        return tag if tag and Path(tag).expanduser().is_file() else None
+    return None
+
+
+HF_WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
+
+
+def hf_weight_files(folder: Path) -> list[Path]:
+    """A Hugging Face snapshot's weight files (sharded or not), sorted."""
+    return sorted({p for pattern in HF_WEIGHT_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()})
+
+
+from segfungi.families import _builtin  # noqa: E402,F401  (registers the built-in families)
+
+# Loading by name (the dispatch over families) imports torch and timm: on first use.
+__getattr__, __dir__ = lazy_exports(__name__, {name: "._load" for name in
+                                               ("check_weights_source", "load_backbone", "pretrained_tag",
+                                                "timm_family_of")})
