@@ -12,7 +12,10 @@ A cell's settings are the run's settings with the protocol's own keys taken from
 `configs/protocol_<dataset>.yaml` (`protocol_fewshot_<dataset>.yaml`): the splits, the
 augmentation epochs, k and the temperature of the label transfer, the leaves searched
 and the reorder count. Everything else (backbone, FUNGI, index memory settings, seeds)
-is the run's, the same in every cell.
+is the run's, the same in every cell. A protocol key the user sets otherwise on purpose
+(`benchmark.deviations`, where `segfungi benchmark --set` puts a protocol key) is applied
+over the preset, and every cell it touches says "deviates from the protocol: key=value"
+and is shown without a published number.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 from segfungi.config import load_config
 from segfungi.errors import ConfigError
 
-__all__ = ["Cell", "dataset_settings", "plan_cells", "protocol_preset"]
+__all__ = ["Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys", "protocol_preset",
+           "subsets_folder"]
 
 FULL, FEWSHOT = "full", "fewshot"
 
@@ -77,7 +81,40 @@ def dataset_settings(settings: dict, dataset: str, protocol: str, need_root: boo
     if not root and need_root:
         raise ConfigError(f"benchmark.roots has no root folder for {dataset!r}: pass --root {dataset}=DIR "
                           f"(or set benchmark.roots.{dataset})")
-    return load_config(preset, [{"data": {"root": str(root) if root else None}}], base=settings)
+    mine = deviations(settings, dataset, protocol)
+    return load_config(preset, [{"data": {"root": str(root) if root else None}}, *mine], base=settings)
+
+
+def protocol_keys(dataset: str, protocol: str) -> dict:
+    """{dotted key: value} the protocol preset of a dataset sets."""
+    import yaml
+
+    from segfungi.config import resolve_config_path
+
+    with open(resolve_config_path(protocol_preset(dataset, protocol)), encoding="utf-8") as f:
+        return dict(_dotted(yaml.safe_load(f) or {}))
+
+
+def _dotted(nested: dict, prefix: str = ""):
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def deviations(settings: dict, dataset: str, protocol: str) -> list[str]:
+    """The `key=value` overrides of benchmark.deviations that change a key this dataset's
+    protocol preset sets: applied over the preset, and named on each cell they touch."""
+    keys = protocol_keys(dataset, protocol)
+    return [f"{key}={_yaml_value(value)}" for key, value in settings["benchmark"]["deviations"].items()
+            if key in keys]
+
+
+def _yaml_value(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def plan_cells(settings: dict) -> list[Cell]:
@@ -100,10 +137,25 @@ def fewshot_fractions(settings: dict) -> list[Fraction]:
 def subset_lists(settings: dict, dataset: str, fraction: Fraction) -> list[Path]:
     """The list files of one fraction: `<folder>/<dataset>/1_div_<N>/*.txt` (the shipped
     standard lists, or benchmark.subsets' folder); none for a dataset without lists."""
-    from segfungi.fewshot import standard_subset_files, standard_subsets_folder
+    from segfungi.fewshot import standard_subset_files
 
-    subsets = settings["benchmark"]["subsets"]
-    folder = standard_subsets_folder() if subsets == "standard" else Path(subsets)
+    folder = subsets_folder(settings)
     if not (folder / dataset).is_dir():
         return []
     return list(standard_subset_files(dataset, [float(fraction)], folder))
+
+
+def subsets_folder(settings: dict) -> Path:
+    """The folder of few-shot lists benchmark.subsets names: the shipped standard lists,
+    the shipped demo lists (ids of `segfungi demo-data --layout voc`), or a folder."""
+    from segfungi.fewshot import demo_subsets_folder, standard_subsets_folder
+
+    subsets = settings["benchmark"]["subsets"]
+    if subsets == "standard":
+        return standard_subsets_folder()
+    if subsets == "demo":
+        return demo_subsets_folder()
+    if not Path(subsets).expanduser().is_dir():
+        raise ConfigError(f"benchmark.subsets: {subsets} is neither 'standard', 'demo' nor an existing folder of "
+                          "few-shot lists (<folder>/<dataset>/1_div_<N>/*.txt): fix the path (--subsets DIR)")
+    return Path(subsets).expanduser()

@@ -78,11 +78,12 @@ def run(args) -> int:
     return 0
 
 
-def resume_command(argv: list[str] | None) -> str:
-    """The command line as typed, with --resume added (what continues the build)."""
+def resume_command(argv: list[str] | None, flag: str | None = "--resume") -> str:
+    """The command line as typed, with `flag` added (--resume: what continues the build;
+    None for a command that resumes by itself, such as benchmark)."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    if "--resume" not in argv:
-        argv.append("--resume")
+    if flag and flag not in argv:
+        argv.append(flag)
     started_as_module = Path(sys.argv[0]).parts[-2:] == ("segfungi", "__main__.py")  # python -m segfungi
     program = ["python", "-m", "segfungi"] if started_as_module else ["segfungi"]
     return shlex.join([*program, *argv])
