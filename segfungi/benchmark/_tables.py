@@ -190,11 +190,11 @@ def _comparison(records: list[dict], column) -> Comparison:
     """The cell's published number, withheld on generated data and for a cell that
     deviates from the protocol (its number would not measure the same thing)."""
     first = records[0]
-    if any(r["generated_data"] for r in records):
-        return Comparison(None, GENERATED_NOTE)
     deviations = list(dict.fromkeys(d for r in records for d in r["deviations"]))
-    if deviations:
-        return Comparison(None, f"{DEVIATES}: {', '.join(deviations)}")
+    withheld = [GENERATED_NOTE] if any(r["generated_data"] for r in records) else []
+    withheld += [f"{DEVIATES}: {', '.join(deviations)}"] if deviations else []
+    if withheld:
+        return Comparison(None, "; ".join(withheld))
     if first["protocol"] == "full":
         cell = Cell.full(column, first["aug_epochs"])
     else:
