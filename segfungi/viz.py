@@ -477,7 +477,7 @@ def _published_points(ax, xs, rows, colour, kind) -> list[float]:
 
 
 def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
-    from segfungi.published import format_bank_size
+    from segfungi.published import format_bank_sizes
 
     highest = []
     for kind, colour in colours.items():
@@ -492,7 +492,7 @@ def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
                    | {int(r["bank_size_requested"]) for r in rows if r["published_percent"] is not None})
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the sizes: minor labels collide
-    ax.set_xticks(sizes, [format_bank_size(s) for s in sizes], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(sizes, format_bank_sizes(sizes), rotation=30, ha="right", fontsize=8)  # one notation
     ax.set_xmargin(0.1)
     _y_from_zero(ax, max(highest))
     ax.set_xlabel("memory bank size (patches, log scale)")

@@ -261,3 +261,11 @@ def test_no_progress_bar_goes_into_a_log_file(interrupted_then_resumed):
     for text in (first_err, err):
         assert "\r" not in text and "batch/s" not in text and "0batch" not in text
     assert "encode voc val (batches): " in first_err
+
+
+def test_column_headers_use_one_notation_per_table():
+    from segfungi.published import format_bank_sizes
+
+    assert format_bank_sizes([102400, 1024000, 10240000]) == ["1024×10²", "1024×10³", "1024×10⁴"]
+    assert format_bank_sizes([4096, 20480]) == ["1024×4", "1024×20"]  # not '4,096' beside '2048×10¹'
+    assert format_bank_sizes([1000, 102400]) == ["1,000", "102,400"]

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
-from segfungi.published import Cell, Comparison, Published, Run, format_bank_size, published_for
+from segfungi.published import (Cell, Comparison, Published, Run, format_bank_size, format_bank_sizes,
+                                published_for)
 from segfungi.settings_schema import FEATURE_KINDS
 
 __all__ = ["DATASET_TITLES", "DEVIATES", "FEATURE_LABELS", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
@@ -117,7 +118,7 @@ class Table:
         if self.protocol == "fewshot":
             return str(column)
         held = self.capped(column)
-        label = format_bank_size(column)
+        label = format_bank_sizes(self.columns)[self.columns.index(column)]  # one notation per table
         if held:
             label += f" (holds {' / '.join(format_bank_size(h) for h in held)})"
         return label
