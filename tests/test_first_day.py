@@ -269,3 +269,31 @@ def test_column_headers_use_one_notation_per_table():
     assert format_bank_sizes([102400, 1024000, 10240000]) == ["1024×10²", "1024×10³", "1024×10⁴"]
     assert format_bank_sizes([4096, 20480]) == ["1024×4", "1024×20"]  # not '4,096' beside '2048×10¹'
     assert format_bank_sizes([1000, 102400]) == ["1,000", "102,400"]
+
+
+# ------------------------------------------------------- item 9: a repair path
+def test_a_damaged_bank_is_repaired_by_build_bank_resume_from_its_own_settings(demo_voc_root, tmp_path, capsys):
+    import shutil
+
+    from segfungi.bank import MemoryBank
+
+    bank = tmp_path / "bank"
+    assert main(["build-bank", "--config", "demo", "--root", str(demo_voc_root), "--features", "embeddings",
+                 "--bank-size", "2048", "--set", "data.image_size=256", "--set", "bank.shard_images=4",
+                 "--set", "index.exact_below=1500", "--out", str(bank), "--quiet"]) == 0
+    before = MemoryBank(bank)
+    checksums = [s["checksums"] for s in before.shards]
+    shard = next((bank / "shards").iterdir())
+    damaged = max(shard.glob("*.npy"), key=lambda f: f.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # truncated
+    capsys.readouterr()
+    assert main(["bank", "verify", str(bank)]) == 1
+    said = capsys.readouterr().out
+    assert damaged.name in said and f"repair: segfungi build-bank --resume --out {bank}" in said
+    moved = tmp_path / "elsewhere"  # no preset, no root on the command line: the bank's own settings
+    shutil.move(bank, moved)
+    assert main(["build-bank", "--resume", "--out", str(moved), "--quiet"]) == 0
+    assert "damaged file(s)" in capsys.readouterr().err
+    assert main(["bank", "verify", str(moved)]) == 0
+    after = MemoryBank(moved)
+    assert after.hash == before.hash and [s["checksums"] for s in after.shards] == checksums

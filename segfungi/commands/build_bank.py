@@ -1,7 +1,10 @@
 """`segfungi build-bank`: build (or resume) a memory bank from a training split.
 
 Ctrl-C stops the build with one line saying which shards were kept and the command that
-resumes it (exit 130). A build that fails or is interrupted before it has started
+resumes it (exit 130). `--resume` on a folder that holds a bank or an interrupted build
+starts from the settings recorded there (the command line overrides them), and repairs a
+bank whose files `bank verify` finds damaged: the damaged shards and the index are
+rebuilt, the intact shards kept. A build that fails or is interrupted before it has started
 removes the output folders it created; a started build (build.json written) is kept,
 since `--resume` continues it.
 """
@@ -50,6 +53,8 @@ def run(args) -> int:
     from segfungi.weights import backbone_line
 
     settings = settings_from_args(args, BUILD_FLAGS)
+    if args.resume:
+        settings = _resumed_settings(args, settings)
     if args.print_config:
         print(dump_config(settings))
         return 0
@@ -76,6 +81,25 @@ def run(args) -> int:
           f"dim {bank.feature_dim}, hash {bank.hash})"
           + (f", {len(skipped)} bad samples skipped" if skipped else ""))
     return 0
+
+
+def _resumed_settings(args, settings: dict) -> dict:
+    """--resume on a folder holding a bank or an interrupted build: its own recorded
+    settings, under what the command line sets, so `build-bank --resume --out DIR` needs
+    nothing else; a complete bank with damaged files is reopened to rebuild them."""
+    from segfungi.bank import recorded_settings, reopen_damaged
+
+    out = Path(settings["bank"]["out"])
+    recorded = recorded_settings(out)
+    if recorded is None:
+        return settings
+    settings = settings_from_args(args, BUILD_FLAGS, base=recorded)
+    if not args.print_config:
+        problems = reopen_damaged(out)
+        if problems:
+            print(f"segfungi build-bank: {out}: {len(problems)} damaged file(s) ({problems[0]}); rebuilding them "
+                  "from the bank's recorded settings (intact shards are kept)", file=sys.stderr, flush=True)
+    return settings
 
 
 def resume_command(argv: list[str] | None, flag: str | None = "--resume") -> str:
