@@ -53,13 +53,12 @@ import numpy as np
 
 from segfungi.bank import MemoryBank
 from segfungi.cells import bank_features, run_cell
+from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError
 from segfungi.settings_schema import FEATURE_KINDS
 from segfungi.storage import write_json_atomic
 
 RESULTS_FILE = "fewshot.json"
-# The training split each standard list set was drawn from, and its file-name prefix.
-STANDARD_SPLITS = {"voc": "trainaug", "ade20k": "training"}
 
 
 @dataclass(frozen=True)
@@ -117,9 +116,9 @@ def plan_trials(settings: dict, subset_files: Sequence[str] = ()) -> list[Trial]
 
 def _check_standard_split(data: dict) -> None:
     """The packaged lists name images of one split: say so before any bank is built."""
-    split = STANDARD_SPLITS.get(data["dataset"])
-    aliases = {"trainaug": ("trainaug", "train_aug"), "training": ("training", "train")}.get(split, ())
-    if split is not None and data["train_split"] not in aliases:
+    info = dataset_info(data["dataset"])
+    split = info.fewshot_split
+    if split is not None and not info.is_fewshot_split(data["train_split"]):
         raise ConfigError(
             f"the standard {data['dataset']} subsets are drawn from its {split} split, but data.train_split is "
             f"{data['train_split']!r}: use a fewshot_{data['dataset']}_* preset or --set data.train_split={split}"

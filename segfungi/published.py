@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from segfungi.data.registry import dataset_names
 from segfungi.errors import ConfigError
 from segfungi.settings_schema import FEATURE_KINDS
 
@@ -50,7 +51,6 @@ PUBLISHED_DIR = Path(__file__).resolve().parent / "data" / "published"
 FULL_BANK_SIZES = (102400, 1024000, 10240000)  # 1024×10², 10³, 10⁴ patches
 FEWSHOT_FRACTIONS = (Fraction(1, 128), Fraction(1, 64), Fraction(1, 8))
 FEWSHOT_BANK_SIZE = 20480000  # 2048×10⁴: the few-shot protocol's bank (a cap)
-DATASETS = ("voc", "ade20k", "cityscapes")  # the segfungi datasets with a field protocol
 TIMM_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")  # architecture.pretrained_tag
 SOURCE_KEYS = ("name", "citation", "url")
 BLOCK_KEYS = ("table", "dataset", "train_split", "image_size", "aug_epochs", "settings_note", "rows")
@@ -217,8 +217,9 @@ def _entries_of_block(path: Path, where: str, block, source: dict) -> list[Publi
         _text(path, f"{where}.{key}", block[key])
     for key in ("image_size", "aug_epochs") + (("bank_size",) if "bank_size" in block else ()):
         _positive_int(path, f"{where}.{key}", block[key])
-    if block["dataset"] not in DATASETS:
-        _fail(path, f"{where}.dataset", f"must be one of {', '.join(DATASETS)}, got {block['dataset']!r}")
+    if block["dataset"] not in dataset_names():
+        _fail(path, f"{where}.dataset", f"must be one of {', '.join(dataset_names())} (the registered datasets), "
+                                       f"got {block['dataset']!r}")
     if not isinstance(block["rows"], list) or not block["rows"]:
         _fail(path, f"{where}.rows", "must be a non-empty list")
     entries = []

@@ -199,13 +199,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("out", "runs/fewshot", "folder of the trials' banks, results and plot"),
     ),
     "benchmark": (
-        Key("datasets", ["voc", "ade20k"], "datasets benchmarked (each has configs/protocol_<dataset>.yaml)",
+        Key("datasets", ["voc", "ade20k"], "datasets benchmarked (each registered with its protocols)",
             choices=dataset_names,
             note=(
                 "segfungi benchmark: the field's tables for one model. Each dataset's cells take",
-                "the protocol's keys (splits, epochs, k, temperature, leaves searched, reorder) from",
-                "configs/protocol_<dataset>.yaml (few-shot: protocol_fewshot_<dataset>.yaml) over",
-                "the settings here; bank.size is each cell's.",
+                "the protocol's keys (splits, epochs, k, temperature, leaves searched, reorder) that",
+                "its registration names (built-ins: configs/protocol_<dataset>.yaml, few-shot:",
+                "protocol_fewshot_<dataset>.yaml) over the settings here; bank.size is each cell's.",
             )),
         Key("roots", {}, "dataset -> its root folder, e.g. {voc: /data/VOCdevkit, ade20k: /data/ADE}"),
         Key("features", list(FEATURE_KINDS), "feature kinds of every cell", choices=FEATURE_KINDS),

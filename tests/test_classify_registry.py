@@ -266,3 +266,22 @@ def test_help_states_the_cost_of_simclr(capsys):
             main(["classify", modality, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert "0.13 samples/s on one CPU core" in text, modality
+
+
+def test_classify_encoders_write_weights_ids_that_parse(tmp_path):
+    """Every weights id comes from segfungi.weights.WeightsSource: a random-init spectrogram
+    ViT and a ViT module given ready (named by its parameters' digest) both parse back."""
+    import timm
+
+    from segfungi.classify.audio import SpectrogramViT
+    from segfungi.classify.vit import TimmViT
+    from segfungi.weights import WeightsSource
+
+    audio = SpectrogramViT("vit_tiny_patch16_224", num_mel_bins=32, target_length=64, init_seed=3, depth=1)
+    assert WeightsSource.parse(audio.weights_id) == WeightsSource.random_init(3, timm.__version__)
+    module = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, num_classes=0)
+    ready = WeightsSource.parse(TimmViT(module).weights_id)
+    assert ready.kind == "parameters" and len(ready.digest) == 16
+    with torch.no_grad():
+        module.blocks[0].attn.proj.bias.add_(1.0)
+    assert WeightsSource.parse(TimmViT(module).weights_id) != ready  # other parameters, another id

@@ -35,17 +35,12 @@ import numpy as np
 from segfungi.bank import BankPlan, estimate_bank_bytes
 from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
 from segfungi.components import index_settings, make_extractor, open_train_dataset, open_val_dataset
+from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError, DatasetError
 from segfungi.storage import format_bytes
 
 __all__ = ["dry_run", "probe"]
 
-# Images of the splits the protocols use, for a plan made without the data at hand.
-REFERENCE_SIZES = {
-    ("voc", "trainaug"): 10582, ("voc", "val"): 1449,
-    ("ade20k", "training"): 20210, ("ade20k", "validation"): 2000,
-    ("cityscapes", "train"): 2975, ("cityscapes", "val"): 500,
-}
 GIB = 1 << 30
 SCANN_FIXED_BYTES = 2.4 * GIB  # Python, torch, ScaNN and the 250,000-row training sample
 LABEL_BYTES_PER_ROW = 96  # 8 label ids (int64) and weights (float32), as evaluation holds them
@@ -190,8 +185,8 @@ def _split_sizes(settings: dict, notes: list[str]) -> tuple[int, int]:
     try:
         return len(open_train_dataset(settings)), len(open_val_dataset(settings))
     except (ConfigError, DatasetError) as err:
-        train = REFERENCE_SIZES.get((data["dataset"], data["train_split"]))
-        val = REFERENCE_SIZES.get((data["dataset"], data["val_split"]))
+        info = dataset_info(data["dataset"])  # the real dataset's image counts, for a plan made without it
+        train, val = info.image_count(data["train_split"]), info.image_count(data["val_split"])
         if train is None or val is None:
             raise
         notes.append(f"{data['dataset']}: no data read ({str(err).splitlines()[0]}); assumed the reference "

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segfungi.benchmark._protocol import FEWSHOT, FULL, dataset_settings, plan_cells, protocol_keys, subsets_folder
+from segfungi.benchmark._protocol import (FEWSHOT, FULL, dataset_settings, plan_cells, protocol_values,
+                                         subsets_folder)
 from segfungi.errors import ConfigError, SegfungiError
 
 __all__ = ["check_inputs", "input_problems"]
@@ -60,7 +61,7 @@ def _deviation_problems(settings: dict) -> list[str]:
     for dataset in settings["benchmark"]["datasets"]:
         for protocol in (FULL, FEWSHOT):
             try:
-                known |= set(protocol_keys(dataset, protocol))
+                known |= set(protocol_values(dataset, protocol))
             except ConfigError:
                 pass  # a dataset without a protocol preset is reported with the dataset
     problems = []

@@ -8,8 +8,9 @@ segfungi/data/subsets/), 8 augmentation epochs, up to 2048×10⁴ patches. Each 
 evaluated for every feature kind in `benchmark.features` (a FUNGI bank's support is the
 embeddings bank of the same cell).
 
-A cell's settings are the run's settings with the protocol's own keys taken from
-`configs/protocol_<dataset>.yaml` (`protocol_fewshot_<dataset>.yaml`): the splits, the
+A cell's settings are the run's settings with the protocol's own keys, which the dataset's
+registration names (`segfungi.data.DatasetInfo.protocols`; the built-ins' are the presets
+`configs/protocol_<dataset>.yaml` and `protocol_fewshot_<dataset>.yaml`): the splits, the
 augmentation epochs, k and the temperature of the label transfer, the leaves searched
 and the reorder count. Everything else (backbone, FUNGI, index memory settings, seeds)
 is the run's, the same in every cell. A protocol key the user sets otherwise on purpose
@@ -20,14 +21,16 @@ and is shown without a published number.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from segfungi.config import load_config
+from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError
 
-__all__ = ["Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys", "protocol_preset",
+__all__ = ["Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys", "protocol_values",
            "subsets_folder"]
 
 FULL, FEWSHOT = "full", "fewshot"
@@ -61,38 +64,45 @@ class Cell:
         return Path("banks") / self.dataset / FEWSHOT / self.fraction_label.replace("/", "-of-") / self.subset_file.stem
 
 
-def protocol_preset(dataset: str, protocol: str) -> str:
-    """The preset holding a dataset's protocol keys (a name in configs/)."""
-    return f"protocol_{dataset}" if protocol == FULL else f"protocol_fewshot_{dataset}"
+def protocol_keys(dataset: str, protocol: str) -> str | dict:
+    """A dataset's protocol keys for `protocol` (full | fewshot), as its registration gives
+    them: a preset name in configs/, or the keys themselves."""
+    info = dataset_info(dataset)
+    if protocol not in info.protocols:
+        kinds = ", ".join(info.protocols) or "none"
+        raise ConfigError(f"benchmark.datasets: no {protocol}-data protocol for {dataset!r} (it has: {kinds}; "
+                          "a dataset's protocols are part of its registration, segfungi.data.DatasetInfo)")
+    keys = info.protocols[protocol]
+    return keys if isinstance(keys, str) else copy.deepcopy(dict(keys))
 
 
 def dataset_settings(settings: dict, dataset: str, protocol: str, need_root: bool = True) -> dict:
-    """The settings of a dataset's cells: the run's, the protocol preset's keys over them,
-    and the dataset's root from benchmark.roots (`need_root`: refuse a dataset without one)."""
-    from segfungi.config import resolve_config_path
-
-    preset = protocol_preset(dataset, protocol)
-    try:
-        resolve_config_path(preset)
-    except ConfigError:
-        raise ConfigError(f"benchmark.datasets: no {protocol}-data protocol for {dataset!r} "
-                          f"(configs/{preset}.yaml does not exist)") from None
+    """The settings of a dataset's cells: the run's, the protocol's keys over them, and
+    the dataset's root from benchmark.roots (`need_root`: refuse a dataset without one)."""
+    keys = protocol_keys(dataset, protocol)
     root = settings["benchmark"]["roots"].get(dataset)
     if not root and need_root:
         raise ConfigError(f"benchmark.roots has no root folder for {dataset!r}: pass --root {dataset}=DIR "
                           f"(or set benchmark.roots.{dataset})")
-    mine = deviations(settings, dataset, protocol)
-    return load_config(preset, [{"data": {"root": str(root) if root else None}}, *mine], base=settings)
+    root_key = {"data": {"root": str(root) if root else None}}
+    mine = deviations(settings, dataset, protocol)  # the user's on purpose: over the protocol's keys
+    if isinstance(keys, str):
+        return load_config(keys, [root_key, *mine], base=settings)
+    return load_config(None, [keys, root_key, *mine], base=settings)
 
 
-def protocol_keys(dataset: str, protocol: str) -> dict:
-    """{dotted key: value} the protocol preset of a dataset sets."""
-    import yaml
+def protocol_values(dataset: str, protocol: str) -> dict:
+    """{dotted key: value} a dataset's protocol sets (its preset's keys, or the keys its
+    registration gives)."""
+    keys = protocol_keys(dataset, protocol)
+    if isinstance(keys, str):
+        import yaml
 
-    from segfungi.config import resolve_config_path
+        from segfungi.config import resolve_config_path
 
-    with open(resolve_config_path(protocol_preset(dataset, protocol)), encoding="utf-8") as f:
-        return dict(_dotted(yaml.safe_load(f) or {}))
+        with open(resolve_config_path(keys), encoding="utf-8") as f:
+            keys = yaml.safe_load(f) or {}
+    return dict(_dotted(keys))
 
 
 def _dotted(nested: dict, prefix: str = ""):
@@ -105,8 +115,8 @@ def _dotted(nested: dict, prefix: str = ""):
 
 def deviations(settings: dict, dataset: str, protocol: str) -> list[str]:
     """The `key=value` overrides of benchmark.deviations that change a key this dataset's
-    protocol preset sets: applied over the preset, and named on each cell they touch."""
-    keys = protocol_keys(dataset, protocol)
+    protocol sets: applied over the protocol's keys, and named on each cell they touch."""
+    keys = protocol_values(dataset, protocol)
     return [f"{key}={_yaml_value(value)}" for key, value in settings["benchmark"]["deviations"].items()
             if key in keys]
 

@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
+from segfungi.data.registry import dataset_title as registered_title
 from segfungi.published import (Cell, Comparison, Published, Run, format_bank_size, format_bank_sizes,
                                 published_for)
 from segfungi.settings_schema import FEATURE_KINDS
 
-__all__ = ["DATASET_TITLES", "DEVIATES", "FEATURE_LABELS", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
+__all__ = ["DEVIATES", "FEATURE_LABELS", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
            "Footnote", "Measured", "Notes", "Table", "build_tables", "dataset_title", "evaluations",
            "progress"]
 
-DATASET_TITLES = {"voc": "Pascal VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}
 PROTOCOL_TRIALS = 5  # the few-shot protocol's fixed lists per fraction
 PROTOCOL_TITLES = {"full": "full training split, by memory-bank size (patches)",
@@ -184,7 +184,7 @@ def dataset_title(dataset: str, generated: bool = False) -> str:
     """'Pascal VOC 2012'; for segfungi's generated demo data never the real dataset's name."""
     if generated:
         return f"generated demo data ({dataset} layout)"
-    return DATASET_TITLES.get(dataset, dataset)
+    return registered_title(dataset)
 
 
 def _comparison(records: list[dict], column) -> Comparison:

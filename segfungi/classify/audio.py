@@ -35,6 +35,7 @@ from segfungi.classify.features import SplitViTFungi
 from segfungi.backbones import load_checkpoint
 from segfungi.classify.vit import TimmViT
 from segfungi.errors import CheckpointError, DatasetError
+from segfungi.weights import WeightsSource
 
 # -------------------------------------------------------------------- WAV reading
 
@@ -262,7 +263,10 @@ class SpectrogramViT(TimmViT):
                 model = timm.create_model(name, pretrained=False, **kwargs)
             except Exception as err:  # noqa: BLE001
                 raise CheckpointError(f"cannot build timm model '{name}' for audio: {err}") from None
-        weights_id = "random-init" if weights is None else load_checkpoint(model, Path(weights), name=f"{name} (in_chans=1)")
+        if weights is None:
+            weights_id = WeightsSource.random_init(init_seed, timm.__version__).id
+        else:
+            weights_id = load_checkpoint(model, Path(weights), name=f"{name} (in_chans=1)")
         ident = {
             "init_seed": int(init_seed),
             "input_shape": [int(num_mel_bins), int(target_length)],

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from segfungi.backbones import Backbone
+from segfungi.custom import parameters_digest
+from segfungi.weights import WeightsSource
 
 
 def pool(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -32,14 +34,16 @@ def vit_identity(vit: Backbone) -> dict:
 class TimmViT(Backbone):
     """A frozen timm ViT module with :class:`Backbone`'s split and gradient layer."""
 
-    def __init__(self, model: nn.Module, name: str | None = None, weights_id: str = "random-init",
+    def __init__(self, model: nn.Module, name: str | None = None, weights_id: str | None = None,
                  extra_identity: dict | None = None, device: str | torch.device = "cpu"):
+        """`weights_id`: a `segfungi.weights.WeightsSource` id; None names the module's own
+        parameters by their digest (a module given ready, its weights unknown to us)."""
         # Backbone.__init__ is not called: it refuses rectangular inputs. These are the
         # attributes the inherited forward_until_last_block / forward_last_block use.
         self.model = model.eval().requires_grad_(False).to(device)
         self.compute_dtype = torch.float32
         self.name = name or type(model).__name__
-        self.weights_id = weights_id
+        self.weights_id = weights_id or WeightsSource.parameters(parameters_digest(model)[:16]).id
         self.embed_dim = int(getattr(model, "embed_dim", getattr(model, "num_features", 0)))
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))

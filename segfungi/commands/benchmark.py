@@ -63,7 +63,7 @@ def protocol_sets(args, settings: dict) -> dict:
     protocol preset sets: the user's on purpose, so it becomes benchmark.deviations
     (honoured over the preset, and every cell it touches says so) instead of being
     overridden by the preset without a word."""
-    from segfungi.benchmark import protocol_keys
+    from segfungi.benchmark import protocol_values
     from segfungi.config import parse_override
     from segfungi.errors import ConfigError
 
@@ -71,7 +71,7 @@ def protocol_sets(args, settings: dict) -> dict:
     for dataset in settings["benchmark"]["datasets"]:
         for protocol in ("full", "fewshot"):
             try:
-                keys |= set(protocol_keys(dataset, protocol))
+                keys |= set(protocol_values(dataset, protocol))
             except ConfigError:
                 pass  # no preset for this protocol: the run says so
     found = {}

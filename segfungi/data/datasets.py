@@ -21,14 +21,14 @@ def build_dataset(name: str, root: str | Path, split: str, on_bad_sample: str = 
     """Open `split` of the registered dataset `name` (voc | ade20k | cityscapes | coco-stuff |
     folder, `segfungi.data.registry`) at `root`."""
     key = str(name).lower().replace("_", "-")  # "VOC", "coco_stuff": the registered spelling
-    open_split = DATASETS.get(key if key in DATASETS else name)  # else as given (unknown: lists the names)
+    info = DATASETS.get(key if key in DATASETS else name)  # else as given (unknown: lists the names)
     if root is None or str(root) == "":
         raise ConfigError("dataset root is not set (data.root / --root)")
     check_policy(on_bad_sample)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root folder missing")
-    return open_split(root, split, on_bad_sample=on_bad_sample)
+    return info.open(root, split, on_bad_sample=on_bad_sample)
 
 
 def subset(dataset: SegDataset, ids_file: str | Path | None = None, fraction: float | None = None,
