@@ -297,3 +297,42 @@ def test_a_damaged_bank_is_repaired_by_build_bank_resume_from_its_own_settings(d
     assert main(["bank", "verify", str(moved)]) == 0
     after = MemoryBank(moved)
     assert after.hash == before.hash and [s["checksums"] for s in after.shards] == checksums
+
+
+# ------------------------------------------------------- items 6 and 11: the plan
+def test_the_dry_run_names_the_cells_that_do_not_fit_and_gives_a_time_range_and_both_disks(demo_voc_root, tmp_path,
+                                                                                           monkeypatch, capsys):
+    import re
+
+    import segfungi.benchmark._dryrun as planning
+
+    monkeypatch.setattr(planning, "_available_memory", lambda: int(3.5 * (1 << 30)))
+    lists = lists_folder(demo_voc_root, tmp_path / "lists")
+    argv = ["benchmark", "--config", "demo", "--datasets", "voc", "ade20k", "--root", f"voc={demo_voc_root}",
+            "--sizes", "2048", "10240000", "--fractions", "1/8", "--subsets", str(lists), "--out", str(tmp_path / "o"),
+            "--set", "data.image_size=128", "--dry-run"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    # ade20k's 1024×10⁴ bank (20210 reference images) does not fit 3.5 GiB even with int8 reordering;
+    # VOC's (12 generated images: a capped bank), its lists and the 2,048 banks fit
+    advice = text.split("these cells do not fit even with index.reorder_dtype=int8: ")[1].splitlines()[0]
+    assert advice.startswith("ade20k full 10,240,000;") and "voc" not in advice
+    assert "leave them out with --sizes 2048" in advice and "--fractions" not in advice
+    assert "leave out the largest size" not in text
+    assert re.search(r"median of 5 timings", text) and re.search(r"from [\d:]+ to [\d:]+ at the fastest", text)
+    assert "estimated, not measured" in text
+    assert re.search(r"with --drop-banks \(benchmark.keep_banks=false\) .* at most [\d.]+ [KMGT]?i?B at a time", text)
+
+
+def test_the_disk_with_dropped_banks_is_the_largest_set_on_disk_at_once():
+    from segfungi.benchmark import Cell
+    from segfungi.benchmark._dryrun import _Line, dropped_banks_disk
+
+    def line(cell, disk):
+        return _Line(cell.label, 1, 1, disk, 1.0, (8,), cell)
+
+    voc = [line(Cell("voc", "full", size=s), d) for s, d in ((1024, 1.0), (2048, 2.0))]  # built together: 3
+    ade = [line(Cell("ade20k", "full", size=1024), 2.5)]
+    few = [line(Cell("voc", "fewshot", fraction=None, subset_file=Path("a.txt")), 2.9)]
+    assert dropped_banks_disk(voc + ade + few) == 3.0
+    assert dropped_banks_disk(voc + ade + [line(few[0].origin, 4.0)]) == 4.0

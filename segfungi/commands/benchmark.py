@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                         help="few-shot lists: the shipped standard ones, the demo ones (ids of `segfungi demo-data "
                         "--layout voc`), or DIR/<dataset>/1_div_<N>/*.txt")
     parser.add_argument("--out", help="results folder (default runs/benchmark)")
+    parser.add_argument("--drop-banks", action="store_true",
+                        help="remove each cell's bank once its records are written (benchmark.keep_banks=false): "
+                        "the records and tables stay; the dry run shows the disk both ways")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (cells, bank sizes, disk, memory, time from a short probe) and exit")
     parser.set_defaults(func=run)
@@ -98,6 +101,8 @@ def run(args) -> int:
     given = roots(args.roots, list(settings["benchmark"]["datasets"]))
     if given:
         settings["benchmark"]["roots"] = {**settings["benchmark"]["roots"], **given}
+    if args.drop_banks:
+        settings["benchmark"]["keep_banks"] = False
     settings["benchmark"]["deviations"] = {**settings["benchmark"]["deviations"], **protocol_sets(args, settings)}
     for key, value in settings["benchmark"]["deviations"].items():
         print(f"segfungi benchmark: --set {key}={value} changes a protocol key: honoured, and its cells are marked "
