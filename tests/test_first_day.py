@@ -336,3 +336,24 @@ def test_the_disk_with_dropped_banks_is_the_largest_set_on_disk_at_once():
     few = [line(Cell("voc", "fewshot", fraction=None, subset_file=Path("a.txt")), 2.9)]
     assert dropped_banks_disk(voc + ade + few) == 3.0
     assert dropped_banks_disk(voc + ade + [line(few[0].origin, 4.0)]) == 4.0
+
+
+# ------------------------------------------------------------ item 12: hints
+def test_predicts_bank_mismatch_hint_names_predict(fungi_bank, demo_voc_root, tmp_path, capsys):
+    image = next((Path(demo_voc_root) / "VOCdevkit").rglob("*.jpg"))
+    assert main(["predict", "--bank", str(fungi_bank), str(image), "--out", str(tmp_path / "p"),
+                 "--set", "fungi.proj_seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert "other feature settings" in err and f"segfungi predict --bank {fungi_bank} IMAGES --out DIR" in err
+
+
+def test_the_dev_extras_hold_what_the_readmes_notebook_command_needs():
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert "jupyter nbconvert --to notebook --execute" in readme
+    dev = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in dev}
+    assert {"nbconvert", "ipykernel"} <= names  # the `jupyter nbconvert` command and the kernel it runs
