@@ -357,3 +357,18 @@ def test_the_dev_extras_hold_what_the_readmes_notebook_command_needs():
     dev = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in dev}
     assert {"nbconvert", "ipykernel"} <= names  # the `jupyter nbconvert` command and the kernel it runs
+
+
+def test_the_dry_run_lists_what_the_run_would_refuse_and_a_presets_replaced_keys_are_said(demo_voc_root, tmp_path,
+                                                                                         capsys):
+    lists = tmp_path / "lists" / "voc" / "1_div_8"
+    lists.mkdir(parents=True)
+    (lists / "trainaug_2_0.txt").write_text("2008_000001\n")
+    argv = ["benchmark", "--config", "demo", "--datasets", "voc", "--root", str(demo_voc_root), "--sizes", "2048",
+            "--fractions", "1/8", "--subsets", str(tmp_path / "lists"), "--set", "data.image_size=128", "--dry-run"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "problem  few-shot list" in captured.out and "1 ids are not in voc trainaug" in captured.out
+    # the demo preset's data.train_split=train is replaced by the protocol's trainaug: said, with the way to keep it
+    assert ("the voc full-data protocol sets data.train_split=trainaug over the preset demo's train "
+            "(--set data.train_split=train keeps yours") in captured.err

@@ -159,7 +159,16 @@ def dry_run(settings: dict, backbone=None) -> str:
     extremes = [_plan(settings, cells, features, t, extractor, model_bytes) for t in (timing.fastest, timing.slowest)
                 if t is not None]
     seconds_range = [p[3] + sum(line.seconds for line in p[0]) for p in extremes]
-    return _format(settings, bb, timing, *plan, features, seconds_range)
+    text = _format(settings, bb, timing, *plan, features, seconds_range)
+    return text + "".join(f"\n  problem  {p}" for p in _input_problems(settings, backbone))
+
+
+def _input_problems(settings, backbone) -> list[str]:
+    """What `segfungi benchmark` would refuse to start with (a plan is made without the
+    data, so a missing root is not one here)."""
+    from segfungi.benchmark._inputs import input_problems
+
+    return [p for p in input_problems(settings, None, backbone) if not p.startswith("benchmark.roots has no root")]
 
 
 def _plan(settings, cells, features, timing: Probe, extractor, model_bytes: float) -> tuple:

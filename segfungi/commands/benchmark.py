@@ -86,6 +86,34 @@ def protocol_sets(args, settings: dict) -> dict:
     return found
 
 
+def preset_keys_replaced(args, settings: dict) -> list[str]:
+    """The --config preset's values of protocol keys that the protocol replaces (said, so
+    no setting of the user's is dropped without a word), with the --set that keeps one."""
+    if not args.config:
+        return []
+    import yaml
+
+    from segfungi.benchmark import protocol_values
+    from segfungi.config import resolve_config_path
+    from segfungi.errors import ConfigError
+
+    with open(resolve_config_path(args.config), encoding="utf-8") as f:
+        preset = dict(_dotted_items(yaml.safe_load(f) or {}))
+    said = []
+    for dataset in dict.fromkeys(settings["benchmark"]["datasets"]):
+        for protocol in ("full", "fewshot"):
+            try:
+                values = protocol_values(dataset, protocol)
+            except ConfigError:  # a dataset without this protocol: the run says so
+                continue
+            for key, value in values.items():
+                if key in preset and preset[key] != value and key not in settings["benchmark"]["deviations"]:
+                    said.append(f"the {dataset} {protocol}-data protocol sets {key}={value} over the preset "
+                                f"{args.config}'s {preset[key]} (--set {key}={preset[key]} keeps yours and marks "
+                                "the cells as deviating)")
+    return said
+
+
 def _dotted_items(nested: dict, prefix: str = ""):
     for key, value in nested.items():
         if isinstance(value, dict) and value:
@@ -107,6 +135,8 @@ def run(args) -> int:
     for key, value in settings["benchmark"]["deviations"].items():
         print(f"segfungi benchmark: --set {key}={value} changes a protocol key: honoured, and its cells are marked "
               f"'deviates from the protocol: {key}={value}' with no published number beside them", file=sys.stderr)
+    for line in preset_keys_replaced(args, settings):
+        print(f"segfungi benchmark: note: {line}", file=sys.stderr)
     if args.dry_run:
         print(dry_run(settings))
         return 0
