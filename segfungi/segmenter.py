@@ -70,7 +70,8 @@ class Segmenter:
                 f"{f' ({when})' if when else ''}:\n  " + "\n  ".join(problems)
                 + f"\nTo query it with its own settings, leave those options out of the command (`segfungi eval "
                 f"--bank {path}`, `segfungi predict --bank {path} IMAGES --out DIR`; `segfungi bank info {path}` "
-                "shows the bank's settings); from Python, Segmenter(bank), evaluate(bank) or predict_to_folder(bank, …)."
+                "shows the bank's settings); from Python, Segmenter(bank), evaluate(bank) or "
+                "predict_to_folder(bank, …)."
             )
 
     @property

@@ -8,7 +8,6 @@ are marked and shown without published numbers)."""
 from __future__ import annotations
 
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 from segfungi.commands._options import add_config_options, fraction_value, settings_from_args
