@@ -244,9 +244,6 @@ def write_demo_dataset(out: str | Path, layout: str = "voc", n_images: int = 50,
 
 
 def is_demo_root(root) -> bool:
-    """Whether `root` (or a folder above it, for a root given as e.g. VOCdevkit/VOC2012)
-    holds segfungi's generated demo data: the MARKER file write_demo_dataset leaves."""
-    if not root:
-        return False
-    folder = Path(root).expanduser().absolute()
-    return any((parent / MARKER).is_file() for parent in (folder, *list(folder.parents)[:3]))
+    """Whether the dataset root `root` (what write_demo_dataset returns) holds segfungi's
+    generated demo data: the MARKER file it leaves there."""
+    return bool(root) and (Path(root).expanduser() / MARKER).is_file()
