@@ -90,6 +90,10 @@ def _dataset_problems(settings: dict, dataset: str, cells: list) -> list[str]:
         except SegfungiError as err:
             problems.append(str(err))
             continue
+        root = Path(chosen["data"]["root"]).expanduser()
+        if not root.is_dir():  # said once, not once per split
+            problems.append(f"benchmark.roots.{dataset}: {root} is not a folder (pass --root {dataset}=DIR)")
+            continue
         for split, opener in (("train_split", open_train_dataset), ("val_split", open_val_dataset)):
             try:
                 opened = opener(chosen)
