@@ -95,11 +95,13 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
     Returns one record per image: its path, size, mask and overlay files, or for an image
     left out its path and why (`{"image", "skipped"}`)."""
     from segfungi.progress import progress_iter
+    from segfungi.storage import ensure_writable_dir
     from segfungi.viz import describe_banks, overlay_with_legend
 
     if on_bad_sample not in (None, "error", "skip"):
         raise ConfigError(f"on_bad_sample must be 'error', 'skip' or None, got {on_bad_sample!r}")
     listed = _listed_images(inputs)
+    ensure_writable_dir(Path(out))  # before the model loads: a read-only --out fails now, with the fix
     segmenter = make_segmenter(bank, settings)
     classes, palette = segmenter.bank.classes, segmenter.bank.palette
     # Under each overlay: which bank (features, size, backbone, weights, data) drew it.

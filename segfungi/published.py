@@ -43,7 +43,8 @@ from segfungi.feature_kinds import FEATURE_KINDS
 
 __all__ = [
     "FEWSHOT_BANK_SIZE", "FEWSHOT_FRACTIONS", "FULL_BANK_SIZES", "PUBLISHED_DIR", "Cell", "Comparison",
-    "Published", "Run", "format_bank_size", "load_published", "lookup", "published_entries", "published_for",
+    "Published", "Run", "format_bank_size", "format_bank_sizes", "load_published", "lookup", "published_entries",
+    "published_for",
 ]
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "data" / "published"
@@ -66,6 +67,19 @@ def format_bank_size(patches: int) -> str:
         if patches == base * 10 ** exponent and exponent > 0:
             return f"{base}×10{str(exponent).translate(SUPERSCRIPTS)}"
     return f"{patches:,}"
+
+
+def format_bank_sizes(sizes) -> list[str]:
+    """Column headers of one table in one notation: the paper's (1024×10², 2048×10⁴) where
+    every size has it; else 1024×m for every size (4096 -> 1024×4, 20480 -> 1024×20) where
+    each is a whole number of 1024-patch grids; else thousands separators for all."""
+    sizes = [int(s) for s in sizes]
+    paper = [format_bank_size(s) for s in sizes]
+    if all("×" in label for label in paper):
+        return paper
+    if all(s % 1024 == 0 for s in sizes):
+        return [f"1024×{s // 1024:,}" for s in sizes]
+    return [f"{s:,}" for s in sizes]
 
 
 def as_fraction(value: Fraction | float | str) -> Fraction:

@@ -69,8 +69,10 @@ class Segmenter:
             raise BankError(
                 f"{path}: the bank was built with other feature settings than this query"
                 f"{f' ({when})' if when else ''}:\n  " + "\n  ".join(problems)
-                + f"\nTo query it with its own settings, leave those options out: `segfungi eval --bank {path}` "
-                f"(`segfungi bank info {path}` shows them); from Python, Segmenter(bank) or evaluate(bank)."
+                + f"\nTo query it with its own settings, leave those options out of the command (`segfungi eval "
+                f"--bank {path}`, `segfungi predict --bank {path} IMAGES --out DIR`; `segfungi bank info {path}` "
+                "shows the bank's settings); from Python, Segmenter(bank), evaluate(bank) or "
+                "predict_to_folder(bank, …)."
             )
 
     @property

@@ -216,8 +216,14 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             check="positive"),
         Key("fractions", [0.0078125, 0.015625, 0.125], "few-shot fractions (1/128, 1/64, 1/8); [] for none",
             check="fractions"),
-        Key("subsets", "standard", "standard | a folder laid out like them (<folder>/<dataset>/1_div_<N>/*.txt)"),
+        Key("subsets", "standard",
+            "standard | demo | a folder laid out like them (<folder>/<dataset>/1_div_<N>/*.txt)"),
         Key("out", "runs/benchmark", "results folder: tables, figures, banks, cell records"),
+        Key("deviations", {}, "protocol keys set otherwise on purpose, e.g. {data.train_split: train}:",
+            more=("applied over the protocol presets; the cells say 'deviates from the protocol: key=value'",
+                  "and show no published number (--set of a protocol key lands here)")),
+        Key("keep_banks", True, "false: remove each cell's bank once its records are written",
+            more=("(the records and tables stay; a rerun rebuilds a removed bank only for a cell without records)",)),
     ),
 }
 

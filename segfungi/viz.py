@@ -226,6 +226,8 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
 # ------------------------------------------------------------------ what was run
 # Said under every plot of a random-init run, whose FUNGI numbers are no measurement of FUNGI.
 RANDOM_INIT_NOTE = "random-init backbone: a pipeline check; FUNGI's gain needs pretrained weights"
+# Said under a benchmark figure with a published point whose source's settings differ from the run's.
+PUBLISHED_DIFFERS_NOTE = "† published with other settings than this run's (results.md says how)"
 
 
 def describe_banks(banks: Sequence, eval_images: int | Sequence[int] | None = None) -> str:
@@ -268,9 +270,9 @@ def _joined(values) -> str:
 
 
 def _is_demo_data(root) -> bool:
-    from segfungi.data.demo import MARKER
+    from segfungi.data.demo import is_demo_root
 
-    return bool(root) and (Path(root) / MARKER).is_file()
+    return is_demo_root(root)  # the one test of the marker, shared with the benchmark
 
 
 def _titled(fig, title: str, context: str | None) -> None:
@@ -432,7 +434,9 @@ def benchmark_figure(full: list[dict], fewshot: list[dict], title: str | None = 
     """mIoU (%) of one dataset's benchmark cells: against bank size (full training split,
     log x, ticks at the sizes) and against the few-shot fraction (mean ± std error bars),
     a panel for each protocol that has rows. One colour per feature kind; a published
-    number is a hollow marker of its kind's colour.
+    number is a hollow marker of its kind's colour, labelled published: a circle, or a
+    square marked † where the row's `published_differs` is true (its source's settings
+    differ from the run's).
 
     `full` rows: features, bank_size (patches held), bank_size_requested (where the
     published number sits), miou (a fraction), published_percent (% or None).
@@ -456,17 +460,24 @@ def benchmark_figure(full: list[dict], fewshot: list[dict], title: str | None = 
     return fig
 
 
-def _published_points(ax, xs, values, colour, label) -> list[float]:
-    """Hollow markers of `colour` at the published values (None: no number); the values drawn."""
-    shown = [(x, v) for x, v in zip(xs, values) if v is not None]
-    if shown:
-        ax.plot([x for x, _ in shown], [v for _, v in shown], linestyle="none", marker="o", markersize=9,
-                markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.5, label=label)
-    return [v for _, v in shown]
+def _published_points(ax, xs, rows, colour, kind) -> list[float]:
+    """Hollow markers of `colour` at the rows' published values (None: no number), each
+    labelled as published: a circle where the source's settings match the run's, a
+    square marked † where they differ (row "published_differs"); the values drawn."""
+    drawn = []
+    for differs, marker, label in ((False, "o", f"{kind}, published"),
+                                   (True, "s", f"{kind}, published † (other settings)")):
+        shown = [(x, r["published_percent"]) for x, r in zip(xs, rows)
+                 if r["published_percent"] is not None and bool(r.get("published_differs")) == differs]
+        if shown:
+            ax.plot([x for x, _ in shown], [v for _, v in shown], linestyle="none", marker=marker, markersize=9,
+                    markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.5, label=label)
+        drawn += [v for _, v in shown]
+    return drawn
 
 
 def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
-    from segfungi.published import format_bank_size
+    from segfungi.published import format_bank_sizes
 
     highest = []
     for kind, colour in colours.items():
@@ -475,14 +486,13 @@ def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
             continue
         means = [100 * r["miou"] for r in mine]
         ax.plot([r["bank_size"] for r in mine], means, marker="o", color=colour, label=kind)
-        highest += means + _published_points(ax, [r["bank_size_requested"] for r in mine],
-                                             [r["published_percent"] for r in mine], colour, f"{kind}, published")
+        highest += means + _published_points(ax, [r["bank_size_requested"] for r in mine], mine, colour, kind)
     # Ticks where points are: the sizes held, and the sizes asked for where a published number sits.
     sizes = sorted({int(r["bank_size"]) for r in rows}
                    | {int(r["bank_size_requested"]) for r in rows if r["published_percent"] is not None})
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the sizes: minor labels collide
-    ax.set_xticks(sizes, [format_bank_size(s) for s in sizes], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(sizes, format_bank_sizes(sizes), rotation=30, ha="right", fontsize=8)  # one notation
     ax.set_xmargin(0.1)
     _y_from_zero(ax, max(highest))
     ax.set_xlabel("memory bank size (patches, log scale)")
@@ -504,7 +514,7 @@ def _fraction_panel(ax, rows: list[dict], colours: dict) -> None:
         stds = [100 * r["miou_std"] for r in cells]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, color=colour, label=f"{kind}, mean ± std")
         highest += [m + s for m, s in zip(means, stds)]
-        highest += _published_points(ax, xs, [r["published_percent"] for r in cells], colour, f"{kind}, published")
+        highest += _published_points(ax, xs, cells, colour, kind)
     ax.set_xticks(range(len(fractions)), fractions)
     ax.set_xlim(-0.5, len(fractions) - 0.5)
     _y_from_zero(ax, max(highest))

@@ -134,7 +134,7 @@ def test_partial_run_says_k_of_n_cells_done(report):
     text = report[1]["results.md"].read_text(encoding="utf-8")
     # 2 datasets × 2 kinds × (2 sizes + 1 fraction) = 12 cells; 7 full-data cells have their
     # record, the 4 few-shot cells 2 of their 5 trials.
-    assert "7 of 12 cells done" in text
+    assert "7 of 12 table cells done" in text
     assert "ade20k FUNGI 1024×10³" in text and "voc embeddings 1/128 (2 of 5 trials)" in text
     summary = summary_table(make_records())
     assert "31.9 ± 2.5 (26.3), n=2" in summary and "40.1 (37.2)" in summary
@@ -146,7 +146,7 @@ def test_fewshot_cell_with_all_its_trials_is_done_and_says_no_n(tmp_path):
     records = [record("voc", "fungi", 0.3 + i / 100, fraction="1/64", trial=f"trainaug_64_{i}") for i in range(5)]
     run = make_run() | {"datasets": ["voc"], "sizes": [], "fractions": ["1/64"], "features": ["fungi"]}
     text = write_report(tmp_path, records, run)["results.md"].read_text(encoding="utf-8")
-    assert "1 of 1 cells done" in text
+    assert "1 of 1 table cells done" in text
     assert "| FUNGI | 32.0 ± 1.6 (34.0)¹ |" in text
 
 
@@ -193,7 +193,7 @@ def test_a_bank_the_images_cannot_fill_shows_the_size_it_holds(tmp_path):
 
 def test_csv_and_json_round_trip_every_record(report):
     out, written = report
-    records = make_records()
+    records = [r | {"generated_data": False, "deviations": []} for r in make_records()]  # the fields' defaults
     for name in ("results.csv", "results.json"):
         back = read_records(written[name])
         key = lambda r: (r["dataset"], r["protocol"], r["features"], str(r["bank_size_requested"]), str(r["trial"]))
@@ -302,7 +302,7 @@ def test_bad_records_are_refused_naming_the_record_and_field(tmp_path):
 def test_a_run_with_no_cell_done_yet_writes_empty_tables_and_no_figure(tmp_path):
     written = write_report(tmp_path, [], make_run())
     text = written["results.md"].read_text(encoding="utf-8")
-    assert "0 of 12 cells done" in text and "No cell of this table has been run yet." in text
+    assert "0 of 12 table cells done" in text and "No cell of this table has been run yet." in text
     assert markdown_tables(text)[("ADE20K", "few-shot")] == {"embeddings": ["–"], "FUNGI": ["–"]}
     assert set(written) == {"results.md", "results.csv", "results.json", "results.tex"}
     assert read_records(written["results.csv"]) == [] and read_records(written["results.json"]) == []
@@ -323,7 +323,7 @@ def test_engine_records_with_extra_keys_and_numpy_numbers_are_written_plain(tmp_
     engine = records[0] | {"cache_key": "abc", "bank_size": np.int64(102400), "miou": np.float32(0.5)}
     written = write_report(tmp_path, [engine], make_run())
     back = read_records(written["results.json"])
-    assert back == [records[0] | {"miou": float(np.float32(0.5))}]
+    assert back == [records[0] | {"miou": float(np.float32(0.5)), "generated_data": False, "deviations": []}]
     assert type(back[0]["bank_size"]) is int and "cache_key" not in written["results.csv"].read_text()
 
 
@@ -332,6 +332,6 @@ def test_the_engines_plan_of_fewshot_lists_sets_the_cells_and_their_trials(tmp_p
     run = make_run() | {"datasets": ["voc", "cityscapes"], "sizes": [], "fractions": ["1/8"], "features": ["fungi"],
                         "fewshot_lists": {"voc": {"1/8": 3}}}  # three lists; cityscapes has none
     text = write_report(tmp_path, records, run)["results.md"].read_text(encoding="utf-8")
-    assert "1 of 1 cells done" in text and "## Cityscapes" not in text
+    assert "1 of 1 table cells done" in text and "## Cityscapes" not in text
     assert "| FUNGI | 31.0 ± 1.0 |" in text  # no published 1/8 number; no n=3: all its lists are in
     assert "No published numbers: no published fungi number for DINO ViT-S/16 on voc at 1/8 of the training" in text

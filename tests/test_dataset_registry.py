@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_settings
-from segfungi.benchmark import dry_run, run_benchmark
+from segfungi.benchmark import dry_run, run_benchmark, write_report
 from segfungi.data import DatasetInfo, build_dataset, dataset_info, dataset_title, register_dataset, unregister_dataset
 from segfungi.errors import ConfigError
 
@@ -55,7 +55,12 @@ def test_a_registered_dataset_is_benchmarked_under_its_protocol_and_title(toy_da
     (record,) = report["records"]
     assert record["dataset"] == TOY and record["settings"]["eval"]["k"] == 10  # the protocol's key, not the run's
     assert record["settings"]["data"]["val_split"] == "held-out"
-    assert "Toy Scenes" in (tmp_path / "out" / "results.md").read_text()
+    # The data is generated: the results never take the real dataset's title (issue 29)...
+    assert f"generated demo data ({TOY} layout)" in (tmp_path / "out" / "results.md").read_text()
+    # ...while the same records on real data are titled by the registration.
+    real = write_report(tmp_path / "real", [r | {"generated_data": False} for r in report["records"]],
+                        report["run"] | {"generated_data": []})
+    assert "## Toy Scenes" in real["results.md"].read_text()
 
 
 def test_a_plan_without_the_data_uses_the_registered_image_counts(toy_dataset, demo_voc_root):

@@ -15,7 +15,8 @@ Public here (everything else in the package is internal):
 * `SupportIndex(path, spec, index, device)`: nearest plain-embedding neighbours, the
   negatives of the FUNGI loss (`_support`).
 * `bank_info(path)`, `verify_problems(path)`: what a bank folder is and whether it is
-  intact (`_inspect`; `segfungi bank info/verify` print them).
+  intact (`_inspect`; `segfungi bank info/verify` print them); `recorded_settings(path)`
+  and `reopen_damaged(path)`: the repair path of `build-bank --resume` for a damaged bank.
 * The folder layout (`_layout`): MANIFEST, BUILD_RECORD, SUPPORT_DIR, LAST_BLOCK_INPUT_DIR, ….
 
 Names are imported when first used, so reading or inspecting a bank (`MemoryBank`,
@@ -57,6 +58,8 @@ _PUBLIC = {
     "bank_info": "._inspect",
     "incomplete_state": "._inspect",
     "verify_problems": "._inspect",
+    "recorded_settings": "._inspect",
+    "reopen_damaged": "._inspect",
     # the folder layout
     "MANIFEST": "._layout",
     "BUILD_RECORD": "._layout",

@@ -6,18 +6,27 @@ checksums in `manifest.json`; an incomplete build counts as a problem (it cannot
 yet), and its finished shards are checked against their own checksums. `bank_info` is a
 plain dict (features, dims, backbone, dataset, settings, creation time, size on disk,
 shards done / total); `segfungi bank info` prints it.
+
+Repair: `recorded_settings` are the settings a bank (or an interrupted build) records,
+and `reopen_damaged` turns a complete bank with damaged files back into an interrupted
+build of the same identity (build.json from its manifest; the manifest and the index
+removed), so `build-bank --resume` rebuilds the damaged shards (a resume checks every
+kept shard against its checksums and drops the damaged ones) and the index, from the
+bank's own settings. A FUNGI bank and its support are reopened together: the resume
+rebuilds the support only while the FUNGI bank is unfinished.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from segfungi.bank._layout import (
-    BUILD_RECORD, MANIFEST, SHARDS_DIR, SUPPORT_DIR, done_shards, kept_work, not_a_bank, shard_name,
+    BUILD_RECORD, INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, done_shards, kept_work, not_a_bank, shard_name,
 )
 from segfungi.bank._reader import MemoryBank
 from segfungi.errors import BankError
-from segfungi.bank._records import read_build_record
+from segfungi.bank._records import read_build_record, write_build_record
 from segfungi.storage import folder_size, verify_folder
 
 
@@ -132,3 +141,38 @@ def bank_info(path: Path) -> dict:
         except BankError as err:
             info["support"] = {"status": f"unreadable ({err})"}
     return info
+
+
+# ----------------------------------------------------------------------- repair
+def recorded_settings(path: str | Path) -> dict | None:
+    """The settings the bank (manifest.json) or interrupted build (build.json) at `path`
+    was made with; None when neither is there. BankError naming what to delete when the
+    record cannot be read."""
+    path = Path(path)
+    try:
+        if (path / MANIFEST).exists():
+            return MemoryBank(path, verify="off").settings
+        if (path / BUILD_RECORD).exists():
+            return read_build_record(path).settings or None
+    except BankError as err:
+        raise BankError(f"{err}; its settings cannot be read, so it cannot be repaired: remove {path} and build "
+                        "it again with the command that built it (segfungi build-bank ... --out "
+                        f"{path})") from None
+    return None
+
+
+def reopen_damaged(path: str | Path) -> list[str]:
+    """When the complete bank at `path` (or its support) has damaged files: make it and
+    its support interrupted builds again (module docstring) and return the problems found;
+    [] (and nothing changed) when every file matches its manifest."""
+    path = Path(path)
+    folders = [f for f in (path, path / SUPPORT_DIR) if (f / MANIFEST).exists()]
+    problems = [p for f in folders for p in MemoryBank(f, verify="off").verify(full=True)]
+    if not problems:
+        return []
+    for folder in folders:
+        bank = MemoryBank(folder, verify="off")
+        write_build_record(folder, bank.identity, bank.manifest["settings"])  # first: never neither file
+        (folder / MANIFEST).unlink()
+        shutil.rmtree(folder / INDEX_DIR, ignore_errors=True)  # rebuilt from the shards when the build ends
+    return problems

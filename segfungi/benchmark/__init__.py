@@ -16,7 +16,8 @@ them)::
                                                "benchmark.roots={voc: /data/VOCdevkit, ade20k: /data/ADE}"])
     segfungi.benchmark(settings, "results/dino-s16")   # = segfungi.benchmark.run_benchmark
 
-Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `Cell`, `EncodedQueries`,
+Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `protocol_keys`, `protocol_values`,
+`check_inputs`, `input_problems` (`_inputs`: every input checked before any work), `Cell`, `EncodedQueries`,
 `write_report`, `summary_table`, `read_records`, `RUN_FILE`. The package is callable as `run_benchmark`.
 """
 
@@ -29,6 +30,10 @@ _PUBLIC = {
     "RUN_FILE": "._run",
     "dry_run": "._dryrun",
     "plan_cells": "._protocol",
+    "protocol_keys": "._protocol",
+    "protocol_values": "._protocol",
+    "check_inputs": "._inputs",
+    "input_problems": "._inputs",
     "dataset_settings": "._protocol",
     "Cell": "._protocol",
     "EncodedQueries": "._queries",

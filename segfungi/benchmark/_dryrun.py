@@ -21,7 +21,16 @@ memory uses the per-row costs of benchmarks/bench_bank_memory.py (benchmarks/REA
 §5): ScaNN holds D·(4 | 2 | 1) bytes per row for its float32 | bfloat16 | int8
 reordering copy, D/4 bytes of codes and 15 more; the build adds ≈ 2.4 GiB. When the
 largest bank does not fit the memory there is, the plan says which
-`index.reorder_dtype` makes it fit.
+`index.reorder_dtype` makes it fit, or names the cells that do not fit even with int8
+and the --sizes / --fractions that leave them out.
+
+The probe is the median of several timings (a slow one, from another process on the
+machine, does not move it); the total time is also given at the fastest and slowest
+timing, a range. Peak memory is an estimate (the plan says what it counts: the model's
+weights and the index or evaluation of a cell, not the data loader's workers or the
+activations). Disk is given both ways: every bank kept, and at most at a time with
+`--drop-banks` (benchmark.keep_banks false: one dataset's full-data banks, built
+together, or one few-shot bank).
 """
 
 from __future__ import annotations
@@ -56,10 +65,15 @@ class Probe:
     gradient_pass: float
     projection_per_patch: float
     depth: int  # blocks: the last block alone is ≈ forward / depth
+    repeats: int = 1  # timings taken; the fields are their medians
+    fastest: "Probe | None" = None  # the fastest and slowest timing, for the plan's time range
+    slowest: "Probe | None" = None
 
 
-def probe(settings: dict, backbone=None, images: int = 2) -> Probe:
-    """Time the three passes on `images` random images (after one warm-up)."""
+def probe(settings: dict, backbone=None, images: int = 2, repeats: int = 5) -> Probe:
+    """Time the three passes on `images` random images `repeats` times (after one
+    warm-up); each field is the median of its timings (one slow timing, another process
+    on the machine, does not move it), with the fastest and slowest kept for a range."""
     extractor = make_extractor(settings, features="fungi", backbone=backbone)
     bb = extractor.backbone
     pixels = np.random.default_rng(0).integers(0, 256, (images, bb.img_size, bb.img_size, 3), dtype=np.uint8)
@@ -83,9 +97,16 @@ def probe(settings: dict, backbone=None, images: int = 2) -> Probe:
         return forward, gradient, time.perf_counter() - started
 
     run()  # warm-up: caches, kernels, the projection's matrix
-    forward, gradient, projection = run()
+    timings = np.array([run() for _ in range(max(1, repeats))])  # repeats × (forward, gradient, projection)
     depth = len(bb.model.blocks) if hasattr(bb.model, "blocks") else 12  # a custom model: a ViT's 12
-    return Probe(forward / images, gradient / images, projection / (images * bb.num_patches), depth)
+    per = np.array([images, images, images * bb.num_patches])
+
+    def made(values) -> Probe:
+        return Probe(*(float(v) for v in values / per), depth)
+
+    totals = timings.sum(axis=1)
+    return dataclasses.replace(made(np.median(timings, axis=0)), repeats=len(timings),
+                               fastest=made(timings[totals.argmin()]), slowest=made(timings[totals.argmax()]))
 
 
 def _index_row_bytes(dim: int, reorder_dtype: str) -> float:
@@ -114,12 +135,15 @@ class _Line:
     disk: float
     seconds: float
     dims: tuple[int, ...]  # of its banks' features: (embeddings,) or (embeddings, FUNGI)
+    origin: Cell | None = None
+    model_bytes: float = 0.0  # the backbone's weights, held throughout
 
     def memory(self, reorder_dtype: str) -> float:
-        """Peak bytes while it is built and evaluated: the largest index build, or the
-        evaluation of the top bank (its index, its support's, the labels)."""
+        """Peak bytes while it is built and evaluated: the model's weights plus the largest
+        index build or the evaluation of the top bank (its index, its support's, the labels)."""
         indexes = [self.rows * _index_row_bytes(dim, reorder_dtype) for dim in self.dims]
-        return max(SCANN_FIXED_BYTES + max(indexes), GIB + sum(indexes) + self.rows * LABEL_BYTES_PER_ROW)
+        return self.model_bytes + max(SCANN_FIXED_BYTES + max(indexes),
+                                      GIB + sum(indexes) + self.rows * LABEL_BYTES_PER_ROW)
 
 
 def dry_run(settings: dict, backbone=None) -> str:
@@ -129,6 +153,27 @@ def dry_run(settings: dict, backbone=None) -> str:
     fungi = "fungi" in features
     timing = probe(settings, backbone)
     extractor = make_extractor(settings, features="fungi" if fungi else "embeddings", backbone=backbone)
+    bb = extractor.backbone
+    model_bytes = float(sum(p.numel() * p.element_size() for p in bb.model.parameters()))
+    plan = _plan(settings, cells, features, timing, extractor, model_bytes)
+    extremes = [_plan(settings, cells, features, t, extractor, model_bytes) for t in (timing.fastest, timing.slowest)
+                if t is not None]
+    seconds_range = [p[3] + sum(line.seconds for line in p[0]) for p in extremes]
+    text = _format(settings, bb, timing, *plan, features, seconds_range)
+    return text + "".join(f"\n  problem  {p}" for p in _input_problems(settings, backbone))
+
+
+def _input_problems(settings, backbone) -> list[str]:
+    """What `segfungi benchmark` would refuse to start with (a plan is made without the
+    data, so a missing root is not one here)."""
+    from segfungi.benchmark._inputs import input_problems
+
+    return [p for p in input_problems(settings, None, backbone) if not p.startswith("benchmark.roots has no root")]
+
+
+def _plan(settings, cells, features, timing: Probe, extractor, model_bytes: float) -> tuple:
+    """(lines, notes, shared disk, shared seconds, seconds saved) of the plan at these timings."""
+    fungi = "fungi" in features
     bb = extractor.backbone
     emb_dim, fungi_dim = bb.embed_dim, extractor.feature_dim
     lines, notes, shared_disk, shared_seconds, saved = [], [], 0.0, 0.0, 0.0
@@ -156,7 +201,9 @@ def dry_run(settings: dict, backbone=None) -> str:
                 extra = count * epochs * timing.forward  # its own views are encoded
                 lines.append(_line(cell, count, epochs, fs["bank"]["size"], index_settings(fs), timing, val,
                                    emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra))
-    return _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features)
+    for line in lines:
+        line.model_bytes = model_bytes
+    return lines, notes, shared_disk, shared_seconds, saved
 
 
 def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe, val: int, emb_dim: int,
@@ -176,7 +223,8 @@ def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe,
         seconds += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
         seconds += _search_seconds(rows, emb_dim, val * 1025, index) + _search_seconds(rows, fungi_dim, val * 1024, index)
     label = (f"full {cell.size:,}" if cell.protocol == FULL else f"{cell.fraction_label} {cell.subset_file.stem}")
-    return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,))
+    return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,),
+                 cell)
 
 
 def _split_sizes(settings: dict, notes: list[str]) -> tuple[int, int]:
@@ -201,14 +249,16 @@ def _available_memory() -> int:
         return 0
 
 
-def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features) -> str:
+def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features,
+            seconds_range=()) -> str:
     from segfungi.benchmark._run import _duration
 
     out = [
         "segfungi benchmark --dry-run: the plan (nothing is built)",
         f"  model    {bb.name} ({bb.weights.describe()}), {bb.img_size} px, on {settings['backbone']['device']}",
         f"  probe    forward {timing.forward:.2f} s/image, FUNGI gradient pass {timing.gradient_pass:.2f} s/image, "
-        f"projection {1000 * timing.projection_per_patch:.2f} ms/patch (measured now)",
+        f"projection {1000 * timing.projection_per_patch:.2f} ms/patch (median of {timing.repeats} timings "
+        "measured now)",
         f"  features {', '.join(features)}; every cell below is evaluated for each",
         "",
         f"  {'cell':<40} {'bank patches':>13} {'per view':>9} {'disk':>10} {'time':>10} {'peak memory':>12}",
@@ -220,23 +270,84 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, sav
     disk = sum(line.disk for line in lines)
     seconds = shared_seconds + sum(line.seconds for line in lines)
     peak = max((line.memory(reorder) for line in lines), default=0)
+    spread = (f" (from {_duration(min(seconds_range))} to {_duration(max(seconds_range))} at the fastest and "
+              "slowest probe timing)" if seconds_range else "")
     out += ["", f"  shared passes: views and evaluated images encoded once per dataset, {_duration(shared_seconds)}; "
             f"temporary caches {format_bytes(shared_disk)}",
             f"  total    {len(lines)} banks, disk {format_bytes(disk)} (+ {format_bytes(shared_disk)} temporary), "
-            f"time {_duration(seconds)}, peak memory {format_bytes(peak)}",
+            f"time {_duration(seconds)}{spread}, peak memory {format_bytes(peak)}",
+            _disk_line(settings, lines, disk),
             f"  separate build-bank + eval runs of these cells would take ~{_duration(seconds + saved)}: the shared "
             f"passes take {seconds / (seconds + saved):.2f}× that"]
-    available = _available_memory()
-    if available and peak > available:
-        fits = next((dtype for dtype in ("bfloat16", "int8")
-                     if max(line.memory(dtype) for line in lines) <= available), None)
-        advice = (f"--set index.reorder_dtype={fits} makes it fit "
-                  f"(~{format_bytes(max(line.memory(fits) for line in lines))})" if fits else
-                  "no reorder dtype makes it fit: leave out the largest size (--sizes) or use a larger machine")
-        out.append(f"  memory   the largest bank needs ~{format_bytes(peak)} with index.reorder_dtype={reorder}, "
-                   f"this machine has {format_bytes(available)}: {advice}")
-    elif available:
-        out.append(f"  memory   fits in the {format_bytes(available)} of this machine")
+    out += _memory_lines(settings, lines, peak, _available_memory())
     out += [f"  note     {note}" for note in notes]
     out.append("  (times: probe × work per pass; index build and search from benchmarks/README.md figures)")
     return "\n".join(out)
+
+
+def dropped_banks_disk(lines) -> float:
+    """Bank bytes on disk at once with benchmark.keep_banks false: a dataset's full-data
+    banks are built together (one pass) and each removed after its cell; a few-shot
+    cell's bank is built and removed alone."""
+    full: dict = {}
+    alone = [0.0]
+    for line in lines:
+        if line.origin is not None and line.origin.protocol == FULL:
+            full[line.origin.dataset] = full.get(line.origin.dataset, 0.0) + line.disk
+        else:
+            alone.append(line.disk)
+    return max([*full.values(), *alone])
+
+
+def _disk_line(settings, lines, disk: float) -> str:
+    dropped = format_bytes(dropped_banks_disk(lines))
+    if settings["benchmark"]["keep_banks"]:
+        return (f"  disk     {format_bytes(disk)} of banks kept when done; with --drop-banks (benchmark.keep_banks="
+                f"false) each bank is removed once its cell is evaluated: at most {dropped} at a time, the records "
+                "and tables stay")
+    return (f"  disk     banks dropped after their cell (benchmark.keep_banks false): at most {dropped} at a time; "
+            f"keeping them all would take {format_bytes(disk)}")
+
+
+def _memory_lines(settings, lines, peak: float, available: int) -> list[str]:
+    """How peak memory is estimated, and whether it fits: else the reorder dtype that makes
+    it fit, or the cells that do not fit and the flags that leave them out."""
+    reorder = settings["index"]["reorder_dtype"]
+    out = ["  memory   estimated, not measured: per cell, the backbone's weights plus the larger of the index build "
+           "(2.4 GiB fixed + bytes per index row × rows) and the evaluation (1 GiB + its indexes + 96 bytes of "
+           "labels per row); the data loader's worker processes and the batch activations are not counted"]
+    if not available:
+        return out
+    if peak <= available:
+        return out + [f"  memory   fits in the {format_bytes(available)} of this machine"]
+    fits = next((dtype for dtype in ("bfloat16", "int8")
+                 if max(line.memory(dtype) for line in lines) <= available), None)
+    if fits:
+        advice = (f"--set index.reorder_dtype={fits} makes it fit "
+                  f"(~{format_bytes(max(line.memory(fits) for line in lines))})")
+    else:
+        advice = _leave_out_advice(settings, [line for line in lines if line.memory("int8") > available])
+    return out + [f"  memory   the largest bank needs ~{format_bytes(peak)} with index.reorder_dtype={reorder}, this "
+                  f"machine has {format_bytes(available)}: {advice}"]
+
+
+def _leave_out_advice(settings, too_big) -> str:
+    """The cells that do not fit even with int8 reordering, and the flags that remove them."""
+    from segfungi.benchmark._records import fraction_label
+
+    names = ", ".join(line.cell for line in too_big)
+    cells = [line.origin for line in too_big if line.origin is not None]
+    flags = []
+    sizes = {c.size for c in cells if c.protocol == FULL}
+    if sizes:
+        kept = [s for s in dict.fromkeys(settings["benchmark"]["sizes"]) if s not in sizes]
+        flags.append(f"--sizes {' '.join(map(str, kept))}" if kept else "no full-data cells (--sizes of smaller banks)")
+    fractions = {c.fraction for c in cells if c.protocol != FULL}
+    if fractions:
+        kept = [fraction_label(f) for f in dict.fromkeys(settings["benchmark"]["fractions"])
+                if fraction_label(f) not in {fraction_label(g) for g in fractions}]
+        flags.append("--fractions " + " ".join(kept) if kept else "--fractions (with no value: no few-shot cells)")
+    datasets = sorted({c.dataset for c in cells})
+    said = " and ".join(flags) if flags else "a larger machine"
+    return (f"these cells do not fit even with index.reorder_dtype=int8: {names}; leave them out with {said} "
+            f"(their dataset{'s' if len(datasets) > 1 else ''}: {', '.join(datasets)}), or use a larger machine")

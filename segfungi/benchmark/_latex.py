@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import re
 
-from segfungi.benchmark._markdown import versions_text, weights_words
+from segfungi.benchmark._markdown import dates_text, versions_text, weights_words
 from segfungi.benchmark._tables import FEATURE_LABELS, PROTOCOL_TITLES, Table
-from segfungi.data.registry import dataset_title
 
 __all__ = ["latex_text", "render_latex"]
 
@@ -66,13 +65,15 @@ def _published(table: Table, kind: str, column) -> str:
 
 def _caption(table: Table, run: dict) -> str:
     words, is_random = weights_words(run["weights"])
-    dataset = dataset_title(table.dataset)
+    dataset = table.dataset_title
     parts = [f"In-context segmentation on {dataset}, {PROTOCOL_TITLES[table.protocol]}: mIoU (%) of "
              f"{run['model']} ({words})"]
     if table.protocol == "fewshot":
         parts.append("Mean ± sample std over the trials (fixed lists)")
     if is_random:
         parts.append("RANDOM-INIT BACKBONE: these numbers measure nothing about FUNGI")
+    if table.generated:
+        parts.append("GENERATED DEMO DATA: a pipeline check, not a measurement on the real dataset")
     notes = table.notes
     references = _references(table)
     for number, reference in enumerate(references, start=1):
@@ -106,7 +107,7 @@ def _table(table: Table, run: dict) -> list[str]:
 def render_latex(tables: list[Table], run: dict) -> str:
     lines = [f"% segfungi benchmark of {run['model']} ({run['weights']}), {run['device']}; "
              f"{versions_text(run['versions'], ', ')}",
-             f"% started {run['started']}, finished {run['finished'] or 'not yet'}. Needs \\usepackage{{booktabs}}.", ""]
+             f"% {dates_text(run)}. Needs \\usepackage{{booktabs}}.", ""]
     for table in tables:
         lines += _table(table, run)
     return "\n".join(lines)

@@ -10,11 +10,10 @@ std over the trials), with `n=3` when the cell has other than the protocol's tri
 from __future__ import annotations
 
 from segfungi.benchmark._tables import (FEATURE_LABELS, PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
-                                        progress)
-from segfungi.data.registry import dataset_title
+                                        evaluations, progress)
 from segfungi.weights import WeightsSource
 
-__all__ = ["cell_text", "markdown_text", "render_markdown", "setup_line", "summary_text", "versions_text",
+__all__ = ["cell_text", "dates_text", "markdown_text", "render_markdown", "setup_line", "summary_text", "versions_text",
            "weights_words"]
 
 MISSING = "–"
@@ -39,6 +38,16 @@ def weights_words(weights_id: str) -> tuple[str, bool]:
     except ValueError:
         return str(weights_id), False
     return source.describe(), source.is_random
+
+
+def dates_text(run: dict) -> str:
+    """'started A, resumed B and C, finished D': every run's start (run["starts"] where
+    the run records them), so a resumed benchmark keeps its first date."""
+    starts = list(run.get("starts") or [run["started"]])
+    text = f"started {starts[0]}"
+    if len(starts) > 1:
+        text += f", resumed {', '.join(starts[1:])}"
+    return f"{text}, finished {run['finished'] or 'not yet'}"
 
 
 def cell_text(table: Table, kind: str, column, footnote_marks: bool = True) -> str:
@@ -122,12 +131,17 @@ def _header(tables: list[Table], run: dict) -> list[str]:
     if is_random:
         lines += [f"> **⚠ RANDOM-INIT BACKBONE: these numbers measure nothing about FUNGI.** {words}: a pipeline "
                   "check of segfungi; FUNGI's gain needs pretrained weights.", ""]
-    progress_text = f"{done} of {planned} cells done"
+    generated = list(dict.fromkeys(t.dataset for t in tables if t.generated))
+    if generated:
+        lines += [f"> **⚠ GENERATED DEMO DATA ({', '.join(generated)}): a pipeline check, not a measurement on the "
+                  "real dataset.** No published number is shown beside these cells.", ""]
+    evaluated, evaluations_planned = evaluations(tables)
+    progress_text = f"{done} of {planned} table cells done ({evaluated} of {evaluations_planned} evaluations)"
     if missing:
         progress_text += f"; not done: {', '.join(missing)}"
     lines += ["| | |", "|---|---|", f"| model | `{run['model']}` |", f"| weights | {words} (`{run['weights']}`) |",
               f"| device | {run['device']} |", f"| versions | {versions_text(run['versions'])} |",
-              f"| date | started {run['started']}, finished {run['finished'] or 'not yet'} |",
+              f"| date | {dates_text(run)} |",
               f"| cells | {progress_text} |"]
     other_devices = sorted({r["device"] for r in records} - {run["device"]})
     if other_devices:
@@ -147,7 +161,7 @@ def render_markdown(tables: list[Table], run: dict) -> str:
     lines = _header(tables, run)
     for dataset in dict.fromkeys(t.dataset for t in tables):
         mine = [t for t in tables if t.dataset == dataset]
-        lines += [f"## {dataset_title(dataset)}", ""]
+        lines += [f"## {mine[0].dataset_title}", ""]
         for table in mine:
             lines += _markdown_table(table)
     lines += _sources(tables)

@@ -13,7 +13,10 @@ registration names (`segfungi.data.DatasetInfo.protocols`; the built-ins' are th
 `configs/protocol_<dataset>.yaml` and `protocol_fewshot_<dataset>.yaml`): the splits, the
 augmentation epochs, k and the temperature of the label transfer, the leaves searched
 and the reorder count. Everything else (backbone, FUNGI, index memory settings, seeds)
-is the run's, the same in every cell.
+is the run's, the same in every cell. A protocol key the user sets otherwise on purpose
+(`benchmark.deviations`, where `segfungi benchmark --set` puts a protocol key) is applied
+over the preset, and every cell it touches says "deviates from the protocol: key=value"
+and is shown without a published number.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from segfungi.config import load_config
 from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError
 
-__all__ = ["Cell", "dataset_settings", "plan_cells", "protocol_keys"]
+__all__ = ["Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys", "protocol_values",
+           "subsets_folder"]
 
 FULL, FEWSHOT = "full", "fewshot"
 
@@ -81,9 +85,46 @@ def dataset_settings(settings: dict, dataset: str, protocol: str, need_root: boo
         raise ConfigError(f"benchmark.roots has no root folder for {dataset!r}: pass --root {dataset}=DIR "
                           f"(or set benchmark.roots.{dataset})")
     root_key = {"data": {"root": str(root) if root else None}}
+    mine = deviations(settings, dataset, protocol)  # the user's on purpose: over the protocol's keys
     if isinstance(keys, str):
-        return load_config(keys, [root_key], base=settings)
-    return load_config(None, [keys, root_key], base=settings)
+        return load_config(keys, [root_key, *mine], base=settings)
+    return load_config(None, [keys, root_key, *mine], base=settings)
+
+
+def protocol_values(dataset: str, protocol: str) -> dict:
+    """{dotted key: value} a dataset's protocol sets (its preset's keys, or the keys its
+    registration gives)."""
+    keys = protocol_keys(dataset, protocol)
+    if isinstance(keys, str):
+        import yaml
+
+        from segfungi.config import resolve_config_path
+
+        with open(resolve_config_path(keys), encoding="utf-8") as f:
+            keys = yaml.safe_load(f) or {}
+    return dict(_dotted(keys))
+
+
+def _dotted(nested: dict, prefix: str = ""):
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def deviations(settings: dict, dataset: str, protocol: str) -> list[str]:
+    """The `key=value` overrides of benchmark.deviations that change a key this dataset's
+    protocol sets: applied over the protocol's keys, and named on each cell they touch."""
+    keys = protocol_values(dataset, protocol)
+    return [f"{key}={_yaml_value(value)}" for key, value in settings["benchmark"]["deviations"].items()
+            if key in keys]
+
+
+def _yaml_value(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def plan_cells(settings: dict) -> list[Cell]:
@@ -106,10 +147,25 @@ def fewshot_fractions(settings: dict) -> list[Fraction]:
 def subset_lists(settings: dict, dataset: str, fraction: Fraction) -> list[Path]:
     """The list files of one fraction: `<folder>/<dataset>/1_div_<N>/*.txt` (the shipped
     standard lists, or benchmark.subsets' folder); none for a dataset without lists."""
-    from segfungi.fewshot import standard_subset_files, standard_subsets_folder
+    from segfungi.fewshot import standard_subset_files
 
-    subsets = settings["benchmark"]["subsets"]
-    folder = standard_subsets_folder() if subsets == "standard" else Path(subsets)
+    folder = subsets_folder(settings)
     if not (folder / dataset).is_dir():
         return []
     return list(standard_subset_files(dataset, [float(fraction)], folder))
+
+
+def subsets_folder(settings: dict) -> Path:
+    """The folder of few-shot lists benchmark.subsets names: the shipped standard lists,
+    the shipped demo lists (ids of `segfungi demo-data --layout voc`), or a folder."""
+    from segfungi.fewshot import demo_subsets_folder, standard_subsets_folder
+
+    subsets = settings["benchmark"]["subsets"]
+    if subsets == "standard":
+        return standard_subsets_folder()
+    if subsets == "demo":
+        return demo_subsets_folder()
+    if not Path(subsets).expanduser().is_dir():
+        raise ConfigError(f"benchmark.subsets: {subsets} is neither 'standard', 'demo' nor an existing folder of "
+                          "few-shot lists (<folder>/<dataset>/1_div_<N>/*.txt): fix the path (--subsets DIR)")
+    return Path(subsets).expanduser()

@@ -49,11 +49,12 @@ class EncodedQueries:
 
     def encode_all(self) -> "EncodedQueries":
         """Compute every batch that is not stored yet (the one full backbone pass)."""
-        from tqdm.auto import tqdm
+        from segfungi.progress import progress_iter
 
         missing = [i for i in range(len(self.batches)) if self._load(i) is None]
-        for i in tqdm(missing, desc=f"encode {self.dataset.name} {self.dataset.split}", unit="batch",
-                      disable=not self.progress or not distributed.is_main()):
+        # segfungi.progress: a bar on a terminal, plain lines in a log file (no "0batch" redraws)
+        for i in progress_iter(missing, f"encode {self.dataset.name} {self.dataset.split} (batches)",
+                               enabled=self.progress and distributed.is_main() and bool(missing)):
             self._store(i)
         return self
 

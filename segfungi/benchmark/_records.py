@@ -7,7 +7,10 @@ feature kind, a fraction). Its fields are RECORD_FIELDS (other keys are left out
 report). In the files, fields holding a fraction 0..1 are named for it (`miou_fraction`:
 the sweep CSV's `miou` was read as %), nested fields are JSON text in the CSV, and the
 published number of the cell is added (`published_miou_percent`, its source, and the
-note of segfungi.published.published_for).
+note of segfungi.published.published_for). `generated_data` says the cell ran on
+segfungi's generated demo data and `deviations` lists the protocol keys it set otherwise
+("data.train_split=train"): such a cell is shown without a published number. A record
+written before these two fields existed reads as False and [].
 """
 
 from __future__ import annotations
@@ -32,13 +35,17 @@ RECORD_FIELDS = {  # field: the types it may hold (None only where listed)
     "eval_images": (int,), "miou": (float,), "pixel_accuracy": (float,), "per_class_iou": (dict,),
     "bank_hash": (str,), "bank": (str,), "backbone": (str,), "weights": (str,), "image_size": (int,),
     "device": (str,), "versions": (dict,), "timings": (dict,), "settings": (dict,),
+    "generated_data": (bool,), "deviations": (list,),
 }
+# Fields a record written before they existed lacks: read as these values.
+OPTIONAL_FIELDS = {"generated_data": False, "deviations": []}
 # Fields named for their unit in the files.
 RENAMED = {"miou": "miou_fraction", "pixel_accuracy": "pixel_accuracy_fraction",
            "per_class_iou": "per_class_iou_fraction"}
 PUBLISHED_COLUMNS = ("published_miou_percent", "published_source", "published_url", "published_note")
 FILE_COLUMNS = tuple(RENAMED.get(field, field) for field in RECORD_FIELDS) + PUBLISHED_COLUMNS
-JSON_COLUMNS = tuple(RENAMED.get(field, field) for field, types in RECORD_FIELDS.items() if dict in types)
+JSON_COLUMNS = tuple(RENAMED.get(field, field) for field, types in RECORD_FIELDS.items()
+                     if dict in types or list in types)
 
 
 def fraction_label(value) -> str:
@@ -73,6 +80,7 @@ def _checked(number: int, record) -> dict:
     where = _where(number, record)
     if not isinstance(record, dict):
         raise ConfigError(f"{where}: must be a mapping of the fields {', '.join(RECORD_FIELDS)}")
+    record = {**{k: v for k, v in OPTIONAL_FIELDS.items() if k not in record}, **record}
     missing = [k for k in RECORD_FIELDS if k not in record]
     if missing:
         raise ConfigError(f"{where}: missing fields {missing} (a benchmark record has {', '.join(RECORD_FIELDS)})")
@@ -96,6 +104,8 @@ def _checked(number: int, record) -> dict:
         if record["bank_size_requested"] is None and not isinstance(_setting(record, "bank", "size"), int):
             raise ConfigError(f"{where}: a few-shot record without bank_size_requested needs settings.bank.size "
                               "(the bank cap its published number is compared at)")
+    if not all(isinstance(d, str) for d in record["deviations"]):
+        raise ConfigError(f"{where}: deviations is a list of 'key=value' texts, got {record['deviations']!r}")
     if not all(isinstance(_setting(record, "data", k), str) for k in ("train_split", "val_split")):
         raise ConfigError(f"{where}: settings must hold data.train_split and data.val_split (the cell's settings)")
     return record
@@ -150,7 +160,7 @@ def row_of_record(record: dict, published: dict) -> dict:
 
 def record_from_row(row: dict) -> dict:
     """The record a file row holds (its published columns left out)."""
-    return {field: row[RENAMED.get(field, field)] for field in RECORD_FIELDS}
+    return {field: row[RENAMED.get(field, field)] for field in RECORD_FIELDS if RENAMED.get(field, field) in row}
 
 
 def rows_to_csv(rows: list[dict]) -> str:
@@ -174,7 +184,8 @@ def _csv_cell(column: str, value):
 def rows_from_csv(text: str) -> list[dict]:
     """The rows of results.csv text, each value back in its type."""
     reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != FILE_COLUMNS:
+    older = tuple(c for c in FILE_COLUMNS if c not in OPTIONAL_FIELDS)  # written before the optional fields
+    if tuple(reader.fieldnames or ()) not in (FILE_COLUMNS, older):
         raise ConfigError(f"not a segfungi benchmark results.csv: columns {reader.fieldnames} "
                           f"(expected {', '.join(FILE_COLUMNS)})")
     types = {RENAMED.get(f, f): t for f, t in RECORD_FIELDS.items()}
@@ -186,8 +197,10 @@ def rows_from_csv(text: str) -> list[dict]:
 def _typed(cell: str, types: tuple):
     if cell == "" and type(None) in types:
         return None
-    if dict in types:
+    if dict in types or list in types:
         return json.loads(cell)
+    if bool in types:
+        return {"True": True, "False": False}[cell]
     if int in types:
         return int(cell)
     if float in types:

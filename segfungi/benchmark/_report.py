@@ -28,7 +28,6 @@ from segfungi.benchmark._markdown import render_markdown, summary_text, weights_
 from segfungi.benchmark._records import (PUBLISHED_COLUMNS, checked_records, record_from_row, row_of_record,
                                          rows_from_csv, rows_to_csv)
 from segfungi.benchmark._tables import FEATURE_LABELS, Table, build_tables, progress
-from segfungi.data.registry import dataset_title
 from segfungi.errors import ConfigError
 from segfungi.published import Comparison
 from segfungi.feature_kinds import FEATURE_KINDS
@@ -71,7 +70,8 @@ def _figure_rows(table: Table) -> list[dict]:
     rows = []
     for (kind, column), cell in table.cells.items():
         published = cell.comparison.entry.miou if cell.comparison.entry else None
-        row = {"features": FEATURE_LABELS[kind], "published_percent": published}
+        row = {"features": FEATURE_LABELS[kind], "published_percent": published,
+               "published_differs": bool(published is not None and cell.comparison.note)}
         if table.protocol == "full":  # at the size asked for, unless the images could not fill it
             held = table.capped(column)
             row.update(bank_size=held[0] if held else column, bank_size_requested=column,
@@ -86,15 +86,19 @@ def _write_figure(path: Path, tables: list[Table], run: dict) -> None:
     """The figure of one dataset's tables (its cells done counted over all of them)."""
     import matplotlib.pyplot as plt
 
-    from segfungi.viz import RANDOM_INIT_NOTE, benchmark_figure
+    from segfungi.viz import PUBLISHED_DIFFERS_NOTE, RANDOM_INIT_NOTE, benchmark_figure
 
     words, is_random = weights_words(run["weights"])
     by_protocol = {t.protocol: _figure_rows(t) for t in tables if t.cells}
     done, planned, _ = progress(tables)
-    context = f"{words}; {run['device']}; {done} of {planned} cells done"
+    context = f"{words}; {run['device']}; {done} of {planned} table cells done"
     if is_random:
         context += f"\n{RANDOM_INIT_NOTE}"
-    title = f"{run['model']}, {dataset_title(tables[0].dataset)}: in-context segmentation"
+    if any(r["published_differs"] for rows in by_protocol.values() for r in rows):
+        context += f"\n{PUBLISHED_DIFFERS_NOTE}"
+    if tables[0].generated:
+        context += "\ngenerated demo data: a pipeline check, no published numbers shown"
+    title = f"{run['model']}, {tables[0].dataset_title}: in-context segmentation"
     fig = benchmark_figure(by_protocol.get("full", []), by_protocol.get("fewshot", []), title, context)
     tmp = temporary_name(path)
     try:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,10 +34,12 @@ from pathlib import Path
 from segfungi import distributed
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
-from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
+from segfungi.benchmark._inputs import check_inputs
+from segfungi.benchmark._protocol import FEWSHOT, FULL, Cell, dataset_settings, deviations, plan_cells
 from segfungi.benchmark._queries import EncodedQueries
 from segfungi.cells import bank_features, cached_results, evaluation_key, features_bank
 from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
+from segfungi.data.demo import is_demo_root
 from segfungi.errors import ConfigError
 from segfungi.storage import read_json, write_json_atomic
 
@@ -53,6 +57,7 @@ def run_benchmark(settings: dict, out: str | Path | None = None, *, backbone=Non
     from segfungi.benchmark._report import write_report
 
     out = Path(out or settings["benchmark"]["out"])
+    check_inputs(settings, out, backbone)  # every problem at once, before any work
     cells = plan_cells(settings)
     features = list(dict.fromkeys(settings["benchmark"]["features"]))
     run = _start(settings, out, backbone)
@@ -74,23 +79,38 @@ def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progr
     queries.encode_all()
     records = []
     top = bank_features(features)
+    marks = {"generated_data": is_demo_root(full["data"]["root"])}
+    keep = settings["benchmark"]["keep_banks"]
     sized = [cell for cell in cells if cell.protocol == FULL]
     if sized:
-        folders = {cell.size: out / cell.folder / top for cell in sized}
-        build_banks(full, folders, features=top, progress=progress, backbone=backbone,
-                    cache_dir=out / CACHE_DIR / dataset / "last_block_input")
+        cell_settings = {cell: {**full, "bank": {**full["bank"], "size": cell.size}}  # what build-bank gets
+                         for cell in sized}
+        reused = {cell: _records_without_bank(cell_settings[cell], cell, features, out, keep) for cell in sized}
+        folders = {cell.size: out / cell.folder / top for cell in sized if reused[cell] is None}
+        if folders:
+            build_banks(full, folders, features=top, progress=progress, backbone=backbone,
+                        cache_dir=out / CACHE_DIR / dataset / "last_block_input")
+        cell_marks = {**marks, "deviations": deviations(settings, dataset, FULL)}
         for cell in sized:
-            sized_settings = {**full, "bank": {**full["bank"], "size": cell.size}}  # what build-bank gets for it
-            records += _evaluate_cell(sized_settings, cell, folders[cell.size], features, out, val, queries,
-                                      backbone, clock, progress)
+            if reused[cell] is not None:
+                records += _reuse(reused[cell], cell, clock)
+                continue
+            records += _evaluate_cell(cell_settings[cell], cell, folders[cell.size], features, out, val, queries,
+                                      backbone, clock, progress, cell_marks)
     fewshot = [cell for cell in cells if cell.protocol != FULL]
     if fewshot:
         base = dataset_settings(settings, dataset, "fewshot")
         for cell in fewshot:
             trial = _trial_settings(base, cell)
+            reused = _records_without_bank(trial, cell, features, out, keep)
+            if reused is not None:
+                records += _reuse(reused, cell, clock)
+                continue
             bank = build_bank(trial, out / cell.folder / top, resume=True, features=top, progress=progress,
                               warn_capped=False, backbone=backbone)
-            records += _evaluate_cell(trial, cell, bank, features, out, val, queries, backbone, clock, progress)
+            cell_marks = {**marks, "deviations": deviations(settings, dataset, FEWSHOT)}
+            records += _evaluate_cell(trial, cell, bank, features, out, val, queries, backbone, clock, progress,
+                                      cell_marks)
     if distributed.is_main():
         queries.remove()  # every cell of the dataset is done
     return records
@@ -103,25 +123,60 @@ def _trial_settings(settings: dict, cell: Cell) -> dict:
     return trial
 
 
-def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbone, clock, progress) -> list[dict]:
-    """Each feature kind of one cell's bank, read back when its record is there."""
+def _record_file(out: Path, cell: Cell, kind: str) -> Path:
+    return out / CELLS_DIR / cell.folder.relative_to("banks") / f"{kind}.json"
+
+
+def _records_without_bank(settings, cell, features, out, keep_banks) -> list[dict] | None:
+    """With benchmark.keep_banks false, a cell whose bank was removed after its records
+    were written: those records, when every feature kind has one made with exactly these
+    settings; None otherwise (the cell is built and evaluated as usual)."""
+    if keep_banks or (out / cell.folder).exists():
+        return None
+    records = []
+    for kind in features:
+        file = _record_file(out, cell, kind)
+        record = read_json(file) if file.exists() else None
+        if record is None or canonical(record.get("settings")) != canonical(settings):
+            return None
+        records.append(record)
+    return records
+
+
+def canonical(settings) -> str:
+    """Settings as JSON text, so settings read back from a record compare equal to the live ones."""
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _reuse(records: list[dict], cell: Cell, clock) -> list[dict]:
+    for record in records:
+        clock.done(f"{cell.label} {record['features']}", record["miou"], computed=False)
+    return records
+
+
+def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbone, clock, progress,
+                   marks) -> list[dict]:
+    """Each feature kind of one cell's bank, read back when its record is there; with
+    benchmark.keep_banks false the bank is removed once every kind's record is written."""
     records = []
     top = bank_features(features)
     for kind in features:
         path = features_bank(bank_dir, kind, top)
         bank = MemoryBank(path)
-        file = out / CELLS_DIR / cell.folder.relative_to("banks") / f"{kind}.json"
+        file = _record_file(out, cell, kind)
 
         def compute(path=path, bank=bank, kind=kind) -> dict:
             from segfungi.evaluate import evaluate
 
             results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val, encoded=queries)
-            return cell_record(cell, kind, results, bank, settings)
+            return {**cell_record(cell, kind, results, bank, settings), **marks}
 
         record, computed = cached_results(file, evaluation_key(bank.hash, settings), compute,
                                           write=distributed.is_main())
         records.append(record)
         clock.done(f"{cell.label} {kind}", record["miou"], computed)
+    if not settings["benchmark"]["keep_banks"] and distributed.is_main():
+        shutil.rmtree(out / cell.folder)  # the records and tables stay; see _records_without_bank
     return records
 
 
@@ -153,6 +208,8 @@ def cell_record(cell: Cell, features: str, results: dict, bank: MemoryBank, sett
         "timings": {"build_seconds": bank.build_info["build_seconds"],
                     "eval_seconds": results["timings"]["eval_seconds"]},
         "settings": settings,
+        "generated_data": False,  # set by the run from the data root's demo marker
+        "deviations": [],  # set by the run: the protocol keys set otherwise
     }
 
 
@@ -181,6 +238,8 @@ def folder_identity(settings: dict, backbone=None) -> dict:
         "eval": {k: settings["eval"][k] for k in ("batch_size", "max_images")},
         "data": {k: settings["data"][k] for k in ("image_size", "on_bad_sample", "mean", "std")},
     }
+    if settings["benchmark"]["deviations"]:  # only when set: a folder of protocol cells keeps its identity
+        keep["deviations"] = settings["benchmark"]["deviations"]
     return copy.deepcopy(keep)
 
 
@@ -195,12 +254,18 @@ def _start(settings: dict, out: Path, backbone) -> dict:
             raise ConfigError(f"{out}: holds benchmark results of another model or other settings "
                               f"({describe_differences(found)}); choose another --out, or remove {path} "
                               "and the cells to start again")
+    started = _now()
+    stored = read_json(path) if path.exists() else {}
+    earlier = stored.get("starts", [stored.get("started")])
     run = {
         "model": identity["backbone"].get("name"),
         "weights": make_extractor(settings, features="embeddings", backbone=backbone).backbone.weights_id,
         "device": device(settings),
         "versions": versions(),
-        "started": _now(),
+        "started": ([s for s in earlier if s] or [started])[0],  # the first run's start
+        "starts": [s for s in earlier if s] + [started],  # every run's, resumed ones too
+        "generated_data": [d for d in dict.fromkeys(settings["benchmark"]["datasets"])
+                           if is_demo_root(settings["benchmark"]["roots"].get(d))],
         "datasets": list(settings["benchmark"]["datasets"]),
         "sizes": list(settings["benchmark"]["sizes"]),
         "fractions": list(settings["benchmark"]["fractions"]),
@@ -231,8 +296,10 @@ def _now() -> str:
 
 
 class _Progress:
-    """'[k/n cells] cell: mIoU x (elapsed, ETA)' after each cell; the ETA is the mean time
-    of the cells computed in this run (not read back) times the cells left."""
+    """'[k/n evaluations] cell kind: mIoU x (elapsed, ETA)' after each evaluation (a cell's
+    feature kind on one bank: a few-shot table cell is one per list), or '… reused (record of
+    an earlier run)' for one read back; the ETA is the mean time of the evaluations computed
+    in this run times those left."""
 
     def __init__(self, total: int, show: bool):
         self.total, self.show, self.count, self.computed = total, show, 0, 0
@@ -243,11 +310,14 @@ class _Progress:
         self.computed += computed
         if not self.show or not distributed.is_main():
             return
+        head = f"[{self.count}/{self.total} evaluations] {label}: mIoU {100 * miou:.1f}"
+        if not computed:
+            print(f"{head} reused (record of an earlier run)", file=sys.stderr, flush=True)
+            return
         elapsed = time.perf_counter() - self.started
         left = self.total - self.count
         eta = f", ETA {_duration(elapsed / self.computed * left)}" if left and self.computed else ""
-        print(f"[{self.count}/{self.total} cells] {label}: mIoU {100 * miou:.1f} "
-              f"({_duration(elapsed)} elapsed{eta})", file=sys.stderr, flush=True)
+        print(f"{head} ({_duration(elapsed)} elapsed{eta})", file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
-from segfungi.data.registry import dataset_title
-from segfungi.published import Cell, Comparison, Published, Run, format_bank_size, published_for
+from segfungi.data.registry import dataset_title as registered_title
 from segfungi.feature_kinds import FEATURE_KINDS
+from segfungi.published import (Cell, Comparison, Published, Run, format_bank_size, format_bank_sizes,
+                                published_for)
 
-__all__ = ["FEATURE_LABELS", "PROTOCOL_TITLES", "PROTOCOL_TRIALS", "Footnote", "Measured", "Notes",
-           "Table", "build_tables", "progress"]
+__all__ = ["DEVIATES", "FEATURE_LABELS", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
+           "Footnote", "Measured", "Notes", "Table", "build_tables", "dataset_title", "evaluations",
+           "progress"]
 
 FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}
 PROTOCOL_TRIALS = 5  # the few-shot protocol's fixed lists per fraction
@@ -76,10 +78,15 @@ class Table:
     columns: tuple
     cells: dict = field(default_factory=dict)
     trials_planned: dict = field(default_factory=dict)  # column -> trials (lists) planned: 1 for full data
+    generated: bool = False  # the dataset's root holds segfungi's generated demo data
+
+    @property
+    def dataset_title(self) -> str:
+        return dataset_title(self.dataset, self.generated)
 
     @property
     def title(self) -> str:
-        return f"{dataset_title(self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
+        return f"{self.dataset_title}: {PROTOCOL_TITLES[self.protocol]}"
 
     @property
     def records(self) -> list[dict]:
@@ -111,7 +118,7 @@ class Table:
         if self.protocol == "fewshot":
             return str(column)
         held = self.capped(column)
-        label = format_bank_size(column)
+        label = format_bank_sizes(self.columns)[self.columns.index(column)]  # one notation per table
         if held:
             label += f" (holds {' / '.join(format_bank_size(h) for h in held)})"
         return label
@@ -169,8 +176,26 @@ def _planned_columns(run: dict | None, dataset: str, protocol: str) -> dict:
     return {fraction_label(f): PROTOCOL_TRIALS for f in run["fractions"]}
 
 
+GENERATED_NOTE = "generated demo data: published numbers are for the real dataset"
+DEVIATES = "deviates from the protocol"
+
+
+def dataset_title(dataset: str, generated: bool = False) -> str:
+    """'Pascal VOC 2012'; for segfungi's generated demo data never the real dataset's name."""
+    if generated:
+        return f"generated demo data ({dataset} layout)"
+    return registered_title(dataset)
+
+
 def _comparison(records: list[dict], column) -> Comparison:
+    """The cell's published number, withheld on generated data and for a cell that
+    deviates from the protocol (its number would not measure the same thing)."""
     first = records[0]
+    deviations = list(dict.fromkeys(d for r in records for d in r["deviations"]))
+    withheld = [GENERATED_NOTE] if any(r["generated_data"] for r in records) else []
+    withheld += [f"{DEVIATES}: {', '.join(deviations)}"] if deviations else []
+    if withheld:
+        return Comparison(None, "; ".join(withheld))
     if first["protocol"] == "full":
         cell = Cell.full(column, first["aug_epochs"])
     else:
@@ -206,7 +231,9 @@ def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
                     trials = [r for r in mine if r["features"] == kind and _column(r) == column]
                     if trials:
                         cells[(kind, column)] = Measured(tuple(trials), _comparison(trials, column))
-            tables.append(Table(dataset, protocol, kinds, columns, cells, planned))
+            generated = dataset in (run or {}).get("generated_data", ()) or \
+                any(r["generated_data"] for r in records if r["dataset"] == dataset)
+            tables.append(Table(dataset, protocol, kinds, columns, cells, planned, generated))
     return tables
 
 
@@ -227,3 +254,16 @@ def progress(tables: list[Table]) -> tuple[int, int, list[str]]:
                     said += f" ({cell.trials} of {table.trials_planned[column]} trials)"
                 missing.append(said)
     return done, planned, missing
+
+
+def evaluations(tables: list[Table]) -> tuple[int, int]:
+    """(evaluations done, planned): one per feature kind and bank, so a few-shot table
+    cell of 5 lists counts 5; the benchmark's console counts these ('[8/8 evaluations]')."""
+    done = planned = 0
+    for table in tables:
+        for kind in table.features:
+            for column in table.columns:
+                planned += table.trials_planned[column]
+                cell = table.cells.get((kind, column))
+                done += min(cell.trials, table.trials_planned[column]) if cell else 0
+    return done, planned

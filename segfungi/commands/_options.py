@@ -82,6 +82,20 @@ def add_bank_build_options(parser: argparse.ArgumentParser, *, several_features:
                         help=aug_epochs_help or "passes over the training images, each with new augmentations")
 
 
+def fraction_value(text: str) -> float:
+    """A fraction of the training split as typed: '1/8' or '0.125' (argparse type of the
+    --fractions of fewshot and benchmark, so both take both forms)."""
+    from fractions import Fraction
+
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r} (e.g. 1/128 or 0.0078125)") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fraction of the training split is in (0, 1]")
+    return value
+
+
 def add_print_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the settings and exit")
 
@@ -102,7 +116,39 @@ def collect_overrides(args: argparse.Namespace, extra: dict[str, str] | None = N
 
 def settings_from_args(args: argparse.Namespace, extra: dict[str, str] | None = None,
                        base: dict | None = None) -> dict:
-    return load_config(args.config, collect_overrides(args, extra), base=base)
+    settings = load_config(args.config, collect_overrides(args, extra), base=base)
+    _preset_random_init_own_backbone_only(args, settings, base)
+    return settings
+
+
+def _random_init_typed(args: argparse.Namespace) -> bool:
+    """Whether the command line itself asks for a random init (--random-init or --set backbone.random_init=…)."""
+    return bool(getattr(args, "random_init", False)) or any(
+        text.split("=")[0].strip() == "backbone.random_init" for text in getattr(args, "set", []))
+
+
+def _preset_random_init_own_backbone_only(args: argparse.Namespace, settings: dict, base: dict | None) -> None:
+    """A preset's `backbone.random_init: true` (the demo's) is for the preset's own backbone:
+    once the command line names another backbone, a random init needs --random-init, so a
+    name promising pretrained weights never runs untrained because of a preset."""
+    cfg = settings["backbone"]
+    if not args.config or cfg["random_init"] is not True or _random_init_typed(args):
+        return
+    preset = load_config(args.config, base=base)["backbone"]
+    if preset["name"] == cfg["name"]:
+        return
+    cfg["random_init"] = None  # the default: a random init only for a name without pretrained weights
+    if cfg["weights"] or cfg["pretrained"]:
+        return
+    from segfungi.families import pretrained_tag
+
+    tag = pretrained_tag(cfg["name"])
+    if tag is not None:
+        raise ConfigError(
+            f"backbone {cfg['name']}: names pretrained weights (timm tag {tag!r}) but none were given; the "
+            f"preset {args.config}'s backbone.random_init: true is for its own backbone ({preset['name']}): pass "
+            "--weights FILE (a local checkpoint), --pretrained (download the hub weights), or --random-init to "
+            "run it as a random init on purpose")
 
 
 # Settings fixed when a bank is built; eval and predict take them from the bank and ignore them.

@@ -18,6 +18,7 @@ prints the same as one JSON object.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 
@@ -47,6 +48,8 @@ def run_verify(args) -> int:
         print(f"{path}: {len(problems)} problem(s):")
         for problem in problems:
             print(f"  {problem}")
+        print(f"repair: segfungi build-bank --resume --out {shlex.quote(str(path))} rebuilds the damaged files from "
+              "the bank's recorded settings (intact shards are kept)")
         return 1
     what = "sizes" if args.sizes_only else "sizes and checksums"
     print(f"{path}: ok ({checked} files, {what} match the manifest)")

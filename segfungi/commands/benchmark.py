@@ -1,11 +1,16 @@
 """`segfungi benchmark`: the field's tables for one model (full data and few-shot, VOC and
-ADE20K by default), each expensive pass once; rerunning resumes."""
+ADE20K by default), each expensive pass once; rerunning resumes.
+
+Ctrl-C says which cells were kept and the command that resumes (exit 130). A `--set` of a
+key a protocol preset sets is honoured as benchmark.deviations (said on stderr; the cells
+are marked and shown without published numbers)."""
 
 from __future__ import annotations
 
-from fractions import Fraction
+import sys
+from pathlib import Path
 
-from segfungi.commands._options import add_config_options, settings_from_args
+from segfungi.commands._options import add_config_options, fraction_value, settings_from_args
 from segfungi.feature_kinds import FEATURE_KINDS
 
 FLAGS = {"datasets": "benchmark.datasets", "features": "benchmark.features", "sizes": "benchmark.sizes",
@@ -22,22 +27,21 @@ def register(subparsers) -> None:
                         "just DIR when one dataset is benchmarked)")
     parser.add_argument("--features", nargs="+", choices=FEATURE_KINDS, help="feature kinds (default both)")
     parser.add_argument("--sizes", type=int, nargs="+", help="full-data bank sizes (default 102400 1024000 10240000)")
-    parser.add_argument("--fractions", type=_fraction, nargs="*", metavar="1/N",
-                        help="few-shot fractions (default 1/128 1/64 1/8; none: --fractions with no value)")
-    parser.add_argument("--subsets", metavar="standard|DIR",
-                        help="few-shot lists: the shipped standard ones, or DIR/<dataset>/1_div_<N>/*.txt")
+    parser.add_argument("--fractions", type=fraction_value, nargs="*", metavar="1/N",
+                        help="few-shot fractions, as 1/8 or 0.125 (default 1/128 1/64 1/8; none: --fractions "
+                        "with no value)")
+    parser.add_argument("--subsets", metavar="standard|demo|DIR",
+                        help="few-shot lists: the shipped standard ones, the demo ones (ids of `segfungi demo-data "
+                        "--layout voc`), or DIR/<dataset>/1_div_<N>/*.txt")
     parser.add_argument("--out", help="results folder (default runs/benchmark)")
+    parser.add_argument("--drop-banks", action="store_true",
+                        help="remove each cell's bank once its records are written (benchmark.keep_banks=false): "
+                        "the records and tables stay; the dry run shows the disk both ways")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (cells, bank sizes, disk, memory, time from a short probe) and exit")
     parser.set_defaults(func=run)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"not a fraction: {text!r} (e.g. 1/128)") from None
-    return value
 
 
 def roots(values: list[str], datasets: list[str]) -> dict:
@@ -56,6 +60,67 @@ def roots(values: list[str], datasets: list[str]) -> dict:
     return found
 
 
+def protocol_sets(args, settings: dict) -> dict:
+    """{dotted key: value} of each --set that changes a key a benchmarked dataset's
+    protocol preset sets: the user's on purpose, so it becomes benchmark.deviations
+    (honoured over the preset, and every cell it touches says so) instead of being
+    overridden by the preset without a word."""
+    from segfungi.benchmark import protocol_values
+    from segfungi.config import parse_override
+    from segfungi.errors import ConfigError
+
+    keys = set()
+    for dataset in settings["benchmark"]["datasets"]:
+        for protocol in ("full", "fewshot"):
+            try:
+                keys |= set(protocol_values(dataset, protocol))
+            except ConfigError:
+                pass  # no preset for this protocol: the run says so
+    found = {}
+    for text in args.set:
+        nested = parse_override(text)
+        for dotted, value in _dotted_items(nested):
+            if dotted in keys:
+                found[dotted] = value
+    return found
+
+
+def preset_keys_replaced(args, settings: dict) -> list[str]:
+    """The --config preset's values of protocol keys that the protocol replaces (said, so
+    no setting of the user's is dropped without a word), with the --set that keeps one."""
+    if not args.config:
+        return []
+    import yaml
+
+    from segfungi.benchmark import protocol_values
+    from segfungi.config import resolve_config_path
+    from segfungi.errors import ConfigError
+
+    with open(resolve_config_path(args.config), encoding="utf-8") as f:
+        preset = dict(_dotted_items(yaml.safe_load(f) or {}))
+    said = []
+    for dataset in dict.fromkeys(settings["benchmark"]["datasets"]):
+        for protocol in ("full", "fewshot"):
+            try:
+                values = protocol_values(dataset, protocol)
+            except ConfigError:  # a dataset without this protocol: the run says so
+                continue
+            for key, value in values.items():
+                if key in preset and preset[key] != value and key not in settings["benchmark"]["deviations"]:
+                    said.append(f"the {dataset} {protocol}-data protocol sets {key}={value} over the preset "
+                                f"{args.config}'s {preset[key]} (--set {key}={preset[key]} keeps yours and marks "
+                                "the cells as deviating)")
+    return said
+
+
+def _dotted_items(nested: dict, prefix: str = ""):
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def run(args) -> int:
     from segfungi.benchmark import dry_run, run_benchmark
 
@@ -63,12 +128,37 @@ def run(args) -> int:
     given = roots(args.roots, list(settings["benchmark"]["datasets"]))
     if given:
         settings["benchmark"]["roots"] = {**settings["benchmark"]["roots"], **given}
+    if args.drop_banks:
+        settings["benchmark"]["keep_banks"] = False
+    settings["benchmark"]["deviations"] = {**settings["benchmark"]["deviations"], **protocol_sets(args, settings)}
+    for key, value in settings["benchmark"]["deviations"].items():
+        print(f"segfungi benchmark: --set {key}={value} changes a protocol key: honoured, and its cells are marked "
+              f"'deviates from the protocol: {key}={value}' with no published number beside them", file=sys.stderr)
+    for line in preset_keys_replaced(args, settings):
+        print(f"segfungi benchmark: note: {line}", file=sys.stderr)
     if args.dry_run:
         print(dry_run(settings))
         return 0
     from segfungi.benchmark import summary_table
 
-    report = run_benchmark(settings, progress=not args.quiet)
+    out = settings["benchmark"]["out"]
+    try:
+        report = run_benchmark(settings, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"segfungi benchmark: interrupted; {interrupted_summary(Path(out), getattr(args, 'argv', None))}",
+              file=sys.stderr)
+        return 130
     print(summary_table(report["records"], report["run"]))
-    print(f"results: {settings['benchmark']['out']}/results.md (.csv, .json, .tex, one figure per dataset)")
+    print(f"results: {out}/results.md (.csv, .json, .tex, one figure per dataset)")
     return 0
+
+
+def interrupted_summary(out: Path, argv: list[str] | None) -> str:
+    """The cells an interrupted benchmark kept (their records) and the command that resumes it."""
+    from segfungi.commands.build_bank import resume_command
+
+    kept = sorted(path.relative_to(out / "cells").with_suffix("").as_posix()
+                  for path in (out / "cells").rglob("*.json")) if (out / "cells").is_dir() else []
+    said = (f"kept {len(kept)} evaluated cell(s) in {out}/cells: {', '.join(kept)}" if kept
+            else f"no cell was finished yet (banks built so far are kept in {out}/banks)")
+    return f"{said}; resume with: {resume_command(argv, flag=None)}"

@@ -1,7 +1,10 @@
 """`segfungi build-bank`: build (or resume) a memory bank from a training split.
 
 Ctrl-C stops the build with one line saying which shards were kept and the command that
-resumes it (exit 130). A build that fails or is interrupted before it has started
+resumes it (exit 130). `--resume` on a folder that holds a bank or an interrupted build
+starts from the settings recorded there (the command line overrides them), and repairs a
+bank whose files `bank verify` finds damaged: the damaged shards and the index are
+rebuilt, the intact shards kept. A build that fails or is interrupted before it has started
 removes the output folders it created; a started build (build.json written) is kept,
 since `--resume` continues it.
 """
@@ -51,6 +54,8 @@ def run(args) -> int:
     from segfungi.weights import backbone_line
 
     settings = settings_from_args(args, BUILD_FLAGS)
+    if args.resume:
+        settings = _resumed_settings(args, settings)
     if args.print_config:
         print(dump_config(settings))
         return 0
@@ -79,11 +84,31 @@ def run(args) -> int:
     return 0
 
 
-def resume_command(argv: list[str] | None) -> str:
-    """The command line as typed, with --resume added (what continues the build)."""
+def _resumed_settings(args, settings: dict) -> dict:
+    """--resume on a folder holding a bank or an interrupted build: its own recorded
+    settings, under what the command line sets, so `build-bank --resume --out DIR` needs
+    nothing else; a complete bank with damaged files is reopened to rebuild them."""
+    from segfungi.bank import recorded_settings, reopen_damaged
+
+    out = Path(settings["bank"]["out"])
+    recorded = recorded_settings(out)
+    if recorded is None:
+        return settings
+    settings = settings_from_args(args, BUILD_FLAGS, base=recorded)
+    if not args.print_config:
+        problems = reopen_damaged(out)
+        if problems:
+            print(f"segfungi build-bank: {out}: {len(problems)} damaged file(s) ({problems[0]}); rebuilding them "
+                  "from the bank's recorded settings (intact shards are kept)", file=sys.stderr, flush=True)
+    return settings
+
+
+def resume_command(argv: list[str] | None, flag: str | None = "--resume") -> str:
+    """The command line as typed, with `flag` added (--resume: what continues the build;
+    None for a command that resumes by itself, such as benchmark)."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    if "--resume" not in argv:
-        argv.append("--resume")
+    if flag and flag not in argv:
+        argv.append(flag)
     started_as_module = Path(sys.argv[0]).parts[-2:] == ("segfungi", "__main__.py")  # python -m segfungi
     program = ["python", "-m", "segfungi"] if started_as_module else ["segfungi"]
     return shlex.join([*program, *argv])

@@ -18,6 +18,16 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def check_results_path(out: Path) -> None:
+    """Refuse a results path that cannot be written (a folder, a read-only place) before any work."""
+    from segfungi.errors import ConfigError
+    from segfungi.storage import ensure_writable_dir
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give the results file's path, e.g. {out / 'results.json'}")
+    ensure_writable_dir(out.parent)
+
+
 def run(args) -> int:
     from segfungi.bank import MemoryBank
     from segfungi.evaluate import evaluate, results_table
@@ -28,6 +38,8 @@ def run(args) -> int:
     bank = MemoryBank(args.bank)
     settings = settings_from_args(args, EVAL_FLAGS, base=bank.settings)
     warn_ignored_build_keys(args, "eval", bank.settings)
+    if settings["eval"]["out"]:
+        check_results_path(Path(settings["eval"]["out"]))  # before the evaluation, not after it
     results = evaluate(args.bank, settings, progress=not args.quiet)
     print(backbone_line(bank.identity.backbone.name, bank.identity.backbone.weights))
     print(results_table(results))

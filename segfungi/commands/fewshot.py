@@ -8,6 +8,7 @@ from segfungi.commands._options import (
     add_bank_build_options,
     add_config_options,
     add_print_config_option,
+    fraction_value,
     settings_from_args,
 )
 
@@ -30,8 +31,8 @@ def register(subparsers) -> None:
         "fewshot", help="few-shot protocol: banks from 1/128, 1/64 ... of the training split, several seeds"
     )
     add_config_options(parser)
-    parser.add_argument("--fractions", type=float, nargs="+",
-                        help="training fractions, e.g. 0.0078125 0.015625 (1/128, 1/64); with list subsets, "
+    parser.add_argument("--fractions", type=fraction_value, nargs="+",
+                        help="training fractions, as 1/128 or 0.0078125; with list subsets, "
                         "which 1_div_<N> folders to run (default: the configured fractions the folder "
                         "holds, else all it holds)")
     parser.add_argument("--subset-files", nargs="+", metavar="FILE",

@@ -241,3 +241,9 @@ def write_demo_dataset(out: str | Path, layout: str = "voc", n_images: int = 50,
     (out / MARKER).write_text(json.dumps({"layout": layout, "n_images": n_images, "n_val": n_val,
                                           "seed": seed}))
     return out
+
+
+def is_demo_root(root) -> bool:
+    """Whether the dataset root `root` (what write_demo_dataset returns) holds segfungi's
+    generated demo data: the MARKER file it leaves there."""
+    return bool(root) and (Path(root).expanduser() / MARKER).is_file()
