@@ -53,7 +53,7 @@ def main() -> None:
     from segfungi.benchmark import dataset_settings, run_benchmark
     from segfungi.config import load_config
     from segfungi.data.demo import write_demo_dataset
-    from segfungi.evaluate import evaluate
+    from segfungi.evaluation import evaluate
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_benchmark_"))
     root = write_demo_dataset(work / "data", layout="voc", n_images=args.train + args.val, seed=0, n_val=args.val)

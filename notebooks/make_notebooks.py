@@ -150,7 +150,7 @@ def mask_visualisation() -> nbformat.NotebookNode:
             "band marked *absent* is a class in neither the ground truth nor the predictions."
         ),
         new_code_cell(
-            "from segfungi.evaluate import evaluate, results_table\n"
+            "from segfungi.evaluation import evaluate, results_table\n"
             "from segfungi.viz import plot_per_class_iou\n\n"
             "results = {kind: evaluate(path, settings, progress=False) for kind, path in banks.items()}\n"
             'print(results_table(results["FUNGI"]))\n'

@@ -1,12 +1,11 @@
-"""Names a package exports but imports only when first used (PEP 562 module ``__getattr__``),
-and modules callable as their main function (``callable_as``).
+"""Names a package exports but imports only when first used (PEP 562 module ``__getattr__``).
 
 A package declares ``{public name: module that defines it}`` and calls::
 
     __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 so ``import segfungi`` (or ``segfungi.bank``) stays cheap: torch and timm load with the
-first name that needs them. A name equal to its own submodule (``segfungi.evaluate``)
+first name that needs them. A name equal to its own submodule (``segfungi.bank``)
 resolves to that module.
 """
 
@@ -33,20 +32,3 @@ def lazy_exports(package: str, table: dict[str, str]):
         return sorted(set(vars(sys.modules[package])) | set(table))
 
     return __getattr__, __dir__
-
-
-def callable_as(module: str, function: str) -> None:
-    """Make `module` callable as its attribute `function` (with its signature), so one
-    public name serves as both: `segfungi.evaluate(bank)` and `segfungi.evaluate.score_split`."""
-    import inspect
-    import types
-
-    class CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return getattr(self, function)(*args, **kwargs)
-
-        @property
-        def __signature__(self):
-            return inspect.signature(getattr(self, function))
-
-    sys.modules[module].__class__ = CallableModule

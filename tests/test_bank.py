@@ -12,7 +12,7 @@ from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
 from segfungi.components import device, index_settings, support_spec
 from segfungi.errors import BankError
-from segfungi.evaluate import evaluate
+from segfungi.evaluation import evaluate
 from segfungi.segmenter import Segmenter
 
 

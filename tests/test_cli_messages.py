@@ -135,7 +135,7 @@ def test_interrupt_before_the_build_started_leaves_nothing(root, tmp_path, monke
 
 
 def test_ctrl_c_in_other_commands_is_one_line(bank, monkeypatch, capsys):
-    from segfungi import evaluate
+    from segfungi import evaluation as evaluate
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -136,7 +136,7 @@ def test_fractions_as_1_over_n_and_as_decimals_are_both_accepted(command):
 # ---------------------------------------------------- item 7: read-only --out
 def test_eval_and_predict_refuse_an_unwritable_out_before_work(fungi_bank, demo_voc_root, tmp_path, monkeypatch,
                                                                  capsys):
-    import segfungi.evaluate as evaluation
+    import segfungi.evaluation as evaluation
     import segfungi.predict as prediction
 
     a_file = tmp_path / "a-file"
@@ -170,7 +170,7 @@ def interrupted_then_resumed(demo_voc_root, tmp_path_factory):
             "2048", "--fractions", "--features", "embeddings", "--set", "data.train_split=train",
             "--set", "index.exact_below=1500", "--set", "data.image_size=256", "--set", "bank.shard_images=4",
             "--set", "benchmark.keep_banks=false", "--out", str(out)]
-    import segfungi.evaluate as evaluation
+    import segfungi.evaluation as evaluation
 
     real, calls = evaluation.evaluate, []
 

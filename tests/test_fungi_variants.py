@@ -186,7 +186,7 @@ def _record(monkeypatch, cls, name, store):
 
 def test_eval_features_do_not_depend_on_batch_size_and_predict_agrees(fungi_bank, demo_voc_root, monkeypatch):
     from segfungi.components import open_dataset
-    from segfungi.evaluate import evaluate
+    from segfungi.evaluation import evaluate
     from segfungi.segmenter import Segmenter
     from segfungi.predict import predict_images
     from segfungi.transfer import scores_to_mask

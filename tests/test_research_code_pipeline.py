@@ -20,7 +20,7 @@ from segfungi.bank import _cache, _writers
 from segfungi.components import bank_spec, make_extractor, open_train_dataset
 from segfungi.config import load_config
 from segfungi.errors import BankError, ConfigError
-from segfungi.evaluate import evaluate
+from segfungi.evaluation import evaluate
 from segfungi.index import clamped_num_leaves
 from segfungi.seeding import SUPPORT_VIEWS, derive_seed
 from segfungi.segmenter import Segmenter

@@ -27,7 +27,7 @@ from segfungi.components import index_settings
 from segfungi.cli import main
 from segfungi.config import load_config
 from segfungi.errors import BankError, CheckpointError, ConfigError
-from segfungi.evaluate import evaluate
+from segfungi.evaluation import evaluate
 from segfungi.segmenter import Segmenter
 from segfungi.storage import file_checksum, load_array
 

@@ -12,7 +12,7 @@ from segfungi.components import open_train_dataset, open_val_dataset
 from segfungi.config import load_config
 from segfungi.data.idlists import read_id_file
 from segfungi.errors import ConfigError, DatasetError
-from segfungi.evaluate import evaluate
+from segfungi.evaluation import evaluate
 from segfungi.fewshot import (
     merge_equal_subsets,
     plan_trials,

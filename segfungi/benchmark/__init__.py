@@ -14,16 +14,16 @@ them)::
     settings = segfungi.load_config(overrides=["backbone.name=vit_small_patch16_224.dino",
                                                "backbone.weights=dino_deitsmall16_pretrain.pth",
                                                "benchmark.roots={voc: /data/VOCdevkit, ade20k: /data/ADE}"])
-    segfungi.benchmark(settings, "results/dino-s16")   # = segfungi.benchmark.run_benchmark
+    segfungi.run_benchmark(settings, "results/dino-s16")
 
 Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `protocol_keys`, `protocol_values`,
 `check_inputs`, `input_problems` (`_inputs`: every input checked before any work), `Cell`, `EncodedQueries`,
-`write_report`, `summary_table`, `read_records`, `RUN_FILE`. The package is callable as `run_benchmark`.
+`write_report`, `summary_table`, `read_records`, `RUN_FILE`.
 """
 
 from __future__ import annotations
 
-from segfungi.lazy import callable_as, lazy_exports
+from segfungi.lazy import lazy_exports
 
 _PUBLIC = {
     "run_benchmark": "._run",
@@ -45,4 +45,3 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
-callable_as(__name__, "run_benchmark")  # segfungi.benchmark(settings, out)

@@ -36,7 +36,7 @@ class EncodedQueries:
     batch i's (last-block inputs, masks, pixel seeds), computing it when it is missing."""
 
     def __init__(self, folder: str | Path, extractor, dataset, spec, progress: bool = True):
-        from segfungi.evaluate import split_batches
+        from segfungi.evaluation import split_batches
 
         self.extractor, self.dataset = extractor, dataset
         self.batches = split_batches(len(dataset), spec)

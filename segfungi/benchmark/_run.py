@@ -166,7 +166,7 @@ def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbo
         file = _record_file(out, cell, kind)
 
         def compute(path=path, bank=bank, kind=kind) -> dict:
-            from segfungi.evaluate import evaluate
+            from segfungi.evaluation import evaluate
 
             results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val, encoded=queries)
             return {**cell_record(cell, kind, results, bank, settings), **marks}

@@ -30,7 +30,7 @@ def check_results_path(out: Path) -> None:
 
 def run(args) -> int:
     from segfungi.bank import MemoryBank
-    from segfungi.evaluate import evaluate, results_table
+    from segfungi.evaluation import evaluate, results_table
     from segfungi.storage import write_json_atomic
     from segfungi.weights import backbone_line
 

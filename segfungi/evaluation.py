@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from segfungi import distributed
-from segfungi.lazy import callable_as
 from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, evaluation_settings, open_val_dataset
 from segfungi.errors import BankError, DatasetError
@@ -132,6 +131,3 @@ def results_table(results: dict) -> str:
         lines.append(f"{name:<{width}}  {shown}")
     lines.append(f"{'mIoU':<{width}}  {100 * results['miou']:5.1f}")
     return "\n".join(lines)
-
-
-callable_as(__name__, "evaluate")
