@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import pickle
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 
 from segfungi import checkpoint_files
 from segfungi.errors import CheckpointError, ConfigError
+from segfungi.storage import file_sha256
 from segfungi.weights import WeightsSource
 
 DEFAULT_GRID = 32
@@ -414,7 +414,7 @@ def load_checkpoint(model: VisionTransformer, path: str | Path, *, name: str = "
         raise CheckpointError(f"{path}: cannot adapt checkpoint to {name or 'the model'}: {err}") from err
     _check_fits(state, model, path, name)
     model.load_state_dict(state, strict=False)  # only the unused parts may be absent (checked above)
-    return WeightsSource.file(path.name, _file_digest(path)[:16]).id
+    return WeightsSource.file(path.name, file_sha256(path)[:16]).id
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -551,11 +551,3 @@ def _check_fits(state: dict, model: VisionTransformer, path: Path, name: str) ->
             f"{path}: checkpoint does not fit {name or type(model).__name__} (another architecture?): "
             + "; ".join(problems)
         )
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

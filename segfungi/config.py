@@ -260,5 +260,14 @@ def set_key(overrides: list, dotted: str, value: Any) -> None:
     overrides.append({section: {key: value}})
 
 
+def dotted_items(nested: dict, prefix: str = ""):
+    """(`section.key`, value) for every leaf of nested settings (an empty mapping is a leaf)."""
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            yield from dotted_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def dump_config(settings: dict) -> str:
     return yaml.safe_dump(settings, sort_keys=False)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from segfungi.config import load_config
+from segfungi.config import dotted_items, load_config
 from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError
 
@@ -102,15 +102,7 @@ def protocol_values(dataset: str, protocol: str) -> dict:
 
         with open(resolve_config_path(keys), encoding="utf-8") as f:
             keys = yaml.safe_load(f) or {}
-    return dict(_dotted(keys))
-
-
-def _dotted(nested: dict, prefix: str = ""):
-    for key, value in nested.items():
-        if isinstance(value, dict) and value:
-            yield from _dotted(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+    return dict(dotted_items(keys))
 
 
 def deviations(settings: dict, dataset: str, protocol: str) -> list[str]:

@@ -66,7 +66,7 @@ def protocol_sets(args, settings: dict) -> dict:
     (honoured over the preset, and every cell it touches says so) instead of being
     overridden by the preset without a word."""
     from segfungi.benchmark import protocol_values
-    from segfungi.config import parse_override
+    from segfungi.config import dotted_items, parse_override
     from segfungi.errors import ConfigError
 
     keys = set()
@@ -79,7 +79,7 @@ def protocol_sets(args, settings: dict) -> dict:
     found = {}
     for text in args.set:
         nested = parse_override(text)
-        for dotted, value in _dotted_items(nested):
+        for dotted, value in dotted_items(nested):
             if dotted in keys:
                 found[dotted] = value
     return found
@@ -93,11 +93,11 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
     import yaml
 
     from segfungi.benchmark import protocol_values
-    from segfungi.config import resolve_config_path
+    from segfungi.config import dotted_items, resolve_config_path
     from segfungi.errors import ConfigError
 
     with open(resolve_config_path(args.config), encoding="utf-8") as f:
-        preset = dict(_dotted_items(yaml.safe_load(f) or {}))
+        preset = dict(dotted_items(yaml.safe_load(f) or {}))
     said = []
     for dataset in dict.fromkeys(settings["benchmark"]["datasets"]):
         for protocol in ("full", "fewshot"):
@@ -111,14 +111,6 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
                                 f"{args.config}'s {preset[key]} (--set {key}={preset[key]} keeps yours and marks "
                                 "the cells as deviating)")
     return said
-
-
-def _dotted_items(nested: dict, prefix: str = ""):
-    for key, value in nested.items():
-        if isinstance(value, dict) and value:
-            yield from _dotted_items(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def run(args) -> int:

@@ -24,7 +24,6 @@ configs) are refused with the timm name to use instead; ResNet towers are no ViT
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from segfungi.backbones import DEFAULT_GRID, PatchEncoder, as_compute_dtype, check_image_size, normalisation_value
 from segfungi.errors import CheckpointError, ConfigError
+from segfungi.storage import file_sha256
 from segfungi.weights import WeightsSource
 
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -191,7 +191,7 @@ def load(name: str, options, model: nn.Module | None = None) -> OpenClipBackbone
                 raise
             raise CheckpointError(_weights_problem(open_clip, name, arch, tag, weights, err)) from None
     if weights is not None:
-        weights_id = WeightsSource.file(weights.name, _file_digest(weights)[:16]).id
+        weights_id = WeightsSource.file(weights.name, file_sha256(weights)[:16]).id
     elif pretrained is not None:
         weights_id = WeightsSource.hub(f"{arch}:{tag}", "open_clip-hub").id
     else:
@@ -241,11 +241,3 @@ def _weights_problem(open_clip, name: str, arch: str, tag: str | None, weights: 
     return (f"backbone {name}: cannot load open_clip's {arch}:{tag} weights ({reason}). Offline? Download {where} "
             "(open_clip_model.safetensors or open_clip_pytorch_model.bin) where there is internet and pass "
             f"open_clip:{arch}:<that file>; or --random-init for an untrained network")
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
