@@ -117,18 +117,18 @@ def _check_value(dotted: str, default: Any, value: Any, origin: str, checks: dic
 
     if value is None:
         return value
-    kind = checks["optional_types"].get(dotted)
-    if kind == "path":
+    value_type = checks["optional_types"].get(dotted)
+    if value_type == "path":
         if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
             fail("a str (a path)")
         value = str(value)
-    elif kind == "rgb":
+    elif value_type == "rgb":
         if not (isinstance(value, list) and len(value) == 3
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
             fail("three numbers [R, G, B] or null")
         value = [float(v) for v in value]  # 1 and 1.0 are one setting (and one bank identity)
-    elif kind is not None and not _type_ok(kind(), value):
-        fail(f"{kind.__name__} or null")
+    elif value_type is not None and not _type_ok(value_type(), value):
+        fail(f"{value_type.__name__} or null")
     items = value if isinstance(value, list) else [value]
     if isinstance(default, list) and default:
         for item in items:

