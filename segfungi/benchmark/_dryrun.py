@@ -47,7 +47,6 @@ REFERENCE_SIZES = {
     ("cityscapes", "train"): 2975, ("cityscapes", "val"): 500,
 }
 GIB = 1 << 30
-SCANN_FIXED_BYTES = 2.4 * GIB  # Python, torch, ScaNN and the 250,000-row training sample
 LABEL_BYTES_PER_ROW = 96  # 8 label ids (int64) and weights (float32), as evaluation holds them
 
 
@@ -61,6 +60,7 @@ class Probe:
     gradient_pass: float
     projection_per_patch: float
     depth: int  # blocks: the last block alone is ≈ forward / depth
+    device: object = None  # the search device (segfungi.index.DeviceInfo), its matmul throughputs measured
 
 
 def probe(settings: dict, backbone=None, images: int = 2) -> Probe:
@@ -90,25 +90,60 @@ def probe(settings: dict, backbone=None, images: int = 2) -> Probe:
     run()  # warm-up: caches, kernels, the projection's matrix
     forward, gradient, projection = run()
     depth = len(bb.model.blocks) if hasattr(bb.model, "blocks") else 12  # a custom model: a ViT's 12
-    return Probe(forward / images, gradient / images, projection / (images * bb.num_patches), depth)
+    device = calibrated_device(settings["backbone"]["device"])
+    return Probe(forward / images, gradient / images, projection / (images * bb.num_patches), depth, device)
 
 
-def _index_row_bytes(dim: int, reorder_dtype: str) -> float:
-    return dim * {"float32": 4, "bfloat16": 2, "int8": 1}[reorder_dtype] + dim / 4 + 15
+def calibrated_device(device, side: int | None = None):
+    """`device` described (segfungi.index.device_info), with the float32 and half-precision
+    matmul throughputs the search cost model uses measured now (a few square matmuls:
+    4096² on a GPU, 512² on a CPU, after a warm-up)."""
+    import torch
+
+    from segfungi.index import device_info
+
+    info = device_info(device)
+    if info.kind not in ("cpu", "cuda") or (info.is_gpu and not torch.cuda.is_available()):
+        return info
+    side = side or (4096 if info.is_gpu else 512)
+    half = torch.float16 if info.is_gpu else torch.bfloat16
+
+    def flops(dtype) -> float:
+        a = torch.randn(side, side, device=device).to(dtype)
+        times = []
+        for _ in range(3):
+            if info.is_gpu:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            a @ a
+            if info.is_gpu:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        return 2 * side**3 / max(min(times[1:]), 1e-9)
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the float32 figure is float32's (TF32 off)
+    try:
+        return info.calibrated(float_flops=flops(torch.float32), half_flops=flops(half))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _search_seconds(rows: int, dim: int, queries: int, index) -> float:
-    """ScaNN (reorder 120, 32 leaves): 18,000 queries/s at 10⁵ × 768 rows, 4,000 at 10⁶;
-    the few-shot search (256 leaves, reorder 1800) ≈ 10× slower; exact below exact_below."""
-    if index.kind_for(rows) == "exact":
-        return queries * rows * dim * 2 / 20e9
-    per_query = (5.5e-5 + 2e-10 * rows) * dim / 768
-    return queries * per_query * (10 if index.reorder > 600 else 1)
+def _costs(rows: int, dim: int, index, device=None):
+    """The estimates of the index kind `index` picks for this bank on `device`
+    (segfungi.index.IndexKind.costs: ScaNN's from benchmarks/README.md, the exact kinds'
+    from the device's matmul throughput)."""
+    from segfungi.index import IndexJob, index_costs
+
+    return index_costs(IndexJob(rows, dim, index, device))
 
 
-def _build_seconds(rows: int, dim: int, index) -> float:
-    """ScaNN index build: 24 s at 10⁵ × 768 rows, 86 s at 10⁶."""
-    return 0.0 if index.kind_for(rows) == "exact" else (17 + 7e-5 * rows) * dim / 768
+def _search_seconds(rows: int, dim: int, queries: int, index, device=None) -> float:
+    return queries * _costs(rows, dim, index, device).seconds_per_query
+
+
+def _build_seconds(rows: int, dim: int, index, device=None) -> float:
+    return _costs(rows, dim, index, device).build_seconds
 
 
 @dataclasses.dataclass
@@ -119,20 +154,54 @@ class _Line:
     disk: float
     seconds: float
     dims: tuple[int, ...]  # of its banks' features: (embeddings,) or (embeddings, FUNGI)
+    index: object = None  # IndexSettings
+    device: object = None  # DeviceInfo the searches run on
 
     def memory(self, reorder_dtype: str) -> float:
-        """Peak bytes while it is built and evaluated: the largest index build, or the
+        """Peak host bytes while it is built and evaluated: the largest index build, or the
         evaluation of the top bank (its index, its support's, the labels)."""
-        indexes = [self.rows * _index_row_bytes(dim, reorder_dtype) for dim in self.dims]
-        return max(SCANN_FIXED_BYTES + max(indexes), GIB + sum(indexes) + self.rows * LABEL_BYTES_PER_ROW)
+        index = dataclasses.replace(self.index, reorder_dtype=reorder_dtype)
+        costs = [_costs(self.rows, dim, index, self.device) for dim in self.dims]
+        build = max(c.build_host_memory for c in costs)
+        return max(build, GIB + sum(c.host_memory for c in costs) + self.rows * LABEL_BYTES_PER_ROW)
+
+    def placement(self) -> str:
+        """Where its banks are searched: 'cpu', '1 GPU', 'N GPUs' (sharded), or what does not fit."""
+        return gpu_placement(self.rows, self.dims, self.index, self.device)
 
 
-def dry_run(settings: dict, backbone=None) -> str:
-    """The plan as text (module docstring)."""
+def gpu_placement(rows: int, dims, index, device) -> str:
+    """For a GPU `device` (DeviceInfo): whether the largest of banks of `rows` × `dims` fits
+    one GPU's free memory (less index.device_headroom) with device-exact search, needs
+    sharding over n of the node's GPUs (index.device_shards=n), or fits none (and then the
+    settings that make it fit: fewer rows, or ScaNN on the host)."""
+    from segfungi.index import IndexJob, index_kind
+
+    if device is None or not device.is_gpu:
+        return "cpu"
+    usable = device.free_memory * (1 - index.device_headroom)
+    for shards in range(1, device.count + 1):
+        job = IndexJob(rows, max(dims), dataclasses.replace(index, kind="device-exact", device_shards=shards), device)
+        if index_kind("device-exact").costs(job).device_memory <= usable:
+            return "1 GPU" if shards == 1 else f"{shards} GPUs (index.device_shards={shards})"
+    return (f"fits no GPU: {device.count} × {format_bytes(usable)}; use index.kind=scann (CPU) "
+            "or a smaller bank.size, or more GPUs")
+
+
+def dry_run(settings: dict, backbone=None, device=None) -> str:
+    """The plan as text (module docstring). `device`: the search device described
+    (`segfungi.index.DeviceInfo`, or a name of `segfungi.index.DESCRIBED` such as
+    "h100-80gb") instead of the probe's, to plan for a GPU this machine does not have
+    (the model's times stay the probe's)."""
     cells = plan_cells(settings)
     features = list(dict.fromkeys(settings["benchmark"]["features"]))
     fungi = "fungi" in features
     timing = probe(settings, backbone)
+    if device is not None:
+        from segfungi.index import device_info
+
+        timing = dataclasses.replace(timing, device=device_info(device))
+    device = timing.device
     extractor = make_extractor(settings, features="fungi" if fungi else "embeddings", backbone=backbone)
     bb = extractor.backbone
     emb_dim, fungi_dim = bb.embed_dim, extractor.feature_dim
@@ -153,35 +222,37 @@ def dry_run(settings: dict, backbone=None) -> str:
         for cell in (c for c in cells if c.dataset == dataset):
             if cell.protocol == FULL:
                 lines.append(_line(cell, train, 1, cell.size, index, timing, val, emb_dim, fungi_dim, fungi,
-                                   full["bank"]["label_topk"]))
+                                   full["bank"]["label_topk"], device=device))
             else:
                 fs = dataset_settings(settings, dataset, "fewshot", need_root=False)
                 count = sum(1 for line in open(cell.subset_file) if line.strip())
                 epochs = fs["bank"]["aug_epochs"]
                 extra = count * epochs * timing.forward  # its own views are encoded
                 lines.append(_line(cell, count, epochs, fs["bank"]["size"], index_settings(fs), timing, val,
-                                   emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra))
+                                   emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra, device))
     return _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features)
 
 
 def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe, val: int, emb_dim: int,
-          fungi_dim: int, fungi: bool, topk: int, extra_seconds: float = 0.0) -> _Line:
+          fungi_dim: int, fungi: bool, topk: int, extra_seconds: float = 0.0, device=None) -> _Line:
     plan = BankPlan(num_images=images, aug_epochs=epochs, bank_size=size, shard_images=64,
                     patches_per_image=1024)
     rows, views, keep = plan.num_patches, plan.num_items, plan.keep_per_item
-    disk = estimate_bank_bytes(plan, emb_dim, "embeddings", topk, index)
-    seconds = extra_seconds + _build_seconds(rows, emb_dim, index)
-    seconds += val * timing.forward / timing.depth + _search_seconds(rows, emb_dim, val * 1024, index)
+    disk = estimate_bank_bytes(plan, emb_dim, "embeddings", topk, index, device)
+    seconds = extra_seconds + _build_seconds(rows, emb_dim, index, device)
+    seconds += val * timing.forward / timing.depth + _search_seconds(rows, emb_dim, val * 1024, index, device)
     total = disk["shards"] + disk["index"]
     if fungi:
-        fdisk = estimate_bank_bytes(plan, fungi_dim, "fungi", topk, index)
+        fdisk = estimate_bank_bytes(plan, fungi_dim, "fungi", topk, index, device)
         total += fdisk["shards"] + fdisk["index"]
         seconds += views * (timing.gradient_pass + keep * timing.projection_per_patch)
-        seconds += _build_seconds(rows, fungi_dim, index)
+        seconds += _build_seconds(rows, fungi_dim, index, device)
         seconds += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
-        seconds += _search_seconds(rows, emb_dim, val * 1025, index) + _search_seconds(rows, fungi_dim, val * 1024, index)
+        seconds += (_search_seconds(rows, emb_dim, val * 1025, index, device)
+                    + _search_seconds(rows, fungi_dim, val * 1024, index, device))
     label = (f"full {cell.size:,}" if cell.protocol == FULL else f"{cell.fraction_label} {cell.subset_file.stem}")
-    return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,))
+    return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,),
+                 index, device)
 
 
 def _split_sizes(settings: dict, notes: list[str]) -> tuple[int, int]:
@@ -206,6 +277,20 @@ def _available_memory() -> int:
         return 0
 
 
+def _on_gpu(timing: Probe) -> bool:
+    return timing.device is not None and timing.device.is_gpu
+
+
+def _gpu_summary(device, lines) -> str:
+    """One line: the GPU planned for, its measured (or described) throughputs, the cells that fit."""
+    placements = [line.placement() for line in lines]
+    one = sum(p == "1 GPU" for p in placements)
+    sharded = sum("index.device_shards" in p for p in placements)
+    return (f"  gpu      {device.name}: {device.count} × {format_bytes(device.free_memory)} free, "
+            f"{device.half_flops / 1e12:.1f} TFLOP/s half, {device.float_flops / 1e12:.1f} TFLOP/s float32; "
+            f"{one} cells fit one GPU, {sharded} need sharding, {len(lines) - one - sharded} fit none")
+
+
 def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features) -> str:
     from segfungi.benchmark._run import _duration
 
@@ -216,12 +301,14 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, sav
         f"projection {1000 * timing.projection_per_patch:.2f} ms/patch (measured now)",
         f"  features {', '.join(features)}; every cell below is evaluated for each",
         "",
-        f"  {'cell':<40} {'bank patches':>13} {'per view':>9} {'disk':>10} {'time':>10} {'peak memory':>12}",
+        f"  {'cell':<40} {'bank patches':>13} {'per view':>9} {'disk':>10} {'time':>10} {'peak memory':>12}"
+        + ("  search on" if _on_gpu(timing) else ""),
     ]
     reorder = settings["index"]["reorder_dtype"]
     for line in lines:
         out.append(f"  {line.cell:<40} {line.rows:>13,} {line.per_view:>9} {format_bytes(line.disk):>10} "
-                   f"{_duration(line.seconds):>10} {format_bytes(line.memory(reorder)):>12}")
+                   f"{_duration(line.seconds):>10} {format_bytes(line.memory(reorder)):>12}"
+                   + (f"  {line.placement()}" if _on_gpu(timing) else ""))
     disk = sum(line.disk for line in lines)
     seconds = shared_seconds + sum(line.seconds for line in lines)
     peak = max((line.memory(reorder) for line in lines), default=0)
@@ -242,6 +329,8 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, sav
                    f"this machine has {format_bytes(available)}: {advice}")
     elif available:
         out.append(f"  memory   fits in the {format_bytes(available)} of this machine")
+    if _on_gpu(timing):
+        out.append(_gpu_summary(timing.device, lines))
     out += [f"  note     {note}" for note in notes]
     out.append("  (times: probe × work per pass; index build and search from benchmarks/README.md figures)")
     return "\n".join(out)
