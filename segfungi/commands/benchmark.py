@@ -29,7 +29,21 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="results folder (default runs/benchmark)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (cells, bank sizes, disk, memory, time from a short probe) and exit")
+    parser.add_argument("--plan-for", metavar="GPU", choices=("h100-80gb", "h200", "a100-80gb"),
+                        help="with --dry-run: plan searches for this GPU (h100-80gb, h200, a100-80gb) instead of "
+                        "the device present: per cell, whether its banks fit one GPU, need sharding, or fit none")
+    parser.add_argument("--gpus", type=int, metavar="N", help="with --plan-for: GPUs on the node (default 1)")
     parser.set_defaults(func=run)
+
+
+def _planned_device(args):
+    if not args.plan_for:
+        return None
+    import dataclasses
+
+    from segfungi.index import DESCRIBED
+
+    return dataclasses.replace(DESCRIBED[args.plan_for], count=max(1, args.gpus or 1))
 
 
 def _fraction(text: str) -> float:
@@ -64,7 +78,7 @@ def run(args) -> int:
     if given:
         settings["benchmark"]["roots"] = {**settings["benchmark"]["roots"], **given}
     if args.dry_run:
-        print(dry_run(settings))
+        print(dry_run(settings, device=_planned_device(args)))
         return 0
     from segfungi.benchmark import summary_table
 
