@@ -217,20 +217,20 @@ class DeviceExactIndex:
         sims = np.empty((queries.shape[0], min(k, self.num_vectors)), dtype=np.float32)
         ids = np.empty(sims.shape, dtype=np.int64)
         for start, stop in row_chunks(queries.shape[0], self.query_chunk):
-            block = torch.from_numpy(normalized_float32(queries[start:stop])).to(self.device)
-            found_sims, found_ids = self.search_tensor(block, k, normalized=True)
+            block = torch.from_numpy(np.asarray(queries[start:stop], dtype=np.float32)).to(self.device)
+            found_sims, found_ids = self.search_tensor(block, k)
             sims[start:stop] = found_sims[:, : sims.shape[1]].cpu().numpy()
             ids[start:stop] = found_ids[:, : sims.shape[1]].cpu().numpy()
         return pad_missing(sims, ids, k)
 
-    def search_tensor(self, queries: torch.Tensor, k: int, normalized: bool = False):
+    def search_tensor(self, queries: torch.Tensor, k: int):
         """Top-k of torch queries, answered on the device (no copy to the host):
-        (sims float32 Q×k, ids int64 Q×k), −inf / −1 where fewer than k rows exist."""
+        (sims float32 Q×k, ids int64 Q×k), −inf / −1 where fewer than k rows exist.
+        `search` normalises its queries here too, so both give the same answers."""
         self._require_built()
         check_search_args(queries, self.dim, k)
         queries = queries.to(self.device, torch.float32)
-        if not normalized:
-            queries = queries / queries.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        queries = queries / queries.norm(dim=1, keepdim=True).clamp_min(1e-12)
         sims = torch.full((queries.shape[0], k), -math.inf, device=self.device)
         ids = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=self.device)
         found = min(k, self.num_vectors)
