@@ -156,6 +156,7 @@ class _Line:
     dims: tuple[int, ...]  # of its banks' features: (embeddings,) or (embeddings, FUNGI)
     index: object = None  # IndexSettings
     device: object = None  # DeviceInfo the searches run on
+    stages: dict = dataclasses.field(default_factory=dict)  # seconds: encode, FUNGI pass, index build, search
 
     def memory(self, reorder_dtype: str) -> float:
         """Peak host bytes while it is built and evaluated: the largest index build, or the
@@ -239,20 +240,22 @@ def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe,
                     patches_per_image=1024)
     rows, views, keep = plan.num_patches, plan.num_items, plan.keep_per_item
     disk = estimate_bank_bytes(plan, emb_dim, "embeddings", topk, index, device)
-    seconds = extra_seconds + _build_seconds(rows, emb_dim, index, device)
-    seconds += val * timing.forward / timing.depth + _search_seconds(rows, emb_dim, val * 1024, index, device)
+    stages = {"encode": extra_seconds + val * timing.forward / timing.depth, "FUNGI pass": 0.0,
+              "index build": _build_seconds(rows, emb_dim, index, device),
+              "search": _search_seconds(rows, emb_dim, val * 1024, index, device)}
     total = disk["shards"] + disk["index"]
     if fungi:
         fdisk = estimate_bank_bytes(plan, fungi_dim, "fungi", topk, index, device)
         total += fdisk["shards"] + fdisk["index"]
-        seconds += views * (timing.gradient_pass + keep * timing.projection_per_patch)
-        seconds += _build_seconds(rows, fungi_dim, index, device)
-        seconds += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
-        seconds += (_search_seconds(rows, emb_dim, val * 1025, index, device)
-                    + _search_seconds(rows, fungi_dim, val * 1024, index, device))
+        stages["FUNGI pass"] += views * (timing.gradient_pass + keep * timing.projection_per_patch)
+        stages["FUNGI pass"] += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
+        stages["index build"] += _build_seconds(rows, fungi_dim, index, device)
+        stages["search"] += (_search_seconds(rows, emb_dim, val * 1025, index, device)
+                             + _search_seconds(rows, fungi_dim, val * 1024, index, device))
+    seconds = sum(stages.values())
     label = (f"full {cell.size:,}" if cell.protocol == FULL else f"{cell.fraction_label} {cell.subset_file.stem}")
     return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,),
-                 index, device)
+                 index, device, stages)
 
 
 def _split_sizes(settings: dict, notes: list[str]) -> tuple[int, int]:
@@ -275,6 +278,15 @@ def _available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def _stage_totals(lines, shared_seconds: float) -> list[tuple[str, float]]:
+    """Seconds per stage over the run: the shared encodings count as encode."""
+    totals = {"encode": shared_seconds, "FUNGI pass": 0.0, "index build": 0.0, "search": 0.0}
+    for line in lines:
+        for name, value in line.stages.items():
+            totals[name] += value
+    return list(totals.items())
 
 
 def _on_gpu(timing: Probe) -> bool:
@@ -317,7 +329,8 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, sav
             f"  total    {len(lines)} banks, disk {format_bytes(disk)} (+ {format_bytes(shared_disk)} temporary), "
             f"time {_duration(seconds)}, peak memory {format_bytes(peak)}",
             f"  separate build-bank + eval runs of these cells would take ~{_duration(seconds + saved)}: the shared "
-            f"passes take {seconds / (seconds + saved):.2f}× that"]
+            f"passes take {seconds / (seconds + saved):.2f}× that",
+            "  stages   " + ", ".join(f"{name} {_duration(value)}" for name, value in _stage_totals(lines, shared_seconds))]
     available = _available_memory()
     if available and peak > available:
         fits = next((dtype for dtype in ("bfloat16", "int8")

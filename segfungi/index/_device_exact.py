@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
-from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
+from segfungi.index._rows import as_array, check_search_args, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -69,7 +69,9 @@ class _Shard:
         return self.low.shape[0]
 
     def fill(self, features: Any, start: int, stop: int, raw: bool) -> None:
-        """Copies rows start..stop of `features`; raw: keep float16 rows and norms."""
+        """Copies rows start..stop of `features` (a row array, or a torch tensor, e.g. one
+        already on the device: its norms are then computed by torch where it is); raw:
+        keep the float16 rows and their norms."""
         n, dim = stop - start, features.shape[1]
         self.low = torch.empty((n, dim), dtype=self.dtype, device=self.device)
         if raw:
@@ -79,13 +81,18 @@ class _Shard:
             if self.device.type == "cuda":
                 self.exact = self.exact.pin_memory()
         for a, b in row_chunks(n):
-            rows = np.asarray(features[start + a : start + b])
-            if raw:
-                norms = np.maximum(np.linalg.norm(rows.astype(np.float32), axis=1), np.float32(1e-12))
-                self.low[a:b] = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
-                self.norms[a:b] = torch.from_numpy(norms.astype(np.float32)).to(self.device)
+            rows = features[start + a : start + b]
+            if isinstance(rows, torch.Tensor):
+                norms = rows.float().norm(dim=1).clamp_min(1e-12)
             else:
-                unit = torch.from_numpy(normalized_float32(rows))
+                rows = np.asarray(rows)
+                norms = np.maximum(np.linalg.norm(rows.astype(np.float32), axis=1), np.float32(1e-12))
+                rows, norms = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(norms.astype(np.float32))
+            if raw:
+                self.low[a:b] = rows.to(self.device)
+                self.norms[a:b] = norms.to(self.device)
+            else:
+                unit = (rows.float() / norms.to(rows.device)[:, None]).cpu()
                 self.exact[a:b] = unit
                 self.low[a:b] = unit.to(self.device).to(self.dtype)
 
@@ -198,9 +205,15 @@ class DeviceExactIndex:
         return self.devices[0]
 
     def build(self, features: Any) -> "DeviceExactIndex":
-        features = as_array(features)
+        """Rows: any row array (a bank's float16 shards, numpy) or a torch tensor, which
+        is read where it is (rows made on the GPU are never copied to the host)."""
+        if not isinstance(features, torch.Tensor):
+            features = as_array(features)
+        elif features.ndim != 2:
+            raise ValueError(f"features must be a 2-D array (rows × dim), got shape {tuple(features.shape)}")
         num_rows, self.dim = features.shape
-        raw = features.dtype == np.float16 and self.dtype == torch.float16 and _norms_at_most(features, RAW_NORM_LIMIT)
+        half = features.dtype in (np.float16, torch.float16)
+        raw = half and self.dtype == torch.float16 and _norms_at_most(features, RAW_NORM_LIMIT)
         bounds = np.linspace(0, num_rows, len(self.devices) + 1).round().astype(int)
         self.shards = []
         for device, start, stop in zip(self.devices, bounds[:-1], bounds[1:]):
@@ -271,8 +284,16 @@ class DeviceExactIndex:
 
 
 def _norms_at_most(features: Any, limit: float) -> bool:
+    """Whether every row's norm is finite and at most `limit` (a float16 product of such a
+    row with a unit query cannot overflow)."""
     for start, stop in row_chunks(features.shape[0]):
-        norms = np.linalg.norm(np.asarray(features[start:stop], dtype=np.float32), axis=1)
+        rows = features[start:stop]
+        if isinstance(rows, torch.Tensor):
+            norms = rows.float().norm(dim=1)
+            if len(norms) and not (torch.isfinite(norms).all() and norms.max() <= limit):
+                return False
+            continue
+        norms = np.linalg.norm(np.asarray(rows, dtype=np.float32), axis=1)
         if not np.all(np.isfinite(norms)) or norms.max(initial=0.0) > limit:
             return False
     return True
