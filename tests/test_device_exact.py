@@ -182,3 +182,43 @@ def test_banks_built_and_evaluated_with_it_match_the_exact_ones(tmp_path, demo_v
     assert exact.shape == device.shape
     assert np.mean(exact == device) > 0.98 and np.abs(exact - device).max() < 0.05
     assert results["device-exact"][1] == pytest.approx(results["exact"][1], abs=0.02)
+
+
+def test_out_of_memory_shrinks_the_blocks_then_names_the_settings(monkeypatch):
+    from segfungi.index import _device_exact
+
+    monkeypatch.setattr(_device_exact, "MIN_BLOCK_ELEMENTS", 256)  # a small bank needs small blocks to fit
+    bank = clustered(600, 16, 11)
+    queries = clustered(30, 16, 12)
+    reference = DeviceExactIndex().build(bank).search(queries, 5)
+    index = DeviceExactIndex().build(bank)
+    original = index.shards[0].low_scores
+    def fail_while_large(queries_low, start, stop):
+        if queries_low.shape[0] * (stop - start) > 4000:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(queries_low, start, stop)
+    monkeypatch.setattr(index.shards[0], "low_scores", fail_while_large)
+    found = index.search(queries, 5)
+    assert index.block_shrinks > 0
+    np.testing.assert_array_equal(found[1], reference[1])
+    np.testing.assert_array_equal(found[0], reference[0])
+
+    def always_fail(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(index.shards[0], "low_scores", always_fail)
+    with pytest.raises(ConfigError, match=r"out of device memory .* index.device_shards .* index.kind=scann"):
+        index.search(queries, 5)
+
+
+def test_a_tensor_bank_is_read_where_it_is_and_searches_alike():
+    """Rows given as a torch tensor (on a GPU: made there, never copied to the host) give
+    the numpy bank's neighbours; float16 rows serve as the float32 rows with their norms."""
+    bank = clustered(900, 24, 13).astype(np.float16)
+    queries = clustered(25, 24, 14)
+    from_tensor = DeviceExactIndex().build(torch.from_numpy(bank))
+    assert from_tensor.shards[0].norms is not None
+    found = from_tensor.search(queries, 9)
+    np.testing.assert_array_equal(found[1], brute_force(bank, queries, 9)[1])
+    np.testing.assert_array_equal(found[1], DeviceExactIndex().build(bank).search(queries, 9)[1])
+    assert DeviceExactIndex(device_dtype="bfloat16").build(torch.from_numpy(bank)).search(queries, 9)[1].tolist() \
+        == found[1].tolist()

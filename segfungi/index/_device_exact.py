@@ -28,7 +28,9 @@ Sharding: the rows can be split over several devices (`devices`); each shard fin
 rescores its own candidates, and the shards' lists are merged on the first device (the
 check then takes the highest t̂ + ε over the shards).
 
-Memory on each device: its rows (2 bytes × D + 4 per row) and one block.
+Memory on each device: its rows (2 bytes × D + 4 per row) and one block. Out of device
+memory mid-search, the blocks are made four times smaller and the search is redone (the
+same results); below 2¹⁶ entries it stops with a message naming the settings that help.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from segfungi.errors import ConfigError
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides
@@ -48,6 +51,7 @@ UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 # Rows whose norm is above this are stored normalised (a raw float16 product could overflow).
 RAW_NORM_LIMIT = 256.0
 RETRY_GROWTH = 4
+MIN_BLOCK_ELEMENTS = 1 << 16
 
 
 def score_error_bound(dtype: torch.dtype, dim: int) -> float:
@@ -195,6 +199,7 @@ class DeviceExactIndex:
         self.shards: list[_Shard] = []
         self.dim = 0
         self.retries = 0  # queries searched again with a wider margin (for the probe's report)
+        self.block_shrinks = 0  # times the device ran out of memory and the blocks were made smaller
 
     @property
     def num_vectors(self) -> int:
@@ -259,8 +264,27 @@ class DeviceExactIndex:
         return sims, ids
 
     def _certified_top_k(self, queries: torch.Tensor, k: int, count: int):
-        """Top-k of each query from C = `count` candidates per shard, and whether it is certain."""
+        """`_top_k_in_blocks` with the block size of this device; when the device runs out of
+        memory, again with blocks a quarter the size (the results do not depend on it), down to
+        MIN_BLOCK_ELEMENTS, and then a clear error naming the settings that need less."""
         blocks = self.gpu_block_elements if self.device.type == "cuda" else self.block_elements
+        while True:
+            try:
+                return self._top_k_in_blocks(queries, k, count, blocks)
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if blocks <= MIN_BLOCK_ELEMENTS:
+                    raise ConfigError(
+                        f"device-exact search of {self.num_vectors:,} rows × {self.dim} on {self.device}: out of "
+                        f"device memory even with {blocks:,}-entry similarity blocks; the bank takes most of it. "
+                        "Set index.device_shards to split it over more GPUs, or index.kind=scann to search on "
+                        "the CPU") from None
+                blocks //= 4
+                self.block_shrinks += 1
+
+    def _top_k_in_blocks(self, queries: torch.Tensor, k: int, count: int, blocks: int):
+        """Top-k of each query from C = `count` candidates per shard, and whether it is certain."""
         epsilon = score_error_bound(self.dtype, self.dim)
         scores, ids, bounds = [], [], []
         for shard in self.shards:
