@@ -31,7 +31,7 @@ def test_two_ranks_give_the_one_process_results(tmp_path, demo_voc_root):
     def cells(out):
         records = json.loads((out / "results.json").read_text())
         records = records["records"] if isinstance(records, dict) else records
-        return {(r["features"], r["bank_size"], r["trial"]): (r["bank_hash"], r["miou"]) for r in records}
+        return {(r["features"], r["bank_size"], r["trial"]): (r["bank_hash"], r["miou_fraction"], r["per_class_iou_fraction"]) for r in records}
 
     one, two = cells(tmp_path / "one"), cells(tmp_path / "two")
     assert len(one) == 2 * 3 and one == two
