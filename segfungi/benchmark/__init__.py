@@ -16,7 +16,7 @@ them)::
                                                "benchmark.roots={voc: /data/VOCdevkit, ade20k: /data/ADE}"])
     segfungi.benchmark(settings, "results/dino-s16")   # = segfungi.benchmark.run_benchmark
 
-Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `Cell`, `EncodedQueries`,
+Public here: `run_benchmark`, `dry_run`, `launch`, `Launch` (a submitit job: Slurm or local), `plan_cells`, `dataset_settings`, `Cell`, `EncodedQueries`,
 `write_report`, `summary_table`, `read_records`, `RUN_FILE`. The package is callable as `run_benchmark`.
 """
 
@@ -28,6 +28,8 @@ _PUBLIC = {
     "run_benchmark": "._run",
     "RUN_FILE": "._run",
     "dry_run": "._dryrun",
+    "launch": "._launch",
+    "Launch": "._launch",
     "plan_cells": "._protocol",
     "dataset_settings": "._protocol",
     "Cell": "._protocol",
