@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from segfungi import distributed
 from segfungi.bank import MANIFEST, MemoryBank
@@ -65,7 +66,7 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     `EncodedQueries`), so that only the last block runs; the scores are the same."""
     from segfungi.data.augment import eval_transform
     from segfungi.metrics import ConfusionMatrix
-    from segfungi.transfer import scores_to_mask
+    from segfungi.transfer import scores_to_mask_tensor
 
     count = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     confusion = ConfusionMatrix(segmenter.num_classes)
@@ -83,8 +84,9 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
         else:
             inputs, masks, seeds = encoded.batch(number)
             scores = segmenter.predict_scores_from_last_block_input(inputs, seeds)
-        for pred, mask in zip(scores_to_mask(scores, out_size=(size, size)), masks):
-            confusion.update(pred, mask)
+        # Masks and counts stay where the scores are (a GPU's: no copy per image).
+        for pred, mask in zip(scores_to_mask_tensor(scores, out_size=(size, size)), masks):
+            confusion.update(pred, torch.as_tensor(np.asarray(mask)))
     confusion.matrix = distributed.all_reduce_sum(confusion.matrix)
     return confusion, count
 

@@ -4,6 +4,10 @@ IoU_c = TP / (TP + FP + FN). A class absent from both the ground truth and the
 predictions of the whole split has 0/0: its IoU is NaN and mIoU is the mean over the
 other classes (the usual mmseg / Hummingbird convention), so a class missing from a
 small validation subset does not count as a failure.
+
+`update` takes numpy arrays or torch tensors: tensors are counted where they are (a
+GPU's counts stay on the GPU, no copy per image) and added to `matrix` when it is next
+read; class ids out of range are then reported.
 """
 
 from __future__ import annotations
@@ -19,11 +23,30 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self._matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self._pending = None  # counts of tensors not yet added to _matrix (on their device)
+        self._pending_range = None  # lowest and highest class ids of those tensors
+
+    @property
+    def matrix(self) -> np.ndarray:
+        self._flush()
+        return self._matrix
+
+    @matrix.setter
+    def matrix(self, value) -> None:
+        self._flush()
+        self._matrix = np.asarray(value, dtype=np.int64)
 
     def update(self, pred, gt) -> None:
         """Adds one prediction / ground-truth pair (any matching shapes); ignore pixels of
-        gt are skipped."""
+        gt are skipped. Torch tensors are counted on their device."""
+        import torch
+
+        if isinstance(pred, torch.Tensor) and isinstance(gt, torch.Tensor):
+            self._update_tensor(pred, gt.to(pred.device))
+            return
+        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
+        gt = gt.cpu().numpy() if isinstance(gt, torch.Tensor) else gt
         pred, gt = np.asarray(pred).reshape(-1), np.asarray(gt).reshape(-1)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
@@ -32,7 +55,42 @@ class ConfusionMatrix:
         self._check_range(gt, "ground truth")
         self._check_range(pred, "prediction")
         pairs = np.bincount(gt * self.num_classes + pred, minlength=self.num_classes**2)
-        self.matrix += pairs.reshape(self.num_classes, self.num_classes)
+        self._matrix += pairs.reshape(self.num_classes, self.num_classes)
+
+    def _update_tensor(self, pred, gt) -> None:
+        """Counts on the tensors' device, without a boolean selection (which would wait for
+        the device): ignored and out-of-range pixels go to an extra bin that is dropped;
+        the lowest and highest class ids seen are kept for the check in `_flush`."""
+        import torch
+
+        pred, gt = pred.reshape(-1).long(), gt.reshape(-1).long()
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction has {pred.numel()} pixels, ground truth {gt.numel()}")
+        if not pred.numel():
+            return
+        classes = self.num_classes
+        counted = gt != self.ignore_index
+        top, bottom = torch.iinfo(torch.int64).max, torch.iinfo(torch.int64).min
+        low = torch.stack([torch.where(counted, gt, top).min(), torch.where(counted, pred, top).min()])
+        high = torch.stack([torch.where(counted, gt, bottom).max(), torch.where(counted, pred, bottom).max()])
+        inside = counted & (gt >= 0) & (gt < classes) & (pred >= 0) & (pred < classes)
+        bins = torch.bincount(torch.where(inside, gt * classes + pred, classes**2), minlength=classes**2 + 1)
+        if self._pending is None:
+            self._pending, self._pending_range = bins[: classes**2], torch.stack([low, high])
+        else:
+            self._pending += bins[: classes**2]
+            self._pending_range = torch.stack([torch.minimum(self._pending_range[0], low),
+                                               torch.maximum(self._pending_range[1], high)])
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        pending, (low, high) = self._pending.cpu().numpy(), self._pending_range.cpu().numpy()
+        self._pending = self._pending_range = None
+        for column, what in ((0, "ground truth"), (1, "prediction")):
+            if low[column] <= high[column]:  # some pixel was counted
+                self._check_range(np.array([low[column], high[column]]), what)
+        self._matrix += pending.reshape(self.num_classes, self.num_classes)
 
     def _check_range(self, labels: np.ndarray, what: str) -> None:
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -46,7 +104,7 @@ class ConfusionMatrix:
         """Adds another matrix (e.g. from another evaluation process)."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
-        self.matrix += other.matrix
+        self._matrix = self.matrix + other.matrix
 
     @property
     def num_pixels(self) -> int:

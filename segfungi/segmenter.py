@@ -103,20 +103,33 @@ class Segmenter:
         return self.scores(self.patch_features_from_last_block_input(last_block_input, seeds))
 
     def scores(self, feats: torch.Tensor) -> torch.Tensor:
-        """B×P×F query features -> B×gh×gw×C class scores from the bank's neighbours."""
+        """B×P×F query features -> B×gh×gw×C class scores from the bank's neighbours.
+
+        An index that searches torch tensors where they are (`search_tensor`: device-exact
+        on a GPU) keeps the neighbours, the labels and the scores on its device; other
+        kinds search numpy arrays on the host."""
         from segfungi.transfer import transfer_labels
 
         batch, num_patches, dim = feats.shape
-        sims, ids = self.index.search(feats.reshape(-1, dim).cpu().numpy(), self.k)
-        ids = torch.as_tensor(ids)
+        if hasattr(self.index, "search_tensor"):
+            sims, ids = self.index.search_tensor(feats.reshape(-1, dim), self.k)
+        else:
+            sims, ids = (torch.as_tensor(a) for a in self.index.search(feats.reshape(-1, dim).cpu().numpy(), self.k))
+        label_ids, label_weights = self._labels_on(ids.device)
         scores = transfer_labels(
-            torch.as_tensor(sims),
-            (self.label_ids[ids], self.label_weights[ids]),
+            sims,
+            (label_ids[ids], label_weights[ids]),
             temperature=self.temperature,
             num_classes=self.num_classes,
         )
         gh, gw = self.extractor.backbone.grid
         return scores.reshape(batch, gh, gw, self.num_classes)
+
+    def _labels_on(self, where: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank's compact labels on `where`, copied there once."""
+        if self.label_ids.device != where:
+            self.label_ids, self.label_weights = self.label_ids.to(where), self.label_weights.to(where)
+        return self.label_ids, self.label_weights
 
     def predict(self, image) -> np.ndarray:
         """One image of any size -> H×W uint8 class-id mask.

@@ -155,8 +155,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("out", "memory_banks/bank", "bank folder (build-bank)"),
     ),
     "index": (
-        Key("kind", "auto", "auto | scann | exact (auto: exact below exact_below patches)",
-            choices=lambda: ("auto", *index_kinds())),
+        Key("kind", "auto", "auto | exact | scann | device-exact (any registered kind)",
+            choices=lambda: ("auto", *index_kinds()), note=(
+                "auto asks the registered kinds: exact below exact_below patches, device-exact on",
+                "a GPU whose free memory holds the bank (less device_headroom), else ScaNN.",
+                "device-exact: exact search with the bank on the GPU in device_dtype, a margin of",
+                "candidates rescored in float32, checked to equal float32 exact search.",
+            )),
         Key("exact_below", 20000, "auto: banks smaller than this are searched exactly", check="non_negative"),
         Key("num_leaves", 512, "ScaNN tree leaves (fewer for small banks: min_leaf_size)", check="positive"),
         Key("num_leaves_to_search", 32, "leaves searched per query", check="positive"),
@@ -170,6 +175,12 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             choices=("float32", "bfloat16", "int8")),
         Key("seed", 0, "draws the training sample", check="non_negative"),
         Key("training_threads", 1, "ScaNN training threads; 0 = all cores (files may then differ by machine)",
+            check="non_negative"),
+        Key("device_dtype", "float16", "device-exact: float16 | bfloat16 copy of the bank on the device",
+            choices=("float16", "bfloat16")),
+        Key("device_margin", 32, "device-exact: candidates rescored in float32 beyond k", check="non_negative"),
+        Key("device_headroom", 0.2, "auto: share of the GPU's free memory device-exact leaves free"),
+        Key("device_shards", 1, "device-exact: GPUs a bank is split over (0 = every GPU of the node)",
             check="non_negative"),
     ),
     "eval": (

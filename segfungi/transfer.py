@@ -4,6 +4,11 @@ Each query patch attends over its k retrieved neighbours with weights
 softmax(sim / T) and its class scores are the weighted mean of the neighbours'
 label distributions. Scores then become a mask by bilinear upsampling of the
 patch grid and a per-pixel argmax.
+
+Everything runs on the device its inputs are on: with a GPU bank index
+(`segfungi.index.DeviceExactIndex.search_tensor`) the neighbours, the label gather, the
+transfer, the upsampling and the argmax never leave the GPU (`scores_to_mask_tensor`);
+`scores_to_mask` is the same with the masks copied to numpy at the end.
 """
 
 from __future__ import annotations
@@ -73,26 +78,31 @@ def _transfer_compact(attention, label_ids, label_weights, num_classes: int) -> 
     contributions = (attention.unsqueeze(-1) * label_weights).reshape(num_queries, -1)
     # Padding id -1 is sent to an extra last column that is dropped afterwards.
     columns = torch.where(label_ids < 0, num_classes, label_ids).reshape(num_queries, -1)
-    scores = torch.zeros(num_queries, num_classes + 1, dtype=torch.float32)
+    scores = torch.zeros(num_queries, num_classes + 1, dtype=torch.float32, device=attention.device)
     scores.scatter_add_(1, columns, contributions)
     return scores[:, :num_classes]
 
 
 def scores_to_mask(scores, out_size: tuple[int, int] = (512, 512)) -> np.ndarray:
-    """B×gh×gw×C patch scores -> B×H×W uint8 masks (bilinear upsampling, argmax).
+    """B×gh×gw×C patch scores -> B×H×W uint8 masks (bilinear upsampling, argmax), as numpy.
 
     One image at a time: the upsampled B×C×512×512 float block would be ~1.3 GB for
     8 ADE20K images. Pixels whose scores are all equal (e.g. no labelled neighbour)
     get class 0, as argmax picks the first maximum.
     """
+    return scores_to_mask_tensor(scores, out_size).cpu().numpy()
+
+
+def scores_to_mask_tensor(scores, out_size: tuple[int, int] = (512, 512)) -> torch.Tensor:
+    """`scores_to_mask` as a B×H×W uint8 tensor on the scores' device (no copy to the host)."""
     scores = _tensor(scores, torch.float32)
     if scores.ndim != 4:
         raise ValueError(f"expected B×gh×gw×C scores, got shape {tuple(scores.shape)}")
     if scores.shape[-1] > 255:
         raise ValueError(f"{scores.shape[-1]} classes do not fit a uint8 mask (255 = ignore)")
-    masks = np.empty((scores.shape[0], *out_size), dtype=np.uint8)
+    masks = torch.empty((scores.shape[0], *out_size), dtype=torch.uint8, device=scores.device)
     for i, image_scores in enumerate(scores):
         grid = image_scores.permute(2, 0, 1).unsqueeze(0)  # 1×C×gh×gw
         upsampled = F.interpolate(grid, size=out_size, mode="bilinear", align_corners=False)
-        masks[i] = upsampled[0].argmax(dim=0).to(torch.uint8).numpy()
+        masks[i] = upsampled[0].argmax(dim=0).to(torch.uint8)
     return masks

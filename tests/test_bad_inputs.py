@@ -84,7 +84,7 @@ def test_bad_config_file_through_the_cli(tmp_path, capsys, name, text, words):
     ("eval.k=many", ["'eval.k' must be int"]),
     ("bank.seed=2001-13-01", ["'bank.seed' must be int"]),  # PyYAML's ValueError on a bad date
     ("bank.seed=-1", ["'bank.seed' must be 0 or more"]),
-    ("index.kind=fastest", ["'index.kind' must be one of auto, exact, scann"]),
+    ("index.kind=fastest", ["'index.kind' must be one of auto, exact, scann, device-exact"]),
     ("sweep.sizes=[1024, big]", ["'sweep.sizes' must be a list of int"]),
     ("fungi.proj_dim=1.5", ["'fungi.proj_dim' must be int or null"]),
     ("data.subset_fraction=2", ["'data.subset_fraction' must be in (0, 1]"]),

@@ -91,6 +91,8 @@ def test_preset_trials_resolve_to_the_settings_they_had_before(name):
             one["fungi"].pop("support_views")  # issue 24; its default (shared) keeps the bank as it was
             one["data"].pop("mean")
             one["data"].pop("std")
+            for key in ("device_dtype", "device_margin", "device_headroom", "device_shards"):  # issue 27
+                one["index"].pop(key)
             if one["data"]["subset_file"]:
                 one["data"]["subset_file"] = one["data"]["subset_file"].split("segfungi/data/")[1]
         return trials

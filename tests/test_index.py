@@ -325,11 +325,11 @@ def test_a_registered_kind_is_usable_through_make_and_load_index(toy_kind, bank,
 
 
 def test_an_unknown_kind_is_refused_with_the_allowed_ones(bank, tmp_path):
-    with pytest.raises(ConfigError, match=r"index.kind must be one of auto, exact, scann, got 'toy-brute'"):
+    with pytest.raises(ConfigError, match=r"index.kind must be one of auto, exact, scann, device-exact, got 'toy-brute'"):
         make_index(bank[:300], kind="toy-brute")
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "segfungi_index.json").write_text(json.dumps({"format_version": 1, "kind": "toy-brute"}))
-    with pytest.raises(BankError, match=r"unknown index kind 'toy-brute' \(this segfungi reads exact, scann\)"):
+    with pytest.raises(BankError, match=r"unknown index kind 'toy-brute' \(this segfungi reads exact, scann, device-exact\)"):
         load_index(tmp_path / "x")
 
 
@@ -340,7 +340,7 @@ def test_a_registered_kind_is_an_index_kind_setting_and_cli_choice_until_unregis
     def accepted():
         return accepted_as_setting_and_flag("index.kind", "--index", "toy-brute")
 
-    assert keys()["index.kind"].allowed() == ("auto", "exact", "scann") and not accepted()
+    assert keys()["index.kind"].allowed() == ("auto", "exact", "scann", "device-exact") and not accepted()
     register_index_kind("toy-brute", build=lambda f, settings, device: _BruteForce().build(f), load=_BruteForce.load)
     try:
         assert accepted()

@@ -55,5 +55,5 @@ def test_a_bank_of_an_unregistered_kind_is_refused_naming_the_kinds(saved_exact,
     unregister_index_kind("saved-exact")
     from segfungi.errors import BankError
 
-    with pytest.raises(BankError, match=r"'index' is missing or invalid \(expected \{'kind': one of exact, scann\}"):
+    with pytest.raises(BankError, match=r"'index' is missing or invalid \(expected \{'kind': one of exact, scann, device-exact\}"):
         MemoryBank(toy)

@@ -97,6 +97,6 @@ def test_the_registries_settings_and_cli_parsers_load_no_torch():
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert done.returncode == 0, done.stderr
     names, heavy = done.stdout.splitlines()
-    assert names == ("('dense', 'structured') ('exact', 'scann') ('voc', 'ade20k', 'cityscapes', 'coco-stuff', 'folder') "
+    assert names == ("('dense', 'structured') ('exact', 'scann', 'device-exact') ('voc', 'ade20k', 'cityscapes', 'coco-stuff', 'folder') "
                      "('image', 'text', 'audio')")
     assert heavy == "[]"

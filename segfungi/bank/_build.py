@@ -114,7 +114,7 @@ def _check_disk_space(build: _Build) -> None:
             if (target.out / MANIFEST).exists():
                 continue
             dim = target.extractor.feature_dim
-            estimate = estimate_bank_bytes(plan, dim, target.features, spec.label_topk, spec.index)
+            estimate = estimate_bank_bytes(plan, dim, target.features, spec.label_topk, spec.index, spec.device)
             todo = plan.num_shards - len(done_shards(target.out) & set(range(plan.num_shards)))
             needed += estimate["shards"] * todo // max(1, plan.num_shards) + estimate["index"]
             parts.append(f"{target.features} bank of {estimate['patches']} patches × {dim} dims")
@@ -559,7 +559,7 @@ def build_index(bank: MemoryBank, settings, folder: Path, device: str = "cpu") -
 
     if not isinstance(settings, IndexSettings):
         settings = IndexSettings.from_dict(settings)
-    kind = settings.kind_for(bank.num_patches)
+    kind = settings.kind_for(bank.num_patches, bank.feature_dim, device)
     if not index_kind(kind).saved:
         return {"kind": kind}  # nothing to save: built from the features when searched
     # Fed from the shards (float16, one shard file open at a time), never one array.

@@ -53,17 +53,16 @@ class BankPlan:
         return [divmod(item, self.num_images) for item in range(start, stop)]
 
 
-def estimate_bank_bytes(plan: BankPlan, feature_dim: int, features: str, label_topk: int, index) -> dict:
+def estimate_bank_bytes(plan: BankPlan, feature_dim: int, features: str, label_topk: int, index,
+                        device=None) -> dict:
     """Disk bytes of a bank: shards (float16 features, int16/float16 top-k labels, int32
-    provenance, float32 norms for embeddings banks, headers) and its saved ScaNN index
-    (float32/bfloat16/int8 reorder copy, one byte per AH block, tree and codebook).
-    `index`: the bank's `IndexSettings`; other saved kinds are not estimated."""
+    provenance, float32 norms for embeddings banks, headers) and its saved index, as the
+    index kind `index` (`IndexSettings`) picks for it on `device` estimates it
+    (`segfungi.index.IndexKind.costs`; 0 for a kind that is not saved)."""
+    from segfungi.index import IndexJob, index_costs
+
     patches = plan.num_patches
     per_patch = feature_dim * 2 + label_topk * (2 + 2) + 3 * 4 + (4 if features == FeatureKind.EMBEDDINGS else 0)
     shards = patches * per_patch + plan.num_shards * 4096  # .npy headers + meta.json
-    saved = 0
-    if index.kind_for(patches) == "scann":
-        reorder = {"float32": 4, "bfloat16": 2, "int8": 1}[index.reorder_dtype] if index.reorder > 0 else 0
-        blocks = -(-feature_dim // max(1, index.dims_per_block))
-        saved = patches * (feature_dim * reorder + blocks + 4) + (index.num_leaves + 16) * feature_dim * 4 + (1 << 20)
+    saved = index_costs(IndexJob(patches, feature_dim, index, device)).disk
     return {"patches": patches, "shards": shards, "index": saved}

@@ -16,9 +16,10 @@ them)::
                                                "benchmark.roots={voc: /data/VOCdevkit, ade20k: /data/ADE}"])
     segfungi.run_benchmark(settings, "results/dino-s16")
 
-Public here: `run_benchmark`, `dry_run`, `plan_cells`, `dataset_settings`, `protocol_keys`, `protocol_values`,
-`check_inputs`, `input_problems` (`_inputs`: every input checked before any work), `Cell`, `EncodedQueries`,
-`write_report`, `summary_table`, `read_records`, `RUN_FILE`.
+Public here: `run_benchmark`, `dry_run`, `launch`, `Launch` (a submitit job: Slurm or local), `plan_cells`,
+`dataset_settings`, `protocol_keys`, `protocol_values`, `check_inputs`, `input_problems` (`_inputs`: every
+input checked before any work), `Cell`, `EncodedQueries`, `write_report`, `summary_table`, `read_records`,
+`RUN_FILE`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _PUBLIC = {
     "run_benchmark": "._run",
     "RUN_FILE": "._run",
     "dry_run": "._dryrun",
+    "launch": "._launch",
+    "Launch": "._launch",
     "plan_cells": "._protocol",
     "protocol_keys": "._protocol",
     "protocol_values": "._protocol",

@@ -51,7 +51,6 @@ from segfungi.storage import format_bytes
 __all__ = ["dry_run", "probe"]
 
 GIB = 1 << 30
-SCANN_FIXED_BYTES = 2.4 * GIB  # Python, torch, ScaNN and the 250,000-row training sample
 LABEL_BYTES_PER_ROW = 96  # 8 label ids (int64) and weights (float32), as evaluation holds them
 
 
@@ -68,6 +67,7 @@ class Probe:
     repeats: int = 1  # timings taken; the fields are their medians
     fastest: "Probe | None" = None  # the fastest and slowest timing, for the plan's time range
     slowest: "Probe | None" = None
+    device: object = None  # the search device (segfungi.index.DeviceInfo), its matmul throughputs measured
 
 
 def probe(settings: dict, backbone=None, images: int = 2, repeats: int = 5) -> Probe:
@@ -100,31 +100,66 @@ def probe(settings: dict, backbone=None, images: int = 2, repeats: int = 5) -> P
     timings = np.array([run() for _ in range(max(1, repeats))])  # repeats × (forward, gradient, projection)
     depth = len(bb.model.blocks) if hasattr(bb.model, "blocks") else 12  # a custom model: a ViT's 12
     per = np.array([images, images, images * bb.num_patches])
+    device = calibrated_device(settings["backbone"]["device"])
 
     def made(values) -> Probe:
-        return Probe(*(float(v) for v in values / per), depth)
+        return Probe(*(float(v) for v in values / per), depth, device=device)
 
     totals = timings.sum(axis=1)
     return dataclasses.replace(made(np.median(timings, axis=0)), repeats=len(timings),
                                fastest=made(timings[totals.argmin()]), slowest=made(timings[totals.argmax()]))
 
 
-def _index_row_bytes(dim: int, reorder_dtype: str) -> float:
-    return dim * {"float32": 4, "bfloat16": 2, "int8": 1}[reorder_dtype] + dim / 4 + 15
+def calibrated_device(device, side: int | None = None):
+    """`device` described (segfungi.index.device_info), with the float32 and half-precision
+    matmul throughputs the search cost model uses measured now (a few square matmuls:
+    4096² on a GPU, 512² on a CPU, after a warm-up)."""
+    import torch
+
+    from segfungi.index import device_info
+
+    info = device_info(device)
+    if info.kind not in ("cpu", "cuda") or (info.is_gpu and not torch.cuda.is_available()):
+        return info
+    side = side or (4096 if info.is_gpu else 512)
+    half = torch.float16 if info.is_gpu else torch.bfloat16
+
+    def flops(dtype) -> float:
+        a = torch.randn(side, side, device=device).to(dtype)
+        times = []
+        for _ in range(3):
+            if info.is_gpu:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            a @ a
+            if info.is_gpu:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        return 2 * side**3 / max(min(times[1:]), 1e-9)
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the float32 figure is float32's (TF32 off)
+    try:
+        return info.calibrated(float_flops=flops(torch.float32), half_flops=flops(half))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _search_seconds(rows: int, dim: int, queries: int, index) -> float:
-    """ScaNN (reorder 120, 32 leaves): 18,000 queries/s at 10⁵ × 768 rows, 4,000 at 10⁶;
-    the few-shot search (256 leaves, reorder 1800) ≈ 10× slower; exact below exact_below."""
-    if index.kind_for(rows) == "exact":
-        return queries * rows * dim * 2 / 20e9
-    per_query = (5.5e-5 + 2e-10 * rows) * dim / 768
-    return queries * per_query * (10 if index.reorder > 600 else 1)
+def _costs(rows: int, dim: int, index, device=None):
+    """The estimates of the index kind `index` picks for this bank on `device`
+    (segfungi.index.IndexKind.costs: ScaNN's from benchmarks/README.md, the exact kinds'
+    from the device's matmul throughput)."""
+    from segfungi.index import IndexJob, index_costs
+
+    return index_costs(IndexJob(rows, dim, index, device))
 
 
-def _build_seconds(rows: int, dim: int, index) -> float:
-    """ScaNN index build: 24 s at 10⁵ × 768 rows, 86 s at 10⁶."""
-    return 0.0 if index.kind_for(rows) == "exact" else (17 + 7e-5 * rows) * dim / 768
+def _search_seconds(rows: int, dim: int, queries: int, index, device=None) -> float:
+    return queries * _costs(rows, dim, index, device).seconds_per_query
+
+
+def _build_seconds(rows: int, dim: int, index, device=None) -> float:
+    return _costs(rows, dim, index, device).build_seconds
 
 
 @dataclasses.dataclass
@@ -136,22 +171,59 @@ class _Line:
     seconds: float
     dims: tuple[int, ...]  # of its banks' features: (embeddings,) or (embeddings, FUNGI)
     origin: Cell | None = None
+    index: object = None  # IndexSettings
+    device: object = None  # DeviceInfo the searches run on
+    stages: dict = dataclasses.field(default_factory=dict)  # seconds: encode, FUNGI pass, index build, search
     model_bytes: float = 0.0  # the backbone's weights, held throughout
 
     def memory(self, reorder_dtype: str) -> float:
-        """Peak bytes while it is built and evaluated: the model's weights plus the largest
-        index build or the evaluation of the top bank (its index, its support's, the labels)."""
-        indexes = [self.rows * _index_row_bytes(dim, reorder_dtype) for dim in self.dims]
-        return self.model_bytes + max(SCANN_FIXED_BYTES + max(indexes),
-                                      GIB + sum(indexes) + self.rows * LABEL_BYTES_PER_ROW)
+        """Peak host bytes while it is built and evaluated: the model's weights plus the
+        largest index build, or the evaluation of the top bank (its index, its support's, the
+        labels); the index figures are its kind's (`IndexKind.costs`)."""
+        index = dataclasses.replace(self.index, reorder_dtype=reorder_dtype)
+        costs = [_costs(self.rows, dim, index, self.device) for dim in self.dims]
+        build = max(c.build_host_memory for c in costs)
+        return self.model_bytes + max(build, GIB + sum(c.host_memory for c in costs) + self.rows * LABEL_BYTES_PER_ROW)
+
+    def placement(self) -> str:
+        """Where its banks are searched: 'cpu', '1 GPU', 'N GPUs' (sharded), or what does not fit."""
+        return gpu_placement(self.rows, self.dims, self.index, self.device)
 
 
-def dry_run(settings: dict, backbone=None) -> str:
-    """The plan as text (module docstring)."""
+def gpu_placement(rows: int, dims, index, device) -> str:
+    """For a GPU `device` (DeviceInfo): whether the largest of banks of `rows` × `dims` fits
+    one GPU's free memory (less index.device_headroom) with device-exact search, needs
+    sharding over n of the node's GPUs (index.device_shards=n), or fits none (and then the
+    settings that make it fit: fewer rows, or ScaNN on the host)."""
+    from segfungi.index import IndexJob, index_kind
+
+    if device is None or not device.is_gpu:
+        return "cpu"
+    usable = device.free_memory * (1 - index.device_headroom)
+    for shards in range(1, device.count + 1):
+        job = IndexJob(rows, max(dims), dataclasses.replace(index, kind="device-exact", device_shards=shards), device)
+        if index_kind("device-exact").costs(job).device_memory <= usable:
+            return "1 GPU" if shards == 1 else f"{shards} GPUs (index.device_shards={shards})"
+    return (f"fits no GPU: {device.count} × {format_bytes(usable)}; use index.kind=scann (CPU) "
+            "or a smaller bank.size, or more GPUs")
+
+
+def dry_run(settings: dict, backbone=None, device=None) -> str:
+    """The plan as text (module docstring). `device`: the search device described
+    (`segfungi.index.DeviceInfo`, or a name of `segfungi.index.DESCRIBED` such as
+    "h100-80gb") instead of the probe's, to plan for a GPU this machine does not have
+    (the model's times stay the probe's)."""
     cells = plan_cells(settings)
     features = list(dict.fromkeys(settings["benchmark"]["features"]))
     fungi = "fungi" in features
     timing = probe(settings, backbone)
+    if device is not None:  # plan for a described device: every timing searches there
+        from segfungi.index import device_info
+
+        described = device_info(device)
+        timing = dataclasses.replace(timing, device=described,
+                                     **{end: dataclasses.replace(getattr(timing, end), device=described)
+                                        for end in ("fastest", "slowest") if getattr(timing, end) is not None})
     extractor = make_extractor(settings, features="fungi" if fungi else "embeddings", backbone=backbone)
     bb = extractor.backbone
     model_bytes = float(sum(p.numel() * p.element_size() for p in bb.model.parameters()))
@@ -175,6 +247,7 @@ def _plan(settings, cells, features, timing: Probe, extractor, model_bytes: floa
     """(lines, notes, shared disk, shared seconds, seconds saved) of the plan at these timings."""
     fungi = "fungi" in features
     bb = extractor.backbone
+    device = timing.device
     emb_dim, fungi_dim = bb.embed_dim, extractor.feature_dim
     lines, notes, shared_disk, shared_seconds, saved = [], [], 0.0, 0.0, 0.0
     for dataset in dict.fromkeys(cell.dataset for cell in cells):
@@ -193,38 +266,41 @@ def _plan(settings, cells, features, timing: Probe, extractor, model_bytes: floa
         for cell in (c for c in cells if c.dataset == dataset):
             if cell.protocol == FULL:
                 lines.append(_line(cell, train, 1, cell.size, index, timing, val, emb_dim, fungi_dim, fungi,
-                                   full["bank"]["label_topk"]))
+                                   full["bank"]["label_topk"], device=device))
             else:
                 fs = dataset_settings(settings, dataset, "fewshot", need_root=False)
                 count = sum(1 for line in open(cell.subset_file) if line.strip())
                 epochs = fs["bank"]["aug_epochs"]
                 extra = count * epochs * timing.forward  # its own views are encoded
                 lines.append(_line(cell, count, epochs, fs["bank"]["size"], index_settings(fs), timing, val,
-                                   emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra))
+                                   emb_dim, fungi_dim, fungi, fs["bank"]["label_topk"], extra, device))
     for line in lines:
         line.model_bytes = model_bytes
     return lines, notes, shared_disk, shared_seconds, saved
 
 
 def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe, val: int, emb_dim: int,
-          fungi_dim: int, fungi: bool, topk: int, extra_seconds: float = 0.0) -> _Line:
+          fungi_dim: int, fungi: bool, topk: int, extra_seconds: float = 0.0, device=None) -> _Line:
     plan = BankPlan(num_images=images, aug_epochs=epochs, bank_size=size, shard_images=64,
                     patches_per_image=1024)
     rows, views, keep = plan.num_patches, plan.num_items, plan.keep_per_item
-    disk = estimate_bank_bytes(plan, emb_dim, "embeddings", topk, index)
-    seconds = extra_seconds + _build_seconds(rows, emb_dim, index)
-    seconds += val * timing.forward / timing.depth + _search_seconds(rows, emb_dim, val * 1024, index)
+    disk = estimate_bank_bytes(plan, emb_dim, "embeddings", topk, index, device)
+    stages = {"encode": extra_seconds + val * timing.forward / timing.depth, "FUNGI pass": 0.0,
+              "index build": _build_seconds(rows, emb_dim, index, device),
+              "search": _search_seconds(rows, emb_dim, val * 1024, index, device)}
     total = disk["shards"] + disk["index"]
     if fungi:
-        fdisk = estimate_bank_bytes(plan, fungi_dim, "fungi", topk, index)
+        fdisk = estimate_bank_bytes(plan, fungi_dim, "fungi", topk, index, device)
         total += fdisk["shards"] + fdisk["index"]
-        seconds += views * (timing.gradient_pass + keep * timing.projection_per_patch)
-        seconds += _build_seconds(rows, fungi_dim, index)
-        seconds += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
-        seconds += _search_seconds(rows, emb_dim, val * 1025, index) + _search_seconds(rows, fungi_dim, val * 1024, index)
+        stages["FUNGI pass"] += views * (timing.gradient_pass + keep * timing.projection_per_patch)
+        stages["FUNGI pass"] += val * (timing.gradient_pass + 1024 * timing.projection_per_patch)
+        stages["index build"] += _build_seconds(rows, fungi_dim, index, device)
+        stages["search"] += (_search_seconds(rows, emb_dim, val * 1025, index, device)
+                             + _search_seconds(rows, fungi_dim, val * 1024, index, device))
+    seconds = sum(stages.values())
     label = (f"full {cell.size:,}" if cell.protocol == FULL else f"{cell.fraction_label} {cell.subset_file.stem}")
     return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,),
-                 cell)
+                 cell, index, device, stages)
 
 
 def _split_sizes(settings: dict, notes: list[str]) -> tuple[int, int]:
@@ -249,6 +325,29 @@ def _available_memory() -> int:
         return 0
 
 
+def _stage_totals(lines, shared_seconds: float) -> list[tuple[str, float]]:
+    """Seconds per stage over the run: the shared encodings count as encode."""
+    totals = {"encode": shared_seconds, "FUNGI pass": 0.0, "index build": 0.0, "search": 0.0}
+    for line in lines:
+        for name, value in line.stages.items():
+            totals[name] += value
+    return list(totals.items())
+
+
+def _on_gpu(timing: Probe) -> bool:
+    return timing.device is not None and timing.device.is_gpu
+
+
+def _gpu_summary(device, lines) -> str:
+    """One line: the GPU planned for, its measured (or described) throughputs, the cells that fit."""
+    placements = [line.placement() for line in lines]
+    one = sum(p == "1 GPU" for p in placements)
+    sharded = sum("index.device_shards" in p for p in placements)
+    return (f"  gpu      {device.name}: {device.count} × {format_bytes(device.free_memory)} free, "
+            f"{device.half_flops / 1e12:.1f} TFLOP/s half, {device.float_flops / 1e12:.1f} TFLOP/s float32; "
+            f"{one} cells fit one GPU, {sharded} need sharding, {len(lines) - one - sharded} fit none")
+
+
 def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features,
             seconds_range=()) -> str:
     from segfungi.benchmark._run import _duration
@@ -261,12 +360,14 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, sav
         "measured now)",
         f"  features {', '.join(features)}; every cell below is evaluated for each",
         "",
-        f"  {'cell':<40} {'bank patches':>13} {'per view':>9} {'disk':>10} {'time':>10} {'peak memory':>12}",
+        f"  {'cell':<40} {'bank patches':>13} {'per view':>9} {'disk':>10} {'time':>10} {'peak memory':>12}"
+        + ("  search on" if _on_gpu(timing) else ""),
     ]
     reorder = settings["index"]["reorder_dtype"]
     for line in lines:
         out.append(f"  {line.cell:<40} {line.rows:>13,} {line.per_view:>9} {format_bytes(line.disk):>10} "
-                   f"{_duration(line.seconds):>10} {format_bytes(line.memory(reorder)):>12}")
+                   f"{_duration(line.seconds):>10} {format_bytes(line.memory(reorder)):>12}"
+                   + (f"  {line.placement()}" if _on_gpu(timing) else ""))
     disk = sum(line.disk for line in lines)
     seconds = shared_seconds + sum(line.seconds for line in lines)
     peak = max((line.memory(reorder) for line in lines), default=0)
@@ -278,8 +379,11 @@ def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, sav
             f"time {_duration(seconds)}{spread}, peak memory {format_bytes(peak)}",
             _disk_line(settings, lines, disk),
             f"  separate build-bank + eval runs of these cells would take ~{_duration(seconds + saved)}: the shared "
-            f"passes take {seconds / (seconds + saved):.2f}× that"]
+            f"passes take {seconds / (seconds + saved):.2f}× that",
+            "  stages   " + ", ".join(f"{name} {_duration(value)}" for name, value in _stage_totals(lines, shared_seconds))]
     out += _memory_lines(settings, lines, peak, _available_memory())
+    if _on_gpu(timing):
+        out.append(_gpu_summary(timing.device, lines))
     out += [f"  note     {note}" for note in notes]
     out.append("  (times: probe × work per pass; index build and search from benchmarks/README.md figures)")
     return "\n".join(out)
@@ -314,8 +418,8 @@ def _memory_lines(settings, lines, peak: float, available: int) -> list[str]:
     it fit, or the cells that do not fit and the flags that leave them out."""
     reorder = settings["index"]["reorder_dtype"]
     out = ["  memory   estimated, not measured: per cell, the backbone's weights plus the larger of the index build "
-           "(2.4 GiB fixed + bytes per index row × rows) and the evaluation (1 GiB + its indexes + 96 bytes of "
-           "labels per row); the data loader's worker processes and the batch activations are not counted"]
+           "(its index kind's build memory) and the evaluation (1 GiB + its indexes + 96 bytes of labels per row); "
+           "the data loader's worker processes and the batch activations are not counted"]
     if not available:
         return out
     if peak <= available:

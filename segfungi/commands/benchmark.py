@@ -39,9 +39,44 @@ def register(subparsers) -> None:
                         "the records and tables stay; the dry run shows the disk both ways")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (cells, bank sizes, disk, memory, time from a short probe) and exit")
+    parser.add_argument("--plan-for", metavar="GPU", choices=("h100-80gb", "h200", "a100-80gb"),
+                        help="with --dry-run: plan searches for this GPU (h100-80gb, h200, a100-80gb) instead of "
+                        "the device present: per cell, whether its banks fit one GPU, need sharding, or fit none")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs on the node: with --plan-for, the node planned for; with --launcher, the job's "
+                        "GPUs (one rank each; default 1)")
+    parser.add_argument("--launcher", choices=("slurm", "local"),
+                        help="run the benchmark as a job through submitit: slurm (needs --partition) or local "
+                        "(a process on this machine); a rerun of the same command resumes")
+    parser.add_argument("--partition", help="with --launcher slurm: the Slurm partition")
+    parser.add_argument("--time", type=int, metavar="MINUTES", default=24 * 60,
+                        help="with --launcher: the job's time limit (default 1440; requeued when reached)")
+    parser.add_argument("--launcher-folder", metavar="DIR", default="runs/submitit",
+                        help="with --launcher: submitit's logs (DIR/<job id>/)")
     parser.set_defaults(func=run)
 
 
+def _launch(settings: dict, args) -> int:
+    from segfungi.benchmark._launch import Launch, launch
+
+    job = launch(settings, None, Launch(args.launcher, args.launcher_folder, args.partition, max(1, args.gpus or 1),
+                                        args.time))
+    print(f"submitted job {job.job_id} ({args.launcher}); logs: {args.launcher_folder}/{job.job_id}/; results: "
+          f"{settings['benchmark']['out']} (rerun the same command to resume a job that died)")
+    if args.launcher == "local":
+        job.result()  # waits: a local job is this machine's process
+        print(f"results: {settings['benchmark']['out']}/results.md")
+    return 0
+
+
+def _planned_device(args):
+    if not args.plan_for:
+        return None
+    import dataclasses
+
+    from segfungi.index import DESCRIBED
+
+    return dataclasses.replace(DESCRIBED[args.plan_for], count=max(1, args.gpus or 1))
 
 
 def roots(values: list[str], datasets: list[str]) -> dict:
@@ -129,8 +164,10 @@ def run(args) -> int:
     for line in preset_keys_replaced(args, settings):
         print(f"segfungi benchmark: note: {line}", file=sys.stderr)
     if args.dry_run:
-        print(dry_run(settings))
+        print(dry_run(settings, device=_planned_device(args)))
         return 0
+    if args.launcher:
+        return _launch(settings, args)
     from segfungi.benchmark import summary_table
 
     out = settings["benchmark"]["out"]

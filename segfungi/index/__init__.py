@@ -44,8 +44,11 @@ from segfungi.lazy import lazy_exports
 
 # Internal module -> the public names it defines.
 _MODULES = {
-    "._settings": ("REORDER_DTYPES", "IndexSettings"),
-    "._registry": ("IndexKind", "index_kind", "index_kinds", "register_index_kind", "unregister_index_kind"),
+    "._settings": ("DEVICE_DTYPES", "REORDER_DTYPES", "IndexSettings"),
+    "._registry": ("IndexCosts", "IndexJob", "IndexKind", "index_costs", "index_kind", "index_kinds"),
+    "._register": ("register_index_kind", "unregister_index_kind"),
+    "._device": ("DESCRIBED", "DeviceInfo", "device_info"),
+    "._device_exact": ("DeviceExactIndex",),
     "._make": ("make_index", "load_index"),
     "._rows": ("CONVERT_CHUNK_ROWS", "ConcatRows"),
     "._files": ("INDEX_FORMAT_VERSION", "META_FILE"),

@@ -11,7 +11,7 @@ import torch
 
 from segfungi.errors import BankError
 from segfungi.index import _files
-from segfungi.index._registry import IndexKind
+from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
 
 EXACT_FEATURES_FILE = "features.npy"
@@ -111,10 +111,27 @@ class ExactIndex:
         return self.bank
 
 
+def exact_costs(job: IndexJob) -> IndexCosts:
+    """Nothing on disk; the float32 bank where it searches; a matmul over every row per query."""
+    device, dim = job.on, job.dim or 0
+    resident = job.rows * dim * 4
+    flops = device.float_flops
+    return IndexCosts(host_memory=0 if device.is_gpu else resident, device_memory=resident if device.is_gpu else 0,
+                      seconds_per_query=job.rows * dim * 2 / flops)
+
+
+def below_exact_threshold(job: IndexJob) -> bool:
+    return job.rows < job.settings.exact_below
+
+
 # Registered as "exact" by segfungi.index._registry, which imports this module on first use.
 INDEX_KIND = IndexKind(
     ExactIndex.kind,
     build=lambda features, settings, device: ExactIndex(device).build(features),
     load=ExactIndex.load,
     saved=False,  # a bank's exact index is only its features: rebuilt from them when searched
+    options=("exact_below",),
+    auto_rank=10,
+    applies=below_exact_threshold,
+    costs=exact_costs,
 )

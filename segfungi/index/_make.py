@@ -17,17 +17,18 @@ def make_index(
     features: Any, settings: IndexSettings | dict | None = None, *, device: str | torch.device = "cpu",
     **overrides: Any,
 ):
-    """Builds the index `kind` asks for; `auto` = exact below `exact_below` rows, else ScaNN.
+    """Builds the index `kind` asks for; `auto` asks the registered kinds (exact below
+    `exact_below` rows, device-exact on a GPU that holds the bank, else ScaNN).
 
     `make_index(features, **config["index"])` works: every config key is a setting.
-    `device` (e.g. `backbone.device`) is where an exact index keeps the bank and runs
-    its matmul + top-k; ScaNN always runs on the CPU.
+    `device` (e.g. `backbone.device`) is where an exact or device-exact index keeps the
+    bank and runs its matmul + top-k; ScaNN always runs on the CPU.
     """
     if isinstance(settings, dict):
         settings = IndexSettings.from_dict(settings)
     settings = with_overrides(settings or IndexSettings(), overrides)
     features = as_array(features)
-    return index_kind(settings.kind_for(features.shape[0])).build(features, settings, device)
+    return index_kind(settings.kind_for(features.shape[0], features.shape[1], device)).build(features, settings, device)
 
 
 def load_index(folder: str | Path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import numpy as np
 from segfungi import logging_setup
 from segfungi.errors import BankError
 from segfungi.index import _files
-from segfungi.index._registry import IndexKind
+from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides
 
@@ -257,7 +256,7 @@ class ScannIndex:
             **_files.meta_header(self.kind, self.num_vectors, self.dim),
             "num_leaves": self.num_leaves,
             "has_row_ids": self.row_ids is not None,
-            "settings": dataclasses.asdict(self.settings),
+            "settings": self.settings.record(),
         }
 
 
@@ -278,9 +277,38 @@ def _check_asset_paths(folder: Path, assets_text: str) -> None:
             raise BankError(f"{folder / name}: missing; the saved index is incomplete")
 
 
+GIB = 1 << 30
+# Python, torch, ScaNN and the 250,000-row training sample while a ScaNN index is built.
+SCANN_BUILD_FIXED_BYTES = int(2.4 * GIB)
+REORDER_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+
+
+def scann_costs(job: IndexJob) -> IndexCosts:
+    """Estimates from benchmarks/bench_index.py and bench_bank_memory.py on a 2-core CPU
+    (benchmarks/README.md): files hold D·(4 | 2 | 1) bytes per row of float32 | bfloat16 |
+    int8 reordering copy, one byte per asymmetric-hashing block and a 4-byte id, plus the
+    tree and codebooks; in memory D/4 bytes of codes and 15 more per row; the build adds
+    ≈ 2.4 GiB. Build: 24 s at 10⁵ × 768 rows, 86 s at 10⁶. Search (reorder 120, 32 leaves):
+    18,000 queries/s at 10⁵ × 768 rows, 4,000 at 10⁶; the few-shot search (256 leaves,
+    reorder 1800) ≈ 10× slower."""
+    settings, rows, dim = job.settings, job.rows, job.dim or 0
+    reorder = REORDER_BYTES[settings.reorder_dtype] if settings.reorder > 0 else 0
+    blocks = -(-dim // max(1, settings.dims_per_block))
+    disk = rows * (dim * reorder + blocks + 4) + (settings.num_leaves + 16) * dim * 4 + (1 << 20)
+    resident = int(rows * (dim * REORDER_BYTES[settings.reorder_dtype] + dim / 4 + 15))
+    per_query = (5.5e-5 + 2e-10 * rows) * dim / 768 * (10 if settings.reorder > 600 else 1)
+    return IndexCosts(disk=disk, host_memory=resident, build_host_memory=SCANN_BUILD_FIXED_BYTES + resident,
+                      build_seconds=(17 + 7e-5 * rows) * dim / 768, seconds_per_query=per_query)
+
+
 # Registered as "scann" by segfungi.index._registry, which imports this module on first use.
 INDEX_KIND = IndexKind(
     ScannIndex.kind,
     build=lambda features, settings, device: ScannIndex(settings).build(features),
     load=ScannIndex.load,
+    options=("num_leaves", "num_leaves_to_search", "reorder", "reorder_dtype", "dims_per_block",
+             "anisotropic_threshold", "training_sample", "ah_training_sample", "min_leaf_size", "seed",
+             "training_threads"),
+    auto_rank=30,
+    costs=scann_costs,
 )

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from segfungi.errors import ConfigError
-from segfungi.index._registry import index_kinds
+from segfungi.index._registry import IndexJob, auto_kind, index_kinds
 
 REORDER_DTYPES = ("float32", "bfloat16", "int8")
+DEVICE_DTYPES = ("float16", "bfloat16")
+# Fields added after index format 1 (IndexSettings.record).
+NEW_FIELDS = ("device_dtype", "device_margin", "device_headroom", "device_shards")
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class IndexSettings:
     (asymmetric hashing over every point).
     """
 
-    kind: str = "auto"  # auto | a registered kind (exact, scann: segfungi.index.index_kinds())
+    kind: str = "auto"  # auto | a registered kind (exact, scann, device-exact: segfungi.index.index_kinds())
     exact_below: int = 20000  # auto: exact search below this many bank rows
     num_leaves: int = 512
     num_leaves_to_search: int = 32
@@ -42,12 +45,31 @@ class IndexSettings:
     # Threads ScaNN trains with; 0 = all cores (faster, but the files may then depend
     # on the machine). Not part of what the index computes, only of how.
     training_threads: int = 1
+    # device-exact: the bank's copy on the device, the candidates per query rescored in
+    # float32 beyond k, the share of the device's free memory auto leaves free, and the
+    # GPUs a bank is split over (1: the one of backbone.device; 0: every GPU of the node).
+    device_dtype: str = "float16"
+    device_margin: int = 32
+    device_headroom: float = 0.2
+    device_shards: int = 1
 
-    def kind_for(self, num_rows: int) -> str:
-        """The kind searching `num_rows` rows uses: `auto` is exact below `exact_below`, else ScaNN."""
+    def kind_for(self, num_rows: int, dim: int | None = None, device=None) -> str:
+        """The kind searching `num_rows` rows of `dim` dims on `device` (a torch device name
+        or a `DeviceInfo`; None: the CPU) uses. `auto` asks the registered kinds
+        (segfungi.index._registry): exact below `exact_below` rows, device-exact on a GPU
+        that holds the bank, else ScaNN."""
         if self.kind != "auto":
             return self.kind
-        return "exact" if num_rows < self.exact_below else "scann"
+        return auto_kind(IndexJob(int(num_rows), dim, self, device))
+
+    def record(self) -> dict:
+        """The settings as a saved index records them: fields added after the first index
+        format (NEW_FIELDS) only when not at their default, so that an index built with
+        the defaults keeps its bytes (and its bank's checksums)."""
+        values = dataclasses.asdict(self)
+        default = IndexSettings()
+        return {name: value for name, value in values.items()
+                if name not in NEW_FIELDS or value != getattr(default, name)}
 
     def few_shot(self) -> "IndexSettings":
         """The paper's few-shot search: 256 leaves searched, reorder 1800."""
@@ -79,5 +101,14 @@ def with_overrides(settings: IndexSettings, overrides: dict[str, Any]) -> IndexS
             f"index.reorder_dtype must be one of {', '.join(REORDER_DTYPES)}, "
             f"got {settings.reorder_dtype!r}"
         )
+    if settings.device_dtype not in DEVICE_DTYPES:
+        raise ConfigError(f"index.device_dtype must be one of {', '.join(DEVICE_DTYPES)}, "
+                          f"got {settings.device_dtype!r}")
+    if not isinstance(settings.device_margin, int) or settings.device_margin < 0:
+        raise ConfigError(f"index.device_margin must be an integer >= 0, got {settings.device_margin!r}")
+    if not isinstance(settings.device_shards, int) or settings.device_shards < 0:
+        raise ConfigError(f"index.device_shards must be an integer >= 0 (0 = every GPU), got {settings.device_shards!r}")
+    if not 0 <= settings.device_headroom < 1:
+        raise ConfigError(f"index.device_headroom must lie in [0, 1), got {settings.device_headroom!r}")
     return settings
 

@@ -1,0 +1,107 @@
+"""Running the benchmark as a Slurm job through submitit (the launcher DINOv2's evaluations
+use), or through submitit's local executor (the same path on one machine, for tests).
+
+`launch(settings, out, Launch(...))` submits one job that runs `run_benchmark(settings,
+out)`: `gpus` tasks on one node, one per GPU, each a rank of a torch.distributed group
+(the rank, world size and rendezvous come from submitit's job environment, the way
+torchrun would give them), so the encodings and FUNGI passes are split as under torchrun.
+The results folder is the state: a job that is preempted or reaches its time limit is
+requeued by submitit (`checkpoint`), and a job that dies is submitted again by the same
+command; either way the rerun reads back every finished cell and resumes the bank in
+progress, so only the cell in progress is redone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from segfungi.errors import ConfigError, InstallError
+
+__all__ = ["LAUNCHERS", "Launch", "BenchmarkJob", "launch"]
+
+LAUNCHERS = ("slurm", "local")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and how the job runs (the `--launcher`, `--partition`, `--gpus`, `--time` options)."""
+
+    launcher: str = "slurm"  # slurm | local (submitit's LocalExecutor: a process on this machine)
+    folder: str = "runs/submitit"  # submitit's logs and pickles; %j is the job id
+    partition: str | None = None
+    gpus: int = 1  # GPUs on the node = tasks (ranks)
+    time_minutes: int = 24 * 60
+    cpus_per_task: int = 8
+    mem_gb: int | None = None
+
+
+class BenchmarkJob:
+    """The job: picklable, and `checkpoint` resubmits itself when Slurm preempts or times it out."""
+
+    def __init__(self, settings: dict, out: str):
+        self.settings, self.out = settings, str(out)
+
+    def __call__(self) -> dict:
+        from segfungi import distributed
+        from segfungi.benchmark._run import run_benchmark
+
+        _rank_environment()
+        distributed.init_from_env()
+        report = run_benchmark(self.settings, self.out, progress=False)
+        return {"records": len(report["records"]), "files": {k: str(v) for k, v in report["files"].items()}}
+
+    def checkpoint(self):
+        """submitit calls this on preemption or time-out: the same job again (it resumes)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(BenchmarkJob(self.settings, self.out))
+
+
+def _rank_environment() -> None:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from submitit's job environment when a
+    job runs several tasks (what torchrun would set); nothing for one task."""
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return
+    if env.num_tasks < 2:
+        return
+    os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
+                      LOCAL_WORLD_SIZE=str(env.num_tasks // max(1, env.num_nodes)),
+                      MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(env.job_id.split("_")[0]) % 20000))
+
+
+def executor(launch_settings: Launch):
+    """The submitit executor `launch_settings` describe."""
+    try:
+        import submitit
+    except ImportError:
+        raise InstallError("--launcher needs submitit: pip install 'segfungi[slurm]' (or pip install submitit)") \
+            from None
+    if launch_settings.launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launch_settings.launcher!r}")
+    folder = Path(launch_settings.folder) / "%j"
+    if launch_settings.launcher == "local":
+        made = submitit.LocalExecutor(folder=folder)
+        made.update_parameters(timeout_min=launch_settings.time_minutes, tasks_per_node=launch_settings.gpus,
+                               gpus_per_node=0)
+        return made
+    if not launch_settings.partition:
+        raise ConfigError("--launcher slurm needs --partition NAME (the Slurm partition to run on)")
+    made = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    extra = {"slurm_mem": f"{launch_settings.mem_gb}G"} if launch_settings.mem_gb else {}
+    made.update_parameters(name="segfungi-benchmark", slurm_partition=launch_settings.partition,
+                           nodes=1, tasks_per_node=launch_settings.gpus, gpus_per_node=launch_settings.gpus,
+                           cpus_per_task=launch_settings.cpus_per_task, timeout_min=launch_settings.time_minutes,
+                           slurm_signal_delay_s=120, **extra)
+    return made
+
+
+def launch(settings: dict, out: str | Path | None, launch_settings: Launch):
+    """Submits the benchmark job; returns the submitit job (`job.result()` waits for it)."""
+    out = str(out or settings["benchmark"]["out"])
+    return executor(launch_settings).submit(BenchmarkJob(settings, out))

@@ -1,0 +1,43 @@
+"""`torchrun --nproc-per-node 2 -m segfungi benchmark` (gloo on CPUs) gives the results of one
+process: the encodings of the evaluated images, the views' encodings and FUNGI passes are
+split over the ranks (shards and image batches), and every bank hash, shard checksum and
+mIoU equals the one-process run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from segfungi.cli import main
+
+from test_benchmark import lists_folder
+
+
+def test_two_ranks_give_the_one_process_results(tmp_path, demo_voc_root):
+    lists = lists_folder(demo_voc_root, tmp_path / "lists")
+    args = ["benchmark", "--config", "demo", "--datasets", "voc", "--root", f"voc={demo_voc_root}",
+            "--sizes", "2048", "--fractions", "1/8", "--subsets", str(lists), "--set", "data.image_size=256",
+            "--set", "bank.shard_images=4", "--set", "bank.batch_size=4", "--set", "index.exact_below=1500",
+            "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "SEGFUNGI_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "segfungi", *args, "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    def cells(out):
+        records = json.loads((out / "results.json").read_text())
+        records = records["records"] if isinstance(records, dict) else records
+        return {(r["features"], r["bank_size"], r["trial"]): (r["bank_hash"], r["miou_fraction"], r["per_class_iou_fraction"]) for r in records}
+
+    one, two = cells(tmp_path / "one"), cells(tmp_path / "two")
+    assert len(one) == 2 * 3 and one == two
+    from segfungi.bank import MemoryBank
+
+    for bank in sorted((tmp_path / "one").rglob("manifest.json")):
+        other = tmp_path / "two" / bank.parent.relative_to(tmp_path / "one")
+        assert [s["checksums"] for s in MemoryBank(bank.parent).shards] == \
+               [s["checksums"] for s in MemoryBank(other).shards], bank.parent
