@@ -44,3 +44,13 @@ def test_bench_faiss_compares_torch_and_faiss():
     assert re.search(r"torch ExactIndex float32 +build .* recall@30 1\.0000", out), out
     pytest.importorskip("faiss")
     assert re.search(r"faiss IndexFlatIP float32 +build .* recall@30 1\.0000", out), out
+
+
+@pytest.mark.parametrize("script", ["gpu_scale.sh", "gpu_check.sh"])
+def test_the_shell_wrappers_reach_their_scripts_from_any_folder(script, tmp_path):
+    """What a GPU session runs first: the wrapper (sourcing gpu_env.sh) finds the checkout
+    from another working folder and hands its arguments on."""
+    done = subprocess.run(["bash", str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: {script.replace('.sh', '.py')}")
