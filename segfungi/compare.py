@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from segfungi.data.registry import dataset_title
 from segfungi.errors import ConfigError
+from segfungi.feature_kinds import FEATURE_LABELS
 from segfungi.storage import read_json, temporary_name, write_failed, write_text_atomic
 from segfungi.weights import describe_id
 
@@ -55,8 +57,6 @@ PROTOCOL_KEYS = (
 )
 RECORD_KEYS = ("train_images", "eval_images", "patches_per_view")  # record fields that must agree too
 ABSENT = "(absent)"
-FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}
-DATASET_TITLES = {"voc": "Pascal VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 PROTOCOL_TITLES = {"full": "full training split, mIoU (%) by memory-bank size (patches)",
                    "fewshot": "few-shot, mIoU (%) by fraction of the training split (mean ± std over lists)"}
 MISSING = "–"
@@ -100,7 +100,7 @@ class CompareTable:
 
     @property
     def title(self) -> str:
-        return f"{DATASET_TITLES.get(self.dataset, self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
+        return f"{dataset_title(self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
 
     def column_label(self, column) -> str:
         from segfungi.published import format_bank_size
@@ -376,7 +376,7 @@ def comparison_figure(tables: list[CompareTable]):
         ax.minorticks_off()
         ax.set_xlabel("memory bank (patches)" if table.protocol == "full" else "fraction of the training split")
         ax.set_ylabel("mIoU (%)")
-        ax.set_title(f"{DATASET_TITLES.get(table.dataset, table.dataset)}, "
+        ax.set_title(f"{dataset_title(table.dataset)}, "
                      f"{'full data' if table.protocol == 'full' else 'few-shot'}", fontsize=10)
         ax.grid(True, alpha=0.3)
     fig.legend(list(handles.values()), [_row_label(key) for key in handles], loc="outside lower center",

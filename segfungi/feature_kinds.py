@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["FEATURE_KINDS", "FeatureKind", "check_feature_kind"]
+__all__ = ["FEATURE_KINDS", "FEATURE_LABELS", "FeatureKind", "check_feature_kind"]
 
 
 class FeatureKind(str, Enum):
@@ -24,6 +24,7 @@ class FeatureKind(str, Enum):
 
 
 FEATURE_KINDS: tuple[str, ...] = tuple(kind.value for kind in FeatureKind)
+FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}  # how tables and figures name them
 
 
 def check_feature_kind(value, where: str, error: type[Exception] = ValueError) -> FeatureKind:

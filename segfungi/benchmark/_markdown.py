@@ -9,8 +9,9 @@ std over the trials), with `n=3` when the cell has other than the protocol's tri
 
 from __future__ import annotations
 
-from segfungi.benchmark._tables import (FEATURE_LABELS, PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
+from segfungi.benchmark._tables import (PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
                                         evaluations, progress)
+from segfungi.feature_kinds import FEATURE_LABELS
 from segfungi.weights import WeightsSource
 
 __all__ = ["cell_text", "dates_text", "markdown_text", "render_markdown", "setup_line", "summary_text", "versions_text",

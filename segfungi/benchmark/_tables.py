@@ -26,15 +26,14 @@ from fractions import Fraction
 
 from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
 from segfungi.data.registry import dataset_title as registered_title
-from segfungi.feature_kinds import FEATURE_KINDS
+from segfungi.feature_kinds import FEATURE_KINDS, FEATURE_LABELS
 from segfungi.published import (Cell, Comparison, Published, Run, format_bank_size, format_bank_sizes,
                                 published_for)
 
-__all__ = ["DEVIATES", "FEATURE_LABELS", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
+__all__ = ["DEVIATES", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
            "Footnote", "Measured", "Notes", "Table", "build_tables", "dataset_title", "evaluations",
            "progress"]
 
-FEATURE_LABELS = {"embeddings": "embeddings", "fungi": "FUNGI"}
 PROTOCOL_TRIALS = 5  # the few-shot protocol's fixed lists per fraction
 PROTOCOL_TITLES = {"full": "full training split, by memory-bank size (patches)",
                    "fewshot": "few-shot, by fraction of the training split"}
