@@ -33,7 +33,7 @@ without it is an interrupted save) and `.npy`/`.pb` files; nothing is pickled.
 Index kinds are registered (`register_index_kind`): `make_index`, `load_index`, the
 `index.kind` setting's choices and the CLI's `--index` read the registry, so a new kind is
 one registration. The package's modules: _settings (IndexSettings), _registry (the
-kinds), _make (make_index, load_index), _rows (ConcatRows and row helpers), _files (the
+kinds), _register (register_index_kind), _make (make_index, load_index), _rows (ConcatRows and row helpers), _files (the
 saved folder), _exact, _scann, _recall (recall_at_k). Names are imported when first
 used, so the registry (`index_kinds()`) loads no torch.
 """
