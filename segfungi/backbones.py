@@ -131,11 +131,12 @@ class Backbone(PatchEncoder):
     normalisation: tuple = ()
     # The family recorded in the identity; None for timm-vit, whose banks predate families.
     family: str | None = None
+    model_class: type = VisionTransformer  # the timm class the family reads
 
     def __init__(self, model: VisionTransformer, *, name: str, weights_id: str, model_kwargs: dict | None = None,
                  compute_dtype: str | torch.dtype = "float32", mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, img_size: int | None = None):
-        self._check_model(model, name)
+        self._check_model_class(model, name)
         # The blocks before the last run under autocast in this dtype (float32: no autocast);
         # the last block, the loss and the gradients always run in float32.
         self.compute_dtype = _as_dtype(compute_dtype)
@@ -165,10 +166,9 @@ class Backbone(PatchEncoder):
     # ---- what a timm family overrides
     @classmethod
     def _check_model_class(cls, model: nn.Module, name: str) -> None:
-        _require_vit(model, name)
-
-    def _check_model(self, model: nn.Module, name: str) -> None:
-        self._check_model_class(model, name)
+        if not isinstance(model, cls.model_class):
+            who = f"the {cls.family} family" if cls.family else "segfungi"
+            raise ConfigError(f"{name}: is a {type(model).__name__}, but {who} needs a timm {cls.model_class.__name__}")
 
     @staticmethod
     def patch_size_of(model: nn.Module) -> int:
@@ -370,11 +370,6 @@ def hub_unreachable(repo: str, files: list[str], revision: str | None = None) ->
     except Exception as err:  # no answer
         return checkpoint_files.first_line(str(err)) or type(err).__name__
     return None
-
-
-def _require_vit(model: nn.Module, name: str) -> None:
-    if not isinstance(model, VisionTransformer):
-        raise ConfigError(f"{name}: is a {type(model).__name__}, but segfungi needs a timm VisionTransformer")
 
 
 def _resolve_img_size(name: str, patch: int, img_size: int | None) -> int:

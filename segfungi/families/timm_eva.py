@@ -23,18 +23,13 @@ from timm.models.eva import Eva
 from torch import nn
 
 from segfungi.backbones import Backbone, load_timm
-from segfungi.errors import ConfigError
 
 
 class EvaBackbone(Backbone):
     """A frozen timm Eva with :class:`segfungi.backbones.Backbone`'s interface."""
 
     family = "timm-eva"
-
-    @classmethod
-    def _check_model_class(cls, model: nn.Module, name: str) -> None:
-        if not isinstance(model, Eva):
-            raise ConfigError(f"{name}: is a {type(model).__name__}, the timm-eva family needs a timm Eva")
+    model_class = Eva
 
     def _rope(self, depth_index: int):
         """The rotary embedding block `depth_index` takes at this grid (None: no RoPE)."""

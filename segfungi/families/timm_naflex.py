@@ -29,11 +29,7 @@ class NaFlexBackbone(Backbone):
     """A frozen timm NaFlexVit with :class:`segfungi.backbones.Backbone`'s interface."""
 
     family = "timm-naflexvit"
-
-    @classmethod
-    def _check_model_class(cls, model: nn.Module, name: str) -> None:
-        if not isinstance(model, NaFlexVit):
-            raise ConfigError(f"{name}: is a {type(model).__name__}, the timm-naflexvit family needs a timm NaFlexVit")
+    model_class = NaFlexVit
 
     @staticmethod
     def patch_size_of(model: nn.Module) -> int:
