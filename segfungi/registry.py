@@ -23,7 +23,16 @@ from segfungi.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "load_reference"]
+
+
+def load_reference(reference: str):
+    """The object a ``"module:attribute"`` reference names, importing its module: how
+    registered entries name what they load late (an opener, a factory, a loader)."""
+    module, _, attribute = reference.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"a reference is 'module:attribute', got {reference!r}")
+    return getattr(importlib.import_module(module), attribute)
 
 
 class _Reference:
@@ -33,10 +42,10 @@ class _Reference:
         module, _, attribute = reference.partition(":")
         if not module or not attribute:
             raise ValueError(f"a lazy entry is 'module:attribute', got {reference!r}")
-        self.module, self.attribute = module, attribute
+        self.reference = reference
 
     def load(self):
-        return getattr(importlib.import_module(self.module), self.attribute)
+        return load_reference(self.reference)
 
 
 class Registry(Generic[T]):

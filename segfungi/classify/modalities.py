@@ -12,11 +12,10 @@ the heavy parts (timm, transformers) happen only when a modality is used.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from segfungi.registry import Registry
+from segfungi.registry import Registry, load_reference
 
 __all__ = ["MODALITIES", "Modality", "register_modality", "unregister_modality", "get_modality", "modality_names"]
 
@@ -30,8 +29,7 @@ class Modality:
     build: Callable[[dict, str], object]  # all settings, device -> extractor
 
     def extractor_class(self) -> type:
-        module, _, cls = self.extractor.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return load_reference(self.extractor)
 
 
 MODALITIES: Registry[Modality] = Registry("classify modality")

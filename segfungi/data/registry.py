@@ -17,12 +17,11 @@ without NumPy or torch.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from segfungi.registry import Registry
+from segfungi.registry import Registry, load_reference
 
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "dataset_names", "dataset_title", "register_dataset", "unregister_dataset"]
 
@@ -55,10 +54,7 @@ class DatasetInfo:
             object.__setattr__(self, "title", self.name)
 
     def open(self, root, split: str, on_bad_sample: str = "error"):
-        opener = self.opener
-        if isinstance(opener, str):
-            module, _, function = opener.partition(":")
-            opener = getattr(importlib.import_module(module), function)
+        opener = load_reference(self.opener) if isinstance(self.opener, str) else self.opener
         return opener(root, split, on_bad_sample=on_bad_sample)
 
     def image_count(self, split: str) -> int | None:

@@ -26,13 +26,12 @@ open_clip only when a model is loaded.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segfungi.lazy import lazy_exports
-from segfungi.registry import Registry
+from segfungi.registry import Registry, load_reference
 
 __all__ = [
     "BackboneFamily",
@@ -89,9 +88,7 @@ class BackboneFamily:
     tested: str = ""
 
     def load(self, name: str, options: LoadOptions, model=None):
-        module, _, attribute = self.loader.partition(":")
-        function = getattr(importlib.import_module(module), attribute)
-        return function(name, options, model=model)
+        return load_reference(self.loader)(name, options, model=model)
 
 
 FAMILIES: Registry[BackboneFamily] = Registry("backbone family")

@@ -16,12 +16,11 @@ This module imports no torch and nothing of the settings: the built-in projectio
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from segfungi.registry import Registry
+from segfungi.registry import Registry, load_reference
 
 
 @dataclass(frozen=True)
@@ -37,10 +36,7 @@ class RegisteredProjection:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
     def build(self, *args, **kwargs):
-        factory = self.factory
-        if isinstance(factory, str):
-            module, _, attribute = factory.partition(":")
-            factory = getattr(importlib.import_module(module), attribute)
+        factory = load_reference(self.factory) if isinstance(self.factory, str) else self.factory
         return factory(*args, **kwargs)
 
 
