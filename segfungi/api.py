@@ -13,6 +13,7 @@ Orchestrators above this (sweep, few-shot, benchmark) and the CLI call these.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping
 
@@ -69,8 +70,8 @@ def build_banks(settings: dict, outs: Mapping[int, str | Path], resume: bool = T
     seed and features, from one pass of the backbone over the augmented views
     (`segfungi.bank.build`: each equals, byte for byte, the one `build_bank` builds for
     that size). Returns {size: folder}."""
-    specs = {int(size): bank_spec(settings, features, given_dataset=dataset is not None, size=int(size))
-             for size in outs}
+    spec = bank_spec(settings, features, given_dataset=dataset is not None)
+    specs = {int(size): dataclasses.replace(spec, size=int(size)) for size in outs}
     bank.check_specs(specs)
     bank.check_output_folders(outs.values())
     if dataset is not None:

@@ -176,9 +176,7 @@ def support_bank_spec(spec: BankSpec) -> BankSpec:
     embeddings bank of that seed."""
     if not independent_support(spec):
         return spec
-    seed = derive_seed(spec.seed, SUPPORT_VIEWS)
-    record = None if spec.record is None else {**spec.record, "bank": {**spec.record["bank"], "seed": seed}}
-    return dataclasses.replace(spec, seed=seed, record=record)
+    return dataclasses.replace(spec, seed=derive_seed(spec.seed, SUPPORT_VIEWS))
 
 
 def _ids_hash(dataset) -> str:
@@ -483,7 +481,7 @@ def _start_or_resume(target: _Target, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if any((out / SHARDS_DIR).glob("*")):
         raise BankError(f"{out}: has shards but no {BUILD_RECORD}; remove the folder first")
-    write_build_record(out, target.identity, target.spec.record)
+    write_build_record(out, target.identity, target.spec.settings_record())
 
 
 def _drop_damaged_shards(out: Path) -> None:
@@ -518,7 +516,7 @@ def _finish(build: _Build, size: _Size, target: _Target, seconds: float) -> None
         "build_seconds": round(seconds, 2),
         "index": index_info,
         "identity": target.identity.record(),
-        "settings": spec.record,
+        "settings": spec.settings_record(),
         **_views_note(size.spec, target),
         "skipped_samples": [[str(i), str(reason)] for i, reason in getattr(dataset, "bad_samples", [])],
         "shards": shards,

@@ -4,7 +4,9 @@
 `BankSpec`; the build, its writers, the support index and the bank's index take the
 specs (and `IndexSettings`, a device) and never read a settings dict. `BankSpec.record`
 is the settings themselves (paths made absolute), kept only to be written into the
-manifest, so `segfungi eval` can start from what the bank was built with.
+manifest (`settings_record`, with the spec's own size and seed), so `segfungi eval` can
+start from what the bank was built with. A bank of another size or seed is
+`dataclasses.replace(spec, size=…)`: the spec's fields are the source of truth.
 """
 
 from __future__ import annotations
@@ -59,3 +61,10 @@ class BankSpec:
     num_workers: int = 0
     device: str = "cpu"
     record: Mapping[str, Any] | None = None  # the settings the manifest keeps (absolute paths)
+
+    def settings_record(self) -> dict | None:
+        """The settings the manifest keeps: `record`, with this spec's own bank.size and
+        bank.seed (so a spec made with `dataclasses.replace(spec, size=…)` records its size)."""
+        if self.record is None:
+            return None
+        return {**self.record, "bank": {**self.record["bank"], "size": self.size, "seed": self.seed}}
