@@ -112,7 +112,7 @@ def mask_visualisation() -> nbformat.NotebookNode:
         new_code_cell(
             "from segfungi.components import open_dataset\n"
             "from segfungi.segmenter import Segmenter\n\n"
-            "segmenters = {kind: Segmenter(path, settings) for kind, path in banks.items()}\n"
+            "segmenters = {kind: Segmenter.from_settings(path, settings) for kind, path in banks.items()}\n"
             'val = open_dataset(settings, settings["data"]["val_split"])\n'
             "samples = [val[i] for i in range(min(SHOWN_IMAGES, len(val)))]\n"
             "predictions = {kind: [s.predict(sample.image) for sample in samples]\n"

@@ -215,14 +215,12 @@ def bank_out(settings: dict) -> str:
     return settings["bank"]["out"]
 
 
-def bank_spec(settings: dict, features: str | None = None, given_dataset: bool = False, size: int | None = None):
-    """The bank the settings describe (`features` overrides bank.features, `size`
-    bank.size); with `given_dataset` the images come as an object, not from the data
-    section."""
+def bank_spec(settings: dict, features: str | None = None, given_dataset: bool = False):
+    """The bank the settings describe (`features` overrides bank.features); with
+    `given_dataset` the images come as an object, not from the data section. The same
+    bank at another size is `dataclasses.replace(spec, size=…)`."""
     from segfungi.bank import BankSpec, DataSource
 
-    if size is not None:  # the manifest records the size this bank is built at
-        settings = {**settings, "bank": {**settings["bank"], "size": int(size)}}
     bank, data = settings["bank"], settings["data"]
     source = None if given_dataset else DataSource(
         data["dataset"], data["train_split"], data["subset_file"], data["subset_fraction"], data["subset_seed"])
@@ -243,6 +241,12 @@ class EvalSpec:
     temperature: float
     batch_size: int
     max_images: int | None
+
+    @property
+    def transfer(self):
+        from segfungi.transfer import LabelTransfer
+
+        return LabelTransfer(self.k, self.temperature)
 
 
 def eval_spec(settings: dict) -> EvalSpec:

@@ -226,4 +226,4 @@ def _find_linear(model: nn.Module, layer: nn.Linear | str | None, identity: str)
 def load_by_name(name: str, options, model: nn.Module | None = None):
     """The custom family's loader: a custom model has no name to load it by."""
     raise ConfigError(f"backbone {name}: a custom model cannot be loaded from the settings; build it and pass it as "
-                      "backbone= (a segfungi.CustomBackbone) to build_bank, Segmenter or evaluate")
+                      "backbone= (a segfungi.CustomBackbone) to build_bank, Segmenter.from_settings or evaluate")

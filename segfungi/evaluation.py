@@ -25,15 +25,17 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
              backbone=None, dataset=None, encoded=None) -> dict:
     """mIoU of the bank's predictions on `data.val_split`; returns the results dict.
 
-    `settings` default to the bank's own (`bank_settings`). `backbone`: the bank's model
-    when it is not built from settings (`segfungi.CustomBackbone`); `dataset`: the labelled
-    images to evaluate on instead of `data.val_split` (anything `segfungi.as_dataset` takes);
-    `encoded`: those images already encoded by this backbone (`score_split`)."""
+    The front door: `settings` (default: the bank's own, `bank_settings`) become the
+    segmenter (`Segmenter.from_settings`), the split and the `EvalSpec`;
+    `evaluate_segmenter` does the rest. `backbone`: the bank's model when it is not built
+    from settings (`segfungi.CustomBackbone`); `dataset`: the labelled images to evaluate
+    on instead of `data.val_split` (anything `segfungi.as_dataset` takes); `encoded`: those
+    images already encoded by this backbone (`score_split`)."""
     settings = bank_settings(bank) if settings is None else settings
     if dataset is None:
         _check_recorded_root(data_root(settings), MemoryBank(bank))
     started = time.perf_counter()
-    segmenter = Segmenter(bank, settings, backbone=backbone)
+    segmenter = Segmenter.from_settings(bank, settings, backbone=backbone)
     setup_seconds = time.perf_counter() - started
     if dataset is None:
         dataset = open_val_dataset(settings)
@@ -41,14 +43,20 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
         from segfungi.data.pairs import as_dataset
 
         dataset = as_dataset(dataset)
+    results = evaluate_segmenter(segmenter, dataset, eval_spec(settings), progress, encoded)
+    results["timings"]["setup_seconds"] = round(setup_seconds, 3)
+    return {**results, "settings": evaluation_settings(settings)}
+
+
+def evaluate_segmenter(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True, encoded=None) -> dict:
+    """The results dict of `segmenter` on a labelled `dataset` (its classes must be the
+    bank's), scored as `spec` says (batches, max images); no settings are read."""
     if list(dataset.classes) != list(segmenter.bank.classes):
         raise BankError(f"{segmenter.bank.path}: bank classes differ from the {dataset.name} classes")
-    spec = eval_spec(settings)
     started = time.perf_counter()
     confusion, count = score_split(segmenter, dataset, spec, progress, encoded)
     eval_seconds = time.perf_counter() - started
-    return results_record(segmenter.bank, confusion, count, {"setup_seconds": setup_seconds, "eval_seconds": eval_seconds},
-                          evaluation_settings(settings))
+    return results_record(segmenter.bank, confusion, count, {"setup_seconds": 0.0, "eval_seconds": eval_seconds})
 
 
 def split_batches(num_images: int, spec: EvalSpec) -> list[list[int]]:
@@ -91,8 +99,8 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     return confusion, count
 
 
-def results_record(bank: MemoryBank, confusion, count: int, seconds: dict, settings: dict) -> dict:
-    """The results dict `evaluate` returns (and `segfungi eval --out` writes)."""
+def results_record(bank: MemoryBank, confusion, count: int, seconds: dict) -> dict:
+    """The results dict `evaluate_segmenter` returns (`evaluate` adds the settings it ran with)."""
     return {
         "miou": confusion.miou(),
         "pixel_accuracy": confusion.pixel_accuracy(),
@@ -108,7 +116,6 @@ def results_record(bank: MemoryBank, confusion, count: int, seconds: dict, setti
             "eval_seconds": round(seconds["eval_seconds"], 3),
             "images_per_second": round(count / max(seconds["eval_seconds"], 1e-9), 3),
         },
-        "settings": settings,
     }
 
 

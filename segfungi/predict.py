@@ -38,7 +38,7 @@ def make_segmenter(bank, settings: dict | None = None):
 
     if isinstance(bank, Segmenter):
         return bank
-    return Segmenter(bank, settings)
+    return Segmenter.from_settings(bank, settings)
 
 
 def predict_images(bank, images: Iterable, settings: dict | None = None) -> list[np.ndarray]:

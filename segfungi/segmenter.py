@@ -1,12 +1,18 @@
 """Segmenting images with a memory bank: the object that predicts.
 
-`Segmenter(bank)` computes each query patch's features as the bank's were computed
-(checked first: a query whose backbone, weights, projection or other feature settings
-differ from the bank's is refused, naming the keys), retrieves its k nearest bank
-patches and mixes their label histograms with softmax(similarity / T) weights
-(Hummingbird's cross-attention label transfer); the 32×32 class scores are upsampled
-bilinearly and the argmax is the mask. `segfungi.evaluate` scores it on a labelled
-split; `segfungi.predict` runs it over image files.
+`Segmenter(bank, extractor, index, support, transfer)` is made of its parts: the bank,
+the feature extractor that computes each query patch's features as the bank's were
+computed (checked first: an extractor whose backbone, weights, projection or other
+feature settings differ from the bank's is refused, naming the keys), the bank's index,
+a FUNGI bank's support index (the negatives of the query's loss) and the label transfer.
+It retrieves each query patch's k nearest bank patches and mixes their label histograms
+with softmax(similarity / T) weights (Hummingbird's cross-attention label transfer);
+the 32×32 class scores are upsampled bilinearly and the argmax is the mask.
+
+`Segmenter.from_settings(bank, settings)` is the front door: it builds the parts from a
+settings dict (the bank's own by default) through `segfungi.components`.
+`segfungi.evaluate` scores a segmenter on a labelled split; `segfungi.predict` runs it
+over image files.
 """
 
 from __future__ import annotations
@@ -31,49 +37,60 @@ from segfungi.components import (
 )
 from segfungi.errors import BankError
 from segfungi.feature_kinds import FeatureKind
+from segfungi.transfer import LabelTransfer
+
+__all__ = ["Segmenter", "backbone_mismatches", "query_seeds", "seeded_generators"]
 
 
 class Segmenter:
-    """Segments images with a bank; the query features are checked against the bank's.
+    """Segments images with a bank, from its parts.
 
-    `settings` default to the bank's own (`bank_settings`). `backbone`: a model that is
-    not built from the settings (`segfungi.CustomBackbone`); it must be the bank's."""
+    `bank`: a `MemoryBank` or its folder; `extractor`: a `segfungi.FeatureExtractor` of the
+    bank's feature kind and identity (checked); `index`: the bank's index
+    (`MemoryBank.index`); `support`: a FUNGI bank's `SupportIndex` (None for an embeddings
+    bank); `transfer`: k and the temperature (`LabelTransfer`). From a settings dict:
+    `Segmenter.from_settings(bank, settings)`."""
 
-    def __init__(self, bank: str | Path, settings: dict | None = None, *, backbone=None):
-        self.bank = MemoryBank(bank)
-        settings = bank_settings(self.bank) if settings is None else settings
+    def __init__(self, bank: MemoryBank | str | Path, extractor=None, index=None, support: SupportIndex | None = None,
+                 transfer: LabelTransfer = LabelTransfer()):
+        if extractor is None or isinstance(extractor, dict) or index is None:
+            raise TypeError("Segmenter(bank, extractor, index, support, transfer) is made of its parts; to make one "
+                            "from settings (the bank's own by default) use Segmenter.from_settings(bank, settings, "
+                            "backbone=…)")
+        self.bank = bank if isinstance(bank, MemoryBank) else MemoryBank(bank)
         built = self.bank.identity.extractor
+        query = ExtractorIdentity.from_record(extractor.identity())
+        _refuse(self.bank, [d.bank_query() for d in differences(built.record(), query.record())])
+        fungi = built.features == FeatureKind.FUNGI
+        if fungi and support is None:
+            raise BankError(f"{self.bank.path}: a FUNGI bank's query needs its support index (the negatives of the "
+                            f"loss): pass support=SupportIndex({self.bank.support_path}, …), or use "
+                            "Segmenter.from_settings(bank)")
+        self.extractor, self.index, self.transfer = extractor, index, transfer
+        self.support = support if fungi else None
+        self.num_classes = len(self.bank.classes)
+        self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
+
+    @classmethod
+    def from_settings(cls, bank: str | Path | MemoryBank, settings: dict | None = None, *, backbone=None) -> "Segmenter":
+        """The segmenter the settings describe for `bank`; `settings` default to the bank's
+        own (`bank_settings`). `backbone`: a model that is not built from the settings
+        (`segfungi.CustomBackbone`); it must be the bank's."""
+        bank = bank if isinstance(bank, MemoryBank) else MemoryBank(bank)
+        settings = bank_settings(bank) if settings is None else settings
+        built = bank.identity.extractor
         if backbone is None:
             # Settings that would load another backbone fail before it is loaded (or downloaded).
-            self._refuse(backbone_mismatches(built.backbone, backbone_request(settings)),
-                         "checked before loading the backbone")
+            _refuse(bank, backbone_mismatches(built.backbone, backbone_request(settings)),
+                    "checked before loading the backbone")
         # "auto" takes the bank's dtype: resolved afresh it could be another on another machine.
         dtype, problem = query_projection_dtype(settings, built.projection_dtype)
-        self._refuse([problem] if problem else [])
-        self.extractor = make_extractor(settings, features=built.features, backbone=backbone, projection_dtype=dtype)
-        query = ExtractorIdentity.from_record(self.extractor.identity())
-        self._refuse([d.bank_query() for d in differences(built.record(), query.record())])
-        self.settings = settings
-        self.num_classes = len(self.bank.classes)
+        _refuse(bank, [problem] if problem else [])
+        extractor = make_extractor(settings, features=built.features, backbone=backbone, projection_dtype=dtype)
         index, where = index_settings(settings), device(settings)
-        self.index = self.bank.index(index, where)
-        self.label_ids, self.label_weights = (torch.from_numpy(a) for a in self.bank.load_labels())
-        fungi = built.features == FeatureKind.FUNGI
-        self.support = SupportIndex(self.bank.support_path, support_spec(settings), index, where) if fungi else None
-        transfer = eval_spec(settings)
-        self.k, self.temperature = transfer.k, transfer.temperature
-
-    def _refuse(self, problems: list[str], when: str = "") -> None:
-        if problems:
-            path = self.bank.path
-            raise BankError(
-                f"{path}: the bank was built with other feature settings than this query"
-                f"{f' ({when})' if when else ''}:\n  " + "\n  ".join(problems)
-                + f"\nTo query it with its own settings, leave those options out of the command (`segfungi eval "
-                f"--bank {path}`, `segfungi predict --bank {path} IMAGES --out DIR`; `segfungi bank info {path}` "
-                "shows the bank's settings); from Python, Segmenter(bank), evaluate(bank) or "
-                "predict_to_folder(bank, …)."
-            )
+        support = (SupportIndex(bank.support_path, support_spec(settings), index, where)
+                   if built.features == FeatureKind.FUNGI else None)
+        return cls(bank, extractor, bank.index(index, where), support, eval_spec(settings).transfer)
 
     @property
     def image_size(self) -> int:
@@ -112,14 +129,14 @@ class Segmenter:
 
         batch, num_patches, dim = feats.shape
         if hasattr(self.index, "search_tensor"):
-            sims, ids = self.index.search_tensor(feats.reshape(-1, dim), self.k)
+            sims, ids = self.index.search_tensor(feats.reshape(-1, dim), self.transfer.k)
         else:
-            sims, ids = (torch.as_tensor(a) for a in self.index.search(feats.reshape(-1, dim).cpu().numpy(), self.k))
+            sims, ids = (torch.as_tensor(a) for a in self.index.search(feats.reshape(-1, dim).cpu().numpy(), self.transfer.k))
         label_ids, label_weights = self._labels_on(ids.device)
         scores = transfer_labels(
             sims,
             (label_ids[ids], label_weights[ids]),
-            temperature=self.temperature,
+            temperature=self.transfer.temperature,
             num_classes=self.num_classes,
         )
         gh, gw = self.extractor.backbone.grid
@@ -165,6 +182,19 @@ def seeded_generators(seeds) -> list[torch.Generator]:
 
     return [torch_generator(int(seed), QUERY_NEGATIVES) for seed in seeds]
 
+
+
+def _refuse(bank: MemoryBank, problems: list[str], when: str = "") -> None:
+    if problems:
+        path = bank.path
+        raise BankError(
+            f"{path}: the bank was built with other feature settings than this query"
+            f"{f' ({when})' if when else ''}:\n  " + "\n  ".join(problems)
+            + f"\nTo query it with its own settings, leave those options out of the command (`segfungi eval "
+            f"--bank {path}`, `segfungi predict --bank {path} IMAGES --out DIR`; `segfungi bank info {path}` "
+            "shows the bank's settings); from Python, Segmenter.from_settings(bank), evaluate(bank) or "
+            "predict_to_folder(bank, …)."
+        )
 
 
 def _normalisation(values) -> str:

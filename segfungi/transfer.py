@@ -13,9 +13,27 @@ transfer, the upsampling and the argmax never leave the GPU (`scores_to_mask_ten
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LabelTransfer:
+    """How neighbours' labels become a query patch's class scores: its k nearest bank
+    patches, weighted by softmax(similarity / temperature) (eval.k, eval.temperature;
+    Hummingbird's are 30 and 0.02)."""
+
+    k: int = 30
+    temperature: float = 0.02
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"eval.k must be at least 1, got {self.k}")
+        if self.temperature <= 0:
+            raise ValueError(f"eval.temperature must be positive, got {self.temperature}")
 
 
 def _tensor(x, dtype=None) -> torch.Tensor:

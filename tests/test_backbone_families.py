@@ -230,18 +230,18 @@ def test_a_bank_refuses_another_family_and_other_weights(family_banks, backbones
     bank, settings = family_banks["dinov3"]
     # Another family with the same grid and width.
     with pytest.raises(BankError, match="family: bank has 'timm-eva', query has 'timm-naflexvit'"):
-        segfungi.Segmenter(bank, settings, backbone=backbones["radio"])
+        segfungi.Segmenter.from_settings(bank, settings, backbone=backbones["radio"])
     # The same family and architecture, other weights (another random init).
     other = load_case("dinov3", hf_snapshots, open_clip_arch, seed=7)
     with pytest.raises(BankError, match="weights_id: bank has 'random-init:seed=0"):
-        segfungi.Segmenter(bank, settings, backbone=other)
+        segfungi.Segmenter.from_settings(bank, settings, backbone=other)
     # From settings that name another family's model, refused before it is loaded.
     named = {**settings, "backbone": {**settings["backbone"], "name": f"hf:{hf_snapshots['hf-dinov3']}"}}
     with pytest.raises(BankError, match="backbone.name: bank has 'vit_small_patch16_dinov3', query has 'hf:"):
-        segfungi.Segmenter(bank, named)
+        segfungi.Segmenter.from_settings(bank, named)
     hf_bank, hf_settings = family_banks["hf-siglip"]
     with pytest.raises(BankError, match="weights_id: bank has 'file:"):
-        segfungi.Segmenter(hf_bank, hf_settings, backbone=backbones["open_clip"])
+        segfungi.Segmenter.from_settings(hf_bank, hf_settings, backbone=backbones["open_clip"])
 
 
 def test_an_hf_snapshot_folder_names_its_weights_in_settings(hf_snapshots, tmp_path):

@@ -68,7 +68,7 @@ def test_existing_bank_is_reused_and_another_is_refused(fungi_bank, demo_voc_roo
 def test_query_with_other_feature_settings_is_refused(fungi_bank, demo_voc_root, change, expected):
     settings = tiny_settings(demo_voc_root, **change)
     with pytest.raises(BankError, match=f"other feature settings(.|\\n)*{expected}"):
-        Segmenter(fungi_bank, settings)
+        Segmenter.from_settings(fungi_bank, settings)
 
 
 def test_interrupted_build_resumes_to_the_same_bank(tmp_path, demo_voc_root, fungi_bank, monkeypatch):

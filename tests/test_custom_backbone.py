@@ -217,10 +217,10 @@ def test_a_custom_bank_records_the_model_and_is_rebuilt_only_for_other_inputs(cu
 def test_queries_from_another_model_are_refused(custom_banks):
     bank = custom_banks["bank"]
     with pytest.raises(BankError, match="weights_id: bank has 'sha256:"):
-        segfungi.Segmenter(bank, backbone=wrap(make_model(seed=5)))
+        segfungi.Segmenter.from_settings(bank, backbone=wrap(make_model(seed=5)))
     with pytest.raises(BankError, match="custom model 'test-transformer'; pass it as backbone="):
-        segfungi.Segmenter(bank)
-    segmenter = segfungi.Segmenter(bank, backbone=custom_banks["backbone"])
+        segfungi.Segmenter.from_settings(bank)
+    segmenter = segfungi.Segmenter.from_settings(bank, backbone=custom_banks["backbone"])
     mask = segmenter.predict(np.zeros((40, 50, 3), np.uint8))
     assert mask.shape == (40, 50) and mask.dtype == np.uint8
 

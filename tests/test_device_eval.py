@@ -67,7 +67,7 @@ def test_masks_and_transfer_stay_tensors_where_the_scores_are():
 def test_evaluation_equals_a_numpy_reference(kind, tmp_path, demo_voc_root):
     """evaluate's confusion matrix (tensor masks, tensor counts; device-exact: search_tensor)
     equals one counted in numpy from the same scores."""
-    from segfungi.components import eval_spec, open_val_dataset
+    from segfungi.components import bank_settings, eval_spec, open_val_dataset
     from segfungi.data.augment import eval_transform
     from segfungi.evaluation import split_batches
     from segfungi.segmenter import Segmenter
@@ -75,17 +75,18 @@ def test_evaluation_equals_a_numpy_reference(kind, tmp_path, demo_voc_root):
     settings = tiny_settings(demo_voc_root, bank={"size": 2048, "features": "embeddings"}, index={"kind": kind})
     out = build_bank(settings, tmp_path / kind, progress=False)
     results = evaluate(out, progress=False)
-    segmenter = Segmenter(out)
-    dataset, size = open_val_dataset(segmenter.settings), segmenter.image_size
+    segmenter = Segmenter.from_settings(out)
+    recorded = bank_settings(out)
+    dataset, size = open_val_dataset(recorded), segmenter.image_size
     preds, gts = [], []
-    for batch in split_batches(len(dataset), eval_spec(segmenter.settings)):
+    for batch in split_batches(len(dataset), eval_spec(recorded)):
         pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
         feats = segmenter.patch_features(np.stack([image for image, _ in pairs]))
         dim = feats.shape[-1]
-        sims, ids = segmenter.index.search(feats.reshape(-1, dim).numpy(), segmenter.k)  # numpy in and out
+        sims, ids = segmenter.index.search(feats.reshape(-1, dim).numpy(), segmenter.transfer.k)  # numpy in and out
         ids = torch.as_tensor(ids)
         scores = transfer_labels(torch.as_tensor(sims), (segmenter.label_ids[ids], segmenter.label_weights[ids]),
-                                 segmenter.temperature, segmenter.num_classes)
+                                 segmenter.transfer.temperature, segmenter.num_classes)
         preds += list(scores_to_mask(scores.reshape(len(batch), *segmenter.extractor.backbone.grid, -1), (size, size)))
         gts += [np.asarray(mask) for _, mask in pairs]
     reference = numpy_confusion(preds, gts, segmenter.num_classes)

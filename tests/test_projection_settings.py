@@ -90,12 +90,12 @@ def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, mon
 
     path, settings = bfloat16_bank
     assert MemoryBank(path).manifest["identity"]["extractor"]["projection"]["compute_dtype"] == "bfloat16"
-    assert Segmenter(path).extractor.projection.compute_dtype == "bfloat16"  # the bank's own settings
+    assert Segmenter.from_settings(path).extractor.projection.compute_dtype == "bfloat16"  # the bank's own settings
     # "auto" takes the bank's dtype, even where it would resolve to float32 afresh.
     monkeypatch.setattr("segfungi.gradients._compute_dtype.cpu_has_fast_bfloat16", lambda: False)
     auto = copy.deepcopy(settings)
     auto["fungi"]["projection_dtype"] = "auto"
-    assert Segmenter(path, auto).extractor.projection.compute_dtype == "bfloat16"
+    assert Segmenter.from_settings(path, auto).extractor.projection.compute_dtype == "bfloat16"
 
 
 def test_a_bfloat16_bank_refuses_a_float32_query_naming_the_setting(bfloat16_bank):
@@ -105,7 +105,7 @@ def test_a_bfloat16_bank_refuses_a_float32_query_naming_the_setting(bfloat16_ban
     query = copy.deepcopy(settings)
     query["fungi"]["projection_dtype"] = "float32"
     with pytest.raises(BankError, match=r"fungi.projection_dtype: bank has 'bfloat16', query has 'float32'"):
-        Segmenter(path, query)
+        Segmenter.from_settings(path, query)
 
 
 def test_projection_kernel_setting_chooses_the_kernel_not_the_features_or_the_identity(tiny):

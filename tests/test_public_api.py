@@ -54,7 +54,9 @@ def test_evaluate_and_run_benchmark_are_functions_and_no_module_is_callable():
     assert segfungi.evaluate is module.evaluate and isinstance(segfungi.evaluate, types.FunctionType)
     assert importlib.import_module("segfungi.segmenter").Segmenter is segfungi.Segmenter
     assert list(inspect.signature(segfungi.evaluate).parameters)[:2] == ["bank", "settings"]
-    assert list(inspect.signature(segfungi.Segmenter).parameters)[:2] == ["bank", "settings"]
+    assert list(inspect.signature(segfungi.Segmenter).parameters) == ["bank", "extractor", "index", "support",
+                                                                      "transfer"]
+    assert list(inspect.signature(segfungi.Segmenter.from_settings).parameters)[:2] == ["bank", "settings"]
     assert segfungi.run_benchmark is importlib.import_module("segfungi.benchmark").run_benchmark
     assert list(inspect.signature(segfungi.run_benchmark).parameters)[:2] == ["settings", "out"]
     # Modules are modules (IDEs and type checkers see them as such): none is callable.
@@ -74,5 +76,32 @@ def test_evaluate_without_settings_uses_the_banks(fungi_bank):
 def test_segmenter_without_settings_uses_the_banks(fungi_bank, demo_voc_root):
     image = segfungi.build_dataset("voc", demo_voc_root, "val")[0].image
     recorded = segfungi.load_config(base=segfungi.MemoryBank(fungi_bank).settings)
-    np.testing.assert_array_equal(segfungi.Segmenter(fungi_bank).predict(image),
-                                  segfungi.Segmenter(fungi_bank, recorded).predict(image))
+    np.testing.assert_array_equal(segfungi.Segmenter.from_settings(fungi_bank).predict(image),
+                                  segfungi.Segmenter.from_settings(fungi_bank, recorded).predict(image))
+
+
+def test_segmenter_from_its_parts_equals_the_one_from_settings(fungi_bank, demo_voc_root):
+    """The core constructor takes parts (no settings); from_settings builds the same ones."""
+    from segfungi.components import eval_spec, index_settings, make_extractor, support_spec
+
+    image = segfungi.build_dataset("voc", demo_voc_root, "val")[0].image
+    recorded = segfungi.bank_settings(fungi_bank)
+    bank = segfungi.MemoryBank(fungi_bank)
+    index = index_settings(recorded)
+    parts = segfungi.Segmenter(
+        bank, make_extractor(recorded, features="fungi"), bank.index(index, "cpu"),
+        segfungi.SupportIndex(bank.support_path, support_spec(recorded), index, "cpu"),
+        segfungi.LabelTransfer(eval_spec(recorded).k, eval_spec(recorded).temperature))
+    np.testing.assert_array_equal(parts.predict(image), segfungi.Segmenter.from_settings(fungi_bank).predict(image))
+
+    # The parts are checked against the bank, as settings are.
+    other = make_extractor({**recorded, "fungi": {**recorded["fungi"], "proj_seed": 99}}, features="fungi")
+    with pytest.raises(segfungi.BankError, match="projection.seed: bank has 0, query has 99"):
+        segfungi.Segmenter(bank, other, parts.index, parts.support, parts.transfer)
+    with pytest.raises(segfungi.BankError, match="support index"):
+        segfungi.Segmenter(bank, parts.extractor, parts.index, None, parts.transfer)
+    # The former spelling teaches the new one.
+    with pytest.raises(TypeError, match=r"Segmenter.from_settings\(bank, settings"):
+        segfungi.Segmenter(fungi_bank, recorded)
+    with pytest.raises(ValueError, match="eval.k"):
+        segfungi.LabelTransfer(0, 0.02)

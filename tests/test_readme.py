@@ -58,7 +58,7 @@ def segmenter(readme_run):
     from segfungi.segmenter import Segmenter
 
     bank = Path(readme_run["folder"]) / readme_run["bank"]
-    return Segmenter(bank, readme_run["bank_settings"])
+    return Segmenter.from_settings(bank, readme_run["bank_settings"])
 
 
 def test_predict_takes_pil_grey_and_rgba_like_the_cli(readme_run, segmenter):
@@ -94,7 +94,7 @@ def test_mismatched_settings_fail_before_any_model_is_loaded(readme_run, monkeyp
     bank = Path(readme_run["folder"]) / readme_run["bank"]
     settings = load_config(base=readme_run["bank_settings"], overrides=[change])
     with pytest.raises(BankError, match=f"other feature settings than this query \\(checked before loading(.|\\n)*{re.escape(named)}"):
-        segfungi.segmenter.Segmenter(bank, settings)
+        segfungi.segmenter.Segmenter.from_settings(bank, settings)
 
 
 def test_readme_starts_with_the_two_commands():

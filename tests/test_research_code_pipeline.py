@@ -243,7 +243,7 @@ def test_a_query_with_another_normalisation_is_refused_before_any_model_loads(fu
              (fungi_bank, {"mean": [0.5, 0.5, 0.4]}, "data.mean: bank has null (the backbone's own), query has [0.5, ")]
     for bank, data, expected in cases:
         with pytest.raises(BankError, match=rf"checked before loading the backbone(.|\n)*{re.escape(expected)}"):
-            Segmenter(bank, tiny_settings(demo_voc_root, data=data))
+            Segmenter.from_settings(bank, tiny_settings(demo_voc_root, data=data))
 
 
 # ------------------------------------------------------------ the presets

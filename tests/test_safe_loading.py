@@ -269,7 +269,7 @@ def test_damaged_bank_never_gives_an_miou(bank, root):
 def test_bit_flip_in_the_scann_index_is_named(bank, root):
     flip_bit(bank / "index" / "dataset.npy")
     with pytest.raises(BankError, match=re.escape(str(bank / "index" / "dataset.npy")) + ": checksum mismatch"):
-        Segmenter(bank, settings(root))
+        Segmenter.from_settings(bank, settings(root))
 
 
 def test_verify_mode_full_checks_everything_on_open(bank):
