@@ -242,12 +242,6 @@ class EvalSpec:
     batch_size: int
     max_images: int | None
 
-    @property
-    def transfer(self):
-        from segfungi.transfer import LabelTransfer
-
-        return LabelTransfer(self.k, self.temperature)
-
 
 def eval_spec(settings: dict) -> EvalSpec:
     e = settings["eval"]

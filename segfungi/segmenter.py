@@ -90,7 +90,8 @@ class Segmenter:
         index, where = index_settings(settings), device(settings)
         support = (SupportIndex(bank.support_path, support_spec(settings), index, where)
                    if built.features == FeatureKind.FUNGI else None)
-        return cls(bank, extractor, bank.index(index, where), support, eval_spec(settings).transfer)
+        spec = eval_spec(settings)
+        return cls(bank, extractor, bank.index(index, where), support, LabelTransfer(spec.k, spec.temperature))
 
     @property
     def image_size(self) -> int:
