@@ -68,7 +68,7 @@ def write_bank(folder: Path, patches: int, dim: int, shard_rows: int) -> None:
     """An embeddings bank folder in the real format (shards first, manifest last)."""
     from bench_index import synthetic_features
 
-    from segfungi.storage import write_arrays_atomic
+    from segfungi.infra.storage import write_arrays_atomic
 
     if (folder / "shards.json").exists():
         return
@@ -97,7 +97,7 @@ def write_bank(folder: Path, patches: int, dim: int, shard_rows: int) -> None:
 
 
 def finish_manifest(folder: Path, index_info: dict, reorder_dtype: str) -> None:
-    from segfungi.storage import write_json_atomic
+    from segfungi.infra.storage import write_json_atomic
 
     shards = json.loads((folder / "shards.json").read_text())
     settings = settings_for(reorder_dtype)
@@ -119,7 +119,7 @@ def finish_manifest(folder: Path, index_info: dict, reorder_dtype: str) -> None:
 def synthetic_identity(num_shards: int, patches: int, dim: int):
     """An embeddings bank's identity for synthetic features (no model made them)."""
     from segfungi.bank import BackboneIdentity, BankIdentity, DatasetIdentity, ExtractorIdentity, SamplingIdentity
-    from segfungi.weights import WeightsSource
+    from segfungi.infra.weights import WeightsSource
 
     backbone = BackboneIdentity("synthetic", WeightsSource.random_init(0, "synthetic"), 512, 16, dim, 1)
     images = -(-patches // 100)

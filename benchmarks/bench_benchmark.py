@@ -11,7 +11,7 @@ view (the paper's 1024×10², 10³, 10⁴ over VOC's 10,582 images), both featur
 * independent: for each size, `build_bank` of the FUNGI bank (its support pass encodes
   every view, its FUNGI pass reads the cached last-block inputs), then `evaluate` of the
   FUNGI bank and of its support (each encodes every validation image);
-* shared: `segfungi.benchmark.run_benchmark` on the same cells: the views encoded once
+* shared: `segfungi.experiments.benchmark.run_benchmark` on the same cells: the views encoded once
   for every size, the validation images encoded once for every cell.
 
 Both run in this process, one after the other, each in its own folder, with the same
@@ -50,10 +50,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from segfungi.api import build_bank
     from segfungi.bank import SUPPORT_DIR, MemoryBank
-    from segfungi.benchmark import dataset_settings, run_benchmark
+    from segfungi.experiments.benchmark import dataset_settings, run_benchmark
     from segfungi.config import load_config
     from segfungi.data.demo import write_demo_dataset
-    from segfungi.evaluation import evaluate
+    from segfungi.inference.evaluation import evaluate
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_benchmark_"))
     root = write_demo_dataset(work / "data", layout="voc", n_images=args.train + args.val, seed=0, n_val=args.val)

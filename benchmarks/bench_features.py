@@ -26,7 +26,7 @@ On the same random images (uint8, backbone resolution, 512² for /16) it times, 
 (b), (b') and (d) are run for the dense projection (the default) and the structured one
 (`fungi.structured_terms`, default 16), and for the dense projection once more with its
 GEMM kernel instead of the table-lookup kernel that CPUs use by default
-(`segfungi/sign_lookup.py`): the same projection, so the script also prints how far the
+(`segfungi/ops/sign_lookup.py`): the same projection, so the script also prints how far the
 two kernels' features are apart.
 
 --dtypes bfloat16 float16: the blocks before the last under autocast (`backbone.dtype`):
@@ -56,7 +56,7 @@ import torch
 from segfungi.families import load_backbone
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import TokenGradients, cpu_has_fast_bfloat16, gradient_pass, l2_normalize
-from segfungi.seg_loss import seg_simclr_loss
+from segfungi.ops.seg_loss import seg_simclr_loss
 
 
 def parse_args() -> argparse.Namespace:

@@ -78,7 +78,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     job = json.loads(args.worker)
     from segfungi.api import build_bank
-    from segfungi.evaluation import evaluate
+    from segfungi.inference.evaluation import evaluate
 
     settings = settings_for(args, Path(job["root"]), job["kind"], job["projection"])
     out = Path(job["out"])

@@ -113,8 +113,8 @@ def main() -> None:
     from segfungi.data.augment import eval_transform
     from segfungi.data.demo import write_demo_dataset
     from segfungi.index import ExactIndex, recall_at_k
-    from segfungi.metrics import ConfusionMatrix
-    from segfungi.transfer import scores_to_mask, transfer_labels
+    from segfungi.inference.metrics import ConfusionMatrix
+    from segfungi.inference.transfer import scores_to_mask, transfer_labels
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_projq_"))
     work.mkdir(parents=True, exist_ok=True)

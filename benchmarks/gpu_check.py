@@ -80,7 +80,7 @@ def settings_for(root, device: str, size: int, **sections) -> dict:
 def build_and_evaluate(root, work: Path, device: str, size: int) -> dict:
     """Step 1: an embeddings bank and a FUNGI bank on `device`, evaluated."""
     from segfungi.api import build_bank
-    from segfungi.evaluation import evaluate
+    from segfungi.inference.evaluation import evaluate
 
     banks = {}
     for features in ("embeddings", "fungi"):

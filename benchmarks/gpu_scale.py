@@ -199,8 +199,8 @@ def transfer(sizes: dict, device: str) -> None:
     """Stage 3: label transfer, upsampling and confusion counts on the device."""
     import torch
 
-    from segfungi.metrics import ConfusionMatrix
-    from segfungi.transfer import scores_to_mask_tensor, transfer_labels
+    from segfungi.inference.metrics import ConfusionMatrix
+    from segfungi.inference.transfer import scores_to_mask_tensor, transfer_labels
 
     images, classes, side = sizes["transfer_images"], sizes["classes"], sizes["size"]
     grid = side // 16
@@ -228,7 +228,7 @@ def transfer(sizes: dict, device: str) -> None:
 
 def plan(sizes: dict, device: str) -> None:
     """Stage 4: the default protocol's dry run for this device (its throughputs measured)."""
-    from segfungi.benchmark import dry_run
+    from segfungi.experiments.benchmark import dry_run
     from segfungi.config import load_config
 
     overrides = [{"backbone": {"name": sizes["plan_model"], "device": device, "random_init": True}}]

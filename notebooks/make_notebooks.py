@@ -111,7 +111,7 @@ def mask_visualisation() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             "from segfungi.components import open_dataset\n"
-            "from segfungi.segmenter import Segmenter\n\n"
+            "from segfungi.inference.segmenter import Segmenter\n\n"
             "segmenters = {kind: Segmenter.from_settings(path, settings) for kind, path in banks.items()}\n"
             'val = open_dataset(settings, settings["data"]["val_split"])\n'
             "samples = [val[i] for i in range(min(SHOWN_IMAGES, len(val)))]\n"
@@ -123,7 +123,7 @@ def mask_visualisation() -> nbformat.NotebookNode:
             "The legend lists only the classes that appear in the panels."
         ),
         new_code_cell(
-            "from segfungi.viz import describe_banks, overlay_with_legend, plot_prediction_panels\n\n"
+            "from segfungi.inference.viz import describe_banks, overlay_with_legend, plot_prediction_panels\n\n"
             "bank = segmenters[\"FUNGI\"].bank\n"
             "context = describe_banks([fungi_bank])   # backbone, weights, dataset, images: from the manifest\n"
             "print(context)\n"
@@ -150,8 +150,8 @@ def mask_visualisation() -> nbformat.NotebookNode:
             "band marked *absent* is a class in neither the ground truth nor the predictions."
         ),
         new_code_cell(
-            "from segfungi.evaluation import evaluate, results_table\n"
-            "from segfungi.viz import plot_per_class_iou\n\n"
+            "from segfungi.inference.evaluation import evaluate, results_table\n"
+            "from segfungi.inference.viz import plot_per_class_iou\n\n"
             "results = {kind: evaluate(path, settings, progress=False) for kind, path in banks.items()}\n"
             'print(results_table(results["FUNGI"]))\n'
             'picture = plot_per_class_iou(results, WORK / "per_class_iou.png",\n'
@@ -182,7 +182,7 @@ def bank_size_sweep() -> nbformat.NotebookNode:
             "only evaluates."
         ),
         new_code_cell(
-            "from segfungi.sweep import run_sweep, sweep_table\n\n"
+            "from segfungi.experiments.sweep import run_sweep, sweep_table\n\n"
             'settings = settings_for(sweep={"sizes": SIZES, "features": ["embeddings", "fungi"],\n'
             '                               "out": str(WORK / "sweep")},\n'
             '                        eval={"max_images": VAL_IMAGES})\n'
@@ -196,7 +196,7 @@ def bank_size_sweep() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             "from segfungi.bank import MemoryBank\n"
-            "from segfungi.viz import describe_banks\n\n"
+            "from segfungi.inference.viz import describe_banks\n\n"
             'print(describe_banks([r["bank"] for r in rows], [r["images"] for r in rows]))\n'
             'built = sorted({MemoryBank(r["bank"], verify="off").num_patches for r in rows})\n'
             'print("bank sizes built:", ", ".join(f"{size:,}" for size in built))\n'
@@ -237,7 +237,7 @@ def few_shot() -> nbformat.NotebookNode:
             "presets set them); here they are given explicitly, with this notebook's sizes."
         ),
         new_code_cell(
-            "from segfungi.fewshot import fewshot_table, run_fewshot\n\n"
+            "from segfungi.experiments.fewshot import fewshot_table, run_fewshot\n\n"
             'settings = settings_for(fewshot={"fractions": FRACTIONS, "seeds": SEEDS, "out": str(WORK / "fewshot")},\n'
             '                        bank={"aug_epochs": AUG_EPOCHS, "size": BANK_SIZE},\n'
             '                        eval={"max_images": VAL_IMAGES, "k": 90, "temperature": 0.1},\n'
@@ -252,7 +252,7 @@ def few_shot() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             "from segfungi.bank import MemoryBank\n"
-            "from segfungi.viz import describe_banks\n\n"
+            "from segfungi.inference.viz import describe_banks\n\n"
             'trials = report["trials"]\n'
             'print(describe_banks([t["bank"] for t in trials], [t["eval_images"] for t in trials]))\n'
             'built = sorted({MemoryBank(t["bank"], verify="off").num_patches for t in trials})\n'

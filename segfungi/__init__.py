@@ -16,7 +16,7 @@ records the settings it was built with. Your own model and data: ``CustomBackbon
 
 from __future__ import annotations
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,18 +29,18 @@ _PUBLIC = {
     "build_banks": "segfungi.api",
     "planned_bank": "segfungi.api",
     "MemoryBank": "segfungi.bank",
-    "evaluate": "segfungi.evaluation",
-    "Segmenter": "segfungi.segmenter",
-    "LabelTransfer": "segfungi.transfer",
+    "evaluate": "segfungi.inference.evaluation",
+    "Segmenter": "segfungi.inference.segmenter",
+    "LabelTransfer": "segfungi.inference.transfer",
     "SupportIndex": "segfungi.bank",
     "SupportSpec": "segfungi.bank",
     "bank_settings": "segfungi.components",
-    "results_table": "segfungi.evaluation",
-    "predict_images": "segfungi.predict",
-    "predict_to_folder": "segfungi.predict",
-    "run_sweep": "segfungi.sweep",
-    "run_fewshot": "segfungi.fewshot",
-    "run_benchmark": "segfungi.benchmark",
+    "results_table": "segfungi.inference.evaluation",
+    "predict_images": "segfungi.inference.predict",
+    "predict_to_folder": "segfungi.inference.predict",
+    "run_sweep": "segfungi.experiments.sweep",
+    "run_fewshot": "segfungi.experiments.fewshot",
+    "run_benchmark": "segfungi.experiments.benchmark",
     # models and features
     "load_backbone": "segfungi.families",
     "Backbone": "segfungi.backbones",
@@ -59,18 +59,18 @@ _PUBLIC = {
     "from_pairs": "segfungi.data.pairs",
     "write_demo_dataset": "segfungi.data.demo",
     # metrics and plots
-    "ConfusionMatrix": "segfungi.metrics",
-    "describe_banks": "segfungi.viz",
-    "plot_prediction_panels": "segfungi.viz",
-    "plot_per_class_iou": "segfungi.viz",
-    "plot_miou_vs_bank_size": "segfungi.viz",
-    "plot_fewshot": "segfungi.viz",
+    "ConfusionMatrix": "segfungi.inference.metrics",
+    "describe_banks": "segfungi.inference.viz",
+    "plot_prediction_panels": "segfungi.inference.viz",
+    "plot_per_class_iou": "segfungi.inference.viz",
+    "plot_miou_vs_bank_size": "segfungi.inference.viz",
+    "plot_fewshot": "segfungi.inference.viz",
     # errors
-    "SegfungiError": "segfungi.errors",
-    "ConfigError": "segfungi.errors",
-    "DatasetError": "segfungi.errors",
-    "CheckpointError": "segfungi.errors",
-    "BankError": "segfungi.errors",
+    "SegfungiError": "segfungi.infra.errors",
+    "ConfigError": "segfungi.infra.errors",
+    "DatasetError": "segfungi.infra.errors",
+    "CheckpointError": "segfungi.infra.errors",
+    "BankError": "segfungi.infra.errors",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

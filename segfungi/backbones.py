@@ -30,10 +30,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from segfungi import checkpoint_files
-from segfungi.errors import CheckpointError, ConfigError
-from segfungi.storage import file_sha256
-from segfungi.weights import WeightsSource
+from segfungi.infra import checkpoint_files
+from segfungi.infra.errors import CheckpointError, ConfigError
+from segfungi.infra.storage import file_sha256
+from segfungi.infra.weights import WeightsSource
 
 DEFAULT_GRID = 32
 # Parts of a timm ViT that features never use; checkpoints may or may not carry them.

@@ -3,7 +3,7 @@
 Exit status: 0 success, 2 an error the user can fix (one line, no traceback), 130
 interrupted (Ctrl-C); a command may define others (`bank verify` exits 1 on problems).
 Commands that load models first check that torch and torchvision work together
-(`segfungi.install_check`); `bank` and `demo-data` set `loads_models=False` and, like
+(`segfungi.infra.install_check`); `bank` and `demo-data` set `loads_models=False` and, like
 `--help`, import no torch at all.
 """
 
@@ -14,8 +14,10 @@ import importlib
 import pkgutil
 import sys
 
-from segfungi import __version__, commands, distributed, install_check, logging_setup
-from segfungi.errors import SegfungiError
+from segfungi import __version__, commands
+
+from segfungi.infra import distributed, install_check, logging_setup
+from segfungi.infra.errors import SegfungiError
 
 
 VERBOSE_HELP = f"show third-party start-up logs (ScaNN/absl) too; same as {logging_setup.ENV_VAR}=1"

@@ -12,7 +12,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 
 def open_dataset(settings: dict, split: str):
@@ -64,7 +64,7 @@ def bank_settings(bank) -> dict:
 def requested_weights(settings: dict):
     """The `WeightsSource` the settings ask for, in the order loading follows: a file,
     else the hub, else a random init; None when they ask for none."""
-    from segfungi.weights import WeightsSource
+    from segfungi.infra.weights import WeightsSource
 
     from segfungi.families import implied_weights
 
@@ -93,7 +93,7 @@ class BackboneRequest:
 
 def requested_backbone_line(settings: dict) -> str:
     """`backbone NAME: <weights>` as the settings ask for them, before anything runs."""
-    from segfungi.weights import backbone_line
+    from segfungi.infra.weights import backbone_line
 
     source = requested_weights(settings)
     return backbone_line(settings["backbone"]["name"], source if source is not None else "no weights given")

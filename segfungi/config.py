@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import yaml
 
 from segfungi import settings_schema
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 
 

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from segfungi.backbones import PatchEncoder
-from segfungi.errors import ConfigError
-from segfungi.weights import WeightsSource
+from segfungi.infra.errors import ConfigError
+from segfungi.infra.weights import WeightsSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

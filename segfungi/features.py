@@ -7,10 +7,10 @@ The FUNGI pass per batch of images (paper App. C.2, Table 23):
 3. the positive set is CLS + patch tokens (register tokens are left out of the loss:
    they are neither image patches nor the image summary, and the authors' code, written
    for DINO v1, never saw them); the negatives come from the K retrieved neighbours of
-   each token as ``fungi.variant`` says (``segfungi.negatives``: ``paper`` keeps one of
+   each token as ``fungi.variant`` says (``segfungi.ops.negatives``: ``paper`` keeps one of
    K=2 at random, ``research-code`` the authors' scrambled gather with row dropout);
    both go through the same fixed head and are L2-normalised;
-4. the per-image SimCLR losses (``segfungi.seg_loss``; research-code: no τ in the
+4. the per-image SimCLR losses (``segfungi.ops.seg_loss``; research-code: no τ in the
    denominator) are summed and backwarded once — each image's gradient only depends on
    its own loss, so batching does not mix images;
 5. only the requested patches' gradients are projected, then concatenated with the
@@ -42,9 +42,9 @@ from segfungi.gradients import (
     make_projection,
     resolve_compute_dtype,
 )
-from segfungi.errors import ConfigError
-from segfungi.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
-from segfungi.seg_loss import make_head, seg_simclr_loss
+from segfungi.infra.errors import ConfigError
+from segfungi.ops.negatives import SPACES, VARIANTS, check_space, keep_one, research_code_negatives
+from segfungi.ops.seg_loss import make_head, seg_simclr_loss
 
 Negatives = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -181,7 +181,7 @@ class FeatureExtractor:
         ``negatives``: neighbour embeddings (in the space ``fungi.negatives`` names)
         B×M×K×D (K retrieved per token, M = n loss tokens; paper: one of K kept at random,
         K=2; research-code: K=``research_code_neighbours``, scrambled as in
-        ``segfungi.negatives``) or B×M×D (paper only: already one per token), or a
+        ``segfungi.ops.negatives``) or B×M×D (paper only: already one per token), or a
         callable given the raw loss tokens B×n×D (CLS + patches, n = 1 + gh·gw, no grad)
         returning such a tensor.  ``patch_index``: per image, a LongTensor of patch
         indices (0..gh·gw−1) to project; None = all patches.  ``generator``: one

@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from segfungi.data.registry import dataset_names
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_KINDS
 
 __all__ = [

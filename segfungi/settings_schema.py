@@ -497,7 +497,7 @@ def checks(schema: dict | None = None) -> dict:
 def classify_schema(modality: str) -> dict[str, tuple[Key, ...]]:
     """The settings of `segfungi classify <modality>`."""
     if modality not in CLASSIFY:
-        from segfungi.errors import ConfigError
+        from segfungi.infra.errors import ConfigError
 
         raise ConfigError(f"no settings are declared for classify modality {modality!r}: add "
                           "CLASSIFY[name] = {section: keys} in segfungi.settings_schema")

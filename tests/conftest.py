@@ -26,7 +26,7 @@ def accepted_as_setting_and_flag(dotted: str, flag: str, value: str) -> bool:
     """Whether `--set dotted=value` loads and `segfungi build-bank flag value` parses; the
     two must agree (both read the schema's choices). A refusal names the allowed values."""
     from segfungi.cli import build_parser
-    from segfungi.errors import ConfigError
+    from segfungi.infra.errors import ConfigError
 
     try:
         build_parser().parse_args(["build-bank", flag, value])

@@ -19,7 +19,7 @@ from torch import nn
 
 import segfungi
 from segfungi.families import load_backbone
-from segfungi.errors import BankError, CheckpointError, ConfigError
+from segfungi.infra.errors import BankError, CheckpointError, ConfigError
 from segfungi.families import (
     BackboneFamily,
     LoadOptions,
@@ -28,7 +28,7 @@ from segfungi.families import (
     unregister_backbone_family,
 )
 from segfungi.gradients import gradient_pass, l2_normalize
-from segfungi.seg_loss import seg_simclr_loss
+from segfungi.ops.seg_loss import seg_simclr_loss
 
 from conftest import tiny_settings
 
@@ -434,7 +434,7 @@ def test_the_cli_builds_and_evaluates_an_hf_snapshot(hf_snapshots, demo_voc_root
 
 
 def test_weights_ids_of_the_new_sources_read_back():
-    from segfungi.weights import WeightsSource
+    from segfungi.infra.weights import WeightsSource
 
     for text in ("hf-hub:facebook/dinov2-small", "open_clip-hub:ViT-B-16:openai",
                  "random-init:seed=3:transformers=5.25.0", "random-init:seed=0:open_clip=3.3.0",

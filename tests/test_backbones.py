@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 
 from segfungi.families import load_backbone
-from segfungi.errors import CheckpointError, ConfigError
+from segfungi.infra.errors import CheckpointError, ConfigError
 
 # Small variants of registered names (timm accepts architecture overrides) keep files tiny.
 TINY16 = dict(name="vit_tiny_patch16_224", model_kwargs=dict(depth=2, embed_dim=32, num_heads=2))

@@ -11,9 +11,9 @@ from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
 from segfungi.components import device, index_settings, support_spec
-from segfungi.errors import BankError
-from segfungi.evaluation import evaluate
-from segfungi.segmenter import Segmenter
+from segfungi.infra.errors import BankError
+from segfungi.inference.evaluation import evaluate
+from segfungi.inference.segmenter import Segmenter
 
 
 def shard_arrays(path):

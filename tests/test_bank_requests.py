@@ -10,7 +10,7 @@ from conftest import tiny_settings
 from segfungi.api import build_bank, planned_bank
 from segfungi.bank import MemoryBank
 from segfungi.cli import main
-from segfungi.sweep import run_sweep, sweep_table
+from segfungi.experiments.sweep import run_sweep, sweep_table
 
 # 2 of the 12 demo training images: at most 2 × 1 epoch × 1024 = 2048 patches.
 TWO_IMAGES = {"subset_fraction": 1 / 6}
@@ -76,8 +76,7 @@ def test_bank_records_absolute_paths_and_evaluates_from_anywhere(demo_voc_root, 
 def test_sweep_plot_ticks_are_the_sizes_built(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from segfungi import viz
-
+    from segfungi.inference import viz
     rows = [{"features": "embeddings", "bank_size": s, "miou": 0.3} for s in (2048, 32768)]
     captured = {}
     original = Figure.savefig

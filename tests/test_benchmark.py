@@ -13,11 +13,11 @@ import pytest
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank
-from segfungi.benchmark import plan_cells, run_benchmark
+from segfungi.experiments.benchmark import plan_cells, run_benchmark
 from segfungi.cli import main
 from segfungi.data import build_dataset
-from segfungi.errors import ConfigError
-from segfungi.evaluation import evaluate
+from segfungi.infra.errors import ConfigError
+from segfungi.inference.evaluation import evaluate
 
 SIZES = (1024, 2048)  # exact below 1500 patches, ScaNN above: both index paths
 
@@ -69,7 +69,7 @@ def test_every_cell_equals_a_separate_build_bank_and_eval(finished_run, tmp_path
 def test_a_killed_run_resumes_and_reads_back_finished_cells(finished_run, tmp_path, monkeypatch):
     settings, done, report = finished_run
     out = tmp_path / "out"
-    import segfungi.evaluation as evaluation
+    import segfungi.inference.evaluation as evaluation
 
     real, calls, killed = evaluation.evaluate, [], []
 

@@ -22,7 +22,7 @@ def cells(out):
 
 
 def test_a_local_job_and_a_killed_one_rerun_give_the_plain_results(tmp_path, demo_voc_root):
-    from segfungi.benchmark import Launch, launch, run_benchmark
+    from segfungi.experiments.benchmark import Launch, launch, run_benchmark
 
     lists = lists_folder(demo_voc_root, tmp_path / "lists")
     settings = benchmark_settings(demo_voc_root, lists)
@@ -55,9 +55,9 @@ def test_a_local_job_and_a_killed_one_rerun_give_the_plain_results(tmp_path, dem
 
 
 def test_slurm_needs_a_partition(tmp_path):
-    from segfungi.benchmark import Launch
-    from segfungi.benchmark._launch import executor
-    from segfungi.errors import ConfigError
+    from segfungi.experiments.benchmark import Launch
+    from segfungi.experiments.benchmark._launch import executor
+    from segfungi.infra.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--launcher slurm needs --partition NAME"):
         executor(Launch("slurm", str(tmp_path)))

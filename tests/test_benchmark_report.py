@@ -1,4 +1,4 @@
-"""The benchmark report (segfungi.benchmark._report) on synthetic records: no model, no data.
+"""The benchmark report (segfungi.experiments.benchmark._report) on synthetic records: no model, no data.
 
 Two datasets, two bank sizes, one few-shot fraction with two trials, both feature kinds,
 one cell missing. Tables are checked against hand computations and against the FUNGI
@@ -14,8 +14,8 @@ import re
 import pytest
 from PIL import Image
 
-from segfungi.benchmark import read_records, summary_table, write_report
-from segfungi.errors import ConfigError
+from segfungi.experiments.benchmark import read_records, summary_table, write_report
+from segfungi.infra.errors import ConfigError
 
 DINO_S = "vit_small_patch16_224.dino"
 HUB = "timm-hub:timm/vit_small_patch16_224.dino"
@@ -256,7 +256,7 @@ def test_benchmark_figure_marks_published_points_hollow_in_the_series_colour():
     import matplotlib.colors as mcolors
     import matplotlib.pyplot as plt
 
-    from segfungi.viz import benchmark_figure
+    from segfungi.inference.viz import benchmark_figure
 
     full = [{"features": "FUNGI", "bank_size": s, "bank_size_requested": s, "miou": m, "published_percent": p}
             for s, m, p in ((102400, 0.509, 50.7), (1024000, 0.552, None))]

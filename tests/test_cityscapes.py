@@ -10,7 +10,7 @@ from segfungi.config import load_config
 from segfungi.data import CITYSCAPES_CLASSES, build_dataset, subset
 from segfungi.data.demo import CITYSCAPES_TRAIN_IDS, write_demo_dataset
 from segfungi.data.demo_scenes import NUM_FOREGROUND, render_scene
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 # cityscapesscripts' labels.py, written out: (name, label id, trainId, colour) of the 19 classes.
 OFFICIAL = (

@@ -16,7 +16,7 @@ from PIL import Image
 from segfungi.classify import datasets as D
 from segfungi.classify.audio import AudioFrontEnd, kaldi_fbank, mel_filterbank, read_wav, resample, write_wav
 from segfungi.classify.settings import defaults, load_settings, parse_override
-from segfungi.errors import ConfigError, DatasetError, SegfungiError
+from segfungi.infra.errors import ConfigError, DatasetError, SegfungiError
 
 
 # ------------------------------------------------------------------------ images

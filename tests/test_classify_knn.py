@@ -63,7 +63,7 @@ def test_cosine_not_euclidean():
 def test_k_capped_and_errors():
     out = knn_evaluate(np.eye(3), [0, 1, 2], np.eye(3), [0, 1, 2], k=20)
     assert out["k"] == 3
-    from segfungi.errors import SegfungiError
+    from segfungi.infra.errors import SegfungiError
 
     with pytest.raises(SegfungiError):
         knn_predict(np.zeros((0, 3)), [], np.ones((1, 3)))

@@ -16,12 +16,12 @@ from segfungi.classify.audio import AudioFungi, SpectrogramViT
 from segfungi.classify.image import ImageFungi
 from segfungi.classify.losses import ClassifyLoss, get_loss, loss_names, register_loss, simclr_loss, unregister_loss
 from segfungi.classify.modalities import get_modality, modality_names
-from segfungi.progress import ProgressLines, progress_bar, progress_iter
+from segfungi.infra.progress import ProgressLines, progress_bar, progress_iter
 from segfungi.classify.settings import defaults, load_settings
 from segfungi.classify.text import TextFungi
 from segfungi.cli import build_parser, main
-from segfungi.errors import CheckpointError, ConfigError
-from segfungi.seg_loss import seg_simclr_loss
+from segfungi.infra.errors import CheckpointError, ConfigError
+from segfungi.ops.seg_loss import seg_simclr_loss
 from test_classify_gradients import _images, _List, _reference, _vit_full_embed  # the per-sample autograd reference
 
 TINY = dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)
@@ -269,13 +269,13 @@ def test_help_states_the_cost_of_simclr(capsys):
 
 
 def test_classify_encoders_write_weights_ids_that_parse(tmp_path):
-    """Every weights id comes from segfungi.weights.WeightsSource: a random-init spectrogram
+    """Every weights id comes from segfungi.infra.weights.WeightsSource: a random-init spectrogram
     ViT and a ViT module given ready (named by its parameters' digest) both parse back."""
     import timm
 
     from segfungi.classify.audio import SpectrogramViT
     from segfungi.classify.vit import TimmViT
-    from segfungi.weights import WeightsSource
+    from segfungi.infra.weights import WeightsSource
 
     audio = SpectrogramViT("vit_tiny_patch16_224", num_mel_bins=32, target_length=64, init_seed=3, depth=1)
     assert WeightsSource.parse(audio.weights_id) == WeightsSource.random_init(3, timm.__version__)

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from segfungi import logging_setup
+from segfungi.infra import logging_setup
 from segfungi.cli import build_parser, main
 from segfungi.commands._options import warn_ignored_build_keys
-from segfungi.errors import BankError, CheckpointError
+from segfungi.infra.errors import BankError, CheckpointError
 from segfungi.bank import MemoryBank, differences
-from segfungi.storage import ensure_writable_dir
+from segfungi.infra.storage import ensure_writable_dir
 
 import bad_inputs
 
@@ -135,8 +135,7 @@ def test_interrupt_before_the_build_started_leaves_nothing(root, tmp_path, monke
 
 
 def test_ctrl_c_in_other_commands_is_one_line(bank, monkeypatch, capsys):
-    from segfungi import evaluation as evaluate
-
+    from segfungi.inference import evaluation as evaluate
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -166,7 +165,7 @@ def test_failed_sweep_leaves_no_bank_folder(root, tmp_path, capsys):
 
 def test_a_started_build_that_fails_is_kept_for_resume(root, tmp_path, monkeypatch, capsys):
     from segfungi.bank import _writers as shards
-    from segfungi.errors import DatasetError
+    from segfungi.infra.errors import DatasetError
 
     write = shards.ShardWriter.write
 

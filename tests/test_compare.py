@@ -9,11 +9,11 @@ import io
 
 import pytest
 
-from segfungi.benchmark import write_report
+from segfungi.experiments.benchmark import write_report
 from segfungi.cli import main
-from segfungi.compare import compare_folders, write_comparison
+from segfungi.experiments.compare import compare_folders, write_comparison
 from segfungi.config import load_config
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 SIZES = (102400, 1024000)
 

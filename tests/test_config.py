@@ -1,7 +1,7 @@
 import pytest
 
 from segfungi.config import load_config, parse_override
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 
 def test_defaults_follow_the_paper():

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import segfungi
-from segfungi.errors import BankError, ConfigError, DatasetError
+from segfungi.infra.errors import BankError, ConfigError, DatasetError
 from segfungi.gradients import l2_normalize
-from segfungi.seg_loss import seg_simclr_loss
+from segfungi.ops.seg_loss import seg_simclr_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "custom_encoder.py"

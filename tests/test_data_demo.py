@@ -12,7 +12,7 @@ from segfungi.cli import main
 from segfungi.data import build_dataset
 from segfungi.data.demo import ADE_IDS, COCO_BACKGROUND, COCO_THINGS, VOC_IDS, write_demo_dataset
 from segfungi.data.demo_scenes import STYLES
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff")
 

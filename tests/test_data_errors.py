@@ -11,7 +11,7 @@ from PIL import Image
 from _data_fixtures import (make_voc_dataset, random_pair, save_image, save_palette_png,
                             small_folder_dataset, write_lines)
 from segfungi.data import build_dataset
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 
 def _read_all(dataset):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from _data_fixtures import save_image, save_palette_png
 from segfungi.data.imageio import read_class_mask, read_image
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 
 @pytest.fixture

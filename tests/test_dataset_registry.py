@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_settings
-from segfungi.benchmark import dry_run, run_benchmark, write_report
+from segfungi.experiments.benchmark import dry_run, run_benchmark, write_report
 from segfungi.data import DatasetInfo, build_dataset, dataset_info, dataset_title, register_dataset, unregister_dataset
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 TOY = "toy-scenes"
 

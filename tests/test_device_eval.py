@@ -9,9 +9,9 @@ import torch
 
 from conftest import tiny_settings
 from segfungi.api import build_bank
-from segfungi.evaluation import evaluate
-from segfungi.metrics import ConfusionMatrix
-from segfungi.transfer import scores_to_mask, scores_to_mask_tensor, transfer_labels
+from segfungi.inference.evaluation import evaluate
+from segfungi.inference.metrics import ConfusionMatrix
+from segfungi.inference.transfer import scores_to_mask, scores_to_mask_tensor, transfer_labels
 
 
 def numpy_confusion(preds, gts, classes, ignore=255):
@@ -69,8 +69,8 @@ def test_evaluation_equals_a_numpy_reference(kind, tmp_path, demo_voc_root):
     equals one counted in numpy from the same scores."""
     from segfungi.components import bank_settings, eval_spec, open_val_dataset
     from segfungi.data.augment import eval_transform
-    from segfungi.evaluation import split_batches
-    from segfungi.segmenter import Segmenter
+    from segfungi.inference.evaluation import split_batches
+    from segfungi.inference.segmenter import Segmenter
 
     settings = tiny_settings(demo_voc_root, bank={"size": 2048, "features": "embeddings"}, index={"kind": kind})
     out = build_bank(settings, tmp_path / kind, progress=False)

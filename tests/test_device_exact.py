@@ -11,8 +11,8 @@ import torch
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import MemoryBank
-from segfungi.errors import ConfigError
-from segfungi.evaluation import evaluate
+from segfungi.infra.errors import ConfigError
+from segfungi.inference.evaluation import evaluate
 from segfungi.index import (
     DESCRIBED,
     DeviceExactIndex,

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank
-from segfungi.evaluation import evaluate
+from segfungi.inference.evaluation import evaluate
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance"]
 

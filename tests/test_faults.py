@@ -34,11 +34,11 @@ from conftest import tiny_settings
 from segfungi import api
 from segfungi.bank import _build as bank_module
 from segfungi.components import bank_spec, index_settings
-from segfungi import storage
+from segfungi.infra import storage
 from segfungi.api import build_bank
 from segfungi.bank import MANIFEST, MemoryBank, estimate_bank_bytes, make_plan
 from segfungi.cli import main
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance", "embedding_norm"]
 # 8 training images at 256² (16×16 patches), one per shard: 8 shards of 128 patches.
@@ -62,7 +62,7 @@ def pause(where):
 
 
 if point == "shard":
-    import segfungi.storage as storage
+    import segfungi.infra.storage as storage
     real_checksum = storage.file_checksum
 
     def checksum_then_pause(path):

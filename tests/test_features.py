@@ -7,7 +7,7 @@ from torch import nn
 from segfungi.families import load_backbone
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import l2_normalize
-from segfungi.seg_loss import seg_simclr_loss
+from segfungi.ops.seg_loss import seg_simclr_loss
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
 

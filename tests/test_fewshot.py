@@ -9,8 +9,8 @@ from segfungi.cli import main
 from segfungi.components import open_dataset, open_train_dataset
 from segfungi.config import load_config
 from segfungi.data import SampleFiles, SegDataset, subset
-from segfungi.errors import ConfigError
-from segfungi.fewshot import (
+from segfungi.infra.errors import ConfigError
+from segfungi.experiments.fewshot import (
     Trial,
     fewshot_table,
     fraction_label,
@@ -77,7 +77,7 @@ TRIALS_BEFORE = {
 
 @pytest.mark.parametrize("name", FEWSHOT_PRESETS)
 def test_preset_trials_resolve_to_the_settings_they_had_before(name):
-    from segfungi.storage import settings_hash
+    from segfungi.infra.storage import settings_hash
 
     def resolved(overrides):
         settings = load_config(name, overrides)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import segfungi.benchmark._run as engine
+import segfungi.experiments.benchmark._run as engine
 from conftest import tiny_settings
-from segfungi.benchmark import input_problems, run_benchmark, write_report
+from segfungi.experiments.benchmark import input_problems, run_benchmark, write_report
 from segfungi.cli import build_parser, main
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from test_benchmark import benchmark_settings, lists_folder
 from test_benchmark_report import make_records, make_run
 
@@ -72,7 +72,7 @@ def test_a_deviation_that_is_no_protocol_key_is_named(demo_voc_root, tmp_path):
 
 # ----------------------------------------------------------- item 2: generated data
 def test_a_report_of_generated_data_shows_no_published_number_and_says_generated(tmp_path, monkeypatch):
-    import segfungi.viz as viz
+    import segfungi.inference.viz as viz
 
     drawn = []
     real_figure = viz.benchmark_figure
@@ -103,7 +103,7 @@ def test_a_report_of_generated_data_shows_no_published_number_and_says_generated
 def test_a_figure_marks_a_published_point_of_other_settings(tmp_path):
     import matplotlib.pyplot as plt
 
-    from segfungi.viz import benchmark_figure
+    from segfungi.inference.viz import benchmark_figure
 
     rows = [{"features": "FUNGI", "bank_size": 102400, "bank_size_requested": 102400, "miou": 0.5,
              "published_percent": 50.7, "published_differs": True},
@@ -136,8 +136,8 @@ def test_fractions_as_1_over_n_and_as_decimals_are_both_accepted(command):
 # ---------------------------------------------------- item 7: read-only --out
 def test_eval_and_predict_refuse_an_unwritable_out_before_work(fungi_bank, demo_voc_root, tmp_path, monkeypatch,
                                                                  capsys):
-    import segfungi.evaluation as evaluation
-    import segfungi.predict as prediction
+    import segfungi.inference.evaluation as evaluation
+    import segfungi.inference.predict as prediction
 
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
@@ -170,7 +170,7 @@ def interrupted_then_resumed(demo_voc_root, tmp_path_factory):
             "2048", "--fractions", "--features", "embeddings", "--set", "data.train_split=train",
             "--set", "index.exact_below=1500", "--set", "data.image_size=256", "--set", "bank.shard_images=4",
             "--set", "benchmark.keep_banks=false", "--out", str(out)]
-    import segfungi.evaluation as evaluation
+    import segfungi.inference.evaluation as evaluation
 
     real, calls = evaluation.evaluate, []
 
@@ -304,7 +304,7 @@ def test_the_dry_run_names_the_cells_that_do_not_fit_and_gives_a_time_range_and_
                                                                                            monkeypatch, capsys):
     import re
 
-    import segfungi.benchmark._dryrun as planning
+    import segfungi.experiments.benchmark._dryrun as planning
 
     monkeypatch.setattr(planning, "_available_memory", lambda: int(3.5 * (1 << 30)))
     lists = lists_folder(demo_voc_root, tmp_path / "lists")
@@ -325,8 +325,8 @@ def test_the_dry_run_names_the_cells_that_do_not_fit_and_gives_a_time_range_and_
 
 
 def test_the_disk_with_dropped_banks_is_the_largest_set_on_disk_at_once():
-    from segfungi.benchmark import Cell
-    from segfungi.benchmark._dryrun import _Line, dropped_banks_disk
+    from segfungi.experiments.benchmark import Cell
+    from segfungi.experiments.benchmark._dryrun import _Line, dropped_banks_disk
 
     def line(cell, disk):
         return _Line(cell.label, 1, 1, disk, 1.0, (8,), cell)

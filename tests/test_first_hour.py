@@ -82,7 +82,7 @@ def test_a_key_with_a_null_default_takes_null_after_a_preset():
 
 def test_pretrained_tags_come_from_timm():
     from segfungi.families import check_weights_source, pretrained_tag
-    from segfungi.errors import ConfigError
+    from segfungi.infra.errors import ConfigError
 
     assert pretrained_tag("vit_small_patch16_224.dino") == "dino"
     assert pretrained_tag("vit_small_patch14_dinov2") == "lvd142m"  # the architecture's default tag
@@ -335,7 +335,7 @@ def test_a_broken_torch_torchvision_pair_is_one_line_naming_the_fix(root, tmp_pa
     (line,) = done.stderr.strip().splitlines()
     from importlib import metadata
 
-    from segfungi.install_check import matching_torchvision
+    from segfungi.infra.install_check import matching_torchvision
 
     torch_version = metadata.version("torch")
     assert f"torch {torch_version}" in line and "and torchvision" in line and "operator torchvision::nms does not exist" in line

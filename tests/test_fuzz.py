@@ -26,7 +26,7 @@ import bad_inputs
 from segfungi.config import load_config, parse_override
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
 from segfungi.data.imageio import read_class_mask, read_image
-from segfungi.errors import ConfigError, DatasetError
+from segfungi.infra.errors import ConfigError, DatasetError
 
 # SEGFUNGI_FUZZ_EXAMPLES=2000 for a deeper run by hand; the suite keeps it bounded.
 FUZZ = settings(max_examples=int(os.environ.get("SEGFUNGI_FUZZ_EXAMPLES", 80)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.gradients import (
     COMPUTE_DTYPES,
     DENSE_KERNELS,

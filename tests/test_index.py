@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import accepted_as_setting_and_flag
-from segfungi.errors import BankError, ConfigError
+from segfungi.infra.errors import BankError, ConfigError
 from segfungi.index import (
     ExactIndex,
     IndexSettings,
@@ -191,7 +191,8 @@ BUILD_SCRIPT = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from segfungi import index as ix, logging_setup
+from segfungi import index as ix
+from segfungi.infra import logging_setup
 out, verbose = sys.argv[2], sys.argv[3] == "1"
 logging_setup.set_verbose(verbose)
 rng = np.random.default_rng(0)

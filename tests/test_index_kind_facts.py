@@ -12,7 +12,7 @@ from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import BankPlan, MemoryBank, estimate_bank_bytes
 from segfungi.cli import main
-from segfungi.evaluation import evaluate
+from segfungi.inference.evaluation import evaluate
 from segfungi.index import (
     ExactIndex,
     IndexCosts,

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import MemoryBank, verify_problems
-from segfungi.evaluation import evaluate
+from segfungi.inference.evaluation import evaluate
 from segfungi.index import ExactIndex, register_index_kind, unregister_index_kind
 
 
@@ -53,7 +53,7 @@ def test_a_bank_of_an_unregistered_kind_is_refused_naming_the_kinds(saved_exact,
     toy = build_bank(tiny_settings(demo_voc_root, bank={"size": 2048, "features": "embeddings"},
                                    index={"kind": "saved-exact"}), tmp_path / "toy", progress=False)
     unregister_index_kind("saved-exact")
-    from segfungi.errors import BankError
+    from segfungi.infra.errors import BankError
 
     with pytest.raises(BankError, match=r"'index' is missing or invalid \(expected \{'kind': one of exact, scann, device-exact\}"):
         MemoryBank(toy)

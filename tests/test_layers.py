@@ -20,10 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def contract_layers() -> list[str]:
+    """The layers of every layers contract, top first: the package root's as they are, each
+    package's with its name in front (`experiments.fewshot | experiments.sweep`)."""
     config = configparser.ConfigParser()
     config.read(ROOT / ".importlinter")
-    lines = config["importlinter:contract:layers"]["layers"].strip().splitlines()
-    return [" ".join(line.split()) for line in lines]
+    out = []
+    for section in config.sections():
+        if config[section].get("type") != "layers":
+            continue
+        container = config[section]["containers"].strip()
+        prefix = "" if container == "segfungi" else container.removeprefix("segfungi.") + "."
+        for line in config[section]["layers"].strip().splitlines():
+            out.append(" | ".join(prefix + name.strip() for name in line.split("|")))
+    return out
 
 
 def documented_layers() -> list[str]:
@@ -46,4 +55,4 @@ def test_the_import_contracts_hold():
                            "sys.exit(lint_imports_command())", "--no-cache"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "Contracts: 2 kept, 0 broken." in done.stdout
+    assert re.search(r"Contracts: \d+ kept, 0 broken\.", done.stdout), done.stdout[-2000:]

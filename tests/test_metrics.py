@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from segfungi.metrics import ConfusionMatrix
+from segfungi.inference.metrics import ConfusionMatrix
 
 
 def naive_iou(preds, gts, num_classes, ignore=255):

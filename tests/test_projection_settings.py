@@ -11,7 +11,7 @@ from conftest import tiny_settings
 from segfungi.families import load_backbone
 from segfungi.components import make_extractor
 from segfungi.config import load_config
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import AchlioptasProjection, register_projection, unregister_projection
 
@@ -85,7 +85,7 @@ def bfloat16_bank(demo_voc_root, tmp_path_factory):
 
 
 def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, monkeypatch):
-    from segfungi.segmenter import Segmenter
+    from segfungi.inference.segmenter import Segmenter
     from segfungi.bank import MemoryBank
 
     path, settings = bfloat16_bank
@@ -99,7 +99,7 @@ def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, mon
 
 
 def test_a_bfloat16_bank_refuses_a_float32_query_naming_the_setting(bfloat16_bank):
-    from segfungi.segmenter import Segmenter
+    from segfungi.inference.segmenter import Segmenter
 
     path, settings = bfloat16_bank
     query = copy.deepcopy(settings)

@@ -49,15 +49,15 @@ def test_evaluate_and_run_benchmark_are_functions_and_no_module_is_callable():
     import inspect
     import types
 
-    import segfungi.evaluation as module
+    import segfungi.inference.evaluation as module
 
     assert segfungi.evaluate is module.evaluate and isinstance(segfungi.evaluate, types.FunctionType)
-    assert importlib.import_module("segfungi.segmenter").Segmenter is segfungi.Segmenter
+    assert importlib.import_module("segfungi.inference.segmenter").Segmenter is segfungi.Segmenter
     assert list(inspect.signature(segfungi.evaluate).parameters)[:2] == ["bank", "settings"]
     assert list(inspect.signature(segfungi.Segmenter).parameters) == ["bank", "extractor", "index", "support",
                                                                       "transfer"]
     assert list(inspect.signature(segfungi.Segmenter.from_settings).parameters)[:2] == ["bank", "settings"]
-    assert segfungi.run_benchmark is importlib.import_module("segfungi.benchmark").run_benchmark
+    assert segfungi.run_benchmark is importlib.import_module("segfungi.experiments.benchmark").run_benchmark
     assert list(inspect.signature(segfungi.run_benchmark).parameters)[:2] == ["settings", "out"]
     # Modules are modules (IDEs and type checkers see them as such): none is callable.
     for name in ("evaluation", "benchmark", "bank", "index", "gradients"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.published import (FEWSHOT_BANK_SIZE, FEWSHOT_FRACTIONS, FULL_BANK_SIZES, Cell, Run,
                                 format_bank_size, load_published, lookup, published_entries, published_for)
 

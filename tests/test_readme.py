@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from segfungi.config import load_config
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -55,7 +55,7 @@ def test_readme_block_runs_and_predicts_the_image(readme_run):
 
 @pytest.fixture(scope="module")
 def segmenter(readme_run):
-    from segfungi.segmenter import Segmenter
+    from segfungi.inference.segmenter import Segmenter
 
     bank = Path(readme_run["folder"]) / readme_run["bank"]
     return Segmenter.from_settings(bank, readme_run["bank_settings"])
@@ -85,16 +85,16 @@ def test_predict_takes_pil_grey_and_rgba_like_the_cli(readme_run, segmenter):
     ({"backbone": {"weights": "elsewhere/dino.pth"}}, "weights file elsewhere/dino.pth"),
 ])
 def test_mismatched_settings_fail_before_any_model_is_loaded(readme_run, monkeypatch, change, named):
-    import segfungi.segmenter
+    import segfungi.inference.segmenter
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a backbone was loaded (or downloaded) for mismatched settings")
 
-    monkeypatch.setattr(segfungi.segmenter, "make_extractor", no_loading)
+    monkeypatch.setattr(segfungi.inference.segmenter, "make_extractor", no_loading)
     bank = Path(readme_run["folder"]) / readme_run["bank"]
     settings = load_config(base=readme_run["bank_settings"], overrides=[change])
     with pytest.raises(BankError, match=f"other feature settings than this query \\(checked before loading(.|\\n)*{re.escape(named)}"):
-        segfungi.segmenter.Segmenter.from_settings(bank, settings)
+        segfungi.inference.segmenter.Segmenter.from_settings(bank, settings)
 
 
 def test_readme_starts_with_the_two_commands():

@@ -1,4 +1,4 @@
-"""segfungi.registry.Registry, and the registries' promise: their names (settings
+"""segfungi.infra.registry.Registry, and the registries' promise: their names (settings
 choices, --help) load no torch."""
 
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segfungi.errors import ConfigError
-from segfungi.registry import Registry
+from segfungi.infra.errors import ConfigError
+from segfungi.infra.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,11 +19,11 @@ from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, bank_identity, 
 from segfungi.bank import _cache, _writers
 from segfungi.components import bank_spec, make_extractor, open_train_dataset
 from segfungi.config import load_config
-from segfungi.errors import BankError, ConfigError
-from segfungi.evaluation import evaluate
+from segfungi.infra.errors import BankError, ConfigError
+from segfungi.inference.evaluation import evaluate
 from segfungi.index import clamped_num_leaves
-from segfungi.seeding import SUPPORT_VIEWS, derive_seed
-from segfungi.segmenter import Segmenter
+from segfungi.infra.seeding import SUPPORT_VIEWS, derive_seed
+from segfungi.inference.segmenter import Segmenter
 
 ARRAYS = ("features", "label_ids", "label_weights", "provenance")
 STD = [0.229, 0.224, 0.255]  # the authors' (and open-hummingbird-eval's) typo for 0.225

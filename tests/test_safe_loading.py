@@ -26,10 +26,10 @@ from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import index_settings
 from segfungi.cli import main
 from segfungi.config import load_config
-from segfungi.errors import BankError, CheckpointError, ConfigError
-from segfungi.evaluation import evaluate
-from segfungi.segmenter import Segmenter
-from segfungi.storage import file_checksum, load_array
+from segfungi.infra.errors import BankError, CheckpointError, ConfigError
+from segfungi.inference.evaluation import evaluate
+from segfungi.inference.segmenter import Segmenter
+from segfungi.infra.storage import file_checksum, load_array
 
 # Three 48×40 VOC samples at 64² (4×4 patches): 48 patches in 3 shards, ScaNN index.
 SETTINGS = {"bank": {"size": 48, "features": "embeddings", "shard_images": 1, "batch_size": 1},
@@ -315,7 +315,7 @@ def test_dataset_files_are_opened_only_as_common_raster_formats(tmp_path):
     from PIL import Image
 
     from segfungi.data.imageio import read_image
-    from segfungi.errors import DatasetError
+    from segfungi.infra.errors import DatasetError
 
     eps = tmp_path / "photo.jpg"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 48 40\nshowpage\n%%EOF\n")

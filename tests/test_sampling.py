@@ -15,8 +15,8 @@ from segfungi.components import bank_spec
 from segfungi.config import load_config
 from segfungi.data.augment import patch_histograms
 from segfungi.data.labels import ADE20K_CLASSES, VOC_CLASSES
-from segfungi.errors import ConfigError
-from segfungi.sampling import (
+from segfungi.infra.errors import ConfigError
+from segfungi.ops.sampling import (
     compact_labels,
     dense_labels,
     keep_smallest,

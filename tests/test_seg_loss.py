@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from segfungi.gradients import l2_normalize
-from segfungi.seg_loss import make_head, naive_seg_simclr_loss, seg_simclr_loss
+from segfungi.ops.seg_loss import make_head, naive_seg_simclr_loss, seg_simclr_loss
 
 
 def _unit(*shape, seed):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from segfungi import sign_lookup
+from segfungi.ops import sign_lookup
 from segfungi.gradients import AchlioptasProjection
 
 

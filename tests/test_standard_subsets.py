@@ -11,9 +11,9 @@ from segfungi.cli import main
 from segfungi.components import open_train_dataset, open_val_dataset
 from segfungi.config import load_config
 from segfungi.data.idlists import read_id_file
-from segfungi.errors import ConfigError, DatasetError
-from segfungi.evaluation import evaluate
-from segfungi.fewshot import (
+from segfungi.infra.errors import ConfigError, DatasetError
+from segfungi.inference.evaluation import evaluate
+from segfungi.experiments.fewshot import (
     merge_equal_subsets,
     plan_trials,
     run_fewshot,

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from segfungi.errors import BankError
-from segfungi.storage import (
+from segfungi.infra.errors import BankError
+from segfungi.infra.storage import (
     BuildLock,
     load_array,
     settings_hash,

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segfungi import viz
-
+from segfungi.inference import viz
 CLASSES = ["background", "cat", "dog", "person"]
 PALETTE = np.array([[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]], dtype=np.uint8)
 
@@ -195,7 +194,7 @@ def demo_manifest(root, weights_id="random-init:seed=0:timm=1.0", images=8):
     from types import SimpleNamespace
 
     from segfungi.bank import BackboneIdentity, BankIdentity, DatasetIdentity, ExtractorIdentity, SamplingIdentity
-    from segfungi.weights import WeightsSource
+    from segfungi.infra.weights import WeightsSource
 
     backbone = BackboneIdentity("vit_tiny_patch16_224", WeightsSource.parse(weights_id), 512, 16, 192, 1)
     identity = BankIdentity(ExtractorIdentity("embeddings", 192, backbone),
@@ -217,7 +216,7 @@ def test_describe_banks_names_backbone_weights_data_and_images(tmp_path):
                                demo_manifest(tmp_path / "voc", "timm-hub:timm/vit_small_patch16_224.dino", 2)])
     assert real == ("vit_tiny_patch16_224, pretrained weights timm/vit_small_patch16_224.dino\n"
                     "voc train: 2 / 4 training images")
-    from segfungi.weights import WeightsSource
+    from segfungi.infra.weights import WeightsSource
 
     assert WeightsSource.parse("file:dino.pth:sha256:0123").describe() == "weights dino.pth"
 

@@ -8,7 +8,7 @@ import pytest
 from segfungi.cli import main
 from segfungi.data import build_dataset
 from segfungi.data.demo import write_demo_dataset
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 
 @pytest.fixture(scope="module")

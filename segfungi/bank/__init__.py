@@ -25,7 +25,7 @@ Names are imported when first used, so reading or inspecting a bank (`MemoryBank
 
 from __future__ import annotations
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 # Public name -> the internal module that defines it.
 _PUBLIC = {

@@ -51,7 +51,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from segfungi import __version__, distributed
+from segfungi import __version__
+
+from segfungi.infra import distributed
 from segfungi.bank._cache import LastBlockCache
 from segfungi.bank._identity import (
     BankIdentity,
@@ -79,12 +81,12 @@ from segfungi.bank._records import read_build_record, write_build_record
 from segfungi.bank._spec import BankSpec
 from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, LastBlockInputWriter
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 from segfungi.feature_kinds import FeatureKind, check_feature_kind
-from segfungi.progress import progress_iter
-from segfungi.sampling import void_class
-from segfungi.seeding import SUPPORT_VIEWS, derive_seed
-from segfungi.storage import (
+from segfungi.infra.progress import progress_iter
+from segfungi.ops.sampling import void_class
+from segfungi.infra.seeding import SUPPORT_VIEWS, derive_seed
+from segfungi.infra.storage import (
     BuildLock,
     check_free_space,
     ensure_writable_dir,
@@ -538,7 +540,7 @@ def _views_note(fungi: BankSpec, target: _Target) -> dict:
 
 def shard_entry(folder: Path) -> dict:
     """A shard's manifest entry, from its own meta.json."""
-    from segfungi.storage import read_json
+    from segfungi.infra.storage import read_json
 
     meta = read_json(folder / "meta.json")
     entry = {"name": folder.name, "patches": meta["patches"], "checksums": meta["checksums"]}

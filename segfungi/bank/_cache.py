@@ -26,8 +26,8 @@ from typing import Mapping
 import numpy as np
 
 from segfungi.bank._layout import shard_name
-from segfungi.errors import BankError
-from segfungi.storage import load_array, verify_folder, write_arrays_atomic
+from segfungi.infra.errors import BankError
+from segfungi.infra.storage import load_array, verify_folder, write_arrays_atomic
 
 
 class LastBlockCache:

@@ -24,9 +24,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from segfungi.errors import BankError
-from segfungi.storage import settings_hash
-from segfungi.weights import WeightsSource
+from segfungi.infra.errors import BankError
+from segfungi.infra.storage import settings_hash
+from segfungi.infra.weights import WeightsSource
 
 __all__ = [
     "ABSENT", "BackboneIdentity", "BankIdentity", "DatasetIdentity", "Difference", "ExtractorIdentity",

@@ -19,9 +19,9 @@ import numpy as np
 from segfungi.bank._identity import BankIdentity
 from segfungi.index import index_kinds
 from segfungi.bank._layout import INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, not_a_bank
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 from segfungi.feature_kinds import check_feature_kind
-from segfungi.storage import (
+from segfungi.infra.storage import (
     ARRAY_NAME,
     check_file,
     load_array,

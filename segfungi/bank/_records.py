@@ -8,8 +8,8 @@ from pathlib import Path
 
 from segfungi.bank._identity import BankIdentity
 from segfungi.bank._layout import BUILD_RECORD
-from segfungi.errors import BankError
-from segfungi.storage import read_json, write_json_atomic
+from segfungi.infra.errors import BankError
+from segfungi.infra.storage import read_json, write_json_atomic
 
 __all__ = ["BuildRecord", "read_build_record", "write_build_record"]
 

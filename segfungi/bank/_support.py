@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 from segfungi.bank._reader import MemoryBank
 from segfungi.feature_kinds import FeatureKind
 

@@ -29,8 +29,8 @@ import torch
 
 from segfungi.bank._layout import SHARDS_DIR, shard_name
 from segfungi.features import KeptGradients
-from segfungi.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_generator
-from segfungi.storage import write_arrays_atomic
+from segfungi.infra.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_generator
+from segfungi.infra.storage import write_arrays_atomic
 
 
 @dataclass
@@ -67,7 +67,7 @@ class _ItemPreparer:
 
     def __call__(self, epoch: int, image: int) -> PreparedItem:
         from segfungi.data.augment import patch_histograms
-        from segfungi.sampling import patch_ranking
+        from segfungi.ops.sampling import patch_ranking
 
         sample = self.dataset[image]
         img, mask = self.augment(sample.image, sample.mask, seed=derive_seed(self.seed, epoch, image, AUGMENT))
@@ -77,7 +77,7 @@ class _ItemPreparer:
         return PreparedItem(img, [self._kept(hist, np.sort(ranking[:count]), epoch, image) for count in self.keeps])
 
     def _kept(self, hist: np.ndarray, keep: np.ndarray, epoch: int, image: int) -> KeptPatches:
-        from segfungi.sampling import compact_labels
+        from segfungi.ops.sampling import compact_labels
 
         label_ids, label_weights = compact_labels(hist[keep], self.topk)
         provenance = np.stack([np.full(len(keep), image), np.full(len(keep), epoch), keep], axis=1)
@@ -126,7 +126,7 @@ class ItemLoader:
 
     def __init__(self, dataset, extractor, keeps: tuple[int, ...], spec):
         """`keeps`: patches kept per augmented image, one count per bank size written."""
-        from segfungi.sampling import void_class
+        from segfungi.ops.sampling import void_class
 
         self.batch_size = spec.batch_size
         # The backbone's size: data.image_size, or 32 × its patch size when that is null.

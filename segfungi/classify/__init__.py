@@ -13,7 +13,7 @@ Public API (text needs the ``text`` extra, imported lazily)::
         ClassifyLoss, register_loss, Modality, register_modality,   # registries
     )
 
-Both registries are :class:`segfungi.registry.Registry` instances. A new loss is one
+Both registries are :class:`segfungi.infra.registry.Registry` instances. A new loss is one
 ``register_loss(ClassifyLoss(...))`` (see :mod:`segfungi.classify.losses`); a new
 modality one ``register_modality(Modality(...))`` plus its settings in
 :mod:`segfungi.settings_schema` (see :mod:`segfungi.classify.modalities`).
@@ -21,7 +21,7 @@ modality one ``register_modality(Modality(...))`` plus its settings in
 
 from __future__ import annotations
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 # Module -> the public names it defines.
 _MODULES = {

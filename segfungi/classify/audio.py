@@ -5,7 +5,7 @@
   (Python 3.11's ``wave`` module refuses the last two; ``soundfile`` would add a
   native libsndfile dependency for no gain on ESC-50 / SpeechCommands, which are
   plain 16-bit PCM). Multi-channel clips are averaged to mono. Anything unreadable
-  raises :class:`~segfungi.errors.DatasetError` naming the file.
+  raises :class:`~segfungi.infra.errors.DatasetError` naming the file.
 * :func:`resample`: band-limited windowed-sinc resampling in torch (polyphase,
   Hann-windowed sinc, as torchaudio's default), no torchaudio.
 * :func:`kaldi_fbank`: Kaldi-compatible log-mel filter banks in torch (the AST /
@@ -34,8 +34,8 @@ from segfungi.classify.augment import audio_noise_views
 from segfungi.classify.features import SplitViTFungi
 from segfungi.backbones import load_checkpoint
 from segfungi.classify.vit import TimmViT
-from segfungi.errors import CheckpointError, DatasetError
-from segfungi.weights import WeightsSource
+from segfungi.infra.errors import CheckpointError, DatasetError
+from segfungi.infra.weights import WeightsSource
 
 # -------------------------------------------------------------------- WAV reading
 

@@ -4,7 +4,7 @@ Every dataset is a sequence with ``classes`` (names), ``labels`` (int64 array, k
 without decoding any sample), ``__len__``, ``__getitem__(i)`` (the decoded sample:
 uint8 ``H×W×3`` image, ``str`` text, or ``(waveform float32, sample_rate)``) and
 ``identity()`` (a JSON-able dict for feature-cache manifests). Problems a user can
-cause raise :class:`segfungi.errors.DatasetError` naming the file or folder.
+cause raise :class:`segfungi.infra.errors.DatasetError` naming the file or folder.
 
 Layouts:
 
@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from segfungi.data.imageio import read_image
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 AUDIO_EXTENSIONS = (".wav",)

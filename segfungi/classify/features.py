@@ -22,8 +22,8 @@ batch of B samples and one loss it
 
 No second core: capturing, projection and normalisation come from
 :mod:`segfungi.gradients`, the heads and the SimCLR closed form from
-:mod:`segfungi.seg_loss`, the ViT split from :mod:`segfungi.backbones`, hashes and
-atomic writes from :mod:`segfungi.storage`.
+:mod:`segfungi.ops.seg_loss`, the ViT split from :mod:`segfungi.backbones`, hashes and
+atomic writes from :mod:`segfungi.infra.storage`.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ import torch
 
 from segfungi.classify import augment
 from segfungi.classify.losses import get_loss, loss_names
-from segfungi.progress import progress_bar
+from segfungi.infra.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
-from segfungi.errors import BankError, ConfigError, SegfungiError
+from segfungi.infra.errors import BankError, ConfigError, SegfungiError
 from segfungi.gradients import gradient_pass, l2_normalize, make_projection, projection_options
 from segfungi.settings_schema import DEFAULTS
-from segfungi.seg_loss import make_head
-from segfungi.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
+from segfungi.ops.seg_loss import make_head
+from segfungi.infra.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
 
 CACHE_VERSION = 1
 

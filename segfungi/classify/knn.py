@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from segfungi.errors import SegfungiError
+from segfungi.infra.errors import SegfungiError
 
 
 def _as_tensor(x, dtype=torch.float32) -> torch.Tensor:

@@ -25,10 +25,10 @@ Choices the paper leaves open, fixed here after the authors' released code
 * SimCLR: the head sees the raw embedding; head outputs are L2-normalised; Eq. 5
   with the temperature applied to every similarity, averaged over the ordered
   pairs ``i != j`` of positives, computed in closed form in O(V·(V+M)) by the
-  segmentation side's :func:`segfungi.seg_loss.seg_simclr_loss` (one closed form for
+  segmentation side's :func:`segfungi.ops.seg_loss.seg_simclr_loss` (one closed form for
   both; here every sample shares the same fixed negatives).
 
-The heads are :func:`segfungi.seg_loss.make_head` (the segmentation side's head).
+The heads are :func:`segfungi.ops.seg_loss.make_head` (the segmentation side's head).
 
 **Registry.** Each loss is one :class:`ClassifyLoss` registered with
 :func:`register_loss`: its name (the ``fungi.<name>`` settings section and the
@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.gradients import l2_normalize
-from segfungi.registry import Registry
-from segfungi.seg_loss import make_head, seg_simclr_loss
+from segfungi.infra.registry import Registry
+from segfungi.ops.seg_loss import make_head, seg_simclr_loss
 
 
 # --------------------------------------------------------------------------- KL
@@ -132,7 +132,7 @@ def simclr_loss(z_pos: torch.Tensor, z_neg: torch.Tensor, tau: float = 0.07) -> 
     L2-normalised here. For each ordered pair ``i != j`` of positives,
     ``ℓ_ij = -s_ij/τ + log Σ_{k ≠ i} exp(s_ik/τ)`` with k over positives and
     negatives; the loss is the mean over the ``V(V-1)`` pairs, which is
-    :func:`segfungi.seg_loss.seg_simclr_loss` with every sample given the same
+    :func:`segfungi.ops.seg_loss.seg_simclr_loss` with every sample given the same
     negatives (a broadcast view, not a copy).
     """
     p = F.normalize(z_pos, dim=-1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from segfungi.registry import Registry, load_reference
+from segfungi.infra.registry import Registry, load_reference
 
 __all__ = ["MODALITIES", "Modality", "register_modality", "unregister_modality", "get_modality", "modality_names"]
 

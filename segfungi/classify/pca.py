@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segfungi.storage import load_array, write_array_atomic
+from segfungi.infra.storage import load_array, write_array_atomic
 
 
 class PCA:

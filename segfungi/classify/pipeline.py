@@ -15,8 +15,8 @@ from segfungi.classify.knn import few_shot_indices, knn_evaluate
 from segfungi.classify.losses import get_loss, loss_names
 from segfungi.classify.modalities import get_modality
 from segfungi.classify.pca import PCA
-from segfungi.errors import ConfigError
-from segfungi.storage import settings_hash, write_json_atomic
+from segfungi.infra.errors import ConfigError
+from segfungi.infra.storage import settings_hash, write_json_atomic
 
 
 # ------------------------------------------------------------------- building

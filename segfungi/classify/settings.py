@@ -21,7 +21,7 @@ from segfungi import config as _config
 from segfungi import settings_schema
 from segfungi.classify.modalities import get_modality
 from segfungi.config import CONFIG_DIR
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 SECTION = settings_schema.CLASSIFY_SECTION
 

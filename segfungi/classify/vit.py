@@ -18,7 +18,7 @@ from torch import nn
 
 from segfungi.backbones import Backbone
 from segfungi.custom import parameters_digest
-from segfungi.weights import WeightsSource
+from segfungi.infra.weights import WeightsSource
 
 
 def pool(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ class TimmViT(Backbone):
 
     def __init__(self, model: nn.Module, name: str | None = None, weights_id: str | None = None,
                  extra_identity: dict | None = None, device: str | torch.device = "cpu"):
-        """`weights_id`: a `segfungi.weights.WeightsSource` id; None names the module's own
+        """`weights_id`: a `segfungi.infra.weights.WeightsSource` id; None names the module's own
         parameters by their digest (a module given ready, its weights unknown to us)."""
         # Backbone.__init__ is not called: it refuses rectangular inputs. These are the
         # attributes the inherited forward_until_last_block / forward_last_block use.

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from segfungi.config import load_config, parse_override, set_key
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_KINDS
 from segfungi.settings_schema import keys as schema_keys
 

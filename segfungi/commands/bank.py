@@ -58,7 +58,7 @@ def run_verify(args) -> int:
 
 # ------------------------------------------------------------------------- info
 def format_info(info: dict) -> str:
-    from segfungi.storage import format_bytes
+    from segfungi.infra.storage import format_bytes
 
     s = info["settings"]
     lines = [

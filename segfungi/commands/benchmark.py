@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def _launch(settings: dict, args) -> int:
-    from segfungi.benchmark._launch import Launch, launch
+    from segfungi.experiments.benchmark._launch import Launch, launch
 
     job = launch(settings, None, Launch(args.launcher, args.launcher_folder, args.partition, max(1, args.gpus or 1),
                                         args.time))
@@ -81,7 +81,7 @@ def _planned_device(args):
 
 def roots(values: list[str], datasets: list[str]) -> dict:
     """--root voc=DIR … (or one DIR for one dataset) as benchmark.roots."""
-    from segfungi.errors import ConfigError
+    from segfungi.infra.errors import ConfigError
 
     found = {}
     for value in values:
@@ -100,9 +100,9 @@ def protocol_sets(args, settings: dict) -> dict:
     protocol preset sets: the user's on purpose, so it becomes benchmark.deviations
     (honoured over the preset, and every cell it touches says so) instead of being
     overridden by the preset without a word."""
-    from segfungi.benchmark import protocol_values
+    from segfungi.experiments.benchmark import protocol_values
     from segfungi.config import dotted_items, parse_override
-    from segfungi.errors import ConfigError
+    from segfungi.infra.errors import ConfigError
 
     keys = set()
     for dataset in settings["benchmark"]["datasets"]:
@@ -127,9 +127,9 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
         return []
     import yaml
 
-    from segfungi.benchmark import protocol_values
+    from segfungi.experiments.benchmark import protocol_values
     from segfungi.config import dotted_items, resolve_config_path
-    from segfungi.errors import ConfigError
+    from segfungi.infra.errors import ConfigError
 
     with open(resolve_config_path(args.config), encoding="utf-8") as f:
         preset = dict(dotted_items(yaml.safe_load(f) or {}))
@@ -149,7 +149,7 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from segfungi.benchmark import dry_run, run_benchmark
+    from segfungi.experiments.benchmark import dry_run, run_benchmark
 
     settings = settings_from_args(args, FLAGS)
     given = roots(args.roots, list(settings["benchmark"]["datasets"]))
@@ -168,7 +168,7 @@ def run(args) -> int:
         return 0
     if args.launcher:
         return _launch(settings, args)
-    from segfungi.benchmark import summary_table
+    from segfungi.experiments.benchmark import summary_table
 
     out = settings["benchmark"]["out"]
     try:

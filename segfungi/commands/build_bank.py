@@ -47,11 +47,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi import distributed
+    from segfungi.infra import distributed
     from segfungi.api import build_bank
     from segfungi.bank import MemoryBank
-    from segfungi.storage import remove_created_folders
-    from segfungi.weights import backbone_line
+    from segfungi.infra.storage import remove_created_folders
+    from segfungi.infra.weights import backbone_line
 
     settings = settings_from_args(args, BUILD_FLAGS)
     if args.resume:

@@ -135,7 +135,7 @@ def run(args) -> int:
         write_report,
     )
     from segfungi.classify.settings import load_settings
-    from segfungi.weights import backbone_line, describe_id
+    from segfungi.infra.weights import backbone_line, describe_id
 
     settings = load_settings(args.modality, args.config, collect_overrides(args))
     report = run_classification(args.modality, settings, log=lambda m: print(m, file=sys.stderr))

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.compare import compare_folders, render_markdown, write_comparison
+    from segfungi.experiments.compare import compare_folders, render_markdown, write_comparison
 
     tables = compare_folders(args.folders, published=args.published, mark_differences=args.mark_differences)
     written = write_comparison(args.out, tables)

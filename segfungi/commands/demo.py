@@ -6,7 +6,7 @@ from pathlib import Path
 
 from segfungi.commands._options import add_config_options, settings_from_args
 from segfungi.components import requested_backbone_line
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ PRETRAINED_COMMAND = "segfungi demo --pretrained --backbone vit_small_patch16_22
 
 def run(args) -> int:
     from segfungi.data.demo import write_demo_dataset
-    from segfungi.sweep import run_sweep, sweep_table
+    from segfungi.experiments.sweep import run_sweep, sweep_table
 
     out = Path(args.out)
     # The generated data is written in the layout of the dataset asked for, so that
@@ -54,7 +54,7 @@ def check_earlier_run(out: Path, asked: dict) -> None:
     earlier table and plot) describing data that no longer exists."""
     from segfungi.bank import banks_inside
     from segfungi.data.demo import MARKER
-    from segfungi.storage import read_json
+    from segfungi.infra.storage import read_json
 
     marker = out / "data" / MARKER
     if not marker.is_file():

@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 
 def check_results_path(out: Path) -> None:
     """Refuse a results path that cannot be written (a folder, a read-only place) before any work."""
-    from segfungi.errors import ConfigError
-    from segfungi.storage import ensure_writable_dir
+    from segfungi.infra.errors import ConfigError
+    from segfungi.infra.storage import ensure_writable_dir
 
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give the results file's path, e.g. {out / 'results.json'}")
@@ -30,9 +30,9 @@ def check_results_path(out: Path) -> None:
 
 def run(args) -> int:
     from segfungi.bank import MemoryBank
-    from segfungi.evaluation import evaluate, results_table
-    from segfungi.storage import write_json_atomic
-    from segfungi.weights import backbone_line
+    from segfungi.inference.evaluation import evaluate, results_table
+    from segfungi.infra.storage import write_json_atomic
+    from segfungi.infra.weights import backbone_line
 
     # Start from the settings the bank was built with, so only what differs is typed.
     bank = MemoryBank(args.bank)

@@ -63,7 +63,7 @@ def fractions_given(args) -> bool:
 def default_list_fractions(settings: dict) -> list[float]:
     """With list subsets: the configured fractions the folder holds (the fewshot_* presets'
     1/128 and 1/64 of the standard lists), else every fraction it holds (said on stderr)."""
-    from segfungi.fewshot import fraction_label, list_fractions, lists_folder
+    from segfungi.experiments.fewshot import fraction_label, list_fractions, lists_folder
 
     held = list_fractions(settings["data"]["dataset"], lists_folder(settings["fewshot"]["subsets"]))
     chosen = [f for f in settings["fewshot"]["fractions"] if any(abs(f - h) < 1e-12 for h in held)]
@@ -76,8 +76,8 @@ def default_list_fractions(settings: dict) -> list[float]:
 
 def run(args) -> int:
     from segfungi.config import dump_config
-    from segfungi.errors import ConfigError
-    from segfungi.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
+    from segfungi.infra.errors import ConfigError
+    from segfungi.experiments.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
     from segfungi.components import requested_backbone_line
 
     settings = settings_from_args(args, FEWSHOT_FLAGS)

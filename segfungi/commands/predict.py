@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from segfungi.bank import MemoryBank
-    from segfungi.predict import predict_to_folder
-    from segfungi.weights import backbone_line
+    from segfungi.inference.predict import predict_to_folder
+    from segfungi.infra.weights import backbone_line
 
     # Start from the settings the bank was built with: the query must match them anyway.
     bank = MemoryBank(args.bank)

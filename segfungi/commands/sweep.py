@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.sweep import run_sweep, sweep_table
+    from segfungi.experiments.sweep import run_sweep, sweep_table
     from segfungi.components import requested_backbone_line
 
     extra = {"sizes": "sweep.sizes", "features": "sweep.features", "aug_epochs": "bank.aug_epochs",

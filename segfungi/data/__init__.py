@@ -10,7 +10,7 @@ base.py. A new dataset is one `register_dataset` call with its facts (`segfungi.
 Names are imported when first used, so the registry (`dataset_names()`, the settings'
 `data.dataset` choices) loads neither NumPy nor PIL."""
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 # Module -> the public names it defines.
 _MODULES = {

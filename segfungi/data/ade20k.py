@@ -14,7 +14,7 @@ from pathlib import Path
 
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
 from segfungi.data.labels import ADE20K_CLASSES, IGNORE, distinct_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 SPLITS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
 

@@ -148,7 +148,7 @@ def patch_histograms(mask: np.ndarray, patch: int = 16, *, num_classes: int,
                      void_class: int | None = None) -> np.ndarray:
     """(gh·gw)×C int32 pixel counts per patch and class; patches in row-major order, the
     order of a ViT's patch tokens. Void (255) pixels are not counted, or counted as
-    `void_class` when one is given (bank labels: see `segfungi.sampling.void_class`)."""
+    `void_class` when one is given (bank labels: see `segfungi.ops.sampling.void_class`)."""
     height, width = mask.shape
     if height % patch or width % patch:
         raise ValueError(f"mask {width}×{height} is not a whole number of {patch}-pixel patches")

@@ -46,7 +46,7 @@ import numpy as np
 
 from segfungi.data.idlists import check_unique
 from segfungi.data.imageio import read_class_mask, read_image
-from segfungi.errors import ConfigError, DatasetError
+from segfungi.infra.errors import ConfigError, DatasetError
 
 MIN_SIDE = 16  # one ViT patch: a smaller image has no patch to describe
 POLICIES = ("error", "skip")

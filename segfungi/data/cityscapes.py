@@ -21,7 +21,7 @@ from pathlib import Path
 
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
 from segfungi.data.labels import CITYSCAPES_CLASSES, IGNORE, cityscapes_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 SPLITS = ("train", "val")
 IMAGE_SUFFIX = "_leftImg8bit.png"

@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from segfungi.data.base import SampleFiles, SegDataset
 from segfungi.data.idlists import check_unique
 from segfungi.data.labels import IGNORE, distinct_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 OTHER = "other"
 

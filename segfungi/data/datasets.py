@@ -12,7 +12,7 @@ import numpy as np
 from segfungi.data.base import SegDataset, check_policy
 from segfungi.data.idlists import read_id_file
 from segfungi.data.registry import DATASETS
-from segfungi.errors import ConfigError, DatasetError
+from segfungi.infra.errors import ConfigError, DatasetError
 
 SUBSET_SHUFFLE_SEED = 0  # fixed: the subset seed picks a block of the shuffle, not the shuffle
 

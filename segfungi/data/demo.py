@@ -44,7 +44,7 @@ from segfungi.data.cityscapes import (IMAGE_SUFFIX, LABEL_ID_OF_TRAIN_ID, LABEL_
                                        MASK_SUFFIX)
 from segfungi.data.demo_scenes import NUM_FOREGROUND, STYLES, Scene, render_scene
 from segfungi.data.labels import IGNORE, voc_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 LAYOUTS = ("voc", "ade20k", "folder", "coco-stuff", "vocsegmentation", "cityscapes")
 DATASET_OF_LAYOUT = {"vocsegmentation": "voc"}  # the dataset name that reads a layout, where it differs

@@ -18,7 +18,7 @@ from pathlib import Path
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
 from segfungi.data.idlists import IMAGE_SUFFIXES, check_unique, read_id_file, read_lines
 from segfungi.data.labels import IGNORE, distinct_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 
 def read_classes(path: Path) -> tuple[list[str], int]:

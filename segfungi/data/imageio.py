@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 # PIL modes that `convert("RGB")` maps to RGB without losing meaning.
 _CONVERTIBLE_TO_RGB = {"1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}

@@ -20,7 +20,7 @@ import numpy as np
 
 from segfungi.data.base import LabelledImages, Sample
 from segfungi.data.labels import IGNORE, distinct_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 
 class PairDataset(LabelledImages):

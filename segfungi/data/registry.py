@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from segfungi.registry import Registry, load_reference
+from segfungi.infra.registry import Registry, load_reference
 
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "dataset_names", "dataset_title", "register_dataset", "unregister_dataset"]
 

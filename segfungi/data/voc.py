@@ -33,7 +33,7 @@ from pathlib import Path
 from segfungi.data.base import ClassIdMasks, SampleFiles, SegDataset
 from segfungi.data.idlists import read_id_file
 from segfungi.data.labels import IGNORE, VOC_CLASSES, voc_palette
-from segfungi.errors import DatasetError
+from segfungi.infra.errors import DatasetError
 
 OFFICIAL, AUGMENTED = "SegmentationClass", "SegmentationClassAug"
 TRAINAUG_NAMES = ("trainaug", "train_aug")

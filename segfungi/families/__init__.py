@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segfungi.lazy import lazy_exports
-from segfungi.registry import Registry, load_reference
+from segfungi.infra.lazy import lazy_exports
+from segfungi.infra.registry import Registry, load_reference
 
 __all__ = [
     "BackboneFamily",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from segfungi.backbones import PatchEncoder, create_timm_model
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.families import (LoadOptions, family_for_prefixed_name, family_for_timm_class, implied_weights,
                                timm_classes)
 

@@ -50,9 +50,9 @@ from segfungi.backbones import (
     normalisation_value,
     read_checkpoint,
 )
-from segfungi.errors import CheckpointError, ConfigError
+from segfungi.infra.errors import CheckpointError, ConfigError
 from segfungi.families import hf_weight_files
-from segfungi.weights import WeightsSource
+from segfungi.infra.weights import WeightsSource
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -312,7 +312,7 @@ def _import_transformers(name: str):
     except ImportError:
         raise ConfigError(f"backbone {name}: the hf family needs transformers: pip install 'segfungi[hf]'") from None
     transformers.logging.set_verbosity_error()  # its config warnings are not the user's business here
-    transformers.utils.logging.disable_progress_bar()  # segfungi.progress reports the work
+    transformers.utils.logging.disable_progress_bar()  # segfungi.infra.progress reports the work
     return transformers
 
 

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segfungi.backbones import DEFAULT_GRID, PatchEncoder, as_compute_dtype, check_image_size, normalisation_value
-from segfungi.errors import CheckpointError, ConfigError
-from segfungi.storage import file_sha256
-from segfungi.weights import WeightsSource
+from segfungi.infra.errors import CheckpointError, ConfigError
+from segfungi.infra.storage import file_sha256
+from segfungi.infra.weights import WeightsSource
 
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 

@@ -22,7 +22,7 @@ from timm.models.naflexvit import NaFlexVit
 from torch import nn
 
 from segfungi.backbones import Backbone, load_timm
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 
 class NaFlexBackbone(Backbone):

@@ -14,7 +14,7 @@ Modules (each docstring holds its math):
 * ``_compute_dtype``: float32 | bfloat16 GEMMs and what ``auto`` resolves to;
 * ``_projection``: the interface every projection shares, the Philox sign scheme;
 * ``_dense``: :class:`AchlioptasProjection` (dense, the paper's), its lookup and GEMM
-  kernels (:mod:`segfungi.sign_lookup`) and sign caches;
+  kernels (:mod:`segfungi.ops.sign_lookup`) and sign caches;
 * ``_structured``: :class:`OuterProductProjection` (rows summed from outer products);
 * ``_registry``: the registry of projections (:func:`register_projection`,
   :func:`make_projection`, :func:`projection_options`, :func:`projection_names`);
@@ -26,7 +26,7 @@ settings schema) loads no torch.
 
 from __future__ import annotations
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 # Internal module -> the public names it defines.
 _MODULES = {

@@ -1,7 +1,7 @@
 """The dense projection: R ∈ {−1,+1}^{dim×m} with Achlioptas rows (the FUNGI paper's).
 
 Kernels: in float32 on a CPU the projection reads ``R_k ã_t`` from tables of signed
-partial sums (:mod:`segfungi.sign_lookup`) instead of running a GEMM: the same numbers
+partial sums (:mod:`segfungi.ops.sign_lookup`) instead of running a GEMM: the same numbers
 up to float rounding, 2-2.6× faster on an AVX2 CPU. The kernel (setting
 ``fungi.projection_kernel``, ``kernel=`` here) is not part of any identity.
 """
@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from segfungi import sign_lookup
+from segfungi.ops import sign_lookup
 from segfungi.gradients._capture import augment_inputs
 from segfungi.gradients._projection import Projection, bits_to_signs, sign_bits
 
@@ -29,7 +29,7 @@ class AchlioptasProjection(Projection):
     multiply-adds, memory O(N·K·Dout) besides the inputs.
 
     On a CPU with float32 (or float64) operands the products ``R_k ã_t`` are read from
-    tables instead (``kernel="auto"`` or ``"lookup"``, :mod:`segfungi.sign_lookup`): 8×
+    tables instead (``kernel="auto"`` or ``"lookup"``, :mod:`segfungi.ops.sign_lookup`): 8×
     fewer operations than the GEMM for the same numbers up to float rounding. The
     matrix is then kept as one byte per 8 signs (ViT-S: 7 MB, ViT-B: 57 MB) when that
     fits ``max_cache_bytes``, else regenerated per chunk. ``kernel="gemm"`` forces the
@@ -196,7 +196,7 @@ class AchlioptasProjection(Projection):
         return out
 
     def _project_tokens_by_lookup(self, delta: torch.Tensor, augmented: torch.Tensor, out: torch.Tensor):
-        """:meth:`project_tokens` by table lookups (module docstring of :mod:`segfungi.sign_lookup`).
+        """:meth:`project_tokens` by table lookups (module docstring of :mod:`segfungi.ops.sign_lookup`).
 
         Tokens go in fixed-width tiles (the last padded with zero tokens) so that every
         token meets the same kernels whatever comes with it; a block of tiles shares

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from segfungi.registry import Registry, load_reference
+from segfungi.infra.registry import Registry, load_reference
 
 
 @dataclass(frozen=True)

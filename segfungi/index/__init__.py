@@ -23,7 +23,7 @@ them weight 0.
   runs on `training_threads` threads (1 by default, so no reduction order can depend
   on the machine's core count).
 * ScaNN's C++ start-up and training log lines (absl) are kept off the terminal unless
-  verbose output is asked for (`segfungi --verbose`, `segfungi.logging_setup.set_verbose`): the file descriptor 2 is pointed at a
+  verbose output is asked for (`segfungi --verbose`, `segfungi.infra.logging_setup.set_verbose`): the file descriptor 2 is pointed at a
   temporary file while ScaNN trains, adds or loads, and the captured text is shown if
   the call fails.
 
@@ -40,7 +40,7 @@ used, so the registry (`index_kinds()`) loads no torch.
 
 from __future__ import annotations
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 # Internal module -> the public names it defines.
 _MODULES = {

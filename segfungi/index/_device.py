@@ -5,7 +5,7 @@ name, total and free memory, the GPUs of the node) or described (`DESCRIBED["h10
 or any `DeviceInfo(...)`), so that the choice of an index kind and the dry run's plan can
 be computed, and tested, for a GPU this machine does not have. Throughputs are the
 figures a cost model scales: described values are round priors, and
-`segfungi.benchmark.probe` replaces them with ones measured on the device present
+`segfungi.experiments.benchmark.probe` replaces them with ones measured on the device present
 (`DeviceInfo.calibrated`).
 """
 

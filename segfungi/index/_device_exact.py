@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides

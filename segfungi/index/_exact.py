@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 from segfungi.index import _files
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks

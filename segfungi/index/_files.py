@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 
 INDEX_FORMAT_VERSION = 1
 META_FILE = "segfungi_index.json"

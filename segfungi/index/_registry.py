@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from segfungi.errors import BankError, ConfigError
-from segfungi.registry import Registry
+from segfungi.infra.errors import BankError, ConfigError
+from segfungi.infra.registry import Registry
 
 
 @dataclass(frozen=True)

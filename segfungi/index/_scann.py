@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from segfungi import logging_setup
-from segfungi.errors import BankError
+from segfungi.infra import logging_setup
+from segfungi.infra.errors import BankError
 from segfungi.index import _files
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks

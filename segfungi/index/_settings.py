@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.index._registry import IndexJob, auto_kind, index_kinds
 
 REORDER_DTYPES = ("float32", "bfloat16", "int8")

@@ -42,11 +42,11 @@ import time
 import numpy as np
 
 from segfungi.bank import BankPlan, estimate_bank_bytes
-from segfungi.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
+from segfungi.experiments.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
 from segfungi.components import index_settings, make_extractor, open_train_dataset, open_val_dataset
 from segfungi.data.registry import dataset_info
-from segfungi.errors import ConfigError, DatasetError
-from segfungi.storage import format_bytes
+from segfungi.infra.errors import ConfigError, DatasetError
+from segfungi.infra.storage import format_bytes
 
 __all__ = ["dry_run", "probe"]
 
@@ -238,7 +238,7 @@ def dry_run(settings: dict, backbone=None, device=None) -> str:
 def _input_problems(settings, backbone) -> list[str]:
     """What `segfungi benchmark` would refuse to start with (a plan is made without the
     data, so a missing root is not one here)."""
-    from segfungi.benchmark._inputs import input_problems
+    from segfungi.experiments.benchmark._inputs import input_problems
 
     return [p for p in input_problems(settings, None, backbone) if not p.startswith("benchmark.roots has no root")]
 
@@ -350,7 +350,7 @@ def _gpu_summary(device, lines) -> str:
 
 def _format(settings, bb, timing, lines, notes, shared_disk, shared_seconds, saved, features,
             seconds_range=()) -> str:
-    from segfungi.benchmark._run import _duration
+    from segfungi.experiments.benchmark._run import _duration
 
     out = [
         "segfungi benchmark --dry-run: the plan (nothing is built)",
@@ -437,7 +437,7 @@ def _memory_lines(settings, lines, peak: float, available: int) -> list[str]:
 
 def _leave_out_advice(settings, too_big) -> str:
     """The cells that do not fit even with int8 reordering, and the flags that remove them."""
-    from segfungi.benchmark._records import fraction_label
+    from segfungi.experiments.benchmark._records import fraction_label
 
     names = ", ".join(line.cell for line in too_big)
     cells = [line.origin for line in too_big if line.origin is not None]

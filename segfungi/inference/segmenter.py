@@ -11,7 +11,7 @@ the 32×32 class scores are upsampled bilinearly and the argmax is the mask.
 
 `Segmenter.from_settings(bank, settings)` is the front door: it builds the parts from a
 settings dict (the bank's own by default) through `segfungi.components`.
-`segfungi.evaluate` scores a segmenter on a labelled split; `segfungi.predict` runs it
+`segfungi.evaluate` scores a segmenter on a labelled split; `segfungi.inference.predict` runs it
 over image files.
 """
 
@@ -35,9 +35,9 @@ from segfungi.components import (
     query_projection_dtype,
     support_spec,
 )
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 from segfungi.feature_kinds import FeatureKind
-from segfungi.transfer import LabelTransfer
+from segfungi.inference.transfer import LabelTransfer
 
 __all__ = ["Segmenter", "backbone_mismatches", "query_seeds", "seeded_generators"]
 
@@ -126,7 +126,7 @@ class Segmenter:
         An index that searches torch tensors where they are (`search_tensor`: device-exact
         on a GPU) keeps the neighbours, the labels and the scores on its device; other
         kinds search numpy arrays on the host."""
-        from segfungi.transfer import transfer_labels
+        from segfungi.inference.transfer import transfer_labels
 
         batch, num_patches, dim = feats.shape
         if hasattr(self.index, "search_tensor"):
@@ -157,7 +157,7 @@ class Segmenter:
         import cv2
 
         from segfungi.data.imageio import to_rgb
-        from segfungi.transfer import scores_to_mask
+        from segfungi.inference.transfer import scores_to_mask
 
         image = to_rgb(image)
         height, width = image.shape[:2]
@@ -172,14 +172,14 @@ def query_seeds(images: np.ndarray) -> np.ndarray:
     The kept negatives are then a function of the image alone: the same in `eval` at any
     eval.batch_size or world size, and in `predict` (which resizes the same way). A
     dataset id would do for `eval` but `predict` has none, so the pixels it is."""
-    from segfungi.seeding import pixels_seed
+    from segfungi.infra.seeding import pixels_seed
 
     return np.array([pixels_seed(image) for image in np.asarray(images)], dtype=np.int64)
 
 
 def seeded_generators(seeds) -> list[torch.Generator]:
     """The generators of a FUNGI query's kept negatives, one per image seed."""
-    from segfungi.seeding import QUERY_NEGATIVES, torch_generator
+    from segfungi.infra.seeding import QUERY_NEGATIVES, torch_generator
 
     return [torch_generator(int(seed), QUERY_NEGATIVES) for seed in seeds]
 

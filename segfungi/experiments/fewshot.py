@@ -52,11 +52,11 @@ from typing import Sequence
 import numpy as np
 
 from segfungi.bank import MemoryBank
-from segfungi.cells import bank_features, run_cell
+from segfungi.experiments.cells import bank_features, run_cell
 from segfungi.data.registry import dataset_info
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_KINDS
-from segfungi.storage import write_json_atomic
+from segfungi.infra.storage import write_json_atomic
 
 RESULTS_FILE = "fewshot.json"
 
@@ -258,7 +258,7 @@ def run_fewshot(settings: dict, out: str | Path | None = None, subset_files: Seq
                 progress: bool = True) -> dict:
     """Every trial for every feature kind; writes `out/fewshot.json` (+ a plot) and returns
     {"trials": one row per trial and kind, "summary": mean ± std per subset and kind}."""
-    from segfungi.viz import describe_banks, plot_fewshot
+    from segfungi.inference.viz import describe_banks, plot_fewshot
 
     out = Path(out or settings["fewshot"]["out"])
     kinds = _feature_kinds(settings)

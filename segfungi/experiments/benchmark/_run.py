@@ -15,7 +15,7 @@ Each bank is byte-identical to the one `segfungi build-bank` builds for the same
 and each cell's mIoU is the one `segfungi eval` gives (tests/test_benchmark.py).
 
 The results folder keeps the banks, one JSON record per cell and feature kind
-(`cells/`), and the tables (`segfungi.benchmark._report`). A rerun reads back finished
+(`cells/`), and the tables (`segfungi.experiments.benchmark._report`). A rerun reads back finished
 cells, resumes a half-built bank and rewrites the tables; a folder holding another
 model's or other settings' results is refused, naming what differs, so cells are never
 mixed. A killed run loses at most the cell in progress.
@@ -31,17 +31,17 @@ import sys
 import time
 from pathlib import Path
 
-from segfungi import distributed
+from segfungi.infra import distributed
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
-from segfungi.benchmark._inputs import check_inputs
-from segfungi.benchmark._protocol import FEWSHOT, FULL, Cell, dataset_settings, deviations, plan_cells
-from segfungi.benchmark._queries import EncodedQueries
-from segfungi.cells import bank_features, cached_results, evaluation_key, features_bank
+from segfungi.experiments.benchmark._inputs import check_inputs
+from segfungi.experiments.benchmark._protocol import FEWSHOT, FULL, Cell, dataset_settings, deviations, plan_cells
+from segfungi.experiments.benchmark._queries import EncodedQueries
+from segfungi.experiments.cells import bank_features, cached_results, evaluation_key, features_bank
 from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
 from segfungi.data.demo import is_demo_root
-from segfungi.errors import ConfigError
-from segfungi.storage import read_json, write_json_atomic
+from segfungi.infra.errors import ConfigError
+from segfungi.infra.storage import read_json, write_json_atomic
 
 __all__ = ["RUN_FILE", "run_benchmark"]
 
@@ -54,7 +54,7 @@ def run_benchmark(settings: dict, out: str | Path | None = None, *, backbone=Non
     """Every cell the settings' `benchmark` section asks for (module docstring); writes the
     results folder `out` (default benchmark.out) and returns {"records": …, "files": …}.
     `backbone`: a model not built from the settings (a `segfungi.CustomBackbone`)."""
-    from segfungi.benchmark._report import write_report
+    from segfungi.experiments.benchmark._report import write_report
 
     out = Path(out or settings["benchmark"]["out"])
     check_inputs(settings, out, backbone)  # every problem at once, before any work
@@ -166,7 +166,7 @@ def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbo
         file = _record_file(out, cell, kind)
 
         def compute(path=path, bank=bank, kind=kind) -> dict:
-            from segfungi.evaluation import evaluate
+            from segfungi.inference.evaluation import evaluate
 
             results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val, encoded=queries)
             return {**cell_record(cell, kind, results, bank, settings), **marks}

@@ -422,7 +422,7 @@ def plot_fewshot(summary: list[dict], path: str | Path, context: str | None = No
     """mIoU (%) mean ± std over seeds against the training subset, one line per feature
     kind; writes `path`.
 
-    `summary` rows come from `segfungi.fewshot.summarise` (keys subset, images,
+    `summary` rows come from `segfungi.experiments.fewshot.summarise` (keys subset, images,
     features, miou_mean, miou_std, bank_size); subsets are placed in the order of their
     image count and labelled with the images and bank size used. `context` (e.g. from
     describe_banks) goes under the title."""

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segfungi import distributed
-from segfungi.errors import BankError
-from segfungi.storage import load_array, settings_hash, verify_folder, write_arrays_atomic
+from segfungi.infra import distributed
+from segfungi.infra.errors import BankError
+from segfungi.infra.storage import load_array, settings_hash, verify_folder, write_arrays_atomic
 
 __all__ = ["EncodedQueries"]
 
@@ -36,7 +36,7 @@ class EncodedQueries:
     batch i's (last-block inputs, masks, pixel seeds), computing it when it is missing."""
 
     def __init__(self, folder: str | Path, extractor, dataset, spec, progress: bool = True):
-        from segfungi.evaluation import split_batches
+        from segfungi.inference.evaluation import split_batches
 
         self.extractor, self.dataset = extractor, dataset
         self.batches = split_batches(len(dataset), spec)
@@ -49,10 +49,10 @@ class EncodedQueries:
 
     def encode_all(self) -> "EncodedQueries":
         """Compute every batch that is not stored yet (the one full backbone pass)."""
-        from segfungi.progress import progress_iter
+        from segfungi.infra.progress import progress_iter
 
         missing = [i for i in range(len(self.batches)) if self._load(i) is None]
-        # segfungi.progress: a bar on a terminal, plain lines in a log file (no "0batch" redraws)
+        # segfungi.infra.progress: a bar on a terminal, plain lines in a log file (no "0batch" redraws)
         for i in progress_iter(missing, f"encode {self.dataset.name} {self.dataset.split} (batches)",
                                enabled=self.progress and distributed.is_main() and bool(missing)):
             self._store(i)
@@ -71,7 +71,7 @@ class EncodedQueries:
 
     def _store(self, i: int):
         from segfungi.data.augment import eval_transform
-        from segfungi.segmenter import query_seeds
+        from segfungi.inference.segmenter import query_seeds
 
         size = self.extractor.backbone.img_size
         pairs = [eval_transform(self.dataset[j].image, self.dataset[j].mask, size=size) for j in self.batches[i]]

@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from segfungi.errors import BankError
+from segfungi.infra.errors import BankError
 
 _CHUNK = 1 << 22
 NPY_MAGIC = b"\x93NUMPY"

@@ -21,7 +21,7 @@ import json
 import numbers
 from fractions import Fraction
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import check_feature_kind
 
 __all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "checked_records", "fewshot_bank_cap",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from segfungi.benchmark._markdown import dates_text, versions_text, weights_words
-from segfungi.benchmark._tables import PROTOCOL_TITLES, Table
+from segfungi.experiments.benchmark._markdown import dates_text, versions_text, weights_words
+from segfungi.experiments.benchmark._tables import PROTOCOL_TITLES, Table
 from segfungi.feature_kinds import FEATURE_LABELS
 
 __all__ = ["latex_text", "render_latex"]

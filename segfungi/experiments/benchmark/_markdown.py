@@ -1,4 +1,4 @@
-"""results.md and the plain-text summary of a benchmark: the tables of segfungi.benchmark._tables
+"""results.md and the plain-text summary of a benchmark: the tables of segfungi.experiments.benchmark._tables
 under a header that says what was run.
 
 A cell reads `50.9 (50.7)¹`: the measured mIoU in %, then the published one and the
@@ -9,10 +9,10 @@ std over the trials), with `n=3` when the cell has other than the protocol's tri
 
 from __future__ import annotations
 
-from segfungi.benchmark._tables import (PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
+from segfungi.experiments.benchmark._tables import (PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
                                         evaluations, progress)
 from segfungi.feature_kinds import FEATURE_LABELS
-from segfungi.weights import WeightsSource
+from segfungi.infra.weights import WeightsSource
 
 __all__ = ["cell_text", "dates_text", "markdown_text", "render_markdown", "setup_line", "summary_text", "versions_text",
            "weights_words"]

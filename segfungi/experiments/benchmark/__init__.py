@@ -24,7 +24,7 @@ input checked before any work), `Cell`, `EncodedQueries`, `write_report`, `summa
 
 from __future__ import annotations
 
-from segfungi.lazy import lazy_exports
+from segfungi.infra.lazy import lazy_exports
 
 _PUBLIC = {
     "run_benchmark": "._run",

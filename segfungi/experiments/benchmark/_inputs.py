@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segfungi.benchmark._protocol import (FEWSHOT, FULL, dataset_settings, plan_cells, protocol_values,
+from segfungi.experiments.benchmark._protocol import (FEWSHOT, FULL, dataset_settings, plan_cells, protocol_values,
                                          subsets_folder)
-from segfungi.errors import ConfigError, SegfungiError
+from segfungi.infra.errors import ConfigError, SegfungiError
 
 __all__ = ["check_inputs", "input_problems"]
 
@@ -123,7 +123,7 @@ def _lists_problems(settings: dict, dataset: str, cells: list) -> list[str]:
 
 
 def _output_problems(out: Path) -> list[str]:
-    from segfungi.storage import ensure_writable_dir
+    from segfungi.infra.storage import ensure_writable_dir
 
     try:
         ensure_writable_dir(out)

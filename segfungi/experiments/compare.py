@@ -1,7 +1,7 @@
 """`segfungi compare`: several `segfungi benchmark` results folders side by side.
 
 Each folder holds one model's results (its results.json: the run and one record per
-evaluated cell, segfungi.benchmark). The comparison is one table per dataset and
+evaluated cell, segfungi.experiments.benchmark). The comparison is one table per dataset and
 protocol: a row per (folder, model, feature kind), a column per bank size (full
 training split) or per few-shot fraction (mean ± sample std over the folder's trials):
 
@@ -37,10 +37,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from segfungi.data.registry import dataset_title
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_LABELS
-from segfungi.storage import read_json, temporary_name, write_failed, write_text_atomic
-from segfungi.weights import describe_id
+from segfungi.infra.storage import read_json, temporary_name, write_failed, write_text_atomic
+from segfungi.infra.weights import describe_id
 
 __all__ = ["PROTOCOL_KEYS", "CompareRow", "CompareTable", "ResultsFolder", "compare", "compare_folders",
            "read_results_folder", "write_comparison"]
@@ -112,7 +112,7 @@ class CompareTable:
 def read_results_folder(path: str | Path) -> ResultsFolder:
     """A benchmark results folder (or its results.json); ConfigError naming the file and
     the fix when it is none."""
-    from segfungi.benchmark import read_records
+    from segfungi.experiments.benchmark import read_records
 
     path = Path(path)
     results = path / "results.json" if path.is_dir() else path

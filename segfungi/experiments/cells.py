@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 from segfungi.api import build_bank
 from segfungi.bank import MANIFEST, SUPPORT_DIR, MemoryBank
 from segfungi.components import evaluation_settings
-from segfungi.evaluation import evaluate
-from segfungi.storage import read_json, settings_hash, write_json_atomic
+from segfungi.inference.evaluation import evaluate
+from segfungi.infra.storage import read_json, settings_hash, write_json_atomic
 
 __all__ = ["CellResult", "bank_features", "cached_results", "evaluate_once", "evaluation_key", "features_bank", "run_cell"]
 

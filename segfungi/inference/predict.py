@@ -14,7 +14,7 @@ found in a folder is left out and reported; one named directly stops the run
 (`on_bad_sample` chooses either for all).
 
 With a FUNGI bank, an image's kept negatives are seeded from its own (resized) pixels
-(`segfungi.segmenter.query_seeds`), so a mask is the one `eval` computes for the
+(`segfungi.inference.segmenter.query_seeds`), so a mask is the one `eval` computes for the
 same image, whatever else is segmented with it.
 """
 
@@ -27,14 +27,14 @@ import numpy as np
 from PIL import Image
 
 from segfungi.data.imageio import to_rgb
-from segfungi.errors import ConfigError, DatasetError
+from segfungi.infra.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 
 def make_segmenter(bank, settings: dict | None = None):
     """A Segmenter for `bank` (a folder or a Segmenter); settings default to the bank's own."""
-    from segfungi.segmenter import Segmenter
+    from segfungi.inference.segmenter import Segmenter
 
     if isinstance(bank, Segmenter):
         return bank
@@ -75,7 +75,7 @@ def _listed_images(inputs: Sequence[str | Path]) -> dict[Path, bool]:
 
 def save_mask(mask: np.ndarray, palette, path: str | Path) -> Path:
     """Class-id mask as a 'P'-mode PNG: pixel values are the ids, the palette gives colours."""
-    from segfungi.viz import full_palette
+    from segfungi.inference.viz import full_palette
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +94,9 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
     the default (None) skips the images found in a folder and stops at one named directly.
     Returns one record per image: its path, size, mask and overlay files, or for an image
     left out its path and why (`{"image", "skipped"}`)."""
-    from segfungi.progress import progress_iter
-    from segfungi.storage import ensure_writable_dir
-    from segfungi.viz import describe_banks, overlay_with_legend
+    from segfungi.infra.progress import progress_iter
+    from segfungi.infra.storage import ensure_writable_dir
+    from segfungi.inference.viz import describe_banks, overlay_with_legend
 
     if on_bad_sample not in (None, "error", "skip"):
         raise ConfigError(f"on_bad_sample must be 'error', 'skip' or None, got {on_bad_sample!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 
-from segfungi.errors import InstallError
+from segfungi.infra.errors import InstallError
 
 __all__ = ["check_torch_pair", "matching_torchvision"]
 

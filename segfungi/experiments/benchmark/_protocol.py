@@ -28,7 +28,7 @@ from pathlib import Path
 
 from segfungi.config import dotted_items, load_config
 from segfungi.data.registry import dataset_info
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 __all__ = ["Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys", "protocol_values",
            "subsets_folder"]
@@ -139,7 +139,7 @@ def fewshot_fractions(settings: dict) -> list[Fraction]:
 def subset_lists(settings: dict, dataset: str, fraction: Fraction) -> list[Path]:
     """The list files of one fraction: `<folder>/<dataset>/1_div_<N>/*.txt` (the shipped
     standard lists, or benchmark.subsets' folder); none for a dataset without lists."""
-    from segfungi.fewshot import standard_subset_files
+    from segfungi.experiments.fewshot import standard_subset_files
 
     folder = subsets_folder(settings)
     if not (folder / dataset).is_dir():
@@ -150,7 +150,7 @@ def subset_lists(settings: dict, dataset: str, fraction: Fraction) -> list[Path]
 def subsets_folder(settings: dict) -> Path:
     """The folder of few-shot lists benchmark.subsets names: the shipped standard lists,
     the shipped demo lists (ids of `segfungi demo-data --layout voc`), or a folder."""
-    from segfungi.fewshot import demo_subsets_folder, standard_subsets_folder
+    from segfungi.experiments.fewshot import demo_subsets_folder, standard_subsets_folder
 
     subsets = settings["benchmark"]["subsets"]
     if subsets == "standard":

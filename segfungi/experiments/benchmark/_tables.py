@@ -7,7 +7,7 @@ per trial (fixed list) for few-shot, summarised as
 
     mean = (1/n) Σ_i m_i,    std = sqrt(Σ_i (m_i − mean)² / (n − 1))    (0 for n = 1),
 
-the sample std of segfungi.fewshot.summarise. Its published number is
+the sample std of segfungi.experiments.fewshot.summarise. Its published number is
 segfungi.published.published_for's for the model, weights, dataset, feature kind and
 cell (bank size asked for and augmentation epochs; few-shot: the fraction and the bank
 cap), with the run's image size and training split.
@@ -24,7 +24,7 @@ import statistics
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from segfungi.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
+from segfungi.experiments.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
 from segfungi.data.registry import dataset_title as registered_title
 from segfungi.feature_kinds import FEATURE_KINDS, FEATURE_LABELS
 from segfungi.published import (Cell, Comparison, Published, Run, format_bank_size, format_bank_sizes,

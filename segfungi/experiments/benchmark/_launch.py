@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from segfungi.errors import ConfigError, InstallError
+from segfungi.infra.errors import ConfigError, InstallError
 
 __all__ = ["LAUNCHERS", "Launch", "BenchmarkJob", "launch"]
 
@@ -44,8 +44,8 @@ class BenchmarkJob:
         self.settings, self.out = settings, str(out)
 
     def __call__(self) -> dict:
-        from segfungi import distributed
-        from segfungi.benchmark._run import run_benchmark
+        from segfungi.infra import distributed
+        from segfungi.experiments.benchmark._run import run_benchmark
 
         _rank_environment()
         distributed.init_from_env()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from segfungi.api import planned_bank
 from segfungi.bank import MemoryBank
-from segfungi.cells import bank_features, run_cell
+from segfungi.experiments.cells import bank_features, run_cell
 
 COLUMNS = ["features", "bank_size", "requested_sizes", "train_images", "miou", "pixel_accuracy", "images",
            "eval_images_per_second", "bank"]
@@ -78,7 +78,7 @@ def _row(kind: str, requested: list[int], results: dict, bank: MemoryBank) -> di
 
 
 def write_table(rows: list[dict], out: Path) -> None:
-    from segfungi.viz import describe_banks, plot_miou_vs_bank_size
+    from segfungi.inference.viz import describe_banks, plot_miou_vs_bank_size
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as f:

@@ -13,7 +13,7 @@ field's in-context segmentation tables, beside the published numbers.
 
 Every file is written to a temporary name and renamed into place, so a reader (or a
 report rewritten after each cell) never sees half a file. `records` are the engine's
-per-cell records (segfungi.benchmark._records.RECORD_FIELDS); `run` says what was asked
+per-cell records (segfungi.experiments.benchmark._records.RECORD_FIELDS); `run` says what was asked
 for (RUN_FIELDS, and optionally `fewshot_lists`: {dataset: {fraction: number of lists}},
 the few-shot cells planned; without it every dataset plans 5 lists of every fraction).
 """
@@ -23,15 +23,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from segfungi.benchmark._latex import render_latex
-from segfungi.benchmark._markdown import render_markdown, summary_text, weights_words
-from segfungi.benchmark._records import (PUBLISHED_COLUMNS, checked_records, record_from_row, row_of_record,
+from segfungi.experiments.benchmark._latex import render_latex
+from segfungi.experiments.benchmark._markdown import render_markdown, summary_text, weights_words
+from segfungi.experiments.benchmark._records import (PUBLISHED_COLUMNS, checked_records, record_from_row, row_of_record,
                                          rows_from_csv, rows_to_csv)
-from segfungi.benchmark._tables import Table, build_tables, progress
-from segfungi.errors import ConfigError
+from segfungi.experiments.benchmark._tables import Table, build_tables, progress
+from segfungi.infra.errors import ConfigError
 from segfungi.published import Comparison
 from segfungi.feature_kinds import FEATURE_KINDS, FEATURE_LABELS
-from segfungi.storage import read_json, temporary_name, write_failed, write_json_atomic, write_text_atomic
+from segfungi.infra.storage import read_json, temporary_name, write_failed, write_json_atomic, write_text_atomic
 
 __all__ = ["RUN_FIELDS", "read_records", "summary_table", "write_report"]
 
@@ -86,7 +86,7 @@ def _write_figure(path: Path, tables: list[Table], run: dict) -> None:
     """The figure of one dataset's tables (its cells done counted over all of them)."""
     import matplotlib.pyplot as plt
 
-    from segfungi.viz import PUBLISHED_DIFFERS_NOTE, RANDOM_INIT_NOTE, benchmark_figure
+    from segfungi.inference.viz import PUBLISHED_DIFFERS_NOTE, RANDOM_INIT_NOTE, benchmark_figure
 
     words, is_random = weights_words(run["weights"])
     by_protocol = {t.protocol: _figure_rows(t) for t in tables if t.cells}

@@ -7,7 +7,7 @@ choices, CLI choices and classify features). An entry is registered as the objec
 imported the first time the entry is asked for. Built-in entries are registered by
 reference from modules that import nothing heavy, so their names (the settings schema's
 choices, ``segfungi --help``) are known without importing torch; the entry's own module
-loads with its first use (as timm's model registry and :mod:`segfungi.lazy` do).
+loads with its first use (as timm's model registry and :mod:`segfungi.infra.lazy` do).
 
 The registries: projections (:mod:`segfungi.gradients`), index kinds
 (:mod:`segfungi.index`), datasets (:mod:`segfungi.data`), classify losses and modalities
@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Generic, Iterable, TypeVar
 
-from segfungi.errors import ConfigError
+from segfungi.infra.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """The mIoU of a memory bank's predictions on a labelled split (Hummingbird protocol).
 
 Each validation image and mask are resized to the backbone's input size (bilinear /
-nearest), segmented by `segfungi.segmenter.Segmenter`, and counted in one confusion
+nearest), segmented by `segfungi.inference.segmenter.Segmenter`, and counted in one confusion
 matrix over the split (255 ignored); per-class IoU and mIoU come from it.
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segfungi import distributed
+from segfungi.infra import distributed
 from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, evaluation_settings, open_val_dataset
-from segfungi.errors import BankError, DatasetError
-from segfungi.progress import progress_iter
-from segfungi.segmenter import Segmenter
+from segfungi.infra.errors import BankError, DatasetError
+from segfungi.infra.progress import progress_iter
+from segfungi.inference.segmenter import Segmenter
 
 
 def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = True, *,
@@ -73,8 +73,8 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     are summed. `encoded`: the same images already encoded (the benchmark's
     `EncodedQueries`), so that only the last block runs; the scores are the same."""
     from segfungi.data.augment import eval_transform
-    from segfungi.metrics import ConfusionMatrix
-    from segfungi.transfer import scores_to_mask_tensor
+    from segfungi.inference.metrics import ConfusionMatrix
+    from segfungi.inference.transfer import scores_to_mask_tensor
 
     count = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     confusion = ConfusionMatrix(segmenter.num_classes)
