@@ -38,8 +38,9 @@ from pathlib import Path
 import yaml
 
 from segfungi.data.registry import dataset_names
-from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_KINDS
+from segfungi.infra.errors import ConfigError
+from segfungi.infra.weights import WeightsSource
 
 __all__ = [
     "FEWSHOT_BANK_SIZE", "FEWSHOT_FRACTIONS", "FULL_BANK_SIZES", "PUBLISHED_DIR", "Cell", "Comparison",
@@ -308,11 +309,19 @@ def _differences(entry: Published, run: Run) -> list[tuple[str, str]]:
     return [(published, measured) for published, measured in pairs if published != measured]
 
 
+def _weights_source(weights_id: str) -> WeightsSource | None:
+    """The run's weights source, None for a record whose id is none of the forms (shown as it is)."""
+    try:
+        return WeightsSource.parse(weights_id)
+    except ValueError:
+        return None
+
+
 def _weights_note(entry: Published, weights_id: str) -> str:
-    kind, _, rest = str(weights_id).partition(":")
-    if kind == "timm-hub":
+    source = _weights_source(weights_id)
+    if source is not None and source.kind == "timm-hub":
         return ""  # the hub weights of this very timm name
-    shown = rest.split(":")[0] if kind == "file" else weights_id
+    shown = Path(source.name).name if source is not None and source.kind == "file" else weights_id
     return f"published for {entry.label} weights ({entry.model}); this run's weights: {shown}"
 
 
@@ -329,7 +338,8 @@ def published_for(run: Run, entries: tuple[Published, ...] | None = None) -> Com
                                     f"{' or '.join(tagged)}: give that backbone name to compare")
         return Comparison(None, f"no published number for this model ({run.backbone})")
     label = of_model[0].label
-    if str(run.weights_id).startswith("random-init:"):
+    source = _weights_source(run.weights_id)
+    if source is not None and source.is_random:
         return Comparison(None, "published numbers are for pretrained weights; this run is random-init")
     of_dataset = [e for e in of_model if e.dataset == run.dataset]
     if not of_dataset:

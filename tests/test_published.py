@@ -160,6 +160,15 @@ def test_local_weights_are_compared_by_name_and_the_note_says_so():
                           "this run's weights: dino_deitsmall16_pretrain.pth")
 
 
+def test_a_weights_id_of_no_known_form_is_shown_as_it_is():
+    """Read with WeightsSource.parse: an id of no known form is neither random nor a hub's."""
+    shown = published_for(run(weights="random-init-ish"))
+    assert shown.entry.miou == 50.7
+    assert shown.note.endswith("this run's weights: random-init-ish")
+    for weights in ("random-init:seed=3:transformers=5.2", "random-init:seed=0:timm=None"):
+        assert published_for(run(weights=weights)).entry is None
+
+
 def test_the_source_whose_settings_differ_least_is_shown_with_the_differences():
     two_epochs = published_for(run(features="embeddings", cell=Cell.full(102400, aug_epochs=2), image_size=512))
     assert (two_epochs.entry.source, two_epochs.note) == ("open-hummingbird-eval README", "")
