@@ -60,7 +60,8 @@ def test_evaluate_and_run_benchmark_are_functions_and_no_module_is_callable():
     assert segfungi.run_benchmark is importlib.import_module("segfungi.experiments.benchmark").run_benchmark
     assert list(inspect.signature(segfungi.run_benchmark).parameters)[:2] == ["settings", "out"]
     # Modules are modules (IDEs and type checkers see them as such): none is callable.
-    for name in ("evaluation", "benchmark", "bank", "index", "gradients"):
+    for name in ("inference.evaluation", "experiments.benchmark", "bank", "index", "gradients", "experiments", "inference",
+                 "infra", "ops"):
         assert not callable(importlib.import_module(f"segfungi.{name}")), name
 
 
