@@ -47,6 +47,7 @@ mixed. A killed run loses at most the cell in progress.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -163,8 +164,9 @@ def _run_dataset(settings, dataset, cells, features, out, cache, backbone, clock
         reused = {cell: _records_without_bank(cell_settings[cell], cell, features, out, keep) for cell in sized}
         folders = {cell.size: out / cell.folder / top for cell in sized if reused[cell] is None}
         if folders:
-            build_banks(full, folders, features=top, progress=progress, backbone=backbone,
-                        cache_dir=cache / dataset / "last_block_input")
+            with memory_guard(full, out, f"{dataset} full data: building the banks of sizes {sorted(folders)}"):
+                build_banks(full, folders, features=top, progress=progress, backbone=backbone,
+                            cache_dir=cache / dataset / "last_block_input")
         cell_marks = {**marks, "deviations": deviations(settings, dataset, FULL)}
         for cell in sized:
             if reused[cell] is not None:
@@ -202,8 +204,9 @@ class _FewshotJob:
         if reused is not None:
             return _reuse(reused, cell, self.clock)
         top = bank_features(self.features)
-        bank = build_bank(trial, self.out / cell.folder / top, resume=True, features=top, progress=self.progress,
-                          warn_capped=False, backbone=self.backbone)
+        with memory_guard(trial, self.out, f"{cell.label}: building its bank"):
+            bank = build_bank(trial, self.out / cell.folder / top, resume=True, features=top,
+                              progress=self.progress, warn_capped=False, backbone=self.backbone)
         return _evaluate_cell(trial, cell, bank, self.features, self.out, self.val, queries, self.backbone,
                               self.clock, self.progress, self.marks, owner=owner)
 
@@ -234,6 +237,28 @@ def _dealt_fewshot(job: _FewshotJob, cells: list[Cell], folder: Path, extractor,
             records.append(record)
             job.clock.done(f"{cell.label} {kind}", record["miou"], computed=True, by=number % world)
     return records
+
+
+@contextlib.contextmanager
+def memory_guard(settings: dict, out: Path, what: str):
+    """Out of device (or host) memory inside: a ConfigError naming the cell, the stage and
+    the settings that need less memory, saying that the finished cells are kept (their
+    records and banks are written atomically) and that the same command resumes. (A
+    device-exact search has already retried with smaller blocks: segfungi.index.)"""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ConfigError(
+            f"{what}: out of memory on {device(settings)} ({str(err).splitlines()[0] if str(err) else 'no detail'}). "
+            f"Every cell finished so far is kept in {out}/cells and the banks built so far in {out}/banks; the same "
+            "command resumes. Needing less memory: the evaluation's eval.batch_size (now "
+            f"{settings['eval']['batch_size']}); the banks' bank.batch_size (now {settings['bank']['batch_size']}); "
+            "the search's "
+            "index.device_shards (split the bank over more GPUs) or index.kind=scann (search on the CPU)") from err
 
 
 def _trial_settings(settings: dict, cell: Cell) -> dict:
@@ -289,8 +314,10 @@ def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbo
         def compute(path=path, bank=bank, kind=kind) -> dict:
             from segfungi.evaluation import evaluate
 
-            queries.encode_all()
-            results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val, encoded=queries)
+            with memory_guard(settings, out, f"{cell.label}: evaluating its {kind} bank"):
+                queries.encode_all()
+                results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val,
+                                   encoded=queries)
             return {**cell_record(cell, kind, results, bank, settings), **marks}
 
         record, computed = cached_results(file, evaluation_key(bank.hash, settings), compute, write=owner)
