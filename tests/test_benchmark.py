@@ -151,3 +151,38 @@ def test_records_carry_what_produced_them(finished_run):
     assert record["weights"].startswith("random-init:") and record["versions"]["torch"]
     assert set(record["per_class_iou"]) == set(MemoryBank(record["bank"]).classes)
     assert json.loads((out / "benchmark.json").read_text())["identity"]["fungi"]["proj_seed"] == 0
+
+
+def test_out_of_memory_mid_cell_names_the_settings_and_keeps_the_finished_cells(tmp_path, demo_voc_root,
+                                                                                  monkeypatch):
+    """torch.OutOfMemoryError in a cell's evaluation stops the run with a ConfigError naming the
+    cell and the settings that need less memory; the cells finished before it are kept and
+    the same command resumes from them."""
+    import torch
+
+    import segfungi.inference.evaluation
+    from segfungi.infra.errors import ConfigError
+
+    settings = benchmark_settings(demo_voc_root, lists_folder(demo_voc_root, tmp_path / "lists"))
+    out = tmp_path / "out"
+    real, calls = segfungi.inference.evaluation.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segfungi.inference.evaluation, "evaluate", evaluate)
+    with pytest.raises(ConfigError) as raised:
+        run_benchmark(settings, out, progress=False)
+    said = str(raised.value)
+    assert f"voc full {SIZES[1]}: evaluating its embeddings bank: out of memory" in said
+    assert all(key in said for key in ("eval.batch_size (now", "bank.batch_size", "index.device_shards",
+                                       "index.kind=scann", "the same command resumes"))
+    kept = {path: path.stat().st_mtime_ns for path in (out / "cells").rglob("*.json")}
+    assert len(kept) == 2  # the first size's two feature kinds
+    monkeypatch.setattr(segfungi.inference.evaluation, "evaluate", real)
+    report = run_benchmark(settings, out, progress=False)
+    assert len(report["records"]) == 2 * (len(SIZES) + 2)
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in kept.items())  # read back, not redone

@@ -1,7 +1,8 @@
 """`torchrun --nproc-per-node 2 -m segfungi benchmark` (gloo on CPUs) gives the results of one
 process: the encodings of the evaluated images, the views' encodings and FUNGI passes are
-split over the ranks (shards and image batches), and every bank hash, shard checksum and
-mIoU equals the one-process run's."""
+split over the ranks (shards and image batches), the few-shot cells are dealt out whole
+(one list per rank), and every bank hash, shard checksum and mIoU equals the one-process
+run's."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ def test_two_ranks_give_the_one_process_results(tmp_path, demo_voc_root):
     args = ["benchmark", "--config", "demo", "--datasets", "voc", "--root", f"voc={demo_voc_root}",
             "--sizes", "2048", "--fractions", "1/8", "--subsets", str(lists), "--set", "data.image_size=256",
             "--set", "bank.shard_images=4", "--set", "bank.batch_size=4", "--set", "index.exact_below=1500",
-            "--quiet"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+            ]
+    assert main([*args, "--quiet", "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "SEGFUNGI_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "segfungi", *args, "--out", str(tmp_path / "two")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    # The second list was built and evaluated by rank 1 alone; rank 0 read its records.
+    dealt = [line for line in done.stderr.splitlines() if "evaluations]" in line and "(rank 1)" in line]
+    assert len(dealt) == 2 and all("1/8 trainaug_2_1" in line for line in dealt), done.stderr[-3000:]
 
     def cells(out):
         records = json.loads((out / "results.json").read_text())

@@ -1,6 +1,8 @@
 """`segfungi benchmark --launcher local` (submitit's local executor, the Slurm launcher's path
-on one machine) gives the plain run's results, also after its job is killed and the same
-command runs again: the finished cells are read back, not redone."""
+on one machine) gives the plain run's results: with one job per cell (the default) and a
+merge job, also after a cell's job died (its records missing) and the same command runs
+again: only that cell's job is submitted, the other cells are read back, not redone; and
+with one job (`--jobs one`), also after it is killed and rerun."""
 
 from __future__ import annotations
 
@@ -35,12 +37,30 @@ def test_a_local_job_and_a_killed_one_rerun_give_the_plain_results(tmp_path, dem
             "--set", "data.image_size=256", "--set", "bank.shard_images=4", "--set", "bank.batch_size=4",
             "--set", "index.exact_below=1500", "--out", str(tmp_path / "launched"),
             "--launcher", "local", "--launcher-folder", str(tmp_path / "jobs"), "--quiet"]
-    assert main(argv) == 0
+    assert main(argv) == 0  # one job per cell: "voc full" (both sizes), each of the two lists; a merge job
     assert cells(tmp_path / "launched") == plain
+    assert len([p for p in (tmp_path / "jobs").iterdir() if p.name.isdigit()]) == 3 + 1
+    assert not list((tmp_path / "launched" / "cache").rglob("*.npy"))  # every job's cache removed
 
-    # Killed after its first cell: the rerun keeps that cell's record and finishes the rest.
-    out, where = tmp_path / "killed", Launch("local", str(tmp_path / "jobs2"))
-    job = launch(settings, out, where)
+    # A cell's job died: its records are missing. The same command submits that cell's job
+    # alone (and the merge job); every other record is read back, not redone.
+    records = sorted((tmp_path / "launched" / "cells").rglob("*.json"))
+    lost = [path for path in records if path.parent.name == "trainaug_2_1"]
+    assert len(records) == 8 and len(lost) == 2
+    for path in lost:
+        path.unlink()
+    kept = {path: path.stat().st_mtime_ns for path in records if path not in lost}
+    jobs = launch(settings, tmp_path / "launched", Launch("local", str(tmp_path / "jobs3")))
+    jobs[-1].result()
+    assert len(jobs) == 2 and jobs[0].result()["records"] == 2  # the lost cell's two feature kinds
+    assert cells(tmp_path / "launched") == plain
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in kept.items())
+    assert all(path.is_file() for path in lost)
+
+    # One job for everything, killed after its first cell: the rerun keeps that cell's record
+    # and finishes the rest.
+    out, where = tmp_path / "killed", Launch("local", str(tmp_path / "jobs2"), jobs="one")
+    [job] = launch(settings, out, where)
     deadline = time.time() + 600
     while not list((out / "cells").rglob("*.json")) and time.time() < deadline and not job.done():
         time.sleep(0.5)
@@ -49,7 +69,7 @@ def test_a_local_job_and_a_killed_one_rerun_give_the_plain_results(tmp_path, dem
         time.sleep(0.5)
     kept = {path: path.stat().st_mtime_ns for path in (out / "cells").rglob("*.json")}
     assert kept and len(kept) < 8 and not (out / "results.json").exists()
-    launch(settings, out, where).result()
+    launch(settings, out, where)[-1].result()
     assert cells(out) == plain
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in kept.items())  # read back, not redone
 
@@ -61,3 +81,43 @@ def test_slurm_needs_a_partition(tmp_path):
 
     with pytest.raises(ConfigError, match="--launcher slurm needs --partition NAME"):
         executor(Launch("slurm", str(tmp_path)))
+
+
+def test_slurm_cell_jobs_are_one_array_and_the_merge_job_depends_on_it(tmp_path, demo_voc_root, monkeypatch):
+    """The Slurm wiring without a cluster: one batch (a job array) of the unfinished units'
+    jobs, then the merge job submitted with --dependency=afterany on the array."""
+    import contextlib
+
+    from segfungi.experiments.benchmark import Launch, launch
+    from segfungi.experiments.benchmark import _launch
+
+    class Job:
+        def __init__(self, job_id, task):
+            self.job_id, self.task = job_id, task
+
+    class FakeExecutor:
+        def __init__(self):
+            self.submitted, self.batches, self.parameters = [], 0, {}
+
+        @contextlib.contextmanager
+        def batch(self):
+            self.batches += 1
+            yield
+
+        def update_parameters(self, **values):
+            self.parameters.update(values)
+
+        def submit(self, task):
+            job = Job(f"77_{len(self.submitted)}" if task.only else "78", task)
+            job.dependency = self.parameters.get("slurm_additional_parameters", {}).get("dependency")
+            self.submitted.append(job)
+            return job
+
+    fake = FakeExecutor()
+    monkeypatch.setattr(_launch, "executor", lambda launch_settings: fake)
+    settings = benchmark_settings(demo_voc_root, lists_folder(demo_voc_root, tmp_path / "lists"))
+    jobs = launch(settings, tmp_path / "out", Launch("slurm", str(tmp_path / "jobs"), partition="gpu"))
+    assert [job.task.only for job in jobs] == [["voc full"], ["voc 1/8 trainaug_2_0"], ["voc 1/8 trainaug_2_1"],
+                                              None]
+    assert fake.batches == 1 and [job.dependency for job in jobs] == [None, None, None, "afterany:77"]
+    assert (tmp_path / "out" / "benchmark.json").is_file()  # the run recorded before any job

@@ -53,18 +53,24 @@ def register(subparsers) -> None:
                         help="with --launcher: the job's time limit (default 1440; requeued when reached)")
     parser.add_argument("--launcher-folder", metavar="DIR", default="runs/submitit",
                         help="with --launcher: submitit's logs (DIR/<job id>/)")
+    parser.add_argument("--jobs", choices=("per-cell", "one"), default="per-cell",
+                        help="with --launcher: per-cell (default: one job per unfinished cell, a dataset's "
+                        "full-data sizes being one, then a job that merges and writes the tables) or one (one job "
+                        "runs everything)")
     parser.set_defaults(func=run)
 
 
 def _launch(settings: dict, args) -> int:
     from segfungi.experiments.benchmark._launch import Launch, launch
 
-    job = launch(settings, None, Launch(args.launcher, args.launcher_folder, args.partition, max(1, args.gpus or 1),
-                                        args.time))
-    print(f"submitted job {job.job_id} ({args.launcher}); logs: {args.launcher_folder}/{job.job_id}/; results: "
-          f"{settings['benchmark']['out']} (rerun the same command to resume a job that died)")
+    jobs = launch(settings, None, Launch(args.launcher, args.launcher_folder, args.partition,
+                                         max(1, args.gpus or 1), args.time, jobs=args.jobs))
+    cells = f"{len(jobs) - 1} cell job(s) and a merge job {jobs[-1].job_id}" if args.jobs == "per-cell" \
+        else f"job {jobs[-1].job_id}"
+    print(f"submitted {cells} ({args.launcher}); logs: {args.launcher_folder}/<job id>/; results: "
+          f"{settings['benchmark']['out']} (rerun the same command to resume: only unfinished cells are submitted)")
     if args.launcher == "local":
-        job.result()  # waits: a local job is this machine's process
+        jobs[-1].result()  # waits: a local job is this machine's process
         print(f"results: {settings['benchmark']['out']}/results.md")
     return 0
 

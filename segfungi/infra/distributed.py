@@ -19,15 +19,21 @@ code paths serve `segfungi build-bank` and `torchrun -m segfungi build-bank`.
   OpenMP barrier waits for the slowest, descheduled thread).
 * Output: ranks other than 0 print nothing on stdout (progress bars are rank 0's too);
   errors still reach stderr from every rank.
+* Work of one rank alone: inside `alone()` this process acts as a single process
+  (rank 0 of 1: no collectives, no split), for work dealt out whole to one rank, such as
+  a benchmark cell (`segfungi.experiments.benchmark._run`). `group_rank()`/`group_size()` still give
+  the process's place in the group there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
 
 DEFAULT_TIMEOUT_S = 7200
+_alone = 0  # depth of `alone()` blocks: inside one, this process acts as a single process
 
 
 def init_from_env() -> None:
@@ -69,9 +75,12 @@ def threads_per_process() -> int:
     return max(1, cores // max(1, local))
 
 
-def _group():
-    """torch.distributed while a group of several processes runs, else None. No group can
-    exist before torch is imported, so a single process answers without importing it."""
+def _group(whole: bool = False):
+    """torch.distributed while a group of several processes runs (and, unless `whole`,
+    this process is not inside `alone()`), else None. No group can exist before torch is
+    imported, so a single process answers without importing it."""
+    if _alone and not whole:
+        return None
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist
@@ -90,6 +99,30 @@ def rank() -> int:
 def world_size() -> int:
     dist = _group()
     return dist.get_world_size() if dist else 1
+
+
+def group_rank() -> int:
+    """This process's rank in the group, also inside `alone()`."""
+    dist = _group(whole=True)
+    return dist.get_rank() if dist else 0
+
+
+def group_size() -> int:
+    """The group's process count, also inside `alone()`."""
+    dist = _group(whole=True)
+    return dist.get_world_size() if dist else 1
+
+
+@contextlib.contextmanager
+def alone():
+    """Inside: this process acts as a single process (rank 0 of 1), so work dealt out whole
+    to it runs without collectives or splits (the other ranks do other work meanwhile)."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def is_main() -> bool:

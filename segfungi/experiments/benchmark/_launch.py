@@ -1,14 +1,21 @@
 """Running the benchmark as a Slurm job through submitit (the launcher DINOv2's evaluations
 use), or through submitit's local executor (the same path on one machine, for tests).
 
-`launch(settings, out, Launch(...))` submits one job that runs `run_benchmark(settings,
-out)`: `gpus` tasks on one node, one per GPU, each a rank of a torch.distributed group
-(the rank, world size and rendezvous come from submitit's job environment, the way
-torchrun would give them), so the encodings and FUNGI passes are split as under torchrun.
+`launch(settings, out, Launch(...))` submits, with `jobs="per-cell"` (the default), one
+job per job unit that is not finished yet (`segfungi.experiments.benchmark._run.job_units`: a
+dataset's full-data sizes together, each few-shot list alone; on Slurm one job array),
+each running only its unit into the shared results folder, then a merge job that runs
+after them all (Slurm: `--dependency=afterany` on the array; local: once they are done):
+a plain run that reads every record back, redoes any cell a job left unfinished, and
+writes the tables. With `jobs="one"`, one job runs the whole benchmark. Each job runs
+`gpus` tasks on one node, one per GPU, each a rank of a torch.distributed group (the
+rank, world size and rendezvous come from submitit's job environment, the way torchrun
+would give them), so its work is split as under torchrun.
+
 The results folder is the state: a job that is preempted or reaches its time limit is
 requeued by submitit (`checkpoint`), and a job that dies is submitted again by the same
-command; either way the rerun reads back every finished cell and resumes the bank in
-progress, so only the cell in progress is redone.
+command, which submits only the units still lacking records; a rerun reads back every
+finished cell and resumes the bank in progress, so only the cell in progress is redone.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from pathlib import Path
 
 from segfungi.infra.errors import ConfigError, InstallError
 
-__all__ = ["LAUNCHERS", "Launch", "BenchmarkJob", "launch"]
+__all__ = ["JOBS", "LAUNCHERS", "Launch", "BenchmarkJob", "launch"]
 
 LAUNCHERS = ("slurm", "local")
+JOBS = ("per-cell", "one")
 
 
 @dataclass(frozen=True)
@@ -35,13 +43,15 @@ class Launch:
     time_minutes: int = 24 * 60
     cpus_per_task: int = 8
     mem_gb: int | None = None
+    jobs: str = "per-cell"  # per-cell: one job per unfinished unit, then a merge job | one: one job
 
 
 class BenchmarkJob:
-    """The job: picklable, and `checkpoint` resubmits itself when Slurm preempts or times it out."""
+    """The job: picklable, and `checkpoint` resubmits itself when Slurm preempts or times it out.
+    `only`: the job units it runs (None: all, and it writes the tables)."""
 
-    def __init__(self, settings: dict, out: str):
-        self.settings, self.out = settings, str(out)
+    def __init__(self, settings: dict, out: str, only: list[str] | None = None):
+        self.settings, self.out, self.only = settings, str(out), only
 
     def __call__(self) -> dict:
         from segfungi.infra import distributed
@@ -49,14 +59,14 @@ class BenchmarkJob:
 
         _rank_environment()
         distributed.init_from_env()
-        report = run_benchmark(self.settings, self.out, progress=False)
+        report = run_benchmark(self.settings, self.out, progress=False, only=self.only, report=self.only is None)
         return {"records": len(report["records"]), "files": {k: str(v) for k, v in report["files"].items()}}
 
     def checkpoint(self):
         """submitit calls this on preemption or time-out: the same job again (it resumes)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(BenchmarkJob(self.settings, self.out))
+        return submitit.helpers.DelayedSubmission(BenchmarkJob(self.settings, self.out, self.only))
 
 
 def _rank_environment() -> None:
@@ -101,7 +111,27 @@ def executor(launch_settings: Launch):
     return made
 
 
-def launch(settings: dict, out: str | Path | None, launch_settings: Launch):
-    """Submits the benchmark job; returns the submitit job (`job.result()` waits for it)."""
+def launch(settings: dict, out: str | Path | None, launch_settings: Launch) -> list:
+    """Submits the benchmark's jobs (module docstring); returns the submitit jobs, the one
+    that writes the tables last (`jobs[-1].result()` waits for it). The inputs and the
+    results folder are checked, and the run recorded, before anything is submitted. With
+    the local launcher and per-cell jobs this waits for the cell jobs (the merge job has
+    no scheduler to wait for them)."""
+    from segfungi.experiments.benchmark._run import prepare_run, unfinished_units
+
     out = str(out or settings["benchmark"]["out"])
-    return executor(launch_settings).submit(BenchmarkJob(settings, out))
+    if launch_settings.jobs not in JOBS:
+        raise ConfigError(f"--jobs must be one of {', '.join(JOBS)}, got {launch_settings.jobs!r}")
+    made = executor(launch_settings)
+    if launch_settings.jobs == "one":
+        return [made.submit(BenchmarkJob(settings, out))]
+    prepare_run(settings, out)
+    units = unfinished_units(settings, out)
+    with made.batch():
+        cell_jobs = [made.submit(BenchmarkJob(settings, out, only=[unit])) for unit in units]
+    if cell_jobs and launch_settings.launcher == "slurm":
+        arrays = sorted({job.job_id.split("_")[0] for job in cell_jobs})
+        made.update_parameters(slurm_additional_parameters={"dependency": "afterany:" + ":".join(arrays)})
+    for job in cell_jobs if launch_settings.launcher == "local" else ():
+        job.wait()  # a failed cell job: the merge job redoes its cell (and says why if it fails again)
+    return [*cell_jobs, made.submit(BenchmarkJob(settings, out))]

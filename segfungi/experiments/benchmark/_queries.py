@@ -46,16 +46,23 @@ class EncodedQueries:
         })
         self.folder = Path(folder) / key
         self.progress = progress
+        self.complete = False  # every batch known to be stored (encode_all ran)
 
-    def encode_all(self) -> "EncodedQueries":
-        """Compute every batch that is not stored yet (the one full backbone pass)."""
+    def encode_all(self, share: tuple[int, int] = (0, 1)) -> "EncodedQueries":
+        """Compute every batch that is not stored yet (the one full backbone pass); once
+        done, calling again costs nothing. `share` (rank, world): only the batches i with
+        i % world == rank, for processes that share the folder and each encode a part."""
         from segfungi.infra.progress import progress_iter
 
-        missing = [i for i in range(len(self.batches)) if self._load(i) is None]
+        if self.complete:
+            return self
+        rank, world = share
+        missing = [i for i in range(rank, len(self.batches), world) if self._load(i) is None]
         # segfungi.infra.progress: a bar on a terminal, plain lines in a log file (no "0batch" redraws)
         for i in progress_iter(missing, f"encode {self.dataset.name} {self.dataset.split} (batches)",
                                enabled=self.progress and distributed.is_main() and bool(missing)):
             self._store(i)
+        self.complete = world == 1
         return self
 
     def batch(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

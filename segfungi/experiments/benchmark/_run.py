@@ -14,6 +14,30 @@ Per dataset, in order:
 Each bank is byte-identical to the one `segfungi build-bank` builds for the same cell,
 and each cell's mIoU is the one `segfungi eval` gives (tests/test_benchmark.py).
 
+Under torchrun (N ranks, `segfungi.infra.distributed`) the results are those of one process
+(tests/test_benchmark_distributed.py), and the work is split this way:
+
+* the encodings of the evaluated images: each rank encodes its share;
+* the full-data cells: their one pass over the training views is split by shards (each
+  rank writes every N-th shard; rank 0 builds the indexes), and each evaluation by images
+  (each rank scores every N-th image; the confusion matrices are summed). These cells are
+  few and differ 10× and 100× in size, so no dealing of whole cells balances them;
+* the few-shot cells: many, independent, of equal cost within a fraction. When there are
+  at least N, they are dealt out whole, round-robin in plan order (fraction by fraction,
+  list by list: cell i goes to rank i mod N). Each rank builds and evaluates its cells
+  as a single process would (`distributed.alone()`: no barrier per shard, no rank waiting
+  while another builds an index), on the evaluated images encoded in the one-process
+  batches (rank r encodes batches r, r+N, … into the shared cache), and writes their
+  records into `cells/`; after a barrier every rank reads the others' records and rank 0
+  writes the tables. With fewer few-shot cells than ranks, each is split like a full-data
+  cell.
+
+Many nodes: `job_units` are the jobs `segfungi.experiments.benchmark._launch` submits, one per
+unit: a dataset's full-data sizes together (one pass over the training views serves
+them all) and each few-shot list alone. A job runs `run_benchmark(..., only=[unit],
+report=False)` into the shared results folder with its own cache folder; a last step
+(a plain run) reads every record back and writes the tables.
+
 The results folder keeps the banks, one JSON record per cell and feature kind
 (`cells/`), and the tables (`segfungi.experiments.benchmark._report`). A rerun reads back finished
 cells, resumes a half-built bank and rewrites the tables; a folder holding another
@@ -23,6 +47,7 @@ mixed. A killed run loses at most the cell in progress.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -43,40 +68,91 @@ from segfungi.data.demo import is_demo_root
 from segfungi.infra.errors import ConfigError
 from segfungi.infra.storage import read_json, write_json_atomic
 
-__all__ = ["RUN_FILE", "run_benchmark"]
+__all__ = ["RUN_FILE", "job_unit", "job_units", "prepare_run", "run_benchmark", "unfinished_units"]
 
 RUN_FILE = "benchmark.json"  # what the results folder holds: the model and settings of its cells
 CELLS_DIR = "cells"
 CACHE_DIR = "cache"  # encoded evaluation images, the views' last-block inputs (removed when done)
 
 
-def run_benchmark(settings: dict, out: str | Path | None = None, *, backbone=None, progress: bool = True) -> dict:
+def run_benchmark(settings: dict, out: str | Path | None = None, *, backbone=None, progress: bool = True,
+                  only: list[str] | None = None, report: bool = True) -> dict:
     """Every cell the settings' `benchmark` section asks for (module docstring); writes the
     results folder `out` (default benchmark.out) and returns {"records": …, "files": …}.
-    `backbone`: a model not built from the settings (a `segfungi.CustomBackbone`)."""
+    `backbone`: a model not built from the settings (a `segfungi.CustomBackbone`).
+    `only`: the job units (`job_units`) to run, the others left alone (a per-cell job);
+    `report`: write the tables (a per-cell job does not: the merge step does)."""
     from segfungi.experiments.benchmark._report import write_report
 
     out = Path(out or settings["benchmark"]["out"])
     check_inputs(settings, out, backbone)  # every problem at once, before any work
-    cells = plan_cells(settings)
+    cells = _only(plan_cells(settings), only)
     features = list(dict.fromkeys(settings["benchmark"]["features"]))
-    run = _start(settings, out, backbone)
+    run = _start(settings, out, backbone, record=only is None)
+    # A per-cell job keeps its own cache: jobs running at once never write one folder.
+    cache = out / CACHE_DIR if only is None else out / CACHE_DIR / "jobs" / _slug("+".join(only))
     clock = _Progress(len(cells) * len(features), progress)
     records = []
     for dataset in dict.fromkeys(cell.dataset for cell in cells):
         mine = [cell for cell in cells if cell.dataset == dataset]
-        records += _run_dataset(settings, dataset, mine, features, out, backbone, clock, progress)
+        records += _run_dataset(settings, dataset, mine, features, out, cache, backbone, clock, progress)
+    if only is not None and distributed.is_main():
+        shutil.rmtree(cache, ignore_errors=True)
     run["finished"] = _now()
-    files = write_report(out, records, run) if distributed.is_main() else {}
+    files = write_report(out, records, run) if report and distributed.is_main() else {}
     return {"records": records, "files": files, "run": run}
 
 
-def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progress) -> list[dict]:
+# ------------------------------------------------------------------ job units
+def prepare_run(settings: dict, out: str | Path, backbone=None) -> None:
+    """What a run checks and records before any work (inputs, the results folder's
+    identity): done once by a launcher before it submits per-cell jobs."""
+    check_inputs(settings, Path(out), backbone)
+    _start(settings, Path(out), backbone)
+
+
+def job_unit(cell: Cell) -> str:
+    """The job a cell runs in, one job per unit: a dataset's full-data sizes together (they
+    share one pass over the training views), each few-shot list alone."""
+    return f"{cell.dataset} full" if cell.protocol == FULL else cell.label
+
+
+def job_units(settings: dict) -> list[str]:
+    """The run's job units, in plan order."""
+    return list(dict.fromkeys(job_unit(cell) for cell in plan_cells(settings)))
+
+
+def unfinished_units(settings: dict, out: str | Path) -> list[str]:
+    """The job units with a cell lacking a record of some feature kind in `out` (a job that
+    died, or never ran). A record that is there but stale is redone by the merge step."""
+    out = Path(out)
+    features = list(dict.fromkeys(settings["benchmark"]["features"]))
+    return list(dict.fromkeys(job_unit(cell) for cell in plan_cells(settings)
+                              if not all(_record_file(out, cell, kind).is_file() for kind in features)))
+
+
+def _only(cells: list[Cell], only: list[str] | None) -> list[Cell]:
+    if only is None:
+        return cells
+    units = list(dict.fromkeys(job_unit(cell) for cell in cells))
+    unknown = [unit for unit in only if unit not in units]
+    if unknown:
+        raise ConfigError(f"benchmark job units {unknown} are not cells of this run (its units: {', '.join(units)})")
+    return [cell for cell in cells if job_unit(cell) in only]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+# ------------------------------------------------------------------ a dataset
+def _run_dataset(settings, dataset, cells, features, out, cache, backbone, clock, progress) -> list[dict]:
     full = dataset_settings(settings, dataset, FULL)
     val = open_val_dataset(full)
     extractor = make_extractor(full, features="embeddings", backbone=backbone)
-    queries = EncodedQueries(out / CACHE_DIR / dataset / "queries", extractor, val, eval_spec(full), progress)
-    queries.encode_all()
+    folder = cache / dataset / "queries"
+    # Encoded when the first evaluation needs them (a rerun of finished cells encodes nothing).
+    queries = EncodedQueries(folder, extractor, val, eval_spec(full), progress)
     records = []
     top = bank_features(features)
     marks = {"generated_data": is_demo_root(full["data"]["root"])}
@@ -88,32 +164,101 @@ def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progr
         reused = {cell: _records_without_bank(cell_settings[cell], cell, features, out, keep) for cell in sized}
         folders = {cell.size: out / cell.folder / top for cell in sized if reused[cell] is None}
         if folders:
-            build_banks(full, folders, features=top, progress=progress, backbone=backbone,
-                        cache_dir=out / CACHE_DIR / dataset / "last_block_input")
+            with memory_guard(full, out, f"{dataset} full data: building the banks of sizes {sorted(folders)}"):
+                build_banks(full, folders, features=top, progress=progress, backbone=backbone,
+                            cache_dir=cache / dataset / "last_block_input")
         cell_marks = {**marks, "deviations": deviations(settings, dataset, FULL)}
         for cell in sized:
             if reused[cell] is not None:
                 records += _reuse(reused[cell], cell, clock)
                 continue
             records += _evaluate_cell(cell_settings[cell], cell, folders[cell.size], features, out, val, queries,
-                                      backbone, clock, progress, cell_marks)
+                                      backbone, clock, progress, cell_marks, owner=distributed.is_main())
     fewshot = [cell for cell in cells if cell.protocol != FULL]
     if fewshot:
-        base = dataset_settings(settings, dataset, "fewshot")
-        for cell in fewshot:
-            trial = _trial_settings(base, cell)
-            reused = _records_without_bank(trial, cell, features, out, keep)
-            if reused is not None:
-                records += _reuse(reused, cell, clock)
-                continue
-            bank = build_bank(trial, out / cell.folder / top, resume=True, features=top, progress=progress,
-                              warn_capped=False, backbone=backbone)
-            cell_marks = {**marks, "deviations": deviations(settings, dataset, FEWSHOT)}
-            records += _evaluate_cell(trial, cell, bank, features, out, val, queries, backbone, clock, progress,
-                                      cell_marks)
+        job = _FewshotJob(settings, dataset, features, out, val, backbone, clock, progress, marks)
+        world = distributed.world_size()
+        if world > 1 and len(fewshot) >= world:
+            records += _dealt_fewshot(job, fewshot, folder, extractor, full)
+        else:
+            records += [r for cell in fewshot for r in job.run(cell, queries, owner=distributed.is_main())]
+    distributed.barrier()  # every rank is done with the encoded images
     if distributed.is_main():
-        queries.remove()  # every cell of the dataset is done
+        shutil.rmtree(folder, ignore_errors=True)  # every cell of the dataset is done
     return records
+
+
+class _FewshotJob:
+    """What every few-shot cell of a dataset shares; `run(cell, …)` builds and evaluates one."""
+
+    def __init__(self, settings, dataset, features, out, val, backbone, clock, progress, marks):
+        self.base = dataset_settings(settings, dataset, "fewshot")
+        self.features, self.out, self.val, self.backbone = features, out, val, backbone
+        self.clock, self.progress = clock, progress
+        self.keep = settings["benchmark"]["keep_banks"]
+        self.marks = {**marks, "deviations": deviations(settings, dataset, FEWSHOT)}
+
+    def run(self, cell: Cell, queries, owner: bool) -> list[dict]:
+        trial = _trial_settings(self.base, cell)
+        reused = _records_without_bank(trial, cell, self.features, self.out, self.keep)
+        if reused is not None:
+            return _reuse(reused, cell, self.clock)
+        top = bank_features(self.features)
+        with memory_guard(trial, self.out, f"{cell.label}: building its bank"):
+            bank = build_bank(trial, self.out / cell.folder / top, resume=True, features=top,
+                              progress=self.progress, warn_capped=False, backbone=self.backbone)
+        return _evaluate_cell(trial, cell, bank, self.features, self.out, self.val, queries, self.backbone,
+                              self.clock, self.progress, self.marks, owner=owner)
+
+
+def _dealt_fewshot(job: _FewshotJob, cells: list[Cell], folder: Path, extractor, full: dict) -> list[dict]:
+    """The few-shot cells dealt out whole over the ranks (module docstring): each rank
+    builds and evaluates its cells as a single process would, on the images encoded in
+    the one-process batches (each rank encodes every world-th batch into the shared
+    folder); then every rank reads the others' records from their files."""
+    rank, world = distributed.rank(), distributed.world_size()
+    job.progress = job.progress and rank == 0  # bars of rank 0's cells only
+    with distributed.alone():
+        queries = EncodedQueries(folder, extractor, job.val, eval_spec(full), job.progress and rank == 0)
+    queries.encode_all(share=(rank, world))
+    distributed.barrier()  # every batch is stored
+    mine = {cell: None for cell in cells[rank::world]}
+    with distributed.alone():
+        for cell in mine:
+            mine[cell] = job.run(cell, queries, owner=True)
+    distributed.barrier()  # every rank's records are written
+    records = []
+    for number, cell in enumerate(cells):
+        if cell in mine:
+            records += mine[cell]
+            continue
+        for kind in job.features:
+            record = read_json(_record_file(job.out, cell, kind))
+            records.append(record)
+            job.clock.done(f"{cell.label} {kind}", record["miou"], computed=True, by=number % world)
+    return records
+
+
+@contextlib.contextmanager
+def memory_guard(settings: dict, out: Path, what: str):
+    """Out of device (or host) memory inside: a ConfigError naming the cell, the stage and
+    the settings that need less memory, saying that the finished cells are kept (their
+    records and banks are written atomically) and that the same command resumes. (A
+    device-exact search has already retried with smaller blocks: segfungi.index.)"""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ConfigError(
+            f"{what}: out of memory on {device(settings)} ({str(err).splitlines()[0] if str(err) else 'no detail'}). "
+            f"Every cell finished so far is kept in {out}/cells and the banks built so far in {out}/banks; the same "
+            "command resumes. Needing less memory: the evaluation's eval.batch_size (now "
+            f"{settings['eval']['batch_size']}); the banks' bank.batch_size (now {settings['bank']['batch_size']}); "
+            "the search's "
+            "index.device_shards (split the bank over more GPUs) or index.kind=scann (search on the CPU)") from err
 
 
 def _trial_settings(settings: dict, cell: Cell) -> dict:
@@ -155,9 +300,10 @@ def _reuse(records: list[dict], cell: Cell, clock) -> list[dict]:
 
 
 def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbone, clock, progress,
-                   marks) -> list[dict]:
+                   marks, owner: bool) -> list[dict]:
     """Each feature kind of one cell's bank, read back when its record is there; with
-    benchmark.keep_banks false the bank is removed once every kind's record is written."""
+    benchmark.keep_banks false the bank is removed once every kind's record is written.
+    `owner`: this process writes the records (rank 0, or the rank a cell is dealt to)."""
     records = []
     top = bank_features(features)
     for kind in features:
@@ -168,14 +314,16 @@ def _evaluate_cell(settings, cell, bank_dir, features, out, val, queries, backbo
         def compute(path=path, bank=bank, kind=kind) -> dict:
             from segfungi.inference.evaluation import evaluate
 
-            results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val, encoded=queries)
+            with memory_guard(settings, out, f"{cell.label}: evaluating its {kind} bank"):
+                queries.encode_all()
+                results = evaluate(path, settings, progress=progress, backbone=backbone, dataset=val,
+                                   encoded=queries)
             return {**cell_record(cell, kind, results, bank, settings), **marks}
 
-        record, computed = cached_results(file, evaluation_key(bank.hash, settings), compute,
-                                          write=distributed.is_main())
+        record, computed = cached_results(file, evaluation_key(bank.hash, settings), compute, write=owner)
         records.append(record)
         clock.done(f"{cell.label} {kind}", record["miou"], computed)
-    if not settings["benchmark"]["keep_banks"] and distributed.is_main():
+    if not settings["benchmark"]["keep_banks"] and owner:
         shutil.rmtree(out / cell.folder)  # the records and tables stay; see _records_without_bank
     return records
 
@@ -243,8 +391,9 @@ def folder_identity(settings: dict, backbone=None) -> dict:
     return copy.deepcopy(keep)
 
 
-def _start(settings: dict, out: Path, backbone) -> dict:
-    """Refuse a results folder of another model or other settings; record this run's."""
+def _start(settings: dict, out: Path, backbone, record: bool = True) -> dict:
+    """Refuse a results folder of another model or other settings; record this run's
+    (`record`: False for a per-cell job, whose launcher recorded the run)."""
     identity = folder_identity(settings, backbone)
     path = out / RUN_FILE
     if path.exists():
@@ -275,7 +424,7 @@ def _start(settings: dict, out: Path, backbone) -> dict:
     if path.exists() and read_json(path).get("weights") not in (None, run["weights"]):
         raise ConfigError(f"{out}: holds benchmark results of other weights ({read_json(path)['weights']}, "
                           f"now {run['weights']}); choose another --out")
-    if distributed.is_main():
+    if distributed.is_main() and (record or not path.exists()):
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"identity": identity, **run})
     return run
@@ -305,12 +454,15 @@ class _Progress:
         self.total, self.show, self.count, self.computed = total, show, 0, 0
         self.started = time.perf_counter()
 
-    def done(self, label: str, miou: float, computed: bool) -> None:
+    def done(self, label: str, miou: float, computed: bool, by: int | None = None) -> None:
+        """`by`: the rank that computed it, when another rank did (cells dealt out)."""
         self.count += 1
         self.computed += computed
-        if not self.show or not distributed.is_main():
+        if not self.show or distributed.group_rank() != 0:
             return
         head = f"[{self.count}/{self.total} evaluations] {label}: mIoU {100 * miou:.1f}"
+        if by is not None:
+            head += f" (rank {by})"
         if not computed:
             print(f"{head} reused (record of an earlier run)", file=sys.stderr, flush=True)
             return
