@@ -26,7 +26,14 @@ projection) and the validation split of a generated VOC-layout dataset:
 Variants: dense (Achlioptas, the default) and structured-rN (`fungi.projection:
 structured` with `fungi.structured_terms: N`): every row a sum of N independent outer
 products, R_k = Σ_j u_kj ⊗ v_kj; r1 is the rank-1 matrix u_k ⊗ v_k. More terms move the
-estimator's fourth moment towards the dense one's at N times the (tiny) cost.
+estimator's fourth moment towards the dense one's at N times the (tiny) cost. A suffix
+@bfloat16 (`fungi.projection_dtype: bfloat16`) runs the variant's GEMMs in bfloat16
+(`--bfloat16 dense structured-r16`): the same projection at a lower precision, so its
+seed-0 recall against the float32 seed-0 reference is the precision's loss alone (printed
+apart), and its other seeds compare with the dense seeds as above.
+
+    python benchmarks/bench_projection_quality.py --images 80 --val 20 --seeds 4 --ranks 16 \
+        --bfloat16 dense structured-r16        # the `fast` preset's evidence (benchmarks/README.md)
 """
 from __future__ import annotations
 
@@ -52,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=10, help="projection seeds per variant")
     p.add_argument("--ranks", type=int, nargs="*", default=[1, 4, 8, 16],
                    help="outer products per structured row (fungi.structured_terms)")
+    p.add_argument("--bfloat16", nargs="*", default=[], metavar="VARIANT",
+                   help="variants also measured with fungi.projection_dtype=bfloat16 (dense, structured-rN)")
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None, help="keeps the data and bank between runs")
@@ -87,9 +96,12 @@ class _Recorder:
 
 
 def project(variant: str, seed: int, delta, inputs, dim: int) -> torch.Tensor:
-    """dense, or structured-rN (N outer products per row; the production class)."""
+    """dense, or structured-rN (N outer products per row; the production class); a suffix
+    @bfloat16 runs its GEMMs in bfloat16 (fungi.projection_dtype)."""
+    variant, _, dtype = variant.partition("@")
     kind, _, terms = variant.partition("-r")
     options = {"terms": int(terms)} if kind == "structured" else {}
+    options["compute_dtype"] = dtype or "float32"
     proj = gradients_module.make_projection(
         kind, in_features=inputs.shape[1], out_features=delta.shape[1], dim=dim, seed=seed, bias=True, **options)
     out = []
@@ -199,33 +211,44 @@ def main() -> None:
         return ids, confusion.miou()
 
     reference_ids, reference_miou = run("dense", settings["fungi"]["proj_seed"])
-    variants = ["dense"] + [f"structured-r{r}" for r in args.ranks]
-    rows = {}
+    variants = ["dense"] + [f"structured-r{r}" for r in args.ranks] + [f"{v}@bfloat16" for v in args.bfloat16]
+    rows, same_seed, seconds = {}, {}, {}
     for variant in variants:
         recalls, mious = [], []
+        started = time.perf_counter()
         for seed in range(args.seeds):
             if variant == "dense" and seed == settings["fungi"]["proj_seed"]:
                 mious.append(reference_miou)  # the reference itself (recall 1 by definition)
                 continue
             ids, miou = run(variant, seed)
-            recalls.append(recall_at_k(ids, reference_ids))
             mious.append(miou)
+            if variant.startswith("dense@") and seed == settings["fungi"]["proj_seed"]:
+                # The precision's loss alone; left out of the recall mean, as dense's own seed is.
+                same_seed[variant] = (recall_at_k(ids, reference_ids), miou)
+                continue
+            recalls.append(recall_at_k(ids, reference_ids))
         rows[variant] = (recalls, mious)
+        seconds[variant] = (time.perf_counter() - started) / max(1, args.seeds - (variant == "dense"))
 
     print(f"\nrecall@{k} of the dense seed-{settings['fungi']['proj_seed']} exact neighbours "
           f"({len(q_delta)} query patches), and mIoU (generated data, exact search):")
-    print(f"  {'projection':<16} {'recall@' + str(k) + ' per seed':<26} {'mean':>6}   {'mIoU per seed':<24} {'mean':>6}")
+    print(f"  {'projection':<23} {'recall@' + str(k) + ' per seed':<26} {'mean':>6}   {'mIoU per seed':<24} {'mean':>6}")
     for variant, (recalls, mious) in rows.items():
         shown_r = " ".join(f"{100 * r:5.1f}" for r in recalls)
         shown_m = " ".join(f"{100 * m:5.1f}" for m in mious)
-        print(f"  {variant:<16} {shown_r:<26} {100 * np.mean(recalls):6.1f}   {shown_m:<24} {100 * np.mean(mious):6.1f}")
+        print(f"  {variant:<23} {shown_r:<26} {100 * np.mean(recalls):6.1f}   {shown_m:<24} {100 * np.mean(mious):6.1f}")
+    for variant, (recall, miou) in same_seed.items():
+        print(f"  {variant} at the reference's seed: recall@{k} {100 * recall:5.1f}, mIoU {100 * miou:5.1f} "
+              f"(float32 {100 * reference_miou:5.1f}): the precision's loss alone")
+    print("  seconds per seed (bank + query projections, exact search, transfer; this CPU): "
+          + ", ".join(f"{v} {t:.1f}" for v, t in seconds.items()))
     dense_recall, dense_miou = np.mean(rows["dense"][0]), np.mean(rows["dense"][1])
     print("\nbar: within 1 point of dense (recall vs dense seeds ≠ reference; mIoU mean over seeds)")
     for variant in variants[1:]:
         d_recall = 100 * (np.mean(rows[variant][0]) - dense_recall)
         d_miou = 100 * (np.mean(rows[variant][1]) - dense_miou)
         verdict = "PASS" if d_recall >= -1 and d_miou >= -1 else "FAIL"
-        print(f"  {variant:<16} Δrecall {d_recall:+5.1f}   ΔmIoU {d_miou:+5.1f}   {verdict}")
+        print(f"  {variant:<23} Δrecall {d_recall:+5.1f}   ΔmIoU {d_miou:+5.1f}   {verdict}")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,15 @@ def test_two_processes_build_the_single_process_bank_with_independent_support_vi
         assert two_bank.hash == one_bank.hash
         assert [s["checksums"] for s in two_bank.shards] == [s["checksums"] for s in one_bank.shards]
     assert not (tmp_path / "two" / "last_block_input").exists()
+
+
+def test_alone_acts_as_one_process_and_nests():
+    """Without a process group every rank is 0 of 1 anyway; inside alone() (nested too) the
+    same, and the group's own rank/size stay readable; barrier() does nothing."""
+    from segfungi import distributed
+
+    with distributed.alone():
+        with distributed.alone():
+            assert (distributed.rank(), distributed.world_size(), distributed.active()) == (0, 1, False)
+            distributed.barrier()
+        assert distributed.is_main() and (distributed.group_rank(), distributed.group_size()) == (0, 1)
