@@ -98,8 +98,7 @@ def test_two_processes_build_the_single_process_bank_with_independent_support_vi
 def test_alone_acts_as_one_process_and_nests():
     """Without a process group every rank is 0 of 1 anyway; inside alone() (nested too) the
     same, and the group's own rank/size stay readable; barrier() does nothing."""
-    from segfungi import distributed
-
+    from segfungi.infra import distributed
     with distributed.alone():
         with distributed.alone():
             assert (distributed.rank(), distributed.world_size(), distributed.active()) == (0, 1, False)
