@@ -35,7 +35,7 @@ from segfungi import distributed
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
 from segfungi.benchmark._inputs import check_inputs
-from segfungi.benchmark._protocol import FEWSHOT, FULL, Cell, dataset_settings, deviations, plan_cells
+from segfungi.benchmark._protocol import Cell, dataset_settings, deviations, plan_cells
 from segfungi.benchmark._queries import EncodedQueries
 from segfungi.cells import bank_features, cached_results, evaluation_key, features_bank
 from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
@@ -72,7 +72,7 @@ def run_benchmark(settings: dict, out: str | Path | None = None, *, backbone=Non
 
 
 def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progress) -> list[dict]:
-    full = dataset_settings(settings, dataset, FULL)
+    full = dataset_settings(settings, dataset, "full")  # the evaluated images, the same for every protocol
     val = open_val_dataset(full)
     extractor = make_extractor(full, features="embeddings", backbone=backbone)
     queries = EncodedQueries(out / CACHE_DIR / dataset / "queries", extractor, val, eval_spec(full), progress)
@@ -81,36 +81,36 @@ def _run_dataset(settings, dataset, cells, features, out, backbone, clock, progr
     top = bank_features(features)
     marks = {"generated_data": is_demo_root(full["data"]["root"])}
     keep = settings["benchmark"]["keep_banks"]
-    sized = [cell for cell in cells if cell.protocol == FULL]
-    if sized:
-        cell_settings = {cell: {**full, "bank": {**full["bank"], "size": cell.size}}  # what build-bank gets
+    for protocol in dict.fromkeys(cell.protocol for cell in cells):
+        sized = [cell for cell in cells if cell.protocol == protocol and cell.entry.by_size]
+        if not sized:
+            continue
+        base = dataset_settings(settings, dataset, protocol)
+        cell_settings = {cell: {**base, "bank": {**base["bank"], "size": cell.size}}  # what build-bank gets
                          for cell in sized}
         reused = {cell: _records_without_bank(cell_settings[cell], cell, features, out, keep) for cell in sized}
         folders = {cell.size: out / cell.folder / top for cell in sized if reused[cell] is None}
         if folders:
-            build_banks(full, folders, features=top, progress=progress, backbone=backbone,
+            build_banks(base, folders, features=top, progress=progress, backbone=backbone,
                         cache_dir=out / CACHE_DIR / dataset / "last_block_input")
-        cell_marks = {**marks, "deviations": deviations(settings, dataset, FULL)}
+        cell_marks = {**marks, "deviations": deviations(settings, dataset, protocol)}
         for cell in sized:
             if reused[cell] is not None:
                 records += _reuse(reused[cell], cell, clock)
                 continue
             records += _evaluate_cell(cell_settings[cell], cell, folders[cell.size], features, out, val, queries,
                                       backbone, clock, progress, cell_marks)
-    fewshot = [cell for cell in cells if cell.protocol != FULL]
-    if fewshot:
-        base = dataset_settings(settings, dataset, "fewshot")
-        for cell in fewshot:
-            trial = _trial_settings(base, cell)
-            reused = _records_without_bank(trial, cell, features, out, keep)
-            if reused is not None:
-                records += _reuse(reused, cell, clock)
-                continue
-            bank = build_bank(trial, out / cell.folder / top, resume=True, features=top, progress=progress,
-                              warn_capped=False, backbone=backbone)
-            cell_marks = {**marks, "deviations": deviations(settings, dataset, FEWSHOT)}
-            records += _evaluate_cell(trial, cell, bank, features, out, val, queries, backbone, clock, progress,
-                                      cell_marks)
+    for cell in (cell for cell in cells if not cell.entry.by_size):
+        trial = _trial_settings(dataset_settings(settings, dataset, cell.protocol), cell)
+        reused = _records_without_bank(trial, cell, features, out, keep)
+        if reused is not None:
+            records += _reuse(reused, cell, clock)
+            continue
+        bank = build_bank(trial, out / cell.folder / top, resume=True, features=top, progress=progress,
+                          warn_capped=False, backbone=backbone)
+        cell_marks = {**marks, "deviations": deviations(settings, dataset, cell.protocol)}
+        records += _evaluate_cell(trial, cell, bank, features, out, val, queries, backbone, clock, progress,
+                                  cell_marks)
     if distributed.is_main():
         queries.remove()  # every cell of the dataset is done
     return records
@@ -285,7 +285,7 @@ def fewshot_lists(cells: list[Cell]) -> dict:
     """{dataset: {fraction: number of lists}}: the few-shot trials the run plans."""
     lists: dict = {}
     for cell in cells:
-        if cell.protocol != FULL:
+        if cell.protocol == "fewshot":  # run.json's field: the few-shot protocol's lists
             counts = lists.setdefault(cell.dataset, {})
             counts[cell.fraction_label] = counts.get(cell.fraction_label, 0) + 1
     return lists
