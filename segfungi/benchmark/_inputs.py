@@ -81,7 +81,7 @@ def _dataset_problems(settings: dict, dataset: str, cells: list) -> list[str]:
     from segfungi.data import subset
 
     problems = []
-    protocols = list(dict.fromkeys(c.protocol for c in cells))  # each protocol with a cell here
+    protocols = _asked_protocols(settings, dataset)
     if settings["benchmark"]["fractions"]:
         problems += _lists_problems(settings, dataset, cells)
     for protocol in protocols:
@@ -107,6 +107,20 @@ def _dataset_problems(settings: dict, dataset: str, cells: list) -> list[str]:
                     except SegfungiError as err:
                         problems.append(f"few-shot list {err}")
     return problems
+
+
+def _asked_protocols(settings: dict, dataset: str) -> list[str]:
+    """The protocols that plan cells on `dataset`, or would but cannot plan them (a
+    folder of lists that is not there: said by _lists_problems)."""
+    asked = []
+    for name in protocol_names():
+        try:
+            planned = bool(benchmark_protocol(name).plan(settings, dataset))
+        except SegfungiError:
+            planned = True
+        if planned:
+            asked.append(name)
+    return asked
 
 
 def _lists_problems(settings: dict, dataset: str, cells: list) -> list[str]:

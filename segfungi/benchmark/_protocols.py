@@ -28,12 +28,13 @@ no torch; the records and folders they write keep their names.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 from segfungi.registry import Registry
 
-__all__ = ["AXES", "PROTOCOLS", "BenchmarkProtocol", "benchmark_protocol", "protocol_names",
+__all__ = ["AXES", "PROTOCOLS", "BenchmarkProtocol", "benchmark_protocol", "fraction_label", "protocol_names",
            "register_protocol", "unregister_protocol"]
 
 AXES = ("size", "fraction")
@@ -81,15 +82,17 @@ class BenchmarkProtocol:
 
     def column(self, record: dict):
         """A record's column: the bank size asked for, or its fraction's label ('1/128')."""
-        from segfungi.benchmark._records import fraction_label
-
         return record["bank_size_requested"] if self.by_size else fraction_label(record["fraction"])
 
     def column_order(self, column):
         """The sort key of a column (sizes by value, fractions by value)."""
-        from fractions import Fraction
-
         return int(column) if self.by_size else Fraction(column)
+
+
+def fraction_label(value) -> str:
+    """'1/128' from "1/128", Fraction(1, 128) or 0.0078125."""
+    fraction = Fraction(value.strip()) if isinstance(value, str) else Fraction(value).limit_denominator(1 << 20)
+    return str(fraction)
 
 
 PROTOCOLS: Registry[BenchmarkProtocol] = Registry("benchmark protocol")

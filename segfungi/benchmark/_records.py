@@ -19,10 +19,9 @@ import csv
 import io
 import json
 import numbers
-from fractions import Fraction
 
+from segfungi.benchmark._protocols import benchmark_protocol, fraction_label, protocol_names
 from segfungi.errors import ConfigError
-from segfungi.benchmark._protocols import benchmark_protocol, protocol_names
 from segfungi.feature_kinds import check_feature_kind
 
 __all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "checked_records", "fewshot_bank_cap",
@@ -46,12 +45,6 @@ PUBLISHED_COLUMNS = ("published_miou_percent", "published_source", "published_ur
 FILE_COLUMNS = tuple(RENAMED.get(field, field) for field in RECORD_FIELDS) + PUBLISHED_COLUMNS
 JSON_COLUMNS = tuple(RENAMED.get(field, field) for field, types in RECORD_FIELDS.items()
                      if dict in types or list in types)
-
-
-def fraction_label(value) -> str:
-    """'1/128' from "1/128", Fraction(1, 128) or 0.0078125."""
-    fraction = Fraction(value.strip()) if isinstance(value, str) else Fraction(value).limit_denominator(1 << 20)
-    return str(fraction)
 
 
 # --------------------------------------------------------------------- checks
