@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tiny_settings
 from segfungi.benchmark import (BenchmarkProtocol, Cell, plan_cells, protocol_names, read_records,
-                                register_protocol, run_benchmark, unregister_protocol,
+                                RUN_FILE, register_protocol, run_benchmark, unregister_protocol,
                                 write_report)
 from segfungi.cli import main
 from segfungi.errors import ConfigError
@@ -74,7 +74,10 @@ def test_a_toy_protocol_runs_end_to_end(single, demo_voc_root, tmp_path):
     assert toy["bank_hash"] == full["bank_hash"] and toy["miou"] == full["miou"]
     assert toy["bank_size_requested"] == SIZE and toy["fraction"] is None
 
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["planned"] == {"full": {"voc": {str(SIZE): 1}}, "single": {"voc": {str(SIZE): 1}}}
     md = (out / "results.md").read_text(encoding="utf-8")
+    assert "| cells | 2 of 2 table cells done" in md
     assert "### One bank, the toy single-size protocol" in md and "### Full training split" in md
     assert "generated demo data: published numbers are for the real dataset" in md
     tex = (out / "results.tex").read_text(encoding="utf-8")
@@ -92,6 +95,11 @@ def test_a_toy_protocol_runs_end_to_end(single, demo_voc_root, tmp_path):
     md = written["results.md"].read_text(encoding="utf-8")
     assert "no published numbers for the single protocol" in md
     assert "no published number for this model (vit_tiny_patch16_224)" in md
+
+    # A toy cell not run yet is planned (run["planned"]): counted, and its table shows it missing.
+    partial = write_report(tmp_path / "partial", [r for r in real if r["protocol"] == "full"], report["run"])
+    md = partial["results.md"].read_text(encoding="utf-8")
+    assert "| cells | 1 of 2 table cells done" in md and "### One bank, the toy single-size protocol" in md
 
     # Read back once the protocol is gone: its records are refused by name.
     unregister_protocol("single")

@@ -31,8 +31,8 @@ from segfungi.config import dotted_items, load_config
 from segfungi.data.registry import dataset_info
 from segfungi.errors import ConfigError
 
-__all__ = ["FEW_SHOT", "FULL_DATA", "Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys",
-           "protocol_values", "subsets_folder"]
+__all__ = ["FEW_SHOT", "FULL_DATA", "Cell", "dataset_settings", "deviations", "plan_cells", "planned_columns",
+           "protocol_keys", "protocol_values", "subsets_folder"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,17 @@ def plan_cells(settings: dict) -> list[Cell]:
         for name in protocol_names():
             cells += benchmark_protocol(name).plan(settings, dataset)
     return cells
+
+
+def planned_columns(cells: list[Cell]) -> dict:
+    """{protocol: {dataset: {column: trials}}} of these cells (run.json's "planned"): a
+    column is a bank size or a fraction's label ("1/8"), its trials the cells there."""
+    planned: dict = {}
+    for cell in cells:
+        column = cell.size if cell.entry.by_size else cell.fraction_label
+        columns = planned.setdefault(cell.protocol, {}).setdefault(cell.dataset, {})
+        columns[column] = columns.get(column, 0) + 1
+    return planned
 
 
 def _full_cells(settings: dict, dataset: str) -> list[Cell]:

@@ -35,7 +35,7 @@ from segfungi import distributed
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
 from segfungi.benchmark._inputs import check_inputs
-from segfungi.benchmark._protocol import Cell, dataset_settings, deviations, plan_cells
+from segfungi.benchmark._protocol import Cell, dataset_settings, deviations, plan_cells, planned_columns
 from segfungi.benchmark._queries import EncodedQueries
 from segfungi.cells import bank_features, cached_results, evaluation_key, features_bank
 from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
@@ -271,6 +271,7 @@ def _start(settings: dict, out: Path, backbone) -> dict:
         "fractions": list(settings["benchmark"]["fractions"]),
         "features": list(settings["benchmark"]["features"]),
         "fewshot_lists": fewshot_lists(plan_cells(settings)),
+        "planned": planned_columns(plan_cells(settings)),  # every protocol's columns (fields above: older runs')
     }
     if path.exists() and read_json(path).get("weights") not in (None, run["weights"]):
         raise ConfigError(f"{out}: holds benchmark results of other weights ({read_json(path)['weights']}, "

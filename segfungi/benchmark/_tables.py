@@ -160,13 +160,19 @@ class Notes:
 
 
 def _planned_columns(run: dict | None, dataset: str, protocol: str) -> dict:
-    """{column: trials planned} of what `run` asked for on `dataset`: each bank size
-    (full data, one trial), each fraction (few-shot). Few-shot: run["fewshot_lists"]
+    """{column: trials planned} of what `run` asked for on `dataset` under `protocol`:
+    run["planned"] (every protocol's, from the engine's plan) where given. A run.json
+    written before it: each bank size (full data, one trial), each fraction (few-shot),
+    no column of another protocol (its records' columns show). Few-shot: run["fewshot_lists"]
     ({dataset: {fraction: number of lists}}, from the engine's plan) where given, so a
     dataset without lists (Cityscapes) plans none; else every fraction of run["fractions"]
     on every dataset, with the protocol's `trials` lists."""
     if run is None:
         return {}
+    if "planned" in run:  # every protocol's columns, as the engine planned them
+        entry = benchmark_protocol(protocol)
+        columns = run["planned"].get(protocol, {}).get(dataset, {})
+        return {(int(c) if entry.by_size else fraction_label(c)): int(n) for c, n in columns.items()}
     if protocol == "full":  # run.json's fields of the built-in protocols
         return {int(size): 1 for size in run["sizes"]}
     if protocol != "fewshot":  # another registered protocol: the columns of its records
