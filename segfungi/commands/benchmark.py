@@ -127,7 +127,7 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
         return []
     import yaml
 
-    from segfungi.benchmark import protocol_names, protocol_values
+    from segfungi.benchmark import benchmark_protocol, protocol_names, protocol_values
     from segfungi.config import dotted_items, resolve_config_path
     from segfungi.errors import ConfigError
 
@@ -135,7 +135,10 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
         preset = dict(dotted_items(yaml.safe_load(f) or {}))
     said = []
     for dataset in dict.fromkeys(settings["benchmark"]["datasets"]):
-        for protocol in protocol_names():
+        first = {}  # dataset key -> the first protocol that runs with it: each preset said once
+        for name in protocol_names():
+            first.setdefault(benchmark_protocol(name).dataset_key, name)
+        for protocol in first.values():
             try:
                 values = protocol_values(dataset, protocol)
             except ConfigError:  # a dataset without this protocol: the run says so
