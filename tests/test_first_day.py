@@ -75,9 +75,10 @@ def test_a_report_of_generated_data_shows_no_published_number_and_says_generated
     import segfungi.inference.viz as viz
 
     drawn = []
-    real_figure = viz.benchmark_figure
-    monkeypatch.setattr(viz, "benchmark_figure", lambda full, fewshot, title, context:
-                        drawn.append((full + fewshot, title, context)) or real_figure(full, fewshot, title, context))
+    real_figure = viz.protocol_figure
+    monkeypatch.setattr(viz, "protocol_figure", lambda panels, title, context:
+                        drawn.append(([r for panel in panels for r in panel[1]], title, context))
+                        or real_figure(panels, title, context))
     control = write_report(tmp_path / "real", make_records(), make_run())
     assert "(37.2)" in control["results.md"].read_text(encoding="utf-8")  # the same cells on real data: shown
     assert any(row["published_percent"] is not None for row in drawn[0][0])

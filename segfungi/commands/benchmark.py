@@ -106,13 +106,13 @@ def protocol_sets(args, settings: dict) -> dict:
     protocol preset sets: the user's on purpose, so it becomes benchmark.deviations
     (honoured over the preset, and every cell it touches says so) instead of being
     overridden by the preset without a word."""
-    from segfungi.experiments.benchmark import protocol_values
+    from segfungi.experiments.benchmark import protocol_names, protocol_values
     from segfungi.config import dotted_items, parse_override
     from segfungi.infra.errors import ConfigError
 
     keys = set()
     for dataset in settings["benchmark"]["datasets"]:
-        for protocol in ("full", "fewshot"):
+        for protocol in protocol_names():
             try:
                 keys |= set(protocol_values(dataset, protocol))
             except ConfigError:
@@ -133,7 +133,7 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
         return []
     import yaml
 
-    from segfungi.experiments.benchmark import protocol_values
+    from segfungi.experiments.benchmark import benchmark_protocol, protocol_names, protocol_values
     from segfungi.config import dotted_items, resolve_config_path
     from segfungi.infra.errors import ConfigError
 
@@ -141,7 +141,10 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
         preset = dict(dotted_items(yaml.safe_load(f) or {}))
     said = []
     for dataset in dict.fromkeys(settings["benchmark"]["datasets"]):
-        for protocol in ("full", "fewshot"):
+        first = {}  # dataset key -> the first protocol that runs with it: each preset said once
+        for name in protocol_names():
+            first.setdefault(benchmark_protocol(name).dataset_key, name)
+        for protocol in first.values():
             try:
                 values = protocol_values(dataset, protocol)
             except ConfigError:  # a dataset without this protocol: the run says so

@@ -57,8 +57,6 @@ PROTOCOL_KEYS = (
 )
 RECORD_KEYS = ("train_images", "eval_images", "patches_per_view")  # record fields that must agree too
 ABSENT = "(absent)"
-PROTOCOL_TITLES = {"full": "full training split, mIoU (%) by memory-bank size (patches)",
-                   "fewshot": "few-shot, mIoU (%) by fraction of the training split (mean ± std over lists)"}
 MISSING = "–"
 
 
@@ -93,19 +91,26 @@ class CompareRow:
 @dataclass
 class CompareTable:
     dataset: str
-    protocol: str  # full | fewshot
+    protocol: str  # a registered benchmark protocol: full | fewshot | ...
     columns: list
     rows: list[CompareRow]
     notes: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
-        return f"{dataset_title(self.dataset)}: {PROTOCOL_TITLES[self.protocol]}"
+        return f"{dataset_title(self.dataset)}: {self.entry.compare_title}"
+
+    @property
+    def entry(self):
+        """The table's BenchmarkProtocol."""
+        from segfungi.experiments.benchmark import benchmark_protocol
+
+        return benchmark_protocol(self.protocol)
 
     def column_label(self, column) -> str:
         from segfungi.published import format_bank_size
 
-        return format_bank_size(column) if self.protocol == "full" else str(column)
+        return format_bank_size(column) if self.entry.by_size else str(column)
 
 
 # ------------------------------------------------------------------ reading
@@ -146,7 +151,8 @@ def compare(folders: list[ResultsFolder], *, published: bool = False,
     """One CompareTable per dataset and protocol found in the folders (module docstring)."""
     positions = dict.fromkeys((r["dataset"], r["protocol"]) for f in folders for r in f.records)
     tables = []
-    for dataset, protocol in sorted(positions, key=lambda p: (p[0], p[1] != "full")):
+    order = _protocol_order()
+    for dataset, protocol in sorted(positions, key=lambda p: (p[0], order.get(p[1], len(order)))):
         mine = [(f, [r for r in f.records if (r["dataset"], r["protocol"]) == (dataset, protocol)]) for f in folders]
         mine = [(f, records) for f, records in mine if records]
         letters, notes = _protocol_letters(dataset, protocol, mine, mark_differences)
@@ -216,19 +222,29 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _protocol_order() -> dict[str, int]:
+    """{protocol: its place}: tables in the registration order of the benchmark protocols."""
+    from segfungi.experiments.benchmark import protocol_names
+
+    return {name: i for i, name in enumerate(protocol_names())}
+
+
 def _rows(folder: ResultsFolder, records: list[dict], protocol: str, letter: str) -> list[CompareRow]:
+    from segfungi.experiments.benchmark import benchmark_protocol
+
+    by_size = benchmark_protocol(protocol).by_size
     rows: dict[tuple, CompareRow] = {}
     trials: dict[tuple, list[float]] = {}
     for record in records:
         key = (record["backbone"], record["weights"], record["features"])
         row = rows.setdefault(key, CompareRow(record["backbone"], describe_id(record["weights"]),
                                               record["features"], folder.label, protocol=letter))
-        column = record["bank_size_requested"] if protocol == "full" else _fraction(record["fraction"])
+        column = record["bank_size_requested"] if by_size else _fraction(record["fraction"])
         trials.setdefault((*key, column), []).append(100 * record["miou"])
-        if protocol == "full" and record["bank_size"] < record["bank_size_requested"]:
+        if by_size and record["bank_size"] < record["bank_size_requested"]:
             row.capped += (column,)
     for (*key, column), values in trials.items():
-        std = statistics.stdev(values) if len(values) > 1 else (0.0 if protocol == "fewshot" else None)
+        std = statistics.stdev(values) if len(values) > 1 else (None if by_size else 0.0)
         rows[tuple(key)].values[column] = (statistics.fmean(values), std, len(values))
     return list(rows.values())
 
@@ -249,7 +265,7 @@ def _add_published(table: CompareTable) -> None:
     for entry in published_entries():
         if entry.dataset != table.dataset or entry.cell.protocol != table.protocol:
             continue
-        column = entry.cell.bank_size if table.protocol == "full" else entry.cell.fraction
+        column = entry.cell.bank_size if table.entry.by_size else entry.cell.fraction
         if column not in table.columns:
             continue
         key = (entry.model, entry.features, entry.reference)
@@ -269,7 +285,7 @@ def cell_text(table: CompareTable, row: CompareRow, column) -> str:
         return MISSING
     mean, std, _ = value
     text = f"{mean:.1f}"
-    if std is not None and table.protocol == "fewshot" and not row.published:
+    if std is not None and not table.entry.by_size and not row.published:
         text += f" ± {std:.1f}"
     if column in row.capped:
         text += "†"
@@ -363,21 +379,21 @@ def comparison_figure(tables: list[CompareTable]):
     colours = {key: f"C{i % 10}" for i, key in enumerate(kinds)}
     handles = {}
     for ax, table in zip(axes[0], tables):
-        positions = {c: (c if table.protocol == "full" else i) for i, c in enumerate(table.columns)}
+        by_size = table.entry.by_size
+        positions = {c: (c if by_size else i) for i, c in enumerate(table.columns)}
         for row in table.rows:
             columns = [c for c in table.columns if c in row.values]
             style = dict(linestyle="--", marker="o", markerfacecolor="none") if row.published else dict(marker="o")
             (line,) = ax.plot([positions[c] for c in columns], [row.values[c][0] for c in columns],
                               color=colours[_colour_key(row)], **style)
             handles.setdefault(_row_key(row), line)
-        if table.protocol == "full":
+        if by_size:
             ax.set_xscale("log")
         ax.set_xticks([positions[c] for c in table.columns], [table.column_label(c) for c in table.columns])
         ax.minorticks_off()
-        ax.set_xlabel("memory bank (patches)" if table.protocol == "full" else "fraction of the training split")
+        ax.set_xlabel(table.entry.x_label)
         ax.set_ylabel("mIoU (%)")
-        ax.set_title(f"{dataset_title(table.dataset)}, "
-                     f"{'full data' if table.protocol == 'full' else 'few-shot'}", fontsize=10)
+        ax.set_title(f"{dataset_title(table.dataset)}, {table.entry.panel_title}", fontsize=10)
         ax.grid(True, alpha=0.3)
     fig.legend(list(handles.values()), [_row_label(key) for key in handles], loc="outside lower center",
                ncols=min(2, len(handles)), fontsize=7)

@@ -442,14 +442,26 @@ def benchmark_figure(full: list[dict], fewshot: list[dict], title: str | None = 
     published number sits), miou (a fraction), published_percent (% or None).
     `fewshot` rows: features, fraction ("1/128"), miou_mean, miou_std (fractions),
     published_percent (% or None); fractions are placed in order of their value."""
-    panels = [(draw, rows) for draw, rows in ((_bank_size_panel, full), (_fraction_panel, fewshot)) if rows]
+    return protocol_figure([("size", full, "memory bank size (patches, log scale)", None),
+                            ("fraction", fewshot, "few-shot fraction of the training split", None)], title, context)
+
+
+def protocol_figure(panels: list[tuple], title: str | None = None, context: str | None = None):
+    """`benchmark_figure` for any benchmark protocols: one panel per (axis, rows, x label,
+    panel title or None) that has rows; axis "size" takes `full` rows, "fraction"
+    `fewshot` rows (see benchmark_figure)."""
+    draws = {"size": _bank_size_panel, "fraction": _fraction_panel}
+    panels = [(draws[axis], rows, x_label, panel_title) for axis, rows, x_label, panel_title in panels if rows]
     if not panels:
         raise ValueError("benchmark_figure: no rows to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), layout="constrained", squeeze=False)
-    kinds = list(dict.fromkeys(r["features"] for _, rows in panels for r in rows))
+    kinds = list(dict.fromkeys(r["features"] for _, rows, _, _ in panels for r in rows))
     colours = {kind: f"C{i}" for i, kind in enumerate(kinds)}
-    for ax, (draw, rows) in zip(axes[0], panels):
+    for ax, (draw, rows, x_label, panel_title) in zip(axes[0], panels):
         draw(ax, rows, colours)
+        ax.set_xlabel(x_label)
+        if panel_title:
+            ax.set_title(panel_title, fontsize=10)
         ax.set_ylabel("mIoU (%)")
         ax.grid(True, alpha=0.3)
         # Each kind's measured entry, then its published one (error bars would come last).
@@ -495,7 +507,6 @@ def _bank_size_panel(ax, rows: list[dict], colours: dict) -> None:
     ax.set_xticks(sizes, format_bank_sizes(sizes), rotation=30, ha="right", fontsize=8)  # one notation
     ax.set_xmargin(0.1)
     _y_from_zero(ax, max(highest))
-    ax.set_xlabel("memory bank size (patches, log scale)")
 
 
 def _fraction_panel(ax, rows: list[dict], colours: dict) -> None:
@@ -518,4 +529,3 @@ def _fraction_panel(ax, rows: list[dict], colours: dict) -> None:
     ax.set_xticks(range(len(fractions)), fractions)
     ax.set_xlim(-0.5, len(fractions) - 0.5)
     _y_from_zero(ax, max(highest))
-    ax.set_xlabel("few-shot fraction of the training split")

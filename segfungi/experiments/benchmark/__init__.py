@@ -19,7 +19,8 @@ them)::
 Public here: `run_benchmark`, `dry_run`, `launch`, `Launch` (a submitit job: Slurm or local), `plan_cells`,
 `dataset_settings`, `protocol_keys`, `protocol_values`, `check_inputs`, `input_problems` (`_inputs`: every
 input checked before any work), `Cell`, `EncodedQueries`, `write_report`, `summary_table`, `read_records`,
-`RUN_FILE`.
+`RUN_FILE`; the protocol registry (`_protocols`): `BenchmarkProtocol`, `register_protocol`,
+`unregister_protocol`, `protocol_names`, `benchmark_protocol` (a new table is one registration).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ _PUBLIC = {
     "input_problems": "._inputs",
     "dataset_settings": "._protocol",
     "Cell": "._protocol",
+    "BenchmarkProtocol": "._protocols",
+    "benchmark_protocol": "._protocols",
+    "register_protocol": "._protocols",
+    "unregister_protocol": "._protocols",
+    "protocol_names": "._protocols",
     "EncodedQueries": "._queries",
     "write_report": "._report",
     "summary_table": "._report",

@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from segfungi.bank import BankPlan, estimate_bank_bytes
-from segfungi.experiments.benchmark._protocol import FULL, Cell, dataset_settings, plan_cells
+from segfungi.experiments.benchmark._protocol import Cell, dataset_settings, plan_cells
 from segfungi.components import index_settings, make_extractor, open_train_dataset, open_val_dataset
 from segfungi.data.registry import dataset_info
 from segfungi.infra.errors import ConfigError, DatasetError
@@ -251,12 +251,12 @@ def _plan(settings, cells, features, timing: Probe, extractor, model_bytes: floa
     emb_dim, fungi_dim = bb.embed_dim, extractor.feature_dim
     lines, notes, shared_disk, shared_seconds, saved = [], [], 0.0, 0.0, 0.0
     for dataset in dict.fromkeys(cell.dataset for cell in cells):
-        full = dataset_settings(settings, dataset, FULL, need_root=False)
+        full = dataset_settings(settings, dataset, "full", need_root=False)  # the images, every protocol's
         train, val = _split_sizes(full, notes)
         index = index_settings(full)
         shared_seconds += (train + val) * timing.forward  # views once, evaluated images once
         banks = [c for c in cells if c.dataset == dataset]
-        sizes = sum(1 for c in banks if c.protocol == FULL)
+        sizes = sum(1 for c in banks if c.entry.by_size)
         # What separate build-bank + eval runs would add: the views encoded once per size, the
         # evaluated images once per bank and feature kind (less the last block the shared pass reruns).
         saved += timing.forward * (max(0, sizes - 1) * train + (len(banks) * len(features) - 1) * val
@@ -264,11 +264,11 @@ def _plan(settings, cells, features, timing: Probe, extractor, model_bytes: floa
         tokens = (bb.num_prefix_tokens + bb.num_patches) * bb.embed_dim
         shared_disk += val * tokens * 4 + train * tokens * 2  # encoded queries (float32), view cache (float16)
         for cell in (c for c in cells if c.dataset == dataset):
-            if cell.protocol == FULL:
+            if cell.entry.by_size:  # the whole training split, one epoch, at the cell's size
                 lines.append(_line(cell, train, 1, cell.size, index, timing, val, emb_dim, fungi_dim, fungi,
                                    full["bank"]["label_topk"], device=device))
-            else:
-                fs = dataset_settings(settings, dataset, "fewshot", need_root=False)
+            else:  # the list's images, the protocol's epochs and bank cap
+                fs = dataset_settings(settings, dataset, cell.protocol, need_root=False)
                 count = sum(1 for line in open(cell.subset_file) if line.strip())
                 epochs = fs["bank"]["aug_epochs"]
                 extra = count * epochs * timing.forward  # its own views are encoded
@@ -298,8 +298,7 @@ def _line(cell: Cell, images: int, epochs: int, size: int, index, timing: Probe,
         stages["search"] += (_search_seconds(rows, emb_dim, val * 1025, index, device)
                              + _search_seconds(rows, fungi_dim, val * 1024, index, device))
     seconds = sum(stages.values())
-    label = (f"full {cell.size:,}" if cell.protocol == FULL else f"{cell.fraction_label} {cell.subset_file.stem}")
-    return _Line(f"{cell.dataset} {label}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,),
+    return _Line(f"{cell.dataset} {cell.entry.cell_words(cell)}", rows, keep, total, seconds, (emb_dim, fungi_dim) if fungi else (emb_dim,),
                  cell, index, device, stages)
 
 
@@ -396,7 +395,7 @@ def dropped_banks_disk(lines) -> float:
     full: dict = {}
     alone = [0.0]
     for line in lines:
-        if line.origin is not None and line.origin.protocol == FULL:
+        if line.origin is not None and line.origin.entry.by_size:
             full[line.origin.dataset] = full.get(line.origin.dataset, 0.0) + line.disk
         else:
             alone.append(line.disk)
@@ -442,11 +441,11 @@ def _leave_out_advice(settings, too_big) -> str:
     names = ", ".join(line.cell for line in too_big)
     cells = [line.origin for line in too_big if line.origin is not None]
     flags = []
-    sizes = {c.size for c in cells if c.protocol == FULL}
+    sizes = {c.size for c in cells if c.entry.by_size}
     if sizes:
         kept = [s for s in dict.fromkeys(settings["benchmark"]["sizes"]) if s not in sizes]
         flags.append(f"--sizes {' '.join(map(str, kept))}" if kept else "no full-data cells (--sizes of smaller banks)")
-    fractions = {c.fraction for c in cells if c.protocol != FULL}
+    fractions = {c.fraction for c in cells if not c.entry.by_size}
     if fractions:
         kept = [fraction_label(f) for f in dict.fromkeys(settings["benchmark"]["fractions"])
                 if fraction_label(f) not in {fraction_label(g) for g in fractions}]

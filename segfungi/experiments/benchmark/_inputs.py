@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segfungi.experiments.benchmark._protocol import (FEWSHOT, FULL, dataset_settings, plan_cells, protocol_values,
+from segfungi.experiments.benchmark._protocols import benchmark_protocol, protocol_names
+from segfungi.experiments.benchmark._protocol import (dataset_settings, plan_cells, protocol_values,
                                          subsets_folder)
 from segfungi.infra.errors import ConfigError, SegfungiError
 
@@ -59,7 +60,7 @@ def input_problems(settings: dict, out: str | Path | None, backbone=None) -> lis
 def _deviation_problems(settings: dict) -> list[str]:
     known = set()
     for dataset in settings["benchmark"]["datasets"]:
-        for protocol in (FULL, FEWSHOT):
+        for protocol in protocol_names():
             try:
                 known |= set(protocol_values(dataset, protocol))
             except ConfigError:
@@ -80,9 +81,8 @@ def _dataset_problems(settings: dict, dataset: str, cells: list) -> list[str]:
     from segfungi.data import subset
 
     problems = []
-    protocols = [FULL] if settings["benchmark"]["sizes"] else []
+    protocols = _asked_protocols(settings, dataset)
     if settings["benchmark"]["fractions"]:
-        protocols.append(FEWSHOT)
         problems += _lists_problems(settings, dataset, cells)
     for protocol in protocols:
         try:
@@ -100,8 +100,8 @@ def _dataset_problems(settings: dict, dataset: str, cells: list) -> list[str]:
             except SegfungiError as err:
                 problems.append(f"{dataset} data.{split}={chosen['data'][split]}: {err}")
                 continue
-            if split == "train_split" and protocol == FEWSHOT:
-                for cell in (c for c in cells if c.protocol == FEWSHOT):
+            if split == "train_split" and not benchmark_protocol(protocol).by_size:
+                for cell in (c for c in cells if c.protocol == protocol):
                     try:
                         subset(opened, ids_file=cell.subset_file)
                     except SegfungiError as err:
@@ -109,9 +109,23 @@ def _dataset_problems(settings: dict, dataset: str, cells: list) -> list[str]:
     return problems
 
 
+def _asked_protocols(settings: dict, dataset: str) -> list[str]:
+    """The protocols that plan cells on `dataset`, or would but cannot plan them (a
+    folder of lists that is not there: said by _lists_problems)."""
+    asked = []
+    for name in protocol_names():
+        try:
+            planned = bool(benchmark_protocol(name).plan(settings, dataset))
+        except SegfungiError:
+            planned = True
+        if planned:
+            asked.append(name)
+    return asked
+
+
 def _lists_problems(settings: dict, dataset: str, cells: list) -> list[str]:
     """Few-shot fractions asked for, but no list of this dataset planned: say why."""
-    if any(c.protocol == FEWSHOT for c in cells) or settings["benchmark"]["subsets"] == "standard":
+    if any(not c.entry.by_size for c in cells) or settings["benchmark"]["subsets"] == "standard":
         return []  # the standard lists hold none for a dataset without them (Cityscapes): by design
     try:
         folder = subsets_folder(settings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from segfungi.experiments.benchmark._markdown import dates_text, versions_text, weights_words
-from segfungi.experiments.benchmark._tables import PROTOCOL_TITLES, Table
+from segfungi.experiments.benchmark._tables import Table
 from segfungi.feature_kinds import FEATURE_LABELS
 
 __all__ = ["latex_text", "render_latex"]
@@ -42,7 +42,7 @@ def _measured(table: Table, kind: str, column) -> str:
     if cell is None:
         return MISSING
     text = f"{cell.mean_percent:.1f}"
-    if table.protocol == "fewshot":
+    if not table.entry.by_size:  # several trials: their spread
         text += f" $\\pm$ {cell.std_percent:.1f}"
     if cell.trials != table.trials_planned[column]:
         text += f"\\,(n{{=}}{cell.trials})"
@@ -67,9 +67,9 @@ def _published(table: Table, kind: str, column) -> str:
 def _caption(table: Table, run: dict) -> str:
     words, is_random = weights_words(run["weights"])
     dataset = table.dataset_title
-    parts = [f"In-context segmentation on {dataset}, {PROTOCOL_TITLES[table.protocol]}: mIoU (%) of "
+    parts = [f"In-context segmentation on {dataset}, {table.entry.title}: mIoU (%) of "
              f"{run['model']} ({words})"]
-    if table.protocol == "fewshot":
+    if not table.entry.by_size:
         parts.append("Mean ± sample std over the trials (fixed lists)")
     if is_random:
         parts.append("RANDOM-INIT BACKBONE: these numbers measure nothing about FUNGI")

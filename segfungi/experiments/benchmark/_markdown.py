@@ -9,8 +9,8 @@ std over the trials), with `n=3` when the cell has other than the protocol's tri
 
 from __future__ import annotations
 
-from segfungi.experiments.benchmark._tables import (PROTOCOL_TITLES, PROTOCOL_TRIALS, Table,
-                                        evaluations, progress)
+from segfungi.experiments.benchmark._protocols import benchmark_protocol, protocol_names
+from segfungi.experiments.benchmark._tables import Table, evaluations, progress
 from segfungi.feature_kinds import FEATURE_LABELS
 from segfungi.infra.weights import WeightsSource
 
@@ -56,7 +56,7 @@ def cell_text(table: Table, kind: str, column, footnote_marks: bool = True) -> s
     if cell is None:
         return MISSING
     text = f"{cell.mean_percent:.1f}"
-    if table.protocol == "fewshot":
+    if not table.entry.by_size:  # several trials: their spread
         text += f" ± {cell.std_percent:.1f}"
     entry, note = cell.comparison.entry, cell.comparison.note
     if entry is not None:
@@ -84,7 +84,7 @@ def setup_line(table: Table) -> str:
     split = _values(r["settings"]["data"]["train_split"] for r in records)
     val_split = _values(r["settings"]["data"]["val_split"] for r in records)
     epochs = sorted({r["aug_epochs"] for r in records})
-    per = " per list" if table.protocol == "fewshot" else ""
+    per = "" if table.entry.by_size else " per list"
     return (f"Banks from {split} ({_values(r['train_images'] for r in records)} images{per}, {_values(epochs)} "
             f"augmentation epoch{'' if epochs == [1] else 's'}, {_values(r['patches_per_view'] for r in records)} "
             f"patches per view, {_values(r['image_size'] for r in records)} px); evaluated on "
@@ -93,7 +93,7 @@ def setup_line(table: Table) -> str:
 
 def _markdown_table(table: Table) -> list[str]:
     notes = table.notes
-    title = PROTOCOL_TITLES[table.protocol]
+    title = table.entry.title
     lines = [f"### {title[0].upper()}{title[1:]}", "", setup_line(table), "",
              "| features | " + " | ".join(table.column_label(c) for c in table.columns) + " |",
              "|---|" + "---:|" * len(table.columns)]
@@ -150,11 +150,9 @@ def _header(tables: list[Table], run: dict) -> list[str]:
     other_versions = sorted({versions_text(r["versions"]) for r in records} - {versions_text(run["versions"])})
     if other_versions:
         lines.append(f"| other versions | some cells were measured with {'; '.join(other_versions)} |")
+    summaries = "".join(f"{s} " for s in (benchmark_protocol(p).summary for p in protocol_names()) if s)
     lines += ["", "mIoU (%) on each validation split: measured, then in parentheses the published number where the "
-              "model, dataset and cell match a source (footnotes). Few-shot cells: mean ± sample std over the "
-              "trials (fixed lists), with n=trials where a cell has other than its planned lists "
-              f"({PROTOCOL_TRIALS} per fraction in the protocol). "
-              f"{MISSING}: not run yet.", ""]
+              f"model, dataset and cell match a source (footnotes). {summaries}{MISSING}: not run yet.", ""]
     return lines
 
 

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from segfungi.experiments.benchmark._protocols import BenchmarkProtocol, benchmark_protocol, protocol_names
 from segfungi.config import dotted_items, load_config
 from segfungi.data.registry import dataset_info
 from segfungi.infra.errors import ConfigError
 
-__all__ = ["Cell", "dataset_settings", "deviations", "plan_cells", "protocol_keys", "protocol_values",
-           "subsets_folder"]
-
-FULL, FEWSHOT = "full", "fewshot"
+__all__ = ["FEW_SHOT", "FULL_DATA", "Cell", "dataset_settings", "deviations", "plan_cells", "planned_columns",
+           "protocol_keys", "protocol_values", "subsets_folder"]
 
 
 @dataclass(frozen=True)
@@ -41,15 +40,19 @@ class Cell:
     """One bank of the tables: a dataset, full data at a size or a few-shot list."""
 
     dataset: str
-    protocol: str  # full | fewshot
-    size: int | None = None  # full: bank size asked for
-    fraction: Fraction | None = None  # few-shot
-    subset_file: Path | None = None  # few-shot: the list
+    protocol: str  # a registered BenchmarkProtocol's name: full | fewshot | ...
+    size: int | None = None  # size axis: bank size asked for
+    fraction: Fraction | None = None  # fraction axis
+    subset_file: Path | None = None  # fraction axis: the list
+
+    @property
+    def entry(self) -> BenchmarkProtocol:
+        return benchmark_protocol(self.protocol)
 
     @property
     def label(self) -> str:
-        if self.protocol == FULL:
-            return f"{self.dataset} full {self.size}"
+        if self.entry.by_size:
+            return f"{self.dataset} {self.entry.label} {self.size}"
         return f"{self.dataset} {self.fraction_label} {self.subset_file.stem}"
 
     @property
@@ -59,20 +62,20 @@ class Cell:
     @property
     def folder(self) -> Path:
         """Where its bank lives, relative to the results folder."""
-        if self.protocol == FULL:
-            return Path("banks") / self.dataset / FULL / f"size-{self.size}"
-        return Path("banks") / self.dataset / FEWSHOT / self.fraction_label.replace("/", "-of-") / self.subset_file.stem
+        return self.entry.folder(self)
 
 
 def protocol_keys(dataset: str, protocol: str) -> str | dict:
-    """A dataset's protocol keys for `protocol` (full | fewshot), as its registration gives
-    them: a preset name in configs/, or the keys themselves."""
+    """A dataset's keys for the benchmark protocol `protocol` (full | fewshot | a
+    registered one), as the dataset's registration gives them under the protocol's
+    `dataset_key`: a preset name in configs/, or the keys themselves."""
+    key = benchmark_protocol(protocol).dataset_key
     info = dataset_info(dataset)
-    if protocol not in info.protocols:
+    if key not in info.protocols:
         kinds = ", ".join(info.protocols) or "none"
-        raise ConfigError(f"benchmark.datasets: no {protocol}-data protocol for {dataset!r} (it has: {kinds}; "
+        raise ConfigError(f"benchmark.datasets: no {key}-data protocol for {dataset!r} (it has: {kinds}; "
                           "a dataset's protocols are part of its registration, segfungi.data.DatasetInfo)")
-    keys = info.protocols[protocol]
+    keys = info.protocols[key]
     return keys if isinstance(keys, str) else copy.deepcopy(dict(keys))
 
 
@@ -120,16 +123,64 @@ def _yaml_value(value) -> str:
 
 
 def plan_cells(settings: dict) -> list[Cell]:
-    """Every cell the run asks for, dataset by dataset: full data at each size, then
-    each few-shot fraction's lists (a dataset without lists, e.g. Cityscapes, has none)."""
-    bench = settings["benchmark"]
+    """Every cell the run asks for, dataset by dataset, each registered protocol's in
+    registration order: full data at each size, then each few-shot fraction's lists (a
+    dataset without lists, e.g. Cityscapes, has none), then any registered protocol's."""
     cells = []
-    for dataset in dict.fromkeys(bench["datasets"]):
-        cells += [Cell(dataset, FULL, size=int(size)) for size in dict.fromkeys(bench["sizes"])]
-        for fraction in fewshot_fractions(settings):
-            cells += [Cell(dataset, FEWSHOT, fraction=fraction, subset_file=path)
-                      for path in subset_lists(settings, dataset, fraction)]
+    for dataset in dict.fromkeys(settings["benchmark"]["datasets"]):
+        for name in protocol_names():
+            cells += benchmark_protocol(name).plan(settings, dataset)
     return cells
+
+
+def planned_columns(cells: list[Cell]) -> dict:
+    """{protocol: {dataset: {column: trials}}} of these cells (run.json's "planned"): a
+    column is a bank size or a fraction's label ("1/8"), its trials the cells there."""
+    planned: dict = {}
+    for cell in cells:
+        column = cell.size if cell.entry.by_size else cell.fraction_label
+        columns = planned.setdefault(cell.protocol, {}).setdefault(cell.dataset, {})
+        columns[column] = columns.get(column, 0) + 1
+    return planned
+
+
+def _full_cells(settings: dict, dataset: str) -> list[Cell]:
+    return [Cell(dataset, "full", size=int(size)) for size in dict.fromkeys(settings["benchmark"]["sizes"])]
+
+
+def _fewshot_cells(settings: dict, dataset: str) -> list[Cell]:
+    return [Cell(dataset, "fewshot", fraction=fraction, subset_file=path)
+            for fraction in fewshot_fractions(settings) for path in subset_lists(settings, dataset, fraction)]
+
+
+def _full_published(record: dict, column):
+    from segfungi.published import Cell as PublishedCell
+
+    return PublishedCell.full(column, record["aug_epochs"])
+
+
+def _fewshot_published(record: dict, column):
+    from segfungi.experiments.benchmark._records import fewshot_bank_cap
+    from segfungi.published import Cell as PublishedCell
+
+    return PublishedCell.fewshot(Fraction(column), fewshot_bank_cap(record), record["aug_epochs"])
+
+
+# The built-in protocols (registered by reference in _protocols): FUNGI Tables 3/7 and 4.
+FULL_DATA = BenchmarkProtocol(
+    "full", "size", _full_cells, dataset_key="full",
+    title="full training split, by memory-bank size (patches)",
+    compare_title="full training split, mIoU (%) by memory-bank size (patches)",
+    panel_title="full training split", x_label="memory bank size (patches, log scale)", label="full",
+    published=_full_published, trials=1)
+FEW_SHOT = BenchmarkProtocol(
+    "fewshot", "fraction", _fewshot_cells, dataset_key="fewshot",
+    title="few-shot, by fraction of the training split",
+    compare_title="few-shot, mIoU (%) by fraction of the training split (mean ± std over lists)",
+    panel_title="few-shot", x_label="few-shot fraction of the training split", label="few-shot",
+    published=_fewshot_published, trials=5,
+    summary="Few-shot cells: mean ± sample std over the trials (fixed lists), with n=trials where a cell has other "
+            "than its planned lists (5 per fraction in the protocol).")
 
 
 def fewshot_fractions(settings: dict) -> list[Fraction]:

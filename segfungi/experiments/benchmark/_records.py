@@ -19,15 +19,14 @@ import csv
 import io
 import json
 import numbers
-from fractions import Fraction
 
+from segfungi.experiments.benchmark._protocols import benchmark_protocol, fraction_label, protocol_names
 from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import check_feature_kind
 
 __all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "checked_records", "fewshot_bank_cap",
            "fraction_label", "record_from_row", "row_of_record", "rows_from_csv", "rows_to_csv"]
 
-PROTOCOLS = ("full", "fewshot")
 RECORD_FIELDS = {  # field: the types it may hold (None only where listed)
     "dataset": (str,), "protocol": (str,), "features": (str,),
     "bank_size_requested": (int, type(None)), "fraction": (str, type(None)), "trial": (str, type(None)),
@@ -46,12 +45,6 @@ PUBLISHED_COLUMNS = ("published_miou_percent", "published_source", "published_ur
 FILE_COLUMNS = tuple(RENAMED.get(field, field) for field in RECORD_FIELDS) + PUBLISHED_COLUMNS
 JSON_COLUMNS = tuple(RENAMED.get(field, field) for field, types in RECORD_FIELDS.items()
                      if dict in types or list in types)
-
-
-def fraction_label(value) -> str:
-    """'1/128' from "1/128", Fraction(1, 128) or 0.0078125."""
-    fraction = Fraction(value.strip()) if isinstance(value, str) else Fraction(value).limit_denominator(1 << 20)
-    return str(fraction)
 
 
 # --------------------------------------------------------------------- checks
@@ -85,13 +78,14 @@ def _checked(number: int, record) -> dict:
     if missing:
         raise ConfigError(f"{where}: missing fields {missing} (a benchmark record has {', '.join(RECORD_FIELDS)})")
     record = {field: _plain(field, record[field], where) for field in RECORD_FIELDS}
-    if record["protocol"] not in PROTOCOLS:
-        raise ConfigError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got {record['protocol']!r}")
+    if record["protocol"] not in protocol_names():
+        raise ConfigError(f"{where}: protocol must be one of {', '.join(protocol_names())} (the registered "
+                          f"benchmark protocols), got {record['protocol']!r}")
     check_feature_kind(record["features"], f"{where}: features", ConfigError)
     for field in ("miou", "pixel_accuracy"):
         if not 0 <= record[field] <= 1:
             raise ConfigError(f"{where}: {field} is a fraction 0..1, got {record[field]!r}")
-    if record["protocol"] == "full":
+    if benchmark_protocol(record["protocol"]).by_size:
         if record["bank_size_requested"] is None or record["fraction"] is not None or record["trial"] is not None:
             raise ConfigError(f"{where}: a full-data record has a bank_size_requested and no fraction or trial")
     else:
@@ -124,7 +118,7 @@ def fewshot_bank_cap(record: dict) -> int:
 
 
 def _cell_key(record: dict) -> tuple:
-    column = record["bank_size_requested"] if record["protocol"] == "full" else fraction_label(record["fraction"])
+    column = benchmark_protocol(record["protocol"]).column(record)
     return record["dataset"], record["protocol"], record["features"], column, record["trial"]
 
 

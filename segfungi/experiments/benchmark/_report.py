@@ -72,7 +72,7 @@ def _figure_rows(table: Table) -> list[dict]:
         published = cell.comparison.entry.miou if cell.comparison.entry else None
         row = {"features": FEATURE_LABELS[kind], "published_percent": published,
                "published_differs": bool(published is not None and cell.comparison.note)}
-        if table.protocol == "full":  # at the size asked for, unless the images could not fill it
+        if table.entry.by_size:  # at the size asked for, unless the images could not fill it
             held = table.capped(column)
             row.update(bank_size=held[0] if held else column, bank_size_requested=column,
                        miou=cell.mean_percent / 100)
@@ -86,20 +86,21 @@ def _write_figure(path: Path, tables: list[Table], run: dict) -> None:
     """The figure of one dataset's tables (its cells done counted over all of them)."""
     import matplotlib.pyplot as plt
 
-    from segfungi.inference.viz import PUBLISHED_DIFFERS_NOTE, RANDOM_INIT_NOTE, benchmark_figure
+    from segfungi.inference.viz import PUBLISHED_DIFFERS_NOTE, RANDOM_INIT_NOTE, protocol_figure
 
     words, is_random = weights_words(run["weights"])
-    by_protocol = {t.protocol: _figure_rows(t) for t in tables if t.cells}
+    by_protocol = {t.protocol: (t.entry, _figure_rows(t)) for t in tables if t.cells}
     done, planned, _ = progress(tables)
     context = f"{words}; {run['device']}; {done} of {planned} table cells done"
     if is_random:
         context += f"\n{RANDOM_INIT_NOTE}"
-    if any(r["published_differs"] for rows in by_protocol.values() for r in rows):
+    if any(r["published_differs"] for _, rows in by_protocol.values() for r in rows):
         context += f"\n{PUBLISHED_DIFFERS_NOTE}"
     if tables[0].generated:
         context += "\ngenerated demo data: a pipeline check, no published numbers shown"
     title = f"{run['model']}, {tables[0].dataset_title}: in-context segmentation"
-    fig = benchmark_figure(by_protocol.get("full", []), by_protocol.get("fewshot", []), title, context)
+    panels = [(entry.axis, rows, entry.x_label, entry.panel_title) for entry, rows in by_protocol.values()]
+    fig = protocol_figure(panels, title, context)
     tmp = temporary_name(path)
     try:
         fig.savefig(tmp, format="png", dpi=120)

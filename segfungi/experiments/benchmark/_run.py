@@ -60,7 +60,7 @@ from segfungi.infra import distributed
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
 from segfungi.experiments.benchmark._inputs import check_inputs
-from segfungi.experiments.benchmark._protocol import FEWSHOT, FULL, Cell, dataset_settings, deviations, plan_cells
+from segfungi.experiments.benchmark._protocol import Cell, dataset_settings, deviations, plan_cells, planned_columns
 from segfungi.experiments.benchmark._queries import EncodedQueries
 from segfungi.experiments.cells import bank_features, cached_results, evaluation_key, features_bank
 from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
@@ -112,9 +112,9 @@ def prepare_run(settings: dict, out: str | Path, backbone=None) -> None:
 
 
 def job_unit(cell: Cell) -> str:
-    """The job a cell runs in, one job per unit: a dataset's full-data sizes together (they
-    share one pass over the training views), each few-shot list alone."""
-    return f"{cell.dataset} full" if cell.protocol == FULL else cell.label
+    """The job a cell runs in, one job per unit: a dataset's sizes of one protocol together
+    (full data: they share one pass over the training views), each few-shot list alone."""
+    return f"{cell.dataset} {cell.protocol}" if cell.entry.by_size else cell.label
 
 
 def job_units(settings: dict) -> list[str]:
@@ -147,7 +147,7 @@ def _slug(text: str) -> str:
 
 # ------------------------------------------------------------------ a dataset
 def _run_dataset(settings, dataset, cells, features, out, cache, backbone, clock, progress) -> list[dict]:
-    full = dataset_settings(settings, dataset, FULL)
+    full = dataset_settings(settings, dataset, "full")  # the evaluated images, the same for every protocol
     val = open_val_dataset(full)
     extractor = make_extractor(full, features="embeddings", backbone=backbone)
     folder = cache / dataset / "queries"
@@ -157,24 +157,27 @@ def _run_dataset(settings, dataset, cells, features, out, cache, backbone, clock
     top = bank_features(features)
     marks = {"generated_data": is_demo_root(full["data"]["root"])}
     keep = settings["benchmark"]["keep_banks"]
-    sized = [cell for cell in cells if cell.protocol == FULL]
-    if sized:
-        cell_settings = {cell: {**full, "bank": {**full["bank"], "size": cell.size}}  # what build-bank gets
+    for protocol in dict.fromkeys(cell.protocol for cell in cells):
+        sized = [cell for cell in cells if cell.protocol == protocol and cell.entry.by_size]
+        if not sized:
+            continue
+        base = dataset_settings(settings, dataset, protocol)
+        cell_settings = {cell: {**base, "bank": {**base["bank"], "size": cell.size}}  # what build-bank gets
                          for cell in sized}
         reused = {cell: _records_without_bank(cell_settings[cell], cell, features, out, keep) for cell in sized}
         folders = {cell.size: out / cell.folder / top for cell in sized if reused[cell] is None}
         if folders:
-            with memory_guard(full, out, f"{dataset} full data: building the banks of sizes {sorted(folders)}"):
-                build_banks(full, folders, features=top, progress=progress, backbone=backbone,
+            with memory_guard(base, out, f"{dataset} {protocol}: building the banks of sizes {sorted(folders)}"):
+                build_banks(base, folders, features=top, progress=progress, backbone=backbone,
                             cache_dir=cache / dataset / "last_block_input")
-        cell_marks = {**marks, "deviations": deviations(settings, dataset, FULL)}
+        cell_marks = {**marks, "deviations": deviations(settings, dataset, protocol)}
         for cell in sized:
             if reused[cell] is not None:
                 records += _reuse(reused[cell], cell, clock)
                 continue
             records += _evaluate_cell(cell_settings[cell], cell, folders[cell.size], features, out, val, queries,
                                       backbone, clock, progress, cell_marks, owner=distributed.is_main())
-    fewshot = [cell for cell in cells if cell.protocol != FULL]
+    fewshot = [cell for cell in cells if not cell.entry.by_size]  # one bank per list
     if fewshot:
         job = _FewshotJob(settings, dataset, features, out, val, backbone, clock, progress, marks)
         world = distributed.world_size()
@@ -192,14 +195,14 @@ class _FewshotJob:
     """What every few-shot cell of a dataset shares; `run(cell, …)` builds and evaluates one."""
 
     def __init__(self, settings, dataset, features, out, val, backbone, clock, progress, marks):
-        self.base = dataset_settings(settings, dataset, "fewshot")
+        self.settings, self.dataset = settings, dataset
         self.features, self.out, self.val, self.backbone = features, out, val, backbone
         self.clock, self.progress = clock, progress
         self.keep = settings["benchmark"]["keep_banks"]
-        self.marks = {**marks, "deviations": deviations(settings, dataset, FEWSHOT)}
+        self.marks = marks
 
     def run(self, cell: Cell, queries, owner: bool) -> list[dict]:
-        trial = _trial_settings(self.base, cell)
+        trial = _trial_settings(dataset_settings(self.settings, self.dataset, cell.protocol), cell)
         reused = _records_without_bank(trial, cell, self.features, self.out, self.keep)
         if reused is not None:
             return _reuse(reused, cell, self.clock)
@@ -207,8 +210,9 @@ class _FewshotJob:
         with memory_guard(trial, self.out, f"{cell.label}: building its bank"):
             bank = build_bank(trial, self.out / cell.folder / top, resume=True, features=top,
                               progress=self.progress, warn_capped=False, backbone=self.backbone)
+        marks = {**self.marks, "deviations": deviations(self.settings, self.dataset, cell.protocol)}
         return _evaluate_cell(trial, cell, bank, self.features, self.out, self.val, queries, self.backbone,
-                              self.clock, self.progress, self.marks, owner=owner)
+                              self.clock, self.progress, marks, owner=owner)
 
 
 def _dealt_fewshot(job: _FewshotJob, cells: list[Cell], folder: Path, extractor, full: dict) -> list[dict]:
@@ -420,6 +424,7 @@ def _start(settings: dict, out: Path, backbone, record: bool = True) -> dict:
         "fractions": list(settings["benchmark"]["fractions"]),
         "features": list(settings["benchmark"]["features"]),
         "fewshot_lists": fewshot_lists(plan_cells(settings)),
+        "planned": planned_columns(plan_cells(settings)),  # every protocol's columns (fields above: older runs')
     }
     if path.exists() and read_json(path).get("weights") not in (None, run["weights"]):
         raise ConfigError(f"{out}: holds benchmark results of other weights ({read_json(path)['weights']}, "
@@ -434,7 +439,7 @@ def fewshot_lists(cells: list[Cell]) -> dict:
     """{dataset: {fraction: number of lists}}: the few-shot trials the run plans."""
     lists: dict = {}
     for cell in cells:
-        if cell.protocol != FULL:
+        if cell.protocol == "fewshot":  # run.json's field: the few-shot protocol's lists
             counts = lists.setdefault(cell.dataset, {})
             counts[cell.fraction_label] = counts.get(cell.fraction_label, 0) + 1
     return lists

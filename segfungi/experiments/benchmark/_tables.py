@@ -14,7 +14,7 @@ cap), with the run's image size and training split.
 
 The cells a run planned are its datasets × feature kinds × (sizes + fractions with
 lists); a full-data cell is done with its record, a few-shot cell with all its lists'
-trials (PROTOCOL_TRIALS, unless run["fewshot_lists"] says otherwise).
+trials (its protocol's `trials`, unless run["fewshot_lists"] says otherwise).
 """
 
 from __future__ import annotations
@@ -22,21 +22,16 @@ from __future__ import annotations
 import functools
 import statistics
 from dataclasses import dataclass, field
-from fractions import Fraction
-
-from segfungi.experiments.benchmark._records import checked_records, fewshot_bank_cap, fraction_label
+from segfungi.experiments.benchmark._protocols import BenchmarkProtocol, benchmark_protocol, protocol_names
+from segfungi.experiments.benchmark._records import checked_records, fraction_label
 from segfungi.data.registry import dataset_title as registered_title
 from segfungi.feature_kinds import FEATURE_KINDS, FEATURE_LABELS
-from segfungi.published import (Cell, Comparison, Published, Run, format_bank_size, format_bank_sizes,
-                                published_for)
+from segfungi.published import Comparison, Published, Run, format_bank_size, format_bank_sizes, published_for
 
-__all__ = ["DEVIATES", "GENERATED_NOTE", "PROTOCOL_TITLES", "PROTOCOL_TRIALS",
+__all__ = ["DEVIATES", "GENERATED_NOTE",
            "Footnote", "Measured", "Notes", "Table", "build_tables", "dataset_title", "evaluations",
            "progress"]
 
-PROTOCOL_TRIALS = 5  # the few-shot protocol's fixed lists per fraction
-PROTOCOL_TITLES = {"full": "full training split, by memory-bank size (patches)",
-                   "fewshot": "few-shot, by fraction of the training split"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +79,12 @@ class Table:
         return dataset_title(self.dataset, self.generated)
 
     @property
+    def entry(self) -> BenchmarkProtocol:
+        return benchmark_protocol(self.protocol)
+
+    @property
     def title(self) -> str:
-        return f"{self.dataset_title}: {PROTOCOL_TITLES[self.protocol]}"
+        return f"{self.dataset_title}: {self.entry.title}"
 
     @property
     def records(self) -> list[dict]:
@@ -101,7 +100,7 @@ class Table:
         the size asked for (fewer patches than views × patches per view give); [] where
         they can. Holding up to one patch per view less than asked, from giving every
         view the same whole number of patches, is not a cap."""
-        if self.protocol != "full":
+        if not self.entry.by_size:
             return []
         held = set()
         for kind in self.features:
@@ -114,7 +113,7 @@ class Table:
     def column_label(self, column) -> str:
         """1024×10² (full) or 1/128 (few-shot); a bank the training images could not fill
         to the size asked for says what it holds: '1024×10⁴ (holds 1,499,136)'."""
-        if self.protocol == "fewshot":
+        if not self.entry.by_size:
             return str(column)
         held = self.capped(column)
         label = format_bank_sizes(self.columns)[self.columns.index(column)]  # one notation per table
@@ -161,18 +160,26 @@ class Notes:
 
 
 def _planned_columns(run: dict | None, dataset: str, protocol: str) -> dict:
-    """{column: trials planned} of what `run` asked for on `dataset`: each bank size
-    (full data, one trial), each fraction (few-shot). Few-shot: run["fewshot_lists"]
+    """{column: trials planned} of what `run` asked for on `dataset` under `protocol`:
+    run["planned"] (every protocol's, from the engine's plan) where given. A run.json
+    written before it: each bank size (full data, one trial), each fraction (few-shot),
+    no column of another protocol (its records' columns show). Few-shot: run["fewshot_lists"]
     ({dataset: {fraction: number of lists}}, from the engine's plan) where given, so a
     dataset without lists (Cityscapes) plans none; else every fraction of run["fractions"]
-    on every dataset, with the protocol's PROTOCOL_TRIALS lists."""
+    on every dataset, with the protocol's `trials` lists."""
     if run is None:
         return {}
-    if protocol == "full":
+    if "planned" in run:  # every protocol's columns, as the engine planned them
+        entry = benchmark_protocol(protocol)
+        columns = run["planned"].get(protocol, {}).get(dataset, {})
+        return {(int(c) if entry.by_size else fraction_label(c)): int(n) for c, n in columns.items()}
+    if protocol == "full":  # run.json's fields of the built-in protocols
         return {int(size): 1 for size in run["sizes"]}
+    if protocol != "fewshot":  # another registered protocol: the columns of its records
+        return {}
     if "fewshot_lists" in run:
         return {fraction_label(f): int(n) for f, n in run["fewshot_lists"].get(dataset, {}).items()}
-    return {fraction_label(f): PROTOCOL_TRIALS for f in run["fractions"]}
+    return {fraction_label(f): benchmark_protocol(protocol).trials for f in run["fractions"]}
 
 
 GENERATED_NOTE = "generated demo data: published numbers are for the real dataset"
@@ -195,16 +202,16 @@ def _comparison(records: list[dict], column) -> Comparison:
     withheld += [f"{DEVIATES}: {', '.join(deviations)}"] if deviations else []
     if withheld:
         return Comparison(None, "; ".join(withheld))
-    if first["protocol"] == "full":
-        cell = Cell.full(column, first["aug_epochs"])
-    else:
-        cell = Cell.fewshot(Fraction(column), fewshot_bank_cap(first), first["aug_epochs"])
+    entry = benchmark_protocol(first["protocol"])
+    cell = entry.published(first, column) if entry.published else None
+    if cell is None:
+        return Comparison(None, f"no published numbers for the {entry.name} protocol")
     return published_for(Run(first["backbone"], first["weights"], first["dataset"], first["features"], cell,
                              first["image_size"], first["settings"]["data"]["train_split"]))
 
 
 def _column(record: dict):
-    return record["bank_size_requested"] if record["protocol"] == "full" else fraction_label(record["fraction"])
+    return benchmark_protocol(record["protocol"]).column(record)
 
 
 def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
@@ -216,12 +223,13 @@ def build_tables(records: list[dict], run: dict | None = None) -> list[Table]:
     kinds = tuple(k for k in FEATURE_KINDS if k in kinds_asked)
     tables = []
     for dataset in datasets:
-        for protocol in ("full", "fewshot"):
+        for protocol in protocol_names():
+            entry = benchmark_protocol(protocol)
             mine = [r for r in records if (r["dataset"], r["protocol"]) == (dataset, protocol)]
             planned = _planned_columns(run, dataset, protocol)
             for record in mine:  # a cell the run did not plan (e.g. no run given) still shows
-                planned.setdefault(_column(record), 1 if protocol == "full" else PROTOCOL_TRIALS)
-            columns = tuple(sorted(planned, key=int if protocol == "full" else Fraction))
+                planned.setdefault(_column(record), entry.trials)
+            columns = tuple(sorted(planned, key=entry.column_order))
             if not columns:
                 continue
             cells = {}
