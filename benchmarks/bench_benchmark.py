@@ -50,9 +50,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from segfungi.api import build_bank
     from segfungi.bank import SUPPORT_DIR, MemoryBank
-    from segfungi.experiments.benchmark import dataset_settings, run_benchmark
     from segfungi.config import load_config
     from segfungi.data.demo import write_demo_dataset
+    from segfungi.experiments.benchmark import dataset_settings, run_benchmark
     from segfungi.inference.evaluation import evaluate
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_benchmark_"))

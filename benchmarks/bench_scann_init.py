@@ -15,9 +15,9 @@ import resource
 import time
 
 import numpy as np
+from bench_index import synthetic_features
 from scann.scann_ops.py import scann_ops_pybind
 
-from bench_index import synthetic_features
 from segfungi import index as ix
 
 

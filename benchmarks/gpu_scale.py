@@ -228,8 +228,8 @@ def transfer(sizes: dict, device: str) -> None:
 
 def plan(sizes: dict, device: str) -> None:
     """Stage 4: the default protocol's dry run for this device (its throughputs measured)."""
-    from segfungi.experiments.benchmark import dry_run
     from segfungi.config import load_config
+    from segfungi.experiments.benchmark import dry_run
 
     overrides = [{"backbone": {"name": sizes["plan_model"], "device": device, "random_init": True}}]
     if sizes is TINY:

@@ -15,10 +15,8 @@ import pkgutil
 import sys
 
 from segfungi import __version__, commands
-
 from segfungi.infra import distributed, install_check, logging_setup
 from segfungi.infra.errors import SegfungiError
-
 
 VERBOSE_HELP = f"show third-party start-up logs (ScaNN/absl) too; same as {logging_setup.ENV_VAR}=1"
 

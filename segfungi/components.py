@@ -64,9 +64,8 @@ def bank_settings(bank) -> dict:
 def requested_weights(settings: dict):
     """The `WeightsSource` the settings ask for, in the order loading follows: a file,
     else the hub, else a random init; None when they ask for none."""
-    from segfungi.infra.weights import WeightsSource
-
     from segfungi.families import implied_weights
+    from segfungi.infra.weights import WeightsSource
 
     cfg = settings["backbone"]
     weights = cfg["weights"] or implied_weights(cfg["name"])  # hf:<snapshot folder>, open_clip:<arch>:<file>

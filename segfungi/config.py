@@ -19,7 +19,6 @@ from segfungi import settings_schema
 from segfungi.infra.errors import ConfigError
 
 
-
 def config_dir() -> Path:
     """The presets folder. A wheel installs the top-level `configs/` as package data
     (`segfungi/configs/`, see pyproject.toml); a source checkout or an editable install

@@ -36,8 +36,8 @@ from segfungi.backbones import Backbone, full_float32
 from segfungi.feature_kinds import FeatureKind, check_feature_kind
 from segfungi.gradients import (
     TokenGradients,
-    gradient_pass,
     fungi_concat,
+    gradient_pass,
     l2_normalize,
     make_projection,
     resolve_compute_dtype,

@@ -18,19 +18,18 @@ import torch
 from torch import nn
 
 import segfungi
-from segfungi.families import load_backbone
-from segfungi.infra.errors import BankError, CheckpointError, ConfigError
+from conftest import tiny_settings
 from segfungi.families import (
     BackboneFamily,
     LoadOptions,
     backbone_families,
+    load_backbone,
     register_backbone_family,
     unregister_backbone_family,
 )
 from segfungi.gradients import gradient_pass, l2_normalize
+from segfungi.infra.errors import BankError, CheckpointError, ConfigError
 from segfungi.ops.seg_loss import seg_simclr_loss
-
-from conftest import tiny_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(depth=2, embed_dim=32, num_heads=2)

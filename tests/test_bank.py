@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
+from segfungi.bank._writers import FungiWriter, ShardWriter
 from segfungi.components import device, index_settings, support_spec
-from segfungi.infra.errors import BankError
 from segfungi.inference.evaluation import evaluate
 from segfungi.inference.segmenter import Segmenter
+from segfungi.infra.errors import BankError
 
 
 def shard_arrays(path):

@@ -4,7 +4,6 @@ import csv
 import json
 import shutil
 
-import pytest
 
 from conftest import tiny_settings
 from segfungi.api import build_bank, planned_bank

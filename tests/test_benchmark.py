@@ -13,11 +13,11 @@ import pytest
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank
-from segfungi.experiments.benchmark import plan_cells, run_benchmark
 from segfungi.cli import main
 from segfungi.data import build_dataset
-from segfungi.infra.errors import ConfigError
+from segfungi.experiments.benchmark import plan_cells, run_benchmark
 from segfungi.inference.evaluation import evaluate
+from segfungi.infra.errors import ConfigError
 
 SIZES = (1024, 2048)  # exact below 1500 patches, ScaNN above: both index paths
 

@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 
-from segfungi.cli import main
-
 from test_benchmark import lists_folder
+
+from segfungi.cli import main
 
 
 def test_two_ranks_give_the_one_process_results(tmp_path, demo_voc_root):

@@ -10,10 +10,9 @@ import json
 import time
 
 import pytest
+from test_benchmark import benchmark_settings, lists_folder
 
 from segfungi.cli import main
-
-from test_benchmark import benchmark_settings, lists_folder
 
 pytest.importorskip("submitit")
 
@@ -88,8 +87,7 @@ def test_slurm_cell_jobs_are_one_array_and_the_merge_job_depends_on_it(tmp_path,
     jobs, then the merge job submitted with --dependency=afterany on the array."""
     import contextlib
 
-    from segfungi.experiments.benchmark import Launch, launch
-    from segfungi.experiments.benchmark import _launch
+    from segfungi.experiments.benchmark import Launch, _launch, launch
 
     class Job:
         def __init__(self, job_id, task):

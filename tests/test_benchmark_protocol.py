@@ -13,10 +13,19 @@ import sys
 import pytest
 
 from conftest import tiny_settings
-from segfungi.experiments.benchmark import (BenchmarkProtocol, Cell, plan_cells, protocol_names, read_records,
-                                RUN_FILE, register_protocol, run_benchmark, unregister_protocol,
-                                write_report)
 from segfungi.cli import main
+from segfungi.experiments.benchmark import (
+    RUN_FILE,
+    BenchmarkProtocol,
+    Cell,
+    plan_cells,
+    protocol_names,
+    read_records,
+    register_protocol,
+    run_benchmark,
+    unregister_protocol,
+    write_report,
+)
 from segfungi.infra.errors import ConfigError
 
 SIZE = 1024

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from _data_fixtures import random_pair, save_image, write_lines
 from PIL import Image
 
+from _data_fixtures import random_pair, save_image, write_lines
 from segfungi.cli import main
 from segfungi.config import load_config
 from segfungi.data import CITYSCAPES_CLASSES, build_dataset, subset
-from segfungi.data.demo import CITYSCAPES_TRAIN_IDS, write_demo_dataset
+from segfungi.data.demo import CITYSCAPES_TRAIN_IDS
 from segfungi.data.demo_scenes import NUM_FOREGROUND, render_scene
 from segfungi.infra.errors import DatasetError
 

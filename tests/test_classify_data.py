@@ -18,7 +18,6 @@ from segfungi.classify.audio import AudioFrontEnd, kaldi_fbank, mel_filterbank, 
 from segfungi.classify.settings import defaults, load_settings, parse_override
 from segfungi.infra.errors import ConfigError, DatasetError, SegfungiError
 
-
 # ------------------------------------------------------------------------ images
 
 

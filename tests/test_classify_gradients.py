@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segfungi.families import load_backbone
 from segfungi.classify import augment
 from segfungi.classify.image import ImageFungi
 from segfungi.classify.settings import defaults
+from segfungi.families import load_backbone
 
 TINY = dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)
 

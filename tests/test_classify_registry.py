@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_classify_gradients import _images, _List, _reference, _vit_full_embed  # the per-sample autograd reference
 
-from segfungi.families import load_backbone
 from segfungi.classify.audio import AudioFungi, SpectrogramViT
 from segfungi.classify.image import ImageFungi
 from segfungi.classify.losses import ClassifyLoss, get_loss, loss_names, register_loss, simclr_loss, unregister_loss
 from segfungi.classify.modalities import get_modality, modality_names
-from segfungi.infra.progress import ProgressLines, progress_bar, progress_iter
 from segfungi.classify.settings import defaults, load_settings
 from segfungi.classify.text import TextFungi
 from segfungi.cli import build_parser, main
+from segfungi.families import load_backbone
 from segfungi.infra.errors import CheckpointError, ConfigError
+from segfungi.infra.progress import ProgressLines, progress_bar
 from segfungi.ops.seg_loss import seg_simclr_loss
-from test_classify_gradients import _images, _List, _reference, _vit_full_embed  # the per-sample autograd reference
 
 TINY = dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)
 

@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from segfungi.infra import logging_setup
+import bad_inputs
+from segfungi.bank import MemoryBank, differences
 from segfungi.cli import build_parser, main
 from segfungi.commands._options import warn_ignored_build_keys
+from segfungi.infra import logging_setup
 from segfungi.infra.errors import BankError, CheckpointError
-from segfungi.bank import MemoryBank, differences
 from segfungi.infra.storage import ensure_writable_dir
-
-import bad_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 # 6 training images at 64² (4×4 patches), one augmented image per shard: 6 shards, seconds to build.

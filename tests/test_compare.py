@@ -9,10 +9,10 @@ import io
 
 import pytest
 
-from segfungi.experiments.benchmark import write_report
 from segfungi.cli import main
-from segfungi.experiments.compare import compare_folders, write_comparison
 from segfungi.config import load_config
+from segfungi.experiments.benchmark import write_report
+from segfungi.experiments.compare import compare_folders, write_comparison
 from segfungi.infra.errors import ConfigError
 
 SIZES = (102400, 1024000)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import segfungi
-from segfungi.infra.errors import BankError, ConfigError, DatasetError
 from segfungi.gradients import l2_normalize
+from segfungi.infra.errors import BankError, ConfigError, DatasetError
 from segfungi.ops.seg_loss import seg_simclr_loss
 
 ROOT = Path(__file__).resolve().parent.parent

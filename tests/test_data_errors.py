@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _data_fixtures import (make_voc_dataset, random_pair, save_image, save_palette_png,
-                            small_folder_dataset, write_lines)
+from _data_fixtures import (
+    make_voc_dataset,
+    random_pair,
+    save_image,
+    save_palette_png,
+    small_folder_dataset,
+    write_lines,
+)
 from segfungi.data import build_dataset
 from segfungi.infra.errors import DatasetError
 

@@ -8,9 +8,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from _data_fixtures import make_folder_dataset, make_voc_dataset, random_pair, save_image, save_palette_png, write_lines
 from conftest import accepted_as_setting_and_flag
-from _data_fixtures import (make_folder_dataset, make_voc_dataset, random_pair, save_image,
-                            save_palette_png, write_lines)
 from segfungi.data import ADE20K_CLASSES, VOC_CLASSES, Sample, build_dataset
 from segfungi.data.labels import voc_palette
 from segfungi.infra.errors import ConfigError, DatasetError

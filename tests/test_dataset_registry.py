@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_settings
-from segfungi.experiments.benchmark import dry_run, run_benchmark, write_report
 from segfungi.data import DatasetInfo, build_dataset, dataset_info, dataset_title, register_dataset, unregister_dataset
+from segfungi.experiments.benchmark import dry_run, run_benchmark, write_report
 from segfungi.infra.errors import ConfigError
 
 TOY = "toy-scenes"

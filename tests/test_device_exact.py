@@ -11,8 +11,6 @@ import torch
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import MemoryBank
-from segfungi.infra.errors import ConfigError
-from segfungi.inference.evaluation import evaluate
 from segfungi.index import (
     DESCRIBED,
     DeviceExactIndex,
@@ -23,6 +21,8 @@ from segfungi.index import (
     index_costs,
     make_index,
 )
+from segfungi.inference.evaluation import evaluate
+from segfungi.infra.errors import ConfigError
 
 
 def brute_force(bank, queries, k):

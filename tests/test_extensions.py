@@ -17,8 +17,15 @@ import torch
 from conftest import tiny_settings
 from segfungi.bank import MemoryBank
 from segfungi.data import register_dataset, unregister_dataset
-from segfungi.experiments.benchmark import (BenchmarkProtocol, Cell, dry_run, register_protocol, run_benchmark,
-                                            unregister_protocol, write_report)
+from segfungi.experiments.benchmark import (
+    BenchmarkProtocol,
+    Cell,
+    dry_run,
+    register_protocol,
+    run_benchmark,
+    unregister_protocol,
+    write_report,
+)
 from segfungi.families import BackboneFamily, register_backbone_family, unregister_backbone_family
 from segfungi.index import ExactIndex, IndexCosts, register_index_kind, unregister_index_kind
 

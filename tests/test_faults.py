@@ -32,12 +32,12 @@ import pytest
 
 from conftest import tiny_settings
 from segfungi import api
-from segfungi.bank import _build as bank_module
-from segfungi.components import bank_spec, index_settings
-from segfungi.infra import storage
 from segfungi.api import build_bank
 from segfungi.bank import MANIFEST, MemoryBank, estimate_bank_bytes, make_plan
+from segfungi.bank import _build as bank_module
 from segfungi.cli import main
+from segfungi.components import bank_spec, index_settings
+from segfungi.infra import storage
 from segfungi.infra.errors import BankError
 
 ARRAYS = ["features", "label_ids", "label_weights", "provenance", "embedding_norm"]

@@ -9,7 +9,6 @@ from segfungi.cli import main
 from segfungi.components import open_dataset, open_train_dataset
 from segfungi.config import load_config
 from segfungi.data import SampleFiles, SegDataset, subset
-from segfungi.infra.errors import ConfigError
 from segfungi.experiments.fewshot import (
     Trial,
     fewshot_table,
@@ -19,6 +18,7 @@ from segfungi.experiments.fewshot import (
     summarise,
     trial_settings,
 )
+from segfungi.infra.errors import ConfigError
 
 FEWSHOT_PRESETS = ["fewshot_voc_vits16", "fewshot_voc_vitb16", "fewshot_ade20k_vits16", "fewshot_ade20k_vitb16"]
 

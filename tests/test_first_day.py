@@ -10,14 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from test_benchmark import benchmark_settings, lists_folder
+from test_benchmark_report import make_records, make_run
 
 import segfungi.experiments.benchmark._run as engine
 from conftest import tiny_settings
-from segfungi.experiments.benchmark import input_problems, run_benchmark, write_report
 from segfungi.cli import build_parser, main
+from segfungi.experiments.benchmark import input_problems, run_benchmark, write_report
 from segfungi.infra.errors import ConfigError
-from test_benchmark import benchmark_settings, lists_folder
-from test_benchmark_report import make_records, make_run
 
 
 def never(*args, **kwargs):
@@ -350,6 +350,7 @@ def test_predicts_bank_mismatch_hint_names_predict(fungi_bank, demo_voc_root, tm
 
 def test_the_dev_extras_hold_what_the_readmes_notebook_command_needs():
     import re
+
     import tomllib
 
     root = Path(__file__).resolve().parents[1]

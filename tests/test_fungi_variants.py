@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi.families import load_backbone
 from segfungi.api import build_bank
 from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex
 from segfungi.components import index_settings, support_spec
-from segfungi.infra.errors import BankError, ConfigError
+from segfungi.families import load_backbone
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import l2_normalize
+from segfungi.infra.errors import BankError, ConfigError
 from segfungi.ops.negatives import keep_one, research_code_negatives, scrambled_gather
 from segfungi.ops.seg_loss import naive_research_code_loss, naive_seg_simclr_loss, seg_simclr_loss
 
@@ -187,8 +187,8 @@ def _record(monkeypatch, cls, name, store):
 def test_eval_features_do_not_depend_on_batch_size_and_predict_agrees(fungi_bank, demo_voc_root, monkeypatch):
     from segfungi.components import open_dataset
     from segfungi.inference.evaluation import evaluate
-    from segfungi.inference.segmenter import Segmenter
     from segfungi.inference.predict import predict_images
+    from segfungi.inference.segmenter import Segmenter
     from segfungi.inference.transfer import scores_to_mask
 
     runs = {}

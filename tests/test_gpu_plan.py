@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from segfungi.experiments.benchmark._dryrun import calibrated_device, gpu_placement
 from segfungi.cli import main
+from segfungi.experiments.benchmark._dryrun import calibrated_device, gpu_placement
 from segfungi.index import DESCRIBED, DeviceInfo, IndexSettings
 
 H100 = DESCRIBED["h100-80gb"]
@@ -39,8 +39,8 @@ def test_the_cli_dry_run_plans_for_a_described_gpu(demo_voc_root, tmp_path, caps
 
 
 def test_a_small_gpu_is_planned_as_sharded_or_not_fitting(demo_voc_root, tmp_path):
-    from segfungi.experiments.benchmark import dry_run
     from segfungi.config import load_config
+    from segfungi.experiments.benchmark import dry_run
 
     settings = load_config("demo", [{"benchmark": {"datasets": ["voc"], "roots": {"voc": str(demo_voc_root)},
                                                    "sizes": [2048], "fractions": [], "features": ["embeddings"]}},

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from segfungi.infra.errors import ConfigError
 from segfungi.gradients import (
     COMPUTE_DTYPES,
     DENSE_KERNELS,
@@ -22,6 +21,7 @@ from segfungi.gradients import (
     make_projection,
     resolve_compute_dtype,
 )
+from segfungi.infra.errors import ConfigError
 
 DIN, DOUT, TOKENS, BATCH = 5, 4, 7, 3
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import accepted_as_setting_and_flag
-from segfungi.infra.errors import BankError, ConfigError
 from segfungi.index import (
     ExactIndex,
     IndexSettings,
@@ -18,6 +17,7 @@ from segfungi.index import (
     make_index,
     recall_at_k,
 )
+from segfungi.infra.errors import BankError, ConfigError
 
 
 def clustered(num, dim, seed, num_centres=100, spread=0.7):

@@ -12,7 +12,6 @@ from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import BankPlan, MemoryBank, estimate_bank_bytes
 from segfungi.cli import main
-from segfungi.inference.evaluation import evaluate
 from segfungi.index import (
     ExactIndex,
     IndexCosts,
@@ -23,6 +22,7 @@ from segfungi.index import (
     register_index_kind,
     unregister_index_kind,
 )
+from segfungi.inference.evaluation import evaluate
 
 
 class ToyIndex(ExactIndex):

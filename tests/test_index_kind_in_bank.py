@@ -9,8 +9,8 @@ import pytest
 from conftest import tiny_settings
 from segfungi.api import build_bank
 from segfungi.bank import MemoryBank, verify_problems
-from segfungi.inference.evaluation import evaluate
 from segfungi.index import ExactIndex, register_index_kind, unregister_index_kind
+from segfungi.inference.evaluation import evaluate
 
 
 class SavedExact(ExactIndex):

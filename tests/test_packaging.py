@@ -5,11 +5,11 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from segfungi.config import CONFIG_DIR, config_dir
 

@@ -6,8 +6,8 @@ from PIL import Image
 
 from segfungi.bank import SUPPORT_DIR, MemoryBank
 from segfungi.cli import main
-from segfungi.infra.errors import DatasetError
 from segfungi.inference.predict import list_images, make_segmenter, predict_images, predict_to_folder, to_rgb
+from segfungi.infra.errors import DatasetError
 
 
 @pytest.fixture(scope="module")

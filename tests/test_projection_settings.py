@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi.families import load_backbone
 from segfungi.components import make_extractor
 from segfungi.config import load_config
-from segfungi.infra.errors import BankError
+from segfungi.families import load_backbone
 from segfungi.features import FeatureExtractor
 from segfungi.gradients import AchlioptasProjection, register_projection, unregister_projection
+from segfungi.infra.errors import BankError
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
 
@@ -85,8 +85,8 @@ def bfloat16_bank(demo_voc_root, tmp_path_factory):
 
 
 def test_a_bfloat16_bank_records_its_dtype_and_queries_use_it(bfloat16_bank, monkeypatch):
-    from segfungi.inference.segmenter import Segmenter
     from segfungi.bank import MemoryBank
+    from segfungi.inference.segmenter import Segmenter
 
     path, settings = bfloat16_bank
     assert MemoryBank(path).manifest["identity"]["extractor"]["projection"]["compute_dtype"] == "bfloat16"

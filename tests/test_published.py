@@ -11,8 +11,18 @@ import pytest
 import yaml
 
 from segfungi.infra.errors import ConfigError
-from segfungi.published import (FEWSHOT_BANK_SIZE, FEWSHOT_FRACTIONS, FULL_BANK_SIZES, Cell, Run,
-                                format_bank_size, load_published, lookup, published_entries, published_for)
+from segfungi.published import (
+    FEWSHOT_BANK_SIZE,
+    FEWSHOT_FRACTIONS,
+    FULL_BANK_SIZES,
+    Cell,
+    Run,
+    format_bank_size,
+    load_published,
+    lookup,
+    published_entries,
+    published_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO.parent / "shared" / "reference" / "fungi-paper.md"  # beside a checkout, where present

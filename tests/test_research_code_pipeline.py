@@ -13,17 +13,16 @@ import torch
 
 from conftest import tiny_settings
 from segfungi import components
-from segfungi.families import load_backbone
 from segfungi.api import build_bank, build_banks
-from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, bank_identity, bank_info
-from segfungi.bank import _cache, _writers
+from segfungi.bank import SUPPORT_DIR, MemoryBank, SupportIndex, _cache, _writers, bank_identity, bank_info
 from segfungi.components import bank_spec, make_extractor, open_train_dataset
 from segfungi.config import load_config
-from segfungi.infra.errors import BankError, ConfigError
-from segfungi.inference.evaluation import evaluate
+from segfungi.families import load_backbone
 from segfungi.index import clamped_num_leaves
-from segfungi.infra.seeding import SUPPORT_VIEWS, derive_seed
+from segfungi.inference.evaluation import evaluate
 from segfungi.inference.segmenter import Segmenter
+from segfungi.infra.errors import BankError, ConfigError
+from segfungi.infra.seeding import SUPPORT_VIEWS, derive_seed
 
 ARRAYS = ("features", "label_ids", "label_weights", "provenance")
 STD = [0.229, 0.224, 0.255]  # the authors' (and open-hummingbird-eval's) typo for 0.225

@@ -20,15 +20,15 @@ import pytest
 
 import bad_inputs
 from conftest import tiny_settings
-from segfungi.families import load_backbone
 from segfungi.api import build_bank
 from segfungi.bank import MANIFEST, MemoryBank
-from segfungi.components import index_settings
 from segfungi.cli import main
+from segfungi.components import index_settings
 from segfungi.config import load_config
-from segfungi.infra.errors import BankError, CheckpointError, ConfigError
+from segfungi.families import load_backbone
 from segfungi.inference.evaluation import evaluate
 from segfungi.inference.segmenter import Segmenter
+from segfungi.infra.errors import BankError, CheckpointError, ConfigError
 from segfungi.infra.storage import file_checksum, load_array
 
 # Three 48×40 VOC samples at 64² (4×4 patches): 48 patches in 3 shards, ScaNN index.

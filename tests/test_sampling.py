@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import tiny_settings
+from segfungi.bank._writers import ItemLoader
 from segfungi.components import bank_spec
 from segfungi.config import load_config
 from segfungi.data.augment import patch_histograms
@@ -25,7 +26,6 @@ from segfungi.ops.sampling import (
     select_patches,
     void_class,
 )
-from segfungi.bank._writers import ItemLoader
 
 
 def random_histograms(seed, patches=1024, classes=5, unlabelled_fraction=0.2):

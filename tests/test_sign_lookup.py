@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from segfungi.ops import sign_lookup
 from segfungi.gradients import AchlioptasProjection
+from segfungi.ops import sign_lookup
 
 
 def test_tables_of_one_group_by_hand():

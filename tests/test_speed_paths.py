@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from segfungi.bank._writers import FungiWriter
 from segfungi.api import build_bank
 from segfungi.bank import LAST_BLOCK_INPUT_DIR, SUPPORT_DIR, MemoryBank, SupportIndex
+from segfungi.bank._writers import FungiWriter
 from segfungi.components import support_spec
 from segfungi.index import ConcatRows, ExactIndex, IndexSettings, ScannIndex
 

@@ -11,8 +11,6 @@ from segfungi.cli import main
 from segfungi.components import open_train_dataset, open_val_dataset
 from segfungi.config import load_config
 from segfungi.data.idlists import read_id_file
-from segfungi.infra.errors import ConfigError, DatasetError
-from segfungi.inference.evaluation import evaluate
 from segfungi.experiments.fewshot import (
     merge_equal_subsets,
     plan_trials,
@@ -21,6 +19,8 @@ from segfungi.experiments.fewshot import (
     standard_subsets_folder,
     trial_settings,
 )
+from segfungi.inference.evaluation import evaluate
+from segfungi.infra.errors import ConfigError, DatasetError
 
 DRAWS = [42, 400, 783, 1293, 4019]
 

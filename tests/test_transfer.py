@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from segfungi.inference.metrics import ConfusionMatrix
-from segfungi.ops.sampling import compact_labels, dense_labels
 from segfungi.inference.transfer import attention_weights, neighbour_labels, scores_to_mask, transfer_labels
+from segfungi.ops.sampling import compact_labels, dense_labels
 
 # Two query patches, k = 2 neighbours, C = 3 classes, temperature 0.5.
 # Query 0: sims (ln3 / 2, 0) -> sims / T = (ln 3, 0) -> softmax = (3/4, 1/4).

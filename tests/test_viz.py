@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from segfungi.inference import viz
+
 CLASSES = ["background", "cat", "dog", "person"]
 PALETTE = np.array([[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]], dtype=np.uint8)
 

@@ -52,8 +52,6 @@ from typing import Callable, Mapping
 import numpy as np
 
 from segfungi import __version__
-
-from segfungi.infra import distributed
 from segfungi.bank._cache import LastBlockCache
 from segfungi.bank._identity import (
     BankIdentity,
@@ -81,10 +79,10 @@ from segfungi.bank._records import read_build_record, write_build_record
 from segfungi.bank._spec import BankSpec
 from segfungi.bank._support import SupportIndex
 from segfungi.bank._writers import EmbeddingsWriter, FungiWriter, ItemLoader, LastBlockInputWriter
-from segfungi.infra.errors import BankError
 from segfungi.feature_kinds import FeatureKind, check_feature_kind
+from segfungi.infra import distributed
+from segfungi.infra.errors import BankError
 from segfungi.infra.progress import progress_iter
-from segfungi.ops.sampling import void_class
 from segfungi.infra.seeding import SUPPORT_VIEWS, derive_seed
 from segfungi.infra.storage import (
     BuildLock,
@@ -99,6 +97,7 @@ from segfungi.infra.storage import (
     write_failed,
     write_json_atomic,
 )
+from segfungi.ops.sampling import void_class
 
 
 # --------------------------------------------------------------------------- plan

@@ -22,11 +22,19 @@ import shutil
 from pathlib import Path
 
 from segfungi.bank._layout import (
-    BUILD_RECORD, INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, done_shards, kept_work, not_a_bank, shard_name,
+    BUILD_RECORD,
+    INDEX_DIR,
+    MANIFEST,
+    SHARDS_DIR,
+    SUPPORT_DIR,
+    done_shards,
+    kept_work,
+    not_a_bank,
+    shard_name,
 )
 from segfungi.bank._reader import MemoryBank
-from segfungi.infra.errors import BankError
 from segfungi.bank._records import read_build_record, write_build_record
+from segfungi.infra.errors import BankError
 from segfungi.infra.storage import folder_size, verify_folder
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from segfungi.bank._identity import BankIdentity
-from segfungi.index import index_kinds
 from segfungi.bank._layout import INDEX_DIR, MANIFEST, SHARDS_DIR, SUPPORT_DIR, not_a_bank
-from segfungi.infra.errors import BankError
 from segfungi.feature_kinds import check_feature_kind
+from segfungi.index import index_kinds
+from segfungi.infra.errors import BankError
 from segfungi.infra.storage import (
     ARRAY_NAME,
     check_file,
@@ -28,7 +28,6 @@ from segfungi.infra.storage import (
     read_json,
     verify_folder,
 )
-
 
 # -------------------------------------------------------------------------- read
 # Array files of a shard: dtype and number of dimensions. Rows always equal the

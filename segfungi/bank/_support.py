@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segfungi.infra.errors import BankError
 from segfungi.bank._reader import MemoryBank
 from segfungi.feature_kinds import FeatureKind
+from segfungi.infra.errors import BankError
 
 
 class _RawTokens:

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segfungi.backbones import load_checkpoint
 from segfungi.classify.augment import audio_noise_views
 from segfungi.classify.features import SplitViTFungi
-from segfungi.backbones import load_checkpoint
 from segfungi.classify.vit import TimmViT
 from segfungi.infra.errors import CheckpointError, DatasetError
 from segfungi.infra.weights import WeightsSource

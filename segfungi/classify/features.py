@@ -38,13 +38,13 @@ import torch
 
 from segfungi.classify import augment
 from segfungi.classify.losses import get_loss, loss_names
-from segfungi.infra.progress import progress_bar
 from segfungi.classify.vit import pool, vit_identity
-from segfungi.infra.errors import BankError, ConfigError, SegfungiError
 from segfungi.gradients import gradient_pass, l2_normalize, make_projection, projection_options
-from segfungi.settings_schema import DEFAULTS
-from segfungi.ops.seg_loss import make_head
+from segfungi.infra.errors import BankError, ConfigError, SegfungiError
+from segfungi.infra.progress import progress_bar
 from segfungi.infra.storage import load_array, settings_hash, write_array_atomic, write_json_atomic
+from segfungi.ops.seg_loss import make_head
+from segfungi.settings_schema import DEFAULTS
 
 CACHE_VERSION = 1
 

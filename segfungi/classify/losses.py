@@ -51,11 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfungi.infra.errors import ConfigError
 from segfungi.gradients import l2_normalize
+from segfungi.infra.errors import ConfigError
 from segfungi.infra.registry import Registry
 from segfungi.ops.seg_loss import make_head, seg_simclr_loss
-
 
 # --------------------------------------------------------------------------- KL
 

@@ -18,7 +18,6 @@ from segfungi.classify.pca import PCA
 from segfungi.infra.errors import ConfigError
 from segfungi.infra.storage import settings_hash, write_json_atomic
 
-
 # ------------------------------------------------------------------- building
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from segfungi.config import load_config, parse_override, set_key
-from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_KINDS
+from segfungi.infra.errors import ConfigError
 from segfungi.settings_schema import keys as schema_keys
 
 # flag -> dotted config key; a flag left out keeps the config's value.

@@ -106,8 +106,8 @@ def protocol_sets(args, settings: dict) -> dict:
     protocol preset sets: the user's on purpose, so it becomes benchmark.deviations
     (honoured over the preset, and every cell it touches says so) instead of being
     overridden by the preset without a word."""
-    from segfungi.experiments.benchmark import protocol_names, protocol_values
     from segfungi.config import dotted_items, parse_override
+    from segfungi.experiments.benchmark import protocol_names, protocol_values
     from segfungi.infra.errors import ConfigError
 
     keys = set()
@@ -133,8 +133,8 @@ def preset_keys_replaced(args, settings: dict) -> list[str]:
         return []
     import yaml
 
-    from segfungi.experiments.benchmark import benchmark_protocol, protocol_names, protocol_values
     from segfungi.config import dotted_items, resolve_config_path
+    from segfungi.experiments.benchmark import benchmark_protocol, protocol_names, protocol_values
     from segfungi.infra.errors import ConfigError
 
     with open(resolve_config_path(args.config), encoding="utf-8") as f:

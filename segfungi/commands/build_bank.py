@@ -47,9 +47,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.infra import distributed
     from segfungi.api import build_bank
     from segfungi.bank import MemoryBank
+    from segfungi.infra import distributed
     from segfungi.infra.storage import remove_created_folders
     from segfungi.infra.weights import backbone_line
 

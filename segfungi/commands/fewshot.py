@@ -75,10 +75,10 @@ def default_list_fractions(settings: dict) -> list[float]:
 
 
 def run(args) -> int:
-    from segfungi.config import dump_config
-    from segfungi.infra.errors import ConfigError
-    from segfungi.experiments.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
     from segfungi.components import requested_backbone_line
+    from segfungi.config import dump_config
+    from segfungi.experiments.fewshot import RESULTS_FILE, fewshot_table, run_fewshot
+    from segfungi.infra.errors import ConfigError
 
     settings = settings_from_args(args, FEWSHOT_FLAGS)
     if args.seeds is not None and settings["fewshot"]["subsets"] != "random":

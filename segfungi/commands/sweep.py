@@ -17,8 +17,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from segfungi.experiments.sweep import run_sweep, sweep_table
     from segfungi.components import requested_backbone_line
+    from segfungi.experiments.sweep import run_sweep, sweep_table
 
     extra = {"sizes": "sweep.sizes", "features": "sweep.features", "aug_epochs": "bank.aug_epochs",
              "out": "sweep.out"}

@@ -40,8 +40,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segfungi.data.cityscapes import (IMAGE_SUFFIX, LABEL_ID_OF_TRAIN_ID, LABEL_IDS_SUFFIX,
-                                       MASK_SUFFIX)
+from segfungi.data.cityscapes import IMAGE_SUFFIX, LABEL_ID_OF_TRAIN_ID, LABEL_IDS_SUFFIX, MASK_SUFFIX
 from segfungi.data.demo_scenes import NUM_FOREGROUND, STYLES, Scene, render_scene
 from segfungi.data.labels import IGNORE, voc_palette
 from segfungi.infra.errors import DatasetError

@@ -37,8 +37,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from segfungi.data.registry import dataset_title
-from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import FEATURE_LABELS
+from segfungi.infra.errors import ConfigError
 from segfungi.infra.storage import read_json, temporary_name, write_failed, write_text_atomic
 from segfungi.infra.weights import describe_id
 

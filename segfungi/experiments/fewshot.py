@@ -52,10 +52,10 @@ from typing import Sequence
 import numpy as np
 
 from segfungi.bank import MemoryBank
-from segfungi.experiments.cells import bank_features, run_cell
 from segfungi.data.registry import dataset_info
-from segfungi.infra.errors import ConfigError
+from segfungi.experiments.cells import bank_features, run_cell
 from segfungi.feature_kinds import FEATURE_KINDS
+from segfungi.infra.errors import ConfigError
 from segfungi.infra.storage import write_json_atomic
 
 RESULTS_FILE = "fewshot.json"

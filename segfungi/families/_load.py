@@ -17,9 +17,14 @@ import torch
 from torch import nn
 
 from segfungi.backbones import PatchEncoder, create_timm_model
+from segfungi.families import (
+    LoadOptions,
+    family_for_prefixed_name,
+    family_for_timm_class,
+    implied_weights,
+    timm_classes,
+)
 from segfungi.infra.errors import ConfigError
-from segfungi.families import (LoadOptions, family_for_prefixed_name, family_for_timm_class, implied_weights,
-                               timm_classes)
 
 __all__ = ["check_weights_source", "load_backbone", "pretrained_tag", "timm_family_of"]
 

@@ -50,8 +50,8 @@ from segfungi.backbones import (
     normalisation_value,
     read_checkpoint,
 )
-from segfungi.infra.errors import CheckpointError, ConfigError
 from segfungi.families import hf_weight_files
+from segfungi.infra.errors import CheckpointError, ConfigError
 from segfungi.infra.weights import WeightsSource
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

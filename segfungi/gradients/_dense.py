@@ -12,9 +12,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from segfungi.ops import sign_lookup
 from segfungi.gradients._capture import augment_inputs
 from segfungi.gradients._projection import Projection, bits_to_signs, sign_bits
+from segfungi.ops import sign_lookup
 
 DENSE_KERNELS = ("auto", "lookup", "gemm")
 

@@ -41,10 +41,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from segfungi.infra.errors import ConfigError
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides
+from segfungi.infra.errors import ConfigError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from segfungi.infra.errors import BankError
 from segfungi.index import _files
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
+from segfungi.infra.errors import BankError
 
 EXACT_FEATURES_FILE = "features.npy"
 # Largest query×bank similarity block ExactIndex materialises (2^24 floats = 64 MB).

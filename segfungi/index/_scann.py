@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from segfungi.infra import logging_setup
-from segfungi.infra.errors import BankError
 from segfungi.index import _files
 from segfungi.index._registry import IndexCosts, IndexJob, IndexKind
 from segfungi.index._rows import as_array, check_search_args, normalized_float32, pad_missing, row_chunks
 from segfungi.index._settings import IndexSettings, with_overrides
+from segfungi.infra import logging_setup
+from segfungi.infra.errors import BankError
 
 ROW_IDS_FILE = "row_ids.npy"
 # Rows per ScaNN worker batch, for parallel searches and for upserts.

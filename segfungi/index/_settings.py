@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from segfungi.infra.errors import ConfigError
 from segfungi.index._registry import IndexJob, auto_kind, index_kinds
+from segfungi.infra.errors import ConfigError
 
 REORDER_DTYPES = ("float32", "bfloat16", "int8")
 DEVICE_DTYPES = ("float16", "bfloat16")

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segfungi.infra import distributed
 from segfungi.bank import MANIFEST, MemoryBank
 from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, evaluation_settings, open_val_dataset
+from segfungi.inference.segmenter import Segmenter
+from segfungi.infra import distributed
 from segfungi.infra.errors import BankError, DatasetError
 from segfungi.infra.progress import progress_iter
-from segfungi.inference.segmenter import Segmenter
 
 
 def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = True, *,

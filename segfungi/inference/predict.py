@@ -94,9 +94,9 @@ def predict_to_folder(bank, inputs: Sequence[str | Path], out: str | Path, setti
     the default (None) skips the images found in a folder and stops at one named directly.
     Returns one record per image: its path, size, mask and overlay files, or for an image
     left out its path and why (`{"image", "skipped"}`)."""
+    from segfungi.inference.viz import describe_banks, overlay_with_legend
     from segfungi.infra.progress import progress_iter
     from segfungi.infra.storage import ensure_writable_dir
-    from segfungi.inference.viz import describe_banks, overlay_with_legend
 
     if on_bad_sample not in (None, "error", "skip"):
         raise ConfigError(f"on_bad_sample must be 'error', 'skip' or None, got {on_bad_sample!r}")

@@ -35,9 +35,9 @@ from segfungi.components import (
     query_projection_dtype,
     support_spec,
 )
-from segfungi.infra.errors import BankError
 from segfungi.feature_kinds import FeatureKind
 from segfungi.inference.transfer import LabelTransfer
+from segfungi.infra.errors import BankError
 
 __all__ = ["Segmenter", "backbone_mismatches", "query_seeds", "seeded_generators"]
 

@@ -42,9 +42,9 @@ import time
 import numpy as np
 
 from segfungi.bank import BankPlan, estimate_bank_bytes
-from segfungi.experiments.benchmark._protocol import Cell, dataset_settings, plan_cells
 from segfungi.components import index_settings, make_extractor, open_train_dataset, open_val_dataset
 from segfungi.data.registry import dataset_info
+from segfungi.experiments.benchmark._protocol import Cell, dataset_settings, plan_cells
 from segfungi.infra.errors import ConfigError, DatasetError
 from segfungi.infra.storage import format_bytes
 

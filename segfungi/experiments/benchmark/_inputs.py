@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segfungi.experiments.benchmark._protocol import dataset_settings, plan_cells, protocol_values, subsets_folder
 from segfungi.experiments.benchmark._protocols import benchmark_protocol, protocol_names
-from segfungi.experiments.benchmark._protocol import (dataset_settings, plan_cells, protocol_values,
-                                         subsets_folder)
 from segfungi.infra.errors import ConfigError, SegfungiError
 
 __all__ = ["check_inputs", "input_problems"]

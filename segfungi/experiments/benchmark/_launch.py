@@ -54,8 +54,8 @@ class BenchmarkJob:
         self.settings, self.out, self.only = settings, str(out), only
 
     def __call__(self) -> dict:
-        from segfungi.infra import distributed
         from segfungi.experiments.benchmark._run import run_benchmark
+        from segfungi.infra import distributed
 
         _rank_environment()
         distributed.init_from_env()

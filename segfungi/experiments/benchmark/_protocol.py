@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from segfungi.experiments.benchmark._protocols import BenchmarkProtocol, benchmark_protocol, protocol_names
 from segfungi.config import dotted_items, load_config
 from segfungi.data.registry import dataset_info
+from segfungi.experiments.benchmark._protocols import BenchmarkProtocol, benchmark_protocol, protocol_names
 from segfungi.infra.errors import ConfigError
 
 __all__ = ["FEW_SHOT", "FULL_DATA", "Cell", "dataset_settings", "deviations", "plan_cells", "planned_columns",

@@ -21,8 +21,8 @@ import json
 import numbers
 
 from segfungi.experiments.benchmark._protocols import benchmark_protocol, fraction_label, protocol_names
-from segfungi.infra.errors import ConfigError
 from segfungi.feature_kinds import check_feature_kind
+from segfungi.infra.errors import ConfigError
 
 __all__ = ["FILE_COLUMNS", "PUBLISHED_COLUMNS", "RECORD_FIELDS", "checked_records", "fewshot_bank_cap",
            "fraction_label", "record_from_row", "row_of_record", "rows_from_csv", "rows_to_csv"]

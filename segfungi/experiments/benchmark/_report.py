@@ -25,13 +25,19 @@ from pathlib import Path
 
 from segfungi.experiments.benchmark._latex import render_latex
 from segfungi.experiments.benchmark._markdown import render_markdown, summary_text, weights_words
-from segfungi.experiments.benchmark._records import (PUBLISHED_COLUMNS, checked_records, record_from_row, row_of_record,
-                                         rows_from_csv, rows_to_csv)
+from segfungi.experiments.benchmark._records import (
+    PUBLISHED_COLUMNS,
+    checked_records,
+    record_from_row,
+    row_of_record,
+    rows_from_csv,
+    rows_to_csv,
+)
 from segfungi.experiments.benchmark._tables import Table, build_tables, progress
-from segfungi.infra.errors import ConfigError
-from segfungi.published import Comparison
 from segfungi.feature_kinds import FEATURE_KINDS, FEATURE_LABELS
+from segfungi.infra.errors import ConfigError
 from segfungi.infra.storage import read_json, temporary_name, write_failed, write_json_atomic, write_text_atomic
+from segfungi.published import Comparison
 
 __all__ = ["RUN_FIELDS", "read_records", "summary_table", "write_report"]
 

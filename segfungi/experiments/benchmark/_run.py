@@ -56,15 +56,15 @@ import sys
 import time
 from pathlib import Path
 
-from segfungi.infra import distributed
 from segfungi.api import build_bank, build_banks
 from segfungi.bank import MemoryBank, describe_differences, differences
+from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
+from segfungi.data.demo import is_demo_root
 from segfungi.experiments.benchmark._inputs import check_inputs
 from segfungi.experiments.benchmark._protocol import Cell, dataset_settings, deviations, plan_cells, planned_columns
 from segfungi.experiments.benchmark._queries import EncodedQueries
 from segfungi.experiments.cells import bank_features, cached_results, evaluation_key, features_bank
-from segfungi.components import device, eval_spec, make_extractor, open_val_dataset
-from segfungi.data.demo import is_demo_root
+from segfungi.infra import distributed
 from segfungi.infra.errors import ConfigError
 from segfungi.infra.storage import read_json, write_json_atomic
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import functools
 import statistics
 from dataclasses import dataclass, field
+
+from segfungi.data.registry import dataset_title as registered_title
 from segfungi.experiments.benchmark._protocols import BenchmarkProtocol, benchmark_protocol, protocol_names
 from segfungi.experiments.benchmark._records import checked_records, fraction_label
-from segfungi.data.registry import dataset_title as registered_title
 from segfungi.feature_kinds import FEATURE_KINDS, FEATURE_LABELS
 from segfungi.published import Comparison, Published, Run, format_bank_size, format_bank_sizes, published_for
 
