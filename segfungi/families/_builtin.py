@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segfungi.families import FAMILIES, BackboneFamily
+from segfungi.families._registry import FAMILIES, BackboneFamily
 
 TIMM_VIT = BackboneFamily(
     name="timm-vit",
