@@ -46,8 +46,23 @@ from segfungi.infra.lazy import lazy_exports
 # Loading by name (the dispatch over families) imports torch and timm: on first use.
 _LOADING = ("check_weights_source", "load_backbone", "pretrained_tag", "timm_family_of")
 
-__all__ = sorted(["BackboneFamily", "FAMILIES", "LoadOptions", "backbone_families", "family_for_prefixed_name",
-                  "family_for_timm_class", "get_backbone_family", "hf_weight_files", "implied_weights",
-                  "register_backbone_family", "timm_classes", "unregister_backbone_family", *_LOADING])
+__all__ = [
+    "FAMILIES",
+    "BackboneFamily",
+    "LoadOptions",
+    "backbone_families",
+    "check_weights_source",
+    "family_for_prefixed_name",
+    "family_for_timm_class",
+    "get_backbone_family",
+    "hf_weight_files",
+    "implied_weights",
+    "load_backbone",
+    "pretrained_tag",
+    "register_backbone_family",
+    "timm_classes",
+    "timm_family_of",
+    "unregister_backbone_family",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, {name: "._load" for name in _LOADING})
