@@ -107,16 +107,9 @@ def protocol_sets(args, settings: dict) -> dict:
     (honoured over the preset, and every cell it touches says so) instead of being
     overridden by the preset without a word."""
     from segfungi.config import dotted_items, parse_override
-    from segfungi.experiments.benchmark import protocol_names, protocol_values
-    from segfungi.infra.errors import ConfigError
+    from segfungi.experiments.benchmark import protocol_key_names
 
-    keys = set()
-    for dataset in settings["benchmark"]["datasets"]:
-        for protocol in protocol_names():
-            try:
-                keys |= set(protocol_values(dataset, protocol))
-            except ConfigError:
-                pass  # no preset for this protocol: the run says so
+    keys = protocol_key_names(settings["benchmark"]["datasets"])  # a dataset without one: the run says so
     found = {}
     for text in args.set:
         nested = parse_override(text)

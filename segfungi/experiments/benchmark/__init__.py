@@ -36,6 +36,7 @@ _PUBLIC = {
     "plan_cells": "._protocol",
     "protocol_keys": "._protocol",
     "protocol_values": "._protocol",
+    "protocol_key_names": "._protocol",
     "check_inputs": "._inputs",
     "input_problems": "._inputs",
     "dataset_settings": "._protocol",

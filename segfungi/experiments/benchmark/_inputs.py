@@ -23,7 +23,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segfungi.experiments.benchmark._protocol import dataset_settings, plan_cells, protocol_values, subsets_folder
+from segfungi.experiments.benchmark._protocol import (
+    dataset_settings,
+    plan_cells,
+    protocol_key_names,
+    subsets_folder,
+)
 from segfungi.experiments.benchmark._protocols import benchmark_protocol, protocol_names
 from segfungi.infra.errors import ConfigError, SegfungiError
 
@@ -57,13 +62,7 @@ def input_problems(settings: dict, out: str | Path | None, backbone=None) -> lis
 
 
 def _deviation_problems(settings: dict) -> list[str]:
-    known = set()
-    for dataset in settings["benchmark"]["datasets"]:
-        for protocol in protocol_names():
-            try:
-                known |= set(protocol_values(dataset, protocol))
-            except ConfigError:
-                pass  # a dataset without a protocol preset is reported with the dataset
+    known = protocol_key_names(settings["benchmark"]["datasets"])  # a dataset without one: reported with it
     problems = []
     for key in settings["benchmark"]["deviations"]:
         if key == "data.dataset":

@@ -31,7 +31,7 @@ from segfungi.data.registry import dataset_info
 from segfungi.experiments.benchmark._protocols import BenchmarkProtocol, benchmark_protocol, protocol_names
 from segfungi.infra.errors import ConfigError
 
-__all__ = ["FEW_SHOT", "FULL_DATA", "Cell", "dataset_settings", "deviations", "plan_cells", "planned_columns",
+__all__ = ["FEW_SHOT", "FULL_DATA", "Cell", "dataset_settings", "deviations", "plan_cells", "planned_columns", "protocol_key_names",
            "protocol_keys", "protocol_values", "subsets_folder"]
 
 
@@ -106,6 +106,19 @@ def protocol_values(dataset: str, protocol: str) -> dict:
         with open(resolve_config_path(keys), encoding="utf-8") as f:
             keys = yaml.safe_load(f) or {}
     return dict(dotted_items(keys))
+
+
+def protocol_key_names(datasets) -> set[str]:
+    """Every dotted key that some protocol of these datasets sets (a dataset without a
+    protocol's keys is left out here: the run reports it)."""
+    keys = set()
+    for dataset in datasets:
+        for protocol in protocol_names():
+            try:
+                keys |= set(protocol_values(dataset, protocol))
+            except ConfigError:
+                pass
+    return keys
 
 
 def deviations(settings: dict, dataset: str, protocol: str) -> list[str]:
