@@ -43,20 +43,22 @@ def evaluate(bank: str | Path, settings: dict | None = None, progress: bool = Tr
         from segfungi.data.pairs import as_dataset
 
         dataset = as_dataset(dataset)
-    results = evaluate_segmenter(segmenter, dataset, eval_spec(settings), progress, encoded)
-    results["timings"]["setup_seconds"] = round(setup_seconds, 3)
+    results = evaluate_segmenter(segmenter, dataset, eval_spec(settings), progress, encoded,
+                                 setup_seconds=setup_seconds)
     return {**results, "settings": evaluation_settings(settings)}
 
 
-def evaluate_segmenter(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True, encoded=None) -> dict:
+def evaluate_segmenter(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True, encoded=None, *,
+                       setup_seconds: float = 0.0) -> dict:
     """The results dict of `segmenter` on a labelled `dataset` (its classes must be the
-    bank's), scored as `spec` says (batches, max images); no settings are read."""
+    bank's), scored as `spec` says (batches, max images); no settings are read.
+    `setup_seconds`: the time it took to make the segmenter, recorded with the timings."""
     if list(dataset.classes) != list(segmenter.bank.classes):
         raise BankError(f"{segmenter.bank.path}: bank classes differ from the {dataset.name} classes")
     started = time.perf_counter()
     confusion, count = score_split(segmenter, dataset, spec, progress, encoded)
     eval_seconds = time.perf_counter() - started
-    return results_record(segmenter.bank, confusion, count, {"setup_seconds": 0.0, "eval_seconds": eval_seconds})
+    return results_record(segmenter.bank, confusion, count, {"setup_seconds": setup_seconds, "eval_seconds": eval_seconds})
 
 
 def split_batches(num_images: int, spec: EvalSpec) -> list[list[int]]:
