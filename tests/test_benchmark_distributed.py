@@ -1,6 +1,6 @@
 """`torchrun --nproc-per-node 2 -m segfungi benchmark` (gloo on CPUs) gives the results of one
-process: the encodings of the evaluated images, the views' encodings and FUNGI passes are
-split over the ranks (shards and image batches), the few-shot cells are dealt out whole
+process: the encodings of the evaluated images (once, for every cell), the views' encodings
+and FUNGI passes are split over the ranks (shards and image batches), the few-shot cells are dealt out whole
 (one list per rank), and every bank hash, shard checksum and mIoU equals the one-process
 run's."""
 
@@ -31,6 +31,10 @@ def test_two_ranks_give_the_one_process_results(tmp_path, demo_voc_root):
     # The second list was built and evaluated by rank 1 alone; rank 0 read its records.
     dealt = [line for line in done.stderr.splitlines() if "evaluations]" in line and "(rank 1)" in line]
     assert len(dealt) == 2 and all("1/8 trainaug_2_1" in line for line in dealt), done.stderr[-3000:]
+    # The evaluated images were encoded once, for the full-data and the dealt few-shot cells
+    # alike: rank 0 (the one that shows progress) encoded its share in one pass.
+    encodes = [line for line in done.stderr.splitlines() if line.startswith("encode voc val (batches): 0/")]
+    assert len(encodes) == 1, done.stderr[-3000:]
 
     def cells(out):
         records = json.loads((out / "results.json").read_text())

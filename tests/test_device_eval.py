@@ -69,7 +69,7 @@ def test_evaluation_equals_a_numpy_reference(kind, tmp_path, demo_voc_root):
     equals one counted in numpy from the same scores."""
     from segfungi.components import bank_settings, eval_spec, open_val_dataset
     from segfungi.data.augment import eval_transform
-    from segfungi.inference.evaluation import split_batches
+    from segfungi.inference.evaluation import image_batches
     from segfungi.inference.segmenter import Segmenter
 
     settings = tiny_settings(demo_voc_root, bank={"size": 2048, "features": "embeddings"}, index={"kind": kind})
@@ -79,7 +79,7 @@ def test_evaluation_equals_a_numpy_reference(kind, tmp_path, demo_voc_root):
     recorded = bank_settings(out)
     dataset, size = open_val_dataset(recorded), segmenter.image_size
     preds, gts = [], []
-    for batch in split_batches(len(dataset), eval_spec(recorded)):
+    for batch in image_batches(len(dataset), eval_spec(recorded)):
         pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
         feats = segmenter.patch_features(np.stack([image for image, _ in pairs]))
         dim = feats.shape[-1]

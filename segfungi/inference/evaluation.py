@@ -3,6 +3,10 @@
 Each validation image and mask are resized to the backbone's input size (bilinear /
 nearest), segmented by `segfungi.inference.segmenter.Segmenter`, and counted in one confusion
 matrix over the split (255 ignored); per-class IoU and mIoU come from it.
+
+A batch that runs the device out of memory is scored again in halves
+(`segfungi.infra.memory`): each image's scores do not depend on its batch, so the mIoU
+is the same.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from segfungi.components import EvalSpec, bank_settings, data_root, eval_spec, e
 from segfungi.inference.segmenter import Segmenter
 from segfungi.infra import distributed
 from segfungi.infra.errors import BankError, DatasetError
+from segfungi.infra.memory import in_halves_when_out_of_memory
 from segfungi.infra.progress import progress_iter
 
 
@@ -61,18 +66,19 @@ def evaluate_segmenter(segmenter: Segmenter, dataset, spec: EvalSpec, progress: 
     return results_record(segmenter.bank, confusion, count, {"setup_seconds": setup_seconds, "eval_seconds": eval_seconds})
 
 
-def split_batches(num_images: int, spec: EvalSpec) -> list[list[int]]:
-    """The batches of image indices this process scores: the first eval.max_images, every
-    world-th under torchrun, cut into eval.batch_size."""
+def image_batches(num_images: int, spec: EvalSpec) -> list[list[int]]:
+    """The batches of image indices a single process scores: the first eval.max_images,
+    cut into eval.batch_size. Under torchrun rank r scores batches r, r+N, … of these
+    (`score_split`), so every process's batches, and the benchmark's encoded images
+    (`EncodedQueries`), are the same for any process count."""
     count = num_images if spec.max_images is None else min(num_images, spec.max_images)
-    mine = list(range(distributed.rank(), count, distributed.world_size()))
-    return [mine[i : i + spec.batch_size] for i in range(0, len(mine), spec.batch_size)]
+    return [list(range(i, min(i + spec.batch_size, count))) for i in range(0, count, spec.batch_size)]
 
 
 def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True, encoded=None):
     """(confusion matrix, images scored) of `segmenter` over `dataset` (its first
-    eval.max_images). Under torchrun each rank takes every world-th image; the matrices
-    are summed. `encoded`: the same images already encoded (the benchmark's
+    eval.max_images). Under torchrun each rank takes every world-th batch; the matrices
+    are summed (integer counts: the same as one process's). `encoded`: the same images already encoded (the benchmark's
     `EncodedQueries`), so that only the last block runs; the scores are the same."""
     from segfungi.data.augment import eval_transform
     from segfungi.inference.metrics import ConfusionMatrix
@@ -81,19 +87,22 @@ def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = 
     count = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     confusion = ConfusionMatrix(segmenter.num_classes)
     size = segmenter.image_size
-    batches = split_batches(len(dataset), spec)
+    batches = image_batches(len(dataset), spec)
     if encoded is not None and encoded.batches != batches:
-        raise ValueError("the encoded images are not the batches this evaluation scores (eval.batch_size, "
-                         "eval.max_images or the process count differ)")
-    for number, batch in enumerate(progress_iter(batches, f"eval {segmenter.bank.path.name}",
-                                                 enabled=progress and distributed.is_main())):
+        raise ValueError("the encoded images are not the batches this evaluation scores (eval.batch_size or "
+                         "eval.max_images differ)")
+    mine = range(distributed.rank(), len(batches), distributed.world_size())
+    for number in progress_iter(mine, f"eval {segmenter.bank.path.name}", enabled=progress and distributed.is_main()):
+        batch = batches[number]
         if encoded is None:
             pairs = [eval_transform(dataset[i].image, dataset[i].mask, size=size) for i in batch]
             masks = [mask for _, mask in pairs]
-            scores = segmenter.predict_scores(np.stack([image for image, _ in pairs]))
+            scores = in_halves_when_out_of_memory(segmenter.predict_scores, torch.cat,
+                                                  np.stack([image for image, _ in pairs]), setting="eval.batch_size")
         else:
             inputs, masks, seeds = encoded.batch(number)
-            scores = segmenter.predict_scores_from_last_block_input(inputs, seeds)
+            scores = in_halves_when_out_of_memory(segmenter.predict_scores_from_last_block_input, torch.cat,
+                                                  inputs, seeds, setting="eval.batch_size")
         # Masks and counts stay where the scores are (a GPU's: no copy per image).
         for pred, mask in zip(scores_to_mask_tensor(scores, out_size=(size, size)), masks):
             confusion.update(pred, torch.as_tensor(np.asarray(mask)))

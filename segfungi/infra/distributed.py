@@ -5,8 +5,8 @@ code paths serve `segfungi build-bank` and `torchrun -m segfungi build-bank`.
 
 * Work: a bank's shards are dealt out over the ranks, each rank writes its own shard
   folders into the one bank folder (a shared file system), rank 0 alone owns the
-  build record, the index and the manifest; evaluation splits the images and sums the
-  confusion matrices.
+  build record, the index and the manifest; evaluation deals out one process's image
+  batches (rank r scores batches r, r+N, …) and sums the confusion matrices.
 * Failures: when a rank fails it exits, and torchrun stops the others; a rank waiting
   in a collective for a peer that died also fails as soon as gloo/NCCL notices the
   closed connection. As a last resort every collective times out after

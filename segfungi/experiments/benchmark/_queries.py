@@ -9,9 +9,12 @@ pixel seeds (which seed a FUNGI query's kept negatives). An embeddings cell then
 only the last block, a FUNGI cell its forward and backward, and the mIoU is the one
 `evaluate` gives, bit for bit (tests/test_benchmark.py).
 
-The batches are stored under a folder named by what they depend on (the backbone's
-identity, the dataset and its images, the batches and this process's share of them
-under torchrun), each written atomically with checksums; what changes gives another
+The batches are those of a single process (`image_batches`), whatever the process
+count: under torchrun rank r encodes and scores batches r, r+N, …, so the ranks fill one
+shared folder and every cell, full-data or few-shot, dealt out whole or split, reads
+the same stored batches (the images are encoded once per run). The folder is named by
+what the batches depend on (the backbone's identity, the dataset and its images, the
+batches); each batch is written atomically with checksums; what changes gives another
 folder, and a damaged batch is computed again.
 """
 
@@ -32,37 +35,36 @@ __all__ = ["EncodedQueries"]
 
 class EncodedQueries:
     """The evaluated images of `dataset` (its first `spec.max_images`), encoded by
-    `extractor` in the batches `segfungi.evaluate.score_split` uses; `batch(i)` gives
-    batch i's (last-block inputs, masks, pixel seeds), computing it when it is missing."""
+    `extractor` in the batches `segfungi.inference.evaluation.score_split` uses (one
+    process's, `image_batches`); `batch(i)` gives batch i's (last-block inputs, masks,
+    pixel seeds), computing it when it is missing."""
 
     def __init__(self, folder: str | Path, extractor, dataset, spec, progress: bool = True):
-        from segfungi.inference.evaluation import split_batches
+        from segfungi.inference.evaluation import image_batches
 
         self.extractor, self.dataset = extractor, dataset
-        self.batches = split_batches(len(dataset), spec)
+        self.batches = image_batches(len(dataset), spec)
         key = settings_hash({
             "backbone": extractor.backbone.identity(), "dataset": dataset.identity(), "batches": self.batches,
-            "rank": distributed.rank(), "world": distributed.world_size(),
         })
         self.folder = Path(folder) / key
         self.progress = progress
-        self.complete = False  # every batch known to be stored (encode_all ran)
+        self.stored: set[int] = set()  # batches known to be stored (checked or written by this process)
 
-    def encode_all(self, share: tuple[int, int] = (0, 1)) -> "EncodedQueries":
-        """Compute every batch that is not stored yet (the one full backbone pass); once
-        done, calling again costs nothing. `share` (rank, world): only the batches i with
-        i % world == rank, for processes that share the folder and each encode a part."""
+    def encode_all(self) -> "EncodedQueries":
+        """Compute this process's batches that are not stored yet (the one full backbone
+        pass): all of them in a single process (or inside `distributed.alone()`), batches
+        r, r+N, … on rank r of N, so the ranks share the work. Batches already checked
+        cost nothing the second time."""
         from segfungi.infra.progress import progress_iter
 
-        if self.complete:
-            return self
-        rank, world = share
-        missing = [i for i in range(rank, len(self.batches), world) if self._load(i) is None]
+        rank, world = distributed.rank(), distributed.world_size()
+        unchecked = [i for i in range(rank, len(self.batches), world) if i not in self.stored]
+        missing = [i for i in unchecked if self._load(i) is None]
         # segfungi.infra.progress: a bar on a terminal, plain lines in a log file (no "0batch" redraws)
         for i in progress_iter(missing, f"encode {self.dataset.name} {self.dataset.split} (batches)",
                                enabled=self.progress and distributed.is_main() and bool(missing)):
             self._store(i)
-        self.complete = world == 1
         return self
 
     def batch(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -88,6 +90,7 @@ class EncodedQueries:
         seeds = query_seeds(images)
         write_arrays_atomic(self._batch_folder(i), {"last_block_input": inputs, "masks": masks, "seeds": seeds},
                             {"batch": i, "images": self.batches[i]})
+        self.stored.add(i)
         return torch.from_numpy(inputs), masks, seeds
 
     def _load(self, i: int):
@@ -101,6 +104,7 @@ class EncodedQueries:
         inputs, masks, seeds = arrays
         if len(inputs) != len(self.batches[i]) or inputs.dtype != np.float32:
             return None
+        self.stored.add(i)
         return torch.from_numpy(np.ascontiguousarray(inputs)), masks, seeds
 
     def _batch_folder(self, i: int) -> Path:

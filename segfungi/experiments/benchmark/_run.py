@@ -17,17 +17,18 @@ and each cell's mIoU is the one `segfungi eval` gives (tests/test_benchmark.py).
 Under torchrun (N ranks, `segfungi.infra.distributed`) the results are those of one process
 (tests/test_benchmark_distributed.py), and the work is split this way:
 
-* the encodings of the evaluated images: each rank encodes its share;
+* the encodings of the evaluated images: once per run, each rank encoding every N-th
+  of the one-process batches into the shared cache, which every cell then reads;
 * the full-data cells: their one pass over the training views is split by shards (each
-  rank writes every N-th shard; rank 0 builds the indexes), and each evaluation by images
-  (each rank scores every N-th image; the confusion matrices are summed). These cells are
-  few and differ 10× and 100× in size, so no dealing of whole cells balances them;
+  rank writes every N-th shard; rank 0 builds the indexes), and each evaluation by image
+  batches (each rank scores the batches it encoded; the confusion matrices are summed).
+  These cells are few and differ 10× and 100× in size, so no dealing of whole cells
+  balances them;
 * the few-shot cells: many, independent, of equal cost within a fraction. When there are
   at least N, they are dealt out whole, round-robin in plan order (fraction by fraction,
   list by list: cell i goes to rank i mod N). Each rank builds and evaluates its cells
   as a single process would (`distributed.alone()`: no barrier per shard, no rank waiting
-  while another builds an index), on the evaluated images encoded in the one-process
-  batches (rank r encodes batches r, r+N, … into the shared cache), and writes their
+  while another builds an index), on the shared encoded images, and writes their
   records into `cells/`; after a barrier every rank reads the others' records and rank 0
   writes the tables. With fewer few-shot cells than ranks, each is split like a full-data
   cell.
@@ -182,7 +183,7 @@ def _run_dataset(settings, dataset, cells, features, out, cache, backbone, clock
         job = _FewshotJob(settings, dataset, features, out, val, backbone, clock, progress, marks)
         world = distributed.world_size()
         if world > 1 and len(fewshot) >= world:
-            records += _dealt_fewshot(job, fewshot, folder, extractor, full)
+            records += _dealt_fewshot(job, fewshot, queries)
         else:
             records += [r for cell in fewshot for r in job.run(cell, queries, owner=distributed.is_main())]
     distributed.barrier()  # every rank is done with the encoded images
@@ -215,16 +216,14 @@ class _FewshotJob:
                               self.clock, self.progress, marks, owner=owner)
 
 
-def _dealt_fewshot(job: _FewshotJob, cells: list[Cell], folder: Path, extractor, full: dict) -> list[dict]:
+def _dealt_fewshot(job: _FewshotJob, cells: list[Cell], queries: EncodedQueries) -> list[dict]:
     """The few-shot cells dealt out whole over the ranks (module docstring): each rank
-    builds and evaluates its cells as a single process would, on the images encoded in
-    the one-process batches (each rank encodes every world-th batch into the shared
-    folder); then every rank reads the others' records from their files."""
+    builds and evaluates its cells as a single process would, on the shared encoded
+    images (each rank encodes its every world-th batch first); then every rank reads the
+    others' records from their files."""
     rank, world = distributed.rank(), distributed.world_size()
     job.progress = job.progress and rank == 0  # bars of rank 0's cells only
-    with distributed.alone():
-        queries = EncodedQueries(folder, extractor, job.val, eval_spec(full), job.progress and rank == 0)
-    queries.encode_all(share=(rank, world))
+    queries.encode_all()  # this rank's share; a share the full-data cells encoded is read back
     distributed.barrier()  # every batch is stored
     mine = {cell: None for cell in cells[rank::world]}
     with distributed.alone():
@@ -248,7 +247,8 @@ def memory_guard(settings: dict, out: Path, what: str):
     """Out of device (or host) memory inside: a ConfigError naming the cell, the stage and
     the settings that need less memory, saying that the finished cells are kept (their
     records and banks are written atomically) and that the same command resumes. (A
-    device-exact search has already retried with smaller blocks: segfungi.index.)"""
+    device-exact search has already retried with smaller blocks, segfungi.index, and an
+    evaluation batch in halves, segfungi.inference.evaluation.)"""
     import torch
 
     try:
