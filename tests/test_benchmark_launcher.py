@@ -7,6 +7,7 @@ with one job (`--jobs one`), also after it is killed and rerun."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -59,7 +60,13 @@ def test_a_local_job_and_a_killed_one_rerun_give_the_plain_results(tmp_path, dem
     # One job for everything, killed after its first cell: the rerun keeps that cell's record
     # and finishes the rest.
     out, where = tmp_path / "killed", Launch("local", str(tmp_path / "jobs2"), jobs="one")
-    [job] = launch(settings, out, where)
+    # submitit cancels a local job with SIGINT. A test run started in the background (`&`)
+    # ignores SIGINT, and so would the job it starts: the job gets Python's default instead.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        [job] = launch(settings, out, where)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     deadline = time.time() + 600
     while not list((out / "cells").rglob("*.json")) and time.time() < deadline and not job.done():
         time.sleep(0.5)
