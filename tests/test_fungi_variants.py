@@ -210,6 +210,63 @@ def test_eval_features_do_not_depend_on_batch_size_and_predict_agrees(fungi_bank
     np.testing.assert_array_equal(mask, expected)
 
 
+
+def test_a_batch_out_of_memory_is_scored_in_halves_with_the_same_miou(fungi_bank, demo_voc_root, monkeypatch,
+                                                                        capsys):
+    """A device that can score only one image at a time: every batch of 3 is split (3 -> 2 + 1
+    -> 1 + 1 + 1) and the evaluation gives the results of one that never ran out."""
+    from segfungi.inference.evaluation import evaluate
+    from segfungi.inference.segmenter import Segmenter
+
+    settings = tiny_settings(demo_voc_root, eval={"batch_size": 3, "max_images": 3})
+    expected = evaluate(fungi_bank, settings, progress=False)
+    original, sizes = Segmenter.predict_scores, []
+
+    def one_at_a_time(self, images):
+        sizes.append(len(images))
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, images)
+
+    monkeypatch.setattr(Segmenter, "predict_scores", one_at_a_time)
+    results = evaluate(fungi_bank, settings, progress=False)
+    assert sizes == [3, 2, 1, 1, 1]
+    assert results["miou"] == expected["miou"] and results["per_class_iou"] == expected["per_class_iou"]
+    said = capsys.readouterr().err
+    assert "out of memory on a batch of 3 images; computing 2 and 1 apart" in said and "eval.batch_size" in said
+
+
+def test_a_fungi_build_out_of_memory_is_done_in_halves_with_the_same_bytes(fungi_bank, demo_voc_root, tmp_path,
+                                                                            monkeypatch):
+    """The gradient pass of a build that can take only one image at a time: every batch is
+    split, and the bank's shards are byte for byte those of the build that never ran out."""
+    original, sizes = FeatureExtractor.kept_gradients, []
+
+    def one_at_a_time(self, last_block_input, *args, **kwargs):
+        sizes.append(len(last_block_input))
+        if len(last_block_input) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, last_block_input, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureExtractor, "kept_gradients", one_at_a_time)
+    settings = tiny_settings(demo_voc_root, bank={"size": 4096, "features": "fungi"})
+    halved = build_bank(settings, tmp_path / "halved", progress=False)
+    assert {4, 2, 1} <= set(sizes)  # bank.batch_size 4, split twice
+    assert [s["checksums"] for s in MemoryBank(halved).shards] == [s["checksums"] for s in MemoryBank(fungi_bank).shards]
+
+
+def test_out_of_memory_on_one_image_is_raised_as_it_is():
+    from segfungi.infra.memory import in_halves_when_out_of_memory
+
+    def never(images, seeds):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        in_halves_when_out_of_memory(never, torch.cat, np.zeros((1, 4, 4, 3)), np.zeros(1), setting="eval.batch_size")
+    joined = in_halves_when_out_of_memory(lambda x, seeds: torch.as_tensor(x) if len(x) < 3 else never(x, seeds),
+                                          torch.cat, np.arange(5.0), np.arange(5), setting="eval.batch_size")
+    assert joined.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
 # ------------------------------------------------------ defect 2: exact self-exclusion
 def _foreign_brute_force(support, tokens, image):
     """The exact top-K cosine neighbours among the support rows of other images."""

@@ -29,6 +29,7 @@ import torch
 
 from segfungi.bank._layout import SHARDS_DIR, shard_name
 from segfungi.features import KeptGradients
+from segfungi.infra.memory import in_halves_when_out_of_memory
 from segfungi.infra.seeding import AUGMENT, NEGATIVES, SAMPLE, derive_seed, torch_generator
 from segfungi.infra.storage import write_arrays_atomic
 
@@ -356,7 +357,12 @@ class FungiWriter(ShardWriter):
 
     # ---- the network
     def _gradients(self, items, last_block_input: torch.Tensor, keeps: list[torch.Tensor]) -> KeptGradients:
-        """The gradient pass of a batch: the kept patches' gradients and embeddings."""
+        """The gradient pass of a batch: the kept patches' gradients and embeddings (a batch
+        out of device memory again in halves, segfungi.infra.memory: the same rows)."""
+        return in_halves_when_out_of_memory(self._batch_gradients, KeptGradients.joined, items, last_block_input,
+                                            keeps, setting="bank.batch_size")
+
+    def _batch_gradients(self, items, last_block_input: torch.Tensor, keeps: list[torch.Tensor]) -> KeptGradients:
         generators = [torch_generator(self.seed, epoch, image, NEGATIVES) for epoch, image in items]
         negatives = self.support.negatives_for([image for _, image in items])
         kept, _, _ = self.extractor.kept_gradients(last_block_input, negatives, generators, keeps)
