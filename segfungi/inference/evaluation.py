@@ -78,8 +78,9 @@ def image_batches(num_images: int, spec: EvalSpec) -> list[list[int]]:
 def score_split(segmenter: Segmenter, dataset, spec: EvalSpec, progress: bool = True, encoded=None):
     """(confusion matrix, images scored) of `segmenter` over `dataset` (its first
     eval.max_images). Under torchrun each rank takes every world-th batch; the matrices
-    are summed (integer counts: the same as one process's). `encoded`: the same images already encoded (the benchmark's
-    `EncodedQueries`), so that only the last block runs; the scores are the same."""
+    are summed (integer counts: the same as one process's). `encoded`: the same images
+    already encoded (the benchmark's `EncodedQueries`), so that only the last block runs;
+    the scores are the same."""
     from segfungi.data.augment import eval_transform
     from segfungi.inference.metrics import ConfusionMatrix
     from segfungi.inference.transfer import scores_to_mask_tensor

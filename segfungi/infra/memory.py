@@ -35,10 +35,10 @@ def in_halves_when_out_of_memory(compute: Callable[..., Result], join: Callable[
         count = len(batch[0])
         if count < 2:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the failed attempt's blocks, for the halves
-    # Past the except block: the error's traceback, which holds the failed attempt's
-    # tensors, is gone before the halves run.
+    # Past the except block the error's traceback, which holds the failed attempt's
+    # tensors, is gone: their cached blocks can go back to the device for the halves.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     half = (count + 1) // 2
     print(f"segfungi: out of memory on a batch of {count} images; computing {half} and {count - half} apart "
           f"(the same result; a smaller {setting} avoids the retry)", file=sys.stderr)

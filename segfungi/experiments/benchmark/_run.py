@@ -247,8 +247,8 @@ def memory_guard(settings: dict, out: Path, what: str):
     """Out of device (or host) memory inside: a ConfigError naming the cell, the stage and
     the settings that need less memory, saying that the finished cells are kept (their
     records and banks are written atomically) and that the same command resumes. (A
-    device-exact search has already retried with smaller blocks, segfungi.index, and an
-    evaluation batch in halves, segfungi.inference.evaluation.)"""
+    device-exact search has already retried with smaller blocks, segfungi.index; a batch
+    of the FUNGI pass or of the evaluation in halves, segfungi.infra.memory.)"""
     import torch
 
     try:
