@@ -4,7 +4,6 @@ import csv
 import json
 import shutil
 
-
 from conftest import tiny_settings
 from segfungi.api import build_bank, planned_bank
 from segfungi.bank import MemoryBank
